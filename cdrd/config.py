@@ -1,0 +1,390 @@
+"""
+The TOML config file (interfaces.md) as frozen values.
+
+Every error is a ConfigError naming the setting, e.g.
+``radius.interim_interval: 30 is below 60``; twistd prints it as one line.
+Secrets are ``repr=False`` so they never reach a log.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from attrs import field, frozen
+
+MAX_CONFIG_VALUE = 64  # bytes: call-records.md, "Every configured value is at most 64 bytes"
+GATEWAY_ID = re.compile(r"[0-9A-Za-z_-]{1,32}\Z")
+MAC = re.compile(r"[0-9A-Fa-f]{12}\Z")
+
+
+class ConfigError(ValueError):
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+def gateway_key(gw: str, mac: str) -> str:
+    """The identity of a gateway, shown as ``8200_000C2A020082``."""
+    return f"{gw}_{mac.upper()}"
+
+
+def split_gateway_key(key: str) -> tuple[str, str] | None:
+    gw, sep, mac = key.rpartition("_")
+    if not sep or not GATEWAY_ID.match(gw) or not MAC.match(mac):
+        return None
+    return gw, mac.upper()
+
+
+@frozen
+class PortConfig:
+    """An FXS port (a phone)."""
+
+    exten: str | None = None
+    ddi: str | None = None
+    name: str | None = None
+    cui: str | None = None
+
+
+@frozen
+class LineConfig:
+    """An FXO port (a PSTN line): `cui` is a carrier setting."""
+
+    name: str | None = None
+    cui: str | None = None
+
+
+@frozen
+class GatewayConfig:
+    key: str
+    secret: str | None = field(default=None, repr=False)
+    trust_cui: bool = False
+    ports: Mapping[int, PortConfig] = field(factory=dict)
+    lines: Mapping[int, LineConfig] = field(factory=dict)
+
+
+@frozen
+class ServerConfig:
+    gateway_endpoint: str = "tcp:6510"
+    web_endpoint: str = "tcp:8080:interface=127.0.0.1"
+    database: str = "sqlite:var/cdrd.sqlite"
+    timezone: str = "UTC"
+    allow_unknown_gateways: bool = False
+    idle_timeout: float = 90.0
+    clock_tolerance: float = 5.0
+    stale_after: float = 86400.0
+    max_divert_depth: int = 8
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@frozen
+class RadiusServer:
+    host: str
+    port: int
+    secret: str = field(repr=False)
+
+
+@frozen
+class RadiusConfig:
+    servers: tuple[RadiusServer, ...] = ()
+    interim_interval: int = 600
+    nas_ip: str | None = None
+    vendor: int = 32473
+    initial_timeout: float = 2.0  # RFC 5080 IRT
+    max_timeout: float = 64.0  # cap of the doubling (MRT)
+    failover_after: int = 3  # consecutive timeouts before the next server
+    window: int = 128  # requests in flight per server socket
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.servers)
+
+
+@frozen
+class SyslogConfig:
+    target: str | None = None  # None: off; "unix:/dev/log", "udp:H:P", "tcp:H:P"
+    format: str = "rfc5424"  # or "rfc3164"
+    framing: str = "octet-counting"  # TCP only; or "lf"
+    facility: str = "local0"
+    app_name: str = "cdrd"
+    hostname: str | None = None  # None: this machine's name
+    buffer: int = 100_000  # CDRs kept while the target is down
+
+
+@frozen
+class WebConfig:
+    users: Mapping[str, str] = field(factory=dict, repr=False)  # name -> hash
+    realm: str = "cdrd"
+
+
+@frozen
+class Config:
+    server: ServerConfig = field(factory=ServerConfig)
+    gateways: Mapping[str, GatewayConfig] = field(factory=dict)
+    radius: RadiusConfig = field(factory=RadiusConfig)
+    syslog: SyslogConfig = field(factory=SyslogConfig)
+    web: WebConfig = field(factory=WebConfig)
+
+    def gateway(self, key: str) -> GatewayConfig | None:
+        return self.gateways.get(key)
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+    return parse(data)
+
+
+class _Section:
+    """Reads typed values from one TOML table, naming the setting on error."""
+
+    def __init__(self, name: str, data: Any):
+        if not isinstance(data, dict):
+            raise ConfigError(name, "must be a table")
+        self.name = name
+        self.data = data
+
+    def setting(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def unknown(self, known: set[str]) -> None:
+        for key in self.data:
+            if key not in known:
+                raise ConfigError(self.setting(key), "unknown setting")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise ConfigError(self.setting(key), f"must be {_kind_name(kind)}")
+        if not isinstance(value, kind):
+            raise ConfigError(self.setting(key), f"must be {_kind_name(kind)}")
+        return value
+
+    def text(self, key: str, default: str | None = None, limit: int | None = None):
+        value = self.get(key, str, default)
+        if value is not None and limit is not None and len(value.encode()) > limit:
+            raise ConfigError(self.setting(key), f"longer than {limit} bytes")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0) -> float:
+        value = self.get(key, float, default)
+        if value < minimum:
+            raise ConfigError(self.setting(key), f"{value:g} is below {minimum:g}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.get(key, int, default)
+        if value < minimum:
+            raise ConfigError(self.setting(key), f"{value} is below {minimum}")
+        return value
+
+    def table(self, key: str) -> _Section:
+        return _Section(self.setting(key), self.data.get(key, {}))
+
+
+def _kind_name(kind) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def parse(data: Mapping[str, Any]) -> Config:
+    root = _Section("", dict(data))
+    root.unknown({"server", "gateways", "radius", "syslog", "web"})
+    return Config(
+        server=_server(root.table("server")),
+        gateways=_gateways(root.table("gateways")),
+        radius=_radius(root.table("radius")),
+        syslog=_syslog(root.table("syslog")),
+        web=_web(root.table("web")),
+    )
+
+
+def _server(s: _Section) -> ServerConfig:
+    d = ServerConfig()
+    s.unknown({a.name for a in ServerConfig.__attrs_attrs__})
+    timezone = s.text("timezone", d.timezone)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(s.setting("timezone"), f"unknown time zone {timezone!r}") from None
+    database = s.text("database", d.database)
+    check_database_url(database, s.setting("database"))
+    return ServerConfig(
+        gateway_endpoint=s.text("gateway_endpoint", d.gateway_endpoint),
+        web_endpoint=s.text("web_endpoint", d.web_endpoint),
+        database=database,
+        timezone=timezone,
+        allow_unknown_gateways=s.get("allow_unknown_gateways", bool, False),
+        idle_timeout=s.number("idle_timeout", d.idle_timeout, minimum=1),
+        clock_tolerance=s.number("clock_tolerance", d.clock_tolerance),
+        stale_after=s.number("stale_after", d.stale_after, minimum=60),
+        max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth, minimum=1),
+    )
+
+
+def check_database_url(url: str, setting: str = "server.database") -> None:
+    if url.startswith("sqlite:"):
+        if not url[len("sqlite:"):]:
+            raise ConfigError(setting, "sqlite: needs a path, e.g. sqlite:var/cdrd.sqlite")
+        return
+    if url.startswith(("postgresql://", "postgres://")) or url.startswith("memory:"):
+        return
+    raise ConfigError(setting, f"{url!r} is not sqlite:PATH or postgresql://...")
+
+
+def _gateways(s: _Section) -> dict[str, GatewayConfig]:
+    out = {}
+    for key in s.data:
+        if split_gateway_key(key) is None:
+            raise ConfigError(s.setting(f'"{key}"'), "key must be <gw>_<12 hex MAC>")
+        g = s.table(key)
+        g.unknown({"secret", "trust_cui", "ports", "lines"})
+        gw, mac = split_gateway_key(key)
+        norm = gateway_key(gw, mac)
+        out[norm] = GatewayConfig(
+            key=norm,
+            secret=g.text("secret"),
+            trust_cui=g.get("trust_cui", bool, False),
+            ports=_numbered(g.table("ports"), PortConfig, ("exten", "ddi", "name", "cui")),
+            lines=_numbered(g.table("lines"), LineConfig, ("name", "cui")),
+        )
+    return out
+
+
+def _numbered(s: _Section, cls, keys: tuple[str, ...]) -> dict[int, Any]:
+    out = {}
+    for number in s.data:
+        if not str(number).isdigit() or int(number) < 1:
+            raise ConfigError(s.setting(str(number)), "port numbers count from 1")
+        p = s.table(number)
+        p.unknown(set(keys))
+        values = {}
+        for k in keys:
+            v = p.get(k, (str, int), None)
+            if v is not None:
+                v = str(v)
+                if not v or len(v.encode()) > MAX_CONFIG_VALUE or not v.isprintable():
+                    raise ConfigError(
+                        p.setting(k), f"1 to {MAX_CONFIG_VALUE} bytes of printable text"
+                    )
+            values[k] = v
+        out[int(number)] = cls(**values)
+    return out
+
+
+def _radius(s: _Section) -> RadiusConfig:
+    d = RadiusConfig()
+    s.unknown({a.name for a in RadiusConfig.__attrs_attrs__})
+    interim = s.integer("interim_interval", d.interim_interval)
+    if 0 < interim < 60:
+        raise ConfigError(s.setting("interim_interval"), f"{interim} is below 60 (0 turns it off)")
+    servers = []
+    raw = s.data.get("servers", [])
+    if not isinstance(raw, list):
+        raise ConfigError(s.setting("servers"), "must be an array of tables [[radius.servers]]")
+    for i, item in enumerate(raw):
+        srv = _Section(f"radius.servers[{i}]", item)
+        srv.unknown({"address", "secret"})
+        address = srv.text("address")
+        secret = srv.text("secret")
+        if not address:
+            raise ConfigError(srv.setting("address"), "missing (HOST:PORT)")
+        if not secret:
+            raise ConfigError(srv.setting("secret"), "missing")
+        host, port = _host_port(address, srv.setting("address"), default_port=1813)
+        servers.append(RadiusServer(host=host, port=port, secret=secret))
+    vendor = s.integer("vendor", d.vendor, minimum=1)
+    if vendor > 0xFFFFFF:
+        raise ConfigError(s.setting("vendor"), "an IANA enterprise number is at most 16777215")
+    return RadiusConfig(
+        servers=tuple(servers),
+        interim_interval=interim,
+        nas_ip=s.text("nas_ip", d.nas_ip),
+        vendor=vendor,
+        initial_timeout=s.number("initial_timeout", d.initial_timeout, minimum=0.1),
+        max_timeout=s.number("max_timeout", d.max_timeout, minimum=1),
+        failover_after=s.integer("failover_after", d.failover_after, minimum=1),
+        window=min(255, s.integer("window", d.window, minimum=1)),
+    )
+
+
+def _host_port(text: str, setting: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(setting, f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
+    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+
+def _syslog(s: _Section) -> SyslogConfig:
+    d = SyslogConfig()
+    s.unknown({a.name for a in SyslogConfig.__attrs_attrs__})
+    target = s.text("target", d.target)
+    if target is not None and target != "":
+        scheme, _, rest = target.partition(":")
+        if scheme == "unix":
+            if not rest:
+                raise ConfigError(s.setting("target"), "unix: needs a socket path")
+        elif scheme in ("udp", "tcp"):
+            _host_port(rest, s.setting("target"), default_port=514)
+        else:
+            raise ConfigError(
+                s.setting("target"), f"{target!r} is not unix:PATH, udp:HOST:PORT or tcp:HOST:PORT"
+            )
+    else:
+        target = None
+    fmt = s.text("format", d.format)
+    if fmt not in ("rfc5424", "rfc3164"):
+        raise ConfigError(s.setting("format"), "rfc5424 or rfc3164")
+    framing = s.text("framing", d.framing)
+    if framing not in ("octet-counting", "lf"):
+        raise ConfigError(s.setting("framing"), "octet-counting or lf")
+    facility = s.text("facility", d.facility)
+    if facility not in SYSLOG_FACILITIES:
+        raise ConfigError(s.setting("facility"), f"unknown facility {facility!r}")
+    return SyslogConfig(
+        target=target,
+        format=fmt,
+        framing=framing,
+        facility=facility,
+        app_name=s.text("app_name", d.app_name, limit=48),
+        hostname=s.text("hostname", d.hostname, limit=255),
+        buffer=s.integer("buffer", d.buffer, minimum=1),
+    )
+
+
+def _web(s: _Section) -> WebConfig:
+    s.unknown({"users", "realm"})
+    users = s.table("users")
+    out = {}
+    for name in users.data:
+        out[name] = users.text(name)
+    return WebConfig(users=out, realm=s.text("realm", "cdrd"))

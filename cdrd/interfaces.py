@@ -1,0 +1,233 @@
+"""
+The boundaries between cdrd's rooms.
+
+Implementations use ``@implementer`` and are checked with ``verifyObject``
+in their tests.  Every method that does I/O returns a Deferred.
+"""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+from zope.interface import Attribute, Interface
+
+from cdrd.values import (
+    CallEvent,
+    CallRecord,
+    Cdr,
+    GatewayState,
+    LogEntry,
+)
+
+# -- what a store writes in one transaction -----------------------------------
+
+
+@frozen
+class ModelCursor:
+    """
+    How far the call model got for one gateway, written in the same
+    transaction as the records, CDRs and outbox items it produced.
+
+    After a restart the model replays the gateway's events with
+    ``id >= replay_from`` (the first event of its oldest open call, joined
+    calls included) and writes nothing for those with ``id <= applied``.
+    """
+
+    gateway: str
+    applied: int  # highest event id whose products are stored
+    replay_from: int  # lowest event id an open call depends on; applied+1 if none
+
+
+@frozen
+class OutboxItem:
+    """A durable message for one output (RADIUS request, syslog line)."""
+
+    sink: str  # "radius", "syslog", ...
+    payload: bytes
+    created: int  # ms UTC
+    id: int | None = None
+
+
+@frozen
+class WriteBatch:
+    """
+    Everything one transaction writes.  A store applies all of it or none.
+
+    - events: inserted unless (gateway, seq) is stored already (seq None is
+      always inserted); the store assigns increasing ids in commit order.
+    - log: gateway log entries, appended.
+    - gateways: upserted by key.
+    - records, cdrs: inserted unless their id is stored already (a call is
+      recorded once; a CDR is written once, whatever is replayed).
+    - cursors: upserted by gateway.
+    - outbox: appended; outbox_done: (sink, id) pairs deleted.
+    """
+
+    events: tuple[CallEvent, ...] = field(default=(), converter=tuple)
+    log: tuple[LogEntry, ...] = field(default=(), converter=tuple)
+    gateways: tuple[GatewayState, ...] = field(default=(), converter=tuple)
+    records: tuple[CallRecord, ...] = field(default=(), converter=tuple)
+    cdrs: tuple[Cdr, ...] = field(default=(), converter=tuple)
+    cursors: tuple[ModelCursor, ...] = field(default=(), converter=tuple)
+    outbox: tuple[OutboxItem, ...] = field(default=(), converter=tuple)
+    outbox_done: tuple[tuple[str, int], ...] = field(default=(), converter=tuple)
+
+
+@frozen
+class WriteResult:
+    """The events a batch inserted (duplicates left out), with their ids."""
+
+    events: tuple[CallEvent, ...] = ()
+
+
+# -- what the pages and the API ask -----------------------------------------
+
+CALL_FILTERS = ("all", "in", "out", "pstn", "out-failed", "in-reject", "other")
+
+
+@frozen
+class CallQuery:
+    """
+    Call records by gateway and Begin in [since, until) (ms UTC; the web
+    layer turns the configured zone's dates into these), with a report
+    filter.  ``total`` counts gateway and dates, ``filtered`` the filter too.
+    """
+
+    gateway: str | None = None
+    since: int | None = None
+    until: int | None = None
+    filter: str = "all"
+    limit: int = 100
+    offset: int = 0
+
+
+@frozen
+class CallPage:
+    total: int
+    filtered: int
+    records: tuple[CallRecord, ...]
+
+
+@frozen
+class CdrQuery:
+    gateway: str | None = None
+    since: int | None = None  # on start, ms UTC, inclusive
+    until: int | None = None  # exclusive
+    cui: str | None = None
+    call: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@frozen
+class EventQuery:
+    gateway: str | None = None
+    ref: int | None = None
+    since: int | None = None  # on time, ms UTC
+    until: int | None = None
+    limit: int = 100
+    offset: int = 0
+    newest_first: bool = True
+
+
+@frozen
+class LogQuery:
+    gateway: str | None = None  # a key "<gw>_<MAC>" or a bare gw id
+    since: int | None = None
+    until: int | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class IStore(Interface):
+    """
+    cdrd's durable state: events, gateway log, gateways, call records, CDRs,
+    the call model's cursors and the outputs' outboxes.
+
+    ``write`` is the only way in: one transaction per call, durable (synced)
+    when its Deferred fires.  Callers batch; the store never blocks the
+    reactor.
+    """
+
+    def open():
+        """Connect, create or migrate the schema.  Deferred[None]."""
+
+    def close():
+        """Finish what is in flight and disconnect.  Deferred[None]."""
+
+    def write(batch):
+        """Apply a WriteBatch in one durable transaction.  Deferred[WriteResult]."""
+
+    def gateway(key):
+        """Deferred[GatewayState | None]."""
+
+    def gateways():
+        """Deferred[list[GatewayState]], ordered by key."""
+
+    def log(query):
+        """Deferred[list[LogEntry]] for a LogQuery, newest first."""
+
+    def events(query):
+        """Deferred[list[CallEvent]] for an EventQuery."""
+
+    def events_after(gateway, after_id, limit):
+        """Replay: Deferred[list[CallEvent]] of `gateway` with id > after_id, by id."""
+
+    def calls(query):
+        """Deferred[CallPage] for a CallQuery, ordered by begin then id."""
+
+    def call_quarters(gateway, since, until):
+        """Deferred[list[int]]: the distinct quarter hours (ms UTC, multiples
+        of 900 000) in which a record of `gateway` (None: any) begins, in
+        [since, until).  Every zone's offset is a multiple of 15 minutes, so
+        the calendar maps them to local days exactly."""
+
+    def cdrs(query):
+        """Deferred[tuple[int, list[Cdr]]]: total matching, and the page, in
+        written order (oldest first)."""
+
+    def cursors():
+        """Deferred[dict[str, ModelCursor]]: the call model's cursor per gateway."""
+
+    def ended_calls(gateway, since):
+        """Deferred[list[tuple[str, int]]]: (boot, ref) of calls of `gateway`
+        recorded with End >= since (ms): the model ignores late events for
+        them after a restart."""
+
+    def outbox(sink, after_id, limit):
+        """Deferred[list[OutboxItem]] of `sink` with id > after_id, by id."""
+
+    def outbox_stats(sink):
+        """Deferred[tuple[int, int | None]]: (depth, created ms of the oldest)."""
+
+
+class ICdrSink(Interface):
+    """
+    An output of the call model: every product of the model (leg starts,
+    answers and stops for accounting; CallEnd with the call's CDRs in
+    written order) reaches each sink exactly once, in the order produced.
+
+    Durable sinks (RADIUS, syslog) return payloads from ``spool``: they are
+    stored in the sink's outbox in the same transaction as the records and
+    CDRs, then ``committed`` tells the sink to deliver from its outbox.
+    In-memory sinks (the live web feed) return nothing from ``spool`` and
+    act in ``committed``.
+    """
+
+    name = Attribute("The outbox name (str); unique among sinks.")
+
+    def spool(outputs, now):
+        """Pure: list[bytes] to store in this sink's outbox for `outputs`
+        (a sequence of cdrd.values.ModelOutput)."""
+
+    def committed(outputs):
+        """`outputs` and their outbox items are durable: deliver."""
+
+
+class IEventListener(Interface):
+    """Told of gateway events and log entries once they are stored (live pages)."""
+
+    def events_stored(events):
+        """A sequence of CallEvent with ids, in commit order."""
+
+    def log_stored(entries):
+        """A sequence of LogEntry, in commit order."""

@@ -1,0 +1,279 @@
+"""
+The values that cross cdrd's rooms.
+
+Times inside cdrd are integers: milliseconds since the Unix epoch, UTC
+(`*_ms` or plain `time`).  Durations are integer milliseconds.  Only the
+edges (the wire, the CDR line, the JSON API, the web page) turn them into
+text, with the helpers at the bottom of this module.
+
+Data flows one way: gateway -> store (durable) -> ACK; stored events ->
+calls.model -> the outputs below -> store, syslog, RADIUS, the live feed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from attrs import field, frozen
+
+#: Synthetic event types written by cdrd itself into the event log (seq is
+#: None).  They make every end of a call an event, so that replaying the log
+#: rebuilds the call model exactly.
+GATEWAY_RESTART = "GATEWAY_RESTART"  # ends every open call of (gateway, boot)
+STALE = "STALE"  # ends call `ref` of (gateway, boot): `stale_after` passed
+
+
+def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value or {})
+
+
+@frozen
+class CallEvent:
+    """
+    One stored event of a gateway, as the call model sees it.
+
+    `fields` holds only the type-specific fields that passed validation
+    (gateway-protocol.md: a malformed field is treated as absent), as text:
+    `port`, `pport`, `with` are decimal strings.
+    """
+
+    gateway: str  # the key, "<gw>_<MAC>"
+    seq: int | None  # the gateway's seq; None for cdrd's synthetic events
+    ref: int
+    type: str
+    time: int  # ms UTC: gateway time + skew, or receive time
+    received: int  # ms UTC, server receive time
+    boot: str = ""  # the call epoch: LOGIN boot=, else "r<n>" (see gateway.session)
+    fields: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+    id: int | None = None  # the store's id, increasing in commit order
+
+    def field(self, name: str) -> str | None:
+        return self.fields.get(name)
+
+    def int_field(self, name: str) -> int | None:
+        value = self.fields.get(name)
+        if value is None or not value.isdigit():
+            return None
+        return int(value)
+
+
+@frozen
+class LogEntry:
+    """One entry of the gateway log (gateway-protocol.md, "The gateway log")."""
+
+    time: int  # ms UTC, server time
+    event: str  # "Login", "Re-Login", "Relogin Kickout", "Bad Packet", ...
+    peer: str  # "ip:port"
+    gateway: str = "???"  # gw id, or ??? where unknown
+    mac: str = ""
+    detail: str = ""
+    id: int | None = None
+
+
+@frozen
+class GatewayState:
+    """What the store remembers of a gateway between connections."""
+
+    key: str
+    id: str
+    mac: str
+    last_seq: int = 0  # highest seq stored durably
+    boot: str = ""  # the current call epoch (see CallEvent.boot)
+    boot_token: str | None = None  # the LOGIN boot= last seen, if any
+    restarts: int = 0  # restarts detected without a boot token
+    fxs: int = 0
+    fxo: int = 0
+    isdn: int = 0
+    callref: int = 0
+    firmware: str = ""
+    peer: str = ""
+    login: int | None = None  # ms UTC of the last login
+    skew_ms: int = 0
+    last_heard: int | None = None  # ms UTC: last event or PING received
+    online: bool = False
+
+
+# -- the call model's products ------------------------------------------------
+
+
+@frozen
+class Cdr:
+    """
+    A billing record in the FireBrick format (call-records.md).
+
+    `id` is stable across restarts and replays: derived from the call and the
+    CDR's creation number in it (`cdr_id`).
+    """
+
+    id: str
+    call: str  # the id of the call that created it
+    gateway: str
+    start: int  # ms UTC
+    ringing: int  # ms
+    duration: int | None  # ms; None when never answered
+    status: str  # "" when answered, else the cause ("busy", "cancelled", ...)
+    cui: str
+    dialled: str
+    cli: str
+
+    @property
+    def line(self) -> str:
+        if self.duration is None:
+            duration = "-" + self.status
+        else:
+            duration = seconds3(self.duration)
+        return ",".join(
+            csv_field(v)
+            for v in (
+                rfc3339(self.start),
+                seconds3(self.ringing),
+                duration,
+                self.cui,
+                self.dialled,
+                self.cli,
+            )
+        )
+
+
+@frozen
+class CallRecord:
+    """One row of the CDR Report (call-records.md, "Call records")."""
+
+    id: str  # call id: "<gateway>/<boot>/<ref>", see call_id()
+    gateway: str
+    boot: str
+    ref: int
+    port: int | None
+    pport: int | None
+    notation: str  # "Call out", "Call out failed", "Call in", ...
+    pstn: bool  # any PSTN_* event: the "Only PSTN" filter
+    dialed: str  # "2252, 3"
+    begin: int
+    connect: int | None
+    end: int
+    talk: int | None  # ms, None if never answered
+    pstn_dial: str
+    pstn_time: int | None  # ms
+    cli: str
+    pstn_cli: str
+    cause: str
+
+
+@frozen
+class Leg:
+    """
+    A call leg as one RADIUS accounting session (accounting.md).
+
+    Its values are fixed when its Start is built and never change.
+    """
+
+    id: str  # "<call id>/<n>", unique, stable across restarts
+    call: str  # the call's id (Acct-Multi-Session-Id)
+    gateway: str
+    ref: int
+    direction: str  # "inbound" | "outbound"
+    port: int | None = None  # FXS port, NAS-Port-Id fxs/N
+    pport: int | None = None  # FXO line, NAS-Port-Id fxo/N
+    cui: str = ""
+    cli: str = ""
+    dialled: str = ""
+
+
+@frozen
+class LegStart:
+    leg: Leg
+    time: int
+
+
+@frozen
+class LegAnswer:
+    leg: Leg
+    time: int
+
+
+@frozen
+class LegStop:
+    """
+    A leg ended.  `cause` is "" for a hang-up, "replaced" when a divert or
+    transfer replaced it, else the call's Cause.  `cdrs` is non-empty only on
+    the Stop of the last leg of a call to end, in written order.
+    """
+
+    leg: Leg
+    time: int
+    answered: int | None  # ms UTC of its answer, None if never
+    cause: str
+    cdrs: tuple[Cdr, ...] = ()
+
+    @property
+    def session_ms(self) -> int:
+        if self.answered is None:
+            return 0
+        return max(0, self.time - self.answered)
+
+
+@frozen
+class CallEnd:
+    """A call ended: its record and the CDRs it writes, in written order."""
+
+    record: CallRecord
+    cdrs: tuple[Cdr, ...] = ()
+
+
+ModelOutput = LegStart | LegAnswer | LegStop | CallEnd
+
+
+# -- ids ----------------------------------------------------------------------
+
+
+def call_id(gateway: str, boot: str, ref: int) -> str:
+    return f"{gateway}/{boot or '-'}/{ref}"
+
+
+def cdr_id(call: str, number: int) -> str:
+    """
+    32 lowercase hex digits: fits a syslog MSGID (RFC 5424: at most 32) and a
+    RADIUS attribute, unique in practice (128 bits), stable across replays.
+    """
+    return hashlib.blake2b(f"{call}#{number}".encode(), digest_size=16).hexdigest()
+
+
+# -- text at the edges --------------------------------------------------------
+
+
+def rfc3339(ms: int) -> str:
+    """`2026-11-22T10:00:07.250Z`: the server's and the CDR's time format."""
+    dt = datetime.fromtimestamp(ms // 1000, UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def parse_rfc3339(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def seconds3(ms: int) -> str:
+    """Milliseconds as seconds with three decimals: 4250 -> '4.250'."""
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    return f"{sign}{ms // 1000}.{ms % 1000:03d}"
+
+
+def hhmmss(ms: int | None) -> str:
+    """A duration as HH:MM:SS, truncated to whole seconds; '' for None."""
+    if ms is None:
+        return ""
+    s = max(0, ms) // 1000
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def csv_field(value: str) -> str:
+    """Quote a field as RFC 4180 requires, and only then."""
+    if any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
