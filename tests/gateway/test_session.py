@@ -1,0 +1,197 @@
+"""The pure GWP/1 session rules: login, skew, reboot detection, events."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdrd import config as C
+from cdrd.gateway import session as S
+from cdrd.gateway.codec import BadPacket, login_auth, parse_line
+from cdrd.values import GATEWAY_RESTART, GatewayState
+
+NONCE = "5f0c3b9d2e8a4f61a7b3c2d1e0f9a8b7"
+LOGIN = (
+    "LOGIN proto=1 gw=8200 mac=000c2a020082 fxs=2 fxo=2 isdn=0 callref=74 "
+    "time=2000-01-02T08:17:38"
+)
+NOW = 1795341600000  # 2026-11-22T10:00:00Z
+
+
+def msg(text: str):
+    return parse_line(text.encode())
+
+
+def cfg(**server) -> C.Config:
+    data = {"server": server, "gateways": {"8200_000C2A020082": {"secret": "s3cret"}}}
+    return C.parse(data)
+
+
+def signed(line: str, secret="s3cret", nonce=NONCE) -> str:
+    return f"{line} auth={login_auth(secret, nonce, line)}"
+
+
+class TestCheckLogin:
+    def test_signed_login_accepted(self):
+        req = S.check_login(msg(signed(LOGIN)), NONCE, cfg())
+        assert (req.key, req.fxs, req.fxo, req.isdn, req.callref) == (
+            "8200_000C2A020082", 2, 2, 0, 74,
+        )
+        assert req.mac == "000C2A020082"  # stored upper case
+
+    @pytest.mark.parametrize(
+        "line, code",
+        [
+            (LOGIN, "auth"),  # a secret is set: auth is required
+            (signed(LOGIN, secret="wrong"), "auth"),
+            (signed(LOGIN, nonce="0" * 32), "auth"),  # replayed from another session
+            (signed(LOGIN.replace("proto=1", "proto=2")), "proto"),
+            (signed(LOGIN.replace("mac=000c2a020082", "mac=xyz")), "bad"),
+            (signed(LOGIN.replace(" fxs=2", "")), "bad"),
+            (signed(LOGIN.replace("time=2000-01-02T08:17:38", "time=yesterday")), "bad"),
+        ],
+    )
+    def test_refused(self, line, code):
+        with pytest.raises(S.LoginRefused) as e:
+            S.check_login(msg(line), NONCE, cfg())
+        assert e.value.code == code
+
+    def test_tampered_line_fails_auth(self):
+        line = signed(LOGIN).replace("callref=74", "callref=75")
+        with pytest.raises(S.LoginRefused) as e:
+            S.check_login(msg(line), NONCE, cfg())
+        assert e.value.code == "auth"
+
+    def test_unknown_gateway_denied_unless_allowed(self):
+        other = LOGIN.replace("gw=8200", "gw=9999")
+        with pytest.raises(S.LoginRefused) as e:
+            S.check_login(msg(other), NONCE, cfg())
+        assert e.value.code == "denied"
+        req = S.check_login(msg(other), NONCE, cfg(allow_unknown_gateways=True))
+        assert req.key == "9999_000C2A020082"
+
+
+def request(**kw):
+    base = dict(gw="8200", mac="000C2A020082", fxs=2, fxo=2, isdn=0, callref=74,
+                clock=NOW)
+    base.update(kw)
+    return S.LoginRequest(**base)
+
+
+def stored(**kw):
+    base = dict(key="8200_000C2A020082", id="8200", mac="000C2A020082",
+                last_seq=1041, boot="r0", last_heard=NOW - 5000)
+    base.update(kw)
+    return GatewayState(**base)
+
+
+class TestDecideLogin:
+    def test_first_login(self):
+        out = S.decide_login(request(), None, set(), NOW, "127.0.0.1:2348", 5000, False)
+        assert out.restart is None
+        assert out.state.boot == "r0" and out.state.online and out.state.login == NOW
+        assert [e.event for e in out.log] == ["Login"]
+        assert out.log[0].detail == (
+            "Gateway[8200] MAC[000C2A020082] From [127.0.0.1:2348] FXS(2) FXO(2) "
+            "ISDN(0) CallRef(74) Time[2026/11/22 10:00:00] Login!"
+        )
+
+    def test_skew_within_tolerance_is_zero(self):
+        out = S.decide_login(request(clock=NOW - 4999), None, set(), NOW, "p", 5000, False)
+        assert out.state.skew_ms == 0
+
+    def test_wrong_clock_is_corrected(self):
+        gw_clock = 946801058000  # 2000-01-02T08:17:38
+        out = S.decide_login(request(clock=gw_clock), None, set(), NOW, "p", 5000, False)
+        assert out.state.skew_ms == NOW - gw_clock
+
+    def test_callref_below_open_call_is_a_reboot(self):
+        out = S.decide_login(request(callref=3), stored(), {75, 76}, NOW, "p", 5000, False)
+        assert out.restart is not None
+        assert out.restart.type == GATEWAY_RESTART
+        assert out.restart.boot == "r0"  # ends the old epoch's calls
+        assert out.restart.time == NOW - 5000  # when it was last heard
+        assert out.state.boot == "r1" and out.state.restarts == 1
+        assert "Gateway Restart" in [e.event for e in out.log]
+
+    def test_callref_above_open_calls_is_no_reboot(self):
+        out = S.decide_login(request(callref=80), stored(), {75, 76}, NOW, "p", 5000, False)
+        assert out.restart is None and out.state.boot == "r0"
+
+    def test_boot_token_change_is_a_reboot(self):
+        old = stored(boot="b1", boot_token="b1")
+        out = S.decide_login(request(boot_token="b2", callref=900), old, set(), NOW, "p", 5000, False)
+        assert out.restart is not None and out.restart.boot == "b1"
+        assert out.state.boot == "b2"
+        same = S.decide_login(request(boot_token="b1", callref=1), old, {5}, NOW, "p", 5000, False)
+        assert same.restart is None  # the token rules over callrefs
+
+    def test_relogin_logs_re_login_first(self):
+        out = S.decide_login(request(), stored(), set(), NOW, "p", 5000, True)
+        assert [e.event for e in out.log] == ["Re-Login", "Login"]
+
+
+class TestParseEvent:
+    def ev(self, text, skew=0):
+        return S.parse_event(msg(text), "8200_000C2A020082", "r0", skew, NOW)
+
+    def test_event(self):
+        p = self.ev("EV seq=1042 ref=75 t=2026-11-22T10:00:02.500 type=DIAL digits=2252")
+        assert p.seq == 1042 and not p.problems
+        e = p.event
+        assert (e.ref, e.type, e.time, e.fields) == (75, "DIAL", NOW + 2500, {"digits": "2252"})
+
+    def test_skew_applies_and_missing_t_takes_receive_time(self):
+        assert self.ev("EV seq=1 ref=1 type=RING_BACK t=2026-11-22T10:00:00", skew=-7).event.time == NOW - 7
+        assert self.ev("EV seq=1 ref=1 type=RING_BACK").event.time == NOW
+
+    @pytest.mark.parametrize(
+        "text, seq",
+        [
+            ("EV ref=1 type=DIAL", None),
+            ("EV seq=0 ref=1 type=DIAL", None),
+            ("EV seq=x ref=1 type=DIAL", None),
+            ("EV seq=9 type=DIAL", 9),
+            ("EV seq=9 ref=1", 9),
+            ("EV seq=9 ref=1 type=dial", 9),
+        ],
+    )
+    def test_bad_seq_ref_type(self, text, seq):
+        with pytest.raises(BadPacket) as e:
+            self.ev(text)
+        assert e.value.seq == seq
+
+    def test_bad_field_is_dropped_not_the_event(self):
+        p = self.ev("EV seq=5 ref=1 type=HOOK_OFF port=one t=2026-11-22T99:00:00")
+        assert p.event.type == "HOOK_OFF" and "port" not in p.event.fields
+        assert p.event.time == NOW
+        assert any("port" in x for x in p.problems) and any("t " in x for x in p.problems)
+
+    def test_overlong_digits_dropped(self):
+        p = self.ev("EV seq=5 ref=1 type=DIAL digits=" + "1" * 65)
+        assert "digits" not in p.event.fields and p.problems
+
+    def test_unknown_type_kept(self):
+        p = self.ev("EV seq=5 ref=1 type=FLASH_HOOK x=1")
+        assert p.event.type == "FLASH_HOOK" and not p.problems
+
+    @given(st.dictionaries(st.sampled_from(["seq", "ref", "type", "t", "port", "pport",
+                                            "digits", "cli", "with", "info", "zz"]),
+                           st.text(min_size=1, max_size=80)))
+    def test_never_raises_but_bad_packet(self, fields):
+        from cdrd.gateway.codec import format_message
+
+        line = format_message("EV", fields).rstrip(b"\n")
+        try:
+            m = parse_line(line)
+            if m is not None:
+                S.parse_event(m, "g_000000000000", "r0", 0, NOW)
+        except BadPacket:
+            pass
+
+
+def test_bad_packet_meter():
+    meter = S.BadPacketMeter()
+    assert not any(meter.record(NOW + i * 7000) for i in range(9))  # 9 in 56 s
+    assert meter.record(NOW + 59_000)  # the 10th within 60 s
+    spaced = S.BadPacketMeter()
+    assert not any(spaced.record(NOW + i * 7000) for i in range(30))

@@ -1,0 +1,138 @@
+"""
+A real cdrd process (``twistd -n cdrd``) for integration tests, and a tiny
+blocking GWP/1 client for tests that need to control every byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cdrd.gateway.codec import format_message, parse_line
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, tmp: Path, extra_config: str = "", database: str | None = None):
+        self.tmp = tmp
+        self.gateway_port = free_port()
+        self.web_port = free_port()
+        self.database = database or f"sqlite:{tmp / 'cdrd.sqlite'}"
+        self.config = tmp / "cdrd.toml"
+        self.config.write_text(
+            "[server]\n"
+            f'gateway_endpoint = "tcp:{self.gateway_port}:interface=127.0.0.1"\n'
+            f'web_endpoint = "tcp:{self.web_port}:interface=127.0.0.1"\n'
+            f'database = "{self.database}"\n'
+            "allow_unknown_gateways = true\n" + extra_config
+        )
+        self.proc: subprocess.Popen | None = None
+        self.logfile = tmp / "twistd.log"
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        self.proc = subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", f"--logfile={self.logfile}", "cdrd",
+             "--config", str(self.config)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cdrd exited: {self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.web_port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"cdrd did not start: {self.output()}")
+
+    def output(self) -> str:
+        text = ""
+        if self.proc is not None and self.proc.poll() is not None and self.proc.stdout:
+            text += self.proc.stdout.read().decode(errors="replace")
+        if self.logfile.exists():
+            text += self.logfile.read_text(errors="replace")[-4000:]
+        return text
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def api(self, path: str) -> dict:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def wait_for(self, predicate, timeout=15.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}\n{self.output()}")
+
+
+class GatewayClient:
+    """Blocking GWP/1 client: one line at a time, for exact assertions."""
+
+    def __init__(self, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.hello = self.read()
+
+    def send(self, verb: str, **fields) -> None:
+        self.sock.sendall(format_message(verb, fields))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by server")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return parse_line(line)
+
+    def login(self, gw="8200", mac="000C2A020082", callref=74, **extra):
+        self.send("LOGIN", proto="1", gw=gw, mac=mac, fxs="2", fxo="2", isdn="0",
+                  callref=str(callref), time="2026-11-22T10:00:00", **extra)
+        return self.read()
+
+    def close(self):
+        self.sock.close()
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
