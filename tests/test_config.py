@@ -1,0 +1,84 @@
+"""The TOML config: defaults, the example file, errors that name the setting."""
+
+from pathlib import Path
+
+import pytest
+
+from cdrd import config as C
+from cdrd.tap import Options, build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_work_out_of_the_box():
+    c = C.Config()
+    assert c.server.gateway_endpoint == "tcp:6510"
+    assert c.server.web_endpoint == "tcp:8080:interface=127.0.0.1"
+    assert c.server.database == "sqlite:var/cdrd.sqlite"
+    assert (c.server.idle_timeout, c.server.clock_tolerance, c.server.stale_after) == (90, 5, 86400)
+    assert c.server.max_divert_depth == 8 and not c.radius.enabled and c.syslog.target is None
+
+
+def test_example_file_loads():
+    c = C.load(str(ROOT / "etc" / "cdrd.toml"))
+    gw = c.gateway("8200_000C2A020082")
+    assert gw.ports[2] == C.PortConfig(exten="202", ddi="442079460202", cui="ACCT-202")
+    assert gw.lines[1].cui == "CARRIER-ACME"
+
+
+@pytest.mark.parametrize(
+    "data, setting",
+    [
+        ({"server": {"idle_timeout": "ninety"}}, "server.idle_timeout"),
+        ({"server": {"timezone": "Mars/Olympus"}}, "server.timezone"),
+        ({"server": {"database": "mysql://x"}}, "server.database"),
+        ({"server": {"colour": "red"}}, "server.colour"),
+        ({"radius": {"interim_interval": 59}}, "radius.interim_interval"),
+        ({"radius": {"servers": [{"address": "127.0.0.1:1813"}]}}, "radius.servers[0].secret"),
+        ({"radius": {"servers": [{"address": "nowhere:x", "secret": "s"}]}}, "radius.servers[0].address"),
+        ({"syslog": {"target": "carrier-pigeon:1"}}, "syslog.target"),
+        ({"syslog": {"facility": "local9"}}, "syslog.facility"),
+        ({"gateways": {"8200": {}}}, 'gateways."8200"'),
+        ({"gateways": {"8200_000C2A020082": {"ports": {"1": {"cui": "x" * 65}}}}},
+         "gateways.8200_000C2A020082.ports.1.cui"),
+    ],
+)
+def test_errors_name_the_setting(data, setting):
+    with pytest.raises(C.ConfigError) as e:
+        C.parse(data)
+    assert e.value.setting == setting
+    assert str(e.value).startswith(setting + ": ")
+
+
+def test_interim_zero_turns_it_off():
+    assert C.parse({"radius": {"interim_interval": 0}}).radius.interim_interval == 0
+
+
+def test_secrets_never_in_repr():
+    c = C.parse({
+        "gateways": {"8200_000C2A020082": {"secret": "gw-secret"}},
+        "radius": {"servers": [{"address": "127.0.0.1:1813", "secret": "rad-secret"}]},
+    })
+    assert "gw-secret" not in repr(c) and "rad-secret" not in repr(c)
+
+
+def test_mac_in_key_is_normalised():
+    c = C.parse({"gateways": {"8200_000c2a020082": {}}})
+    assert list(c.gateways) == ["8200_000C2A020082"]
+
+
+def test_command_line_overrides_config(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[server]\ndatabase = "sqlite:a.sqlite"\ntimezone = "Asia/Taipei"\n')
+    opts = Options()
+    opts.parseOptions(["--config", str(f), "--database", "sqlite:b.sqlite",
+                       "--gateway-endpoint", "tcp:7000"])
+    c = opts["cdrd-config"]
+    assert (c.server.database, c.server.gateway_endpoint, c.server.timezone) == (
+        "sqlite:b.sqlite", "tcp:7000", "Asia/Taipei")
+
+
+def test_bad_endpoint_names_the_setting():
+    with pytest.raises(C.ConfigError) as e:
+        build_config({"config": None, "web-endpoint": "tcp:notaport"})
+    assert e.value.setting == "server.web_endpoint"
