@@ -1,0 +1,330 @@
+"""
+AccountingService: the durable RADIUS spool, an ICdrSink named "radius".
+
+The call model's products become payloads (packets.spool) that the
+CallService stores in the "radius" outbox in the same transaction as the
+call's records.  This service then reads the outbox in id order, sends
+through the RadiusClient, and deletes an item only once a verified
+Accounting-Response for it arrived (batched deletions through the writer).
+A restart, or kill -9, reads the outbox again from the start.
+
+Interim-Updates: an answered leg gets an "open" marker item in the outbox
+(spooled with the LegAnswer, so in the same transaction).  The service keeps
+the markers it has read as the set of answered open legs, creates each
+Interim-Update itself every `interim_interval` (stored in the outbox before
+it is sent), and deletes the marker with the leg's answered Stop.  So the set
+survives restarts exactly as the requests do.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cdrd.accounting import packets
+from cdrd.accounting.client import RadiusClient
+from cdrd.accounting.packets import INTERIM, STOP, Payload
+from cdrd.interfaces import ICdrSink, OutboxItem, WriteBatch
+from cdrd.values import LegStop
+
+SINK = "radius"
+#: Legs whose Stop was seen, remembered so a late Interim-Update is dropped.
+STOPPED_MEMORY = 100_000
+#: Seconds between refreshes of the outbox statistics and gateway addresses.
+STATS_INTERVAL = 5.0
+PEERS_INTERVAL = 60.0
+#: Seconds stopService waits for answers to what is in flight.
+STOP_GRACE = 2.0
+
+
+@implementer(ICdrSink)
+class AccountingService(Service):
+    """RADIUS accounting of call legs (accounting.md)."""
+
+    name = SINK
+    log = Logger()
+
+    def __init__(self, config, store, writer, clock, reactor, dictionary_path=None, rng=None):
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.reactor = reactor
+        self.dictionary = packets.load_dictionary(config.vendor, dictionary_path)
+        self.client = RadiusClient(
+            config.servers,
+            self.dictionary,
+            clock,
+            reactor,
+            window=config.window,
+            initial_timeout=config.initial_timeout,
+            max_timeout=config.max_timeout,
+            failover_after=config.failover_after,
+            rng=rng,
+        )
+        self.read_ahead = 2 * self.client.window
+        self._after = 0  # highest outbox id read
+        self._reading = False
+        self._again = False
+        self._caught_up = False
+        self._open: dict[str, tuple[int, Payload]] = {}  # leg -> (marker id, marker)
+        self._timers: dict[str, object] = {}
+        self._stopped: OrderedDict[str, None] = OrderedDict()
+        self._done: list[int] = []
+        self._deleting: defer.Deferred | None = None
+        self._flush_call = None
+        self._loops: list[task.LoopingCall] = []
+        self._peers: dict[str, str] = {}
+        self._stats = (0, None)
+        self.sent = 0
+        self.answered = 0
+
+    # -- ICdrSink ---------------------------------------------------------------
+
+    def spool(self, outputs, now):
+        if not self.config.enabled:
+            return []
+        return [
+            p.to_bytes()
+            for p in packets.spool(
+                outputs,
+                now,
+                self.config.nas_ip,
+                interims=self.config.interim_interval > 0,
+                peers=self._peers,
+            )
+        ]
+
+    def committed(self, outputs):
+        if not self.config.enabled:
+            return
+        for o in outputs:
+            if isinstance(o, LegStop):
+                self._leg_stopped(o.leg.id)
+        self._pump()
+
+    # -- service ------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        if not self.config.enabled:
+            return
+        self.client.start()
+        for interval, f in ((STATS_INTERVAL, self._refresh_stats), (PEERS_INTERVAL, self._refresh_peers)):
+            loop = task.LoopingCall(f)
+            loop.clock = self.clock
+            loop.start(interval, now=True).addErrback(
+                lambda fail: self.log.failure("accounting loop failed", fail)
+            )
+            self._loops.append(loop)
+        self._after = 0
+        self._caught_up = False
+        self._pump()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if not self.config.enabled:
+            return
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        # a little time for answers to what is in flight; the rest stays in
+        # the outbox and is sent again at the next start
+        waited = 0.0
+        while self.client.in_flight and waited < STOP_GRACE:
+            yield task.deferLater(self.clock, 0.1, lambda: None)
+            waited += 0.1
+        yield self._flush()
+        if self._deleting is not None:
+            yield self._deleting
+        yield self.client.stop()
+
+    # -- reading the outbox ---------------------------------------------------------
+
+    def _pump(self):
+        if not self.running or not self.config.enabled:
+            return
+        if self._reading:
+            self._again = True
+            return
+        room = self.read_ahead - self.client.pending
+        if room <= 0:
+            return
+        self._reading = True
+        self._again = False
+        d = defer.maybeDeferred(self.store.outbox, SINK, self._after, room)
+        d.addCallback(self._read, room)
+        d.addErrback(self._read_failed)
+
+    def _read(self, items, limit):
+        self._reading = False
+        for item in items:
+            self._after = max(self._after, item.id)
+            self._handle(item)
+        if len(items) >= limit or self._again:
+            self._pump()
+        elif not self._caught_up:
+            self._caught_up = True
+            for leg in list(self._open):
+                self._schedule_interim(leg)
+
+    def _read_failed(self, failure):
+        self._reading = False
+        self.log.failure("reading the RADIUS outbox failed; retrying", failure)
+        self.clock.callLater(1.0, self._pump)
+
+    def _handle(self, item: OutboxItem):
+        try:
+            payload = Payload.from_bytes(item.payload)
+        except (ValueError, KeyError, TypeError):
+            # kept in the outbox for an operator: a swallowed item is lost data
+            self.log.error("unreadable RADIUS outbox item {id}", id=item.id)
+            return
+        if payload.kind == "open":
+            if payload.leg in self._stopped:
+                self._delete(item.id)
+                return
+            self._open[payload.leg] = (item.id, payload)
+            if self._caught_up:
+                self._schedule_interim(payload.leg)
+            return
+        if payload.status == INTERIM and payload.leg in self._stopped:
+            self._delete(item.id)  # its Stop is already on its way
+            return
+        if payload.status == STOP:
+            self._leg_stopped(payload.leg)
+        self.sent += 1
+        self.client.send(payload).addCallback(self._answered, item.id, payload)
+
+    def _answered(self, _, item_id, payload):
+        self.answered += 1
+        self._delete(item_id)
+        if payload.status == STOP:
+            marker = self._open.pop(payload.leg, None)
+            if marker is not None:
+                self._delete(marker[0])
+        self._pump()
+
+    # -- deleting what was answered --------------------------------------------------
+
+    def _delete(self, item_id):
+        self._done.append(item_id)
+        if self._flush_call is None and self._deleting is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self):
+        self._flush_call = None
+        if self._deleting is not None or not self._done:
+            return defer.succeed(None)
+        ids, self._done = self._done, []
+        d = defer.maybeDeferred(
+            self.writer.submit, WriteBatch(outbox_done=[(SINK, i) for i in ids])
+        )
+        self._deleting = d
+
+        def done(result):
+            self._deleting = None
+            if self._done and self._flush_call is None:
+                self._flush_call = self.clock.callLater(0, self._flush)
+
+        def failed(failure):
+            # not deleted yet: try again; a crash meanwhile only means these
+            # are sent again after the restart (at least once)
+            self.log.failure("deleting answered RADIUS items failed; retrying", failure)
+            self._deleting = None
+            self._done[:0] = ids
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(1.0, self._flush)
+
+        d.addCallbacks(done, failed)
+        return d
+
+    # -- Interim-Updates --------------------------------------------------------------
+
+    def _leg_stopped(self, leg):
+        self._stopped[leg] = None
+        while len(self._stopped) > STOPPED_MEMORY:
+            self._stopped.popitem(last=False)
+        call = self._timers.pop(leg, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def _schedule_interim(self, leg):
+        interval = self.config.interim_interval * 1000
+        if interval <= 0 or leg not in self._open or leg in self._timers or not self.running:
+            return
+        answered = self._open[leg][1].answered or 0
+        now = self._now()
+        due = answered + ((now - answered) // interval + 1) * interval
+        self._timers[leg] = self.clock.callLater((due - now) / 1000, self._interim, leg)
+
+    def _interim(self, leg):
+        self._timers.pop(leg, None)
+        marker = self._open.get(leg)
+        if marker is None or leg in self._stopped:
+            return
+        now = self._now()
+        payload = packets.interim(marker[1], now)
+        d = defer.maybeDeferred(
+            self.writer.submit,
+            WriteBatch(outbox=[OutboxItem(SINK, payload.to_bytes(), created=now)]),
+        )
+        d.addCallbacks(
+            lambda _: self._pump(),
+            lambda f: self.log.failure("storing an Interim-Update failed", f),
+        )
+        self._schedule_interim(leg)
+
+    # -- visibility ------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _refresh_stats(self):
+        try:
+            self._stats = yield self.store.outbox_stats(SINK)
+        except Exception:  # noqa: BLE001 - visibility only; logged
+            self.log.failure("RADIUS outbox statistics failed")
+
+    @defer.inlineCallbacks
+    def _refresh_peers(self):
+        try:
+            gateways = yield self.store.gateways()
+        except Exception:  # noqa: BLE001 - an optional attribute; logged
+            self.log.failure("reading gateway addresses failed")
+            return
+        self._peers = {g.key: g.peer for g in gateways if g.peer}
+
+    def status(self) -> dict:
+        """JSON-able: what the web page and the metrics show."""
+        now = self._now()
+        depth, oldest_created = self._stats
+        depth = max(0, (depth or 0) - len(self._open), self.client.pending)
+        oldest = self.client.oldest_event()
+        if oldest is None and depth and oldest_created is not None:
+            oldest = oldest_created
+        return {
+            "enabled": self.config.enabled,
+            "spool_depth": depth,
+            "oldest_age": 0.0 if oldest is None else max(0, now - oldest) / 1000,
+            "in_flight": self.client.in_flight,
+            "queued": len(self.client.queue),
+            "open_legs": len(self._open),
+            "sent": self.sent,
+            "answered": self.answered,
+            "retransmissions": self.client.retransmissions,
+            "interim_interval": self.config.interim_interval,
+            "vendor": self.config.vendor,
+            "servers": self.client.status(),
+        }
