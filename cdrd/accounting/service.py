@@ -268,7 +268,7 @@ class AccountingService(Service):
             return
         answered = self._open[leg][1].answered or 0
         now = self._now()
-        due = answered + ((now - answered) // interval + 1) * interval
+        due = answered + max(1, (now - answered) // interval + 1) * interval
         self._timers[leg] = self.clock.callLater((due - now) / 1000, self._interim, leg)
 
     def _interim(self, leg):

@@ -1,0 +1,144 @@
+"""Unit: payloads, attributes, splitting, the vendor dictionary."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdrd.accounting import packets
+from cdrd.accounting.packets import Payload, encode_request, load_dictionary, spool
+from cdrd.values import Cdr, Leg, LegAnswer, LegStart, LegStop
+from tests.accounting import examples
+from tests.accounting.fakes import decode
+
+D = load_dictionary(32473)
+
+
+def test_vendor_number_is_rewritten_for_pyrad():
+    d = load_dictionary(12345)
+    assert d.vendors.GetForward("cdrd") == 12345
+    assert d.attributes["cdrd-CDR"].vendor == "cdrd"
+    p = spool(examples.e1()[-1:], 0, None, True)[0]
+    _, raw, _ = encode_request(d, p, b"s", 1, 0)
+    # Vendor-Specific (26) carries the configured number
+    assert (12345).to_bytes(4, "big") in raw
+    assert (32473).to_bytes(4, "big") not in raw
+
+
+def test_payload_round_trip_and_event_time():
+    outputs = examples.e1()
+    ps = spool(outputs, 0, "192.0.2.10", True)
+    assert [p.kind for p in ps] == ["req", "req", "open", "open", "req", "req"]
+    for p in ps:
+        assert Payload.from_bytes(p.to_bytes()) == p
+        json.loads(p.to_bytes())
+    assert ps[0].event == examples.t("10:00:00.000")
+
+
+def test_no_interim_markers_when_interims_are_off():
+    ps = spool(examples.e1(), 0, None, False)
+    assert all(p.kind == "req" for p in ps) and len(ps) == 4
+
+
+def test_start_attributes_and_delay():
+    p = spool(examples.e1()[:1], 0, "192.0.2.10", True)[0]
+    now = examples.t("10:00:07.999")
+    pkt, raw, delay = encode_request(D, p, b"s", 7, now)
+    assert delay == 7
+    got = decode(raw, D)
+    assert got.id == 7
+    assert got["Acct-Status-Type"] == ["Start"]
+    assert got["Acct-Delay-Time"] == [7]
+    assert got["Event-Timestamp"] == [examples.t("10:00:00.000") // 1000]
+    assert got["User-Name"] == ["442079460201"]
+    assert got["Chargeable-User-Identity"] == [b"442079460201"]
+    assert got["NAS-Port-Id"] == ["fxs/1"]
+    assert got["cdrd-Leg-Direction"] == ["inbound"]
+    assert "Acct-Session-Time" not in got and "cdrd-CDR" not in got
+
+
+def test_ipv6_nas_address():
+    p = spool(examples.e1()[:1], 0, "2001:db8::10", True)[0]
+    got = decode(encode_request(D, p, b"s", 1, 0)[1], D)
+    assert got["NAS-IPv6-Address"] == ["2001:db8::10"]
+    assert "NAS-IP-Address" not in got
+
+
+def test_user_name_falls_back_to_cli_and_fxo_port():
+    leg = Leg("c/0", "c", "g", 1, "inbound", pport=2, cli="02071234567", dialled="2252")
+    p = spool([LegStart(leg, 0)], 0, None, True)[0]
+    got = decode(encode_request(D, p, b"s", 1, 0)[1], D)
+    assert got["User-Name"] == ["02071234567"]
+    assert got["NAS-Port"] == [2] and got["NAS-Port-Id"] == ["fxo/2"]
+    assert "Chargeable-User-Identity" not in got
+
+
+def test_terminate_causes():
+    tc = packets.terminate_cause
+    assert tc("") == tc("cancelled") == "User-Request"
+    assert tc("busy") == tc("failed") == tc("rejected") == tc("no-route") == "Service-Unavailable"
+    assert tc("replaced") == "Port-Unneeded"
+    assert tc("gateway-restart") == "NAS-Reboot"
+    assert tc("stale") == "Lost-Service"
+
+
+def test_stop_carries_session_time_and_cdrs_in_order():
+    stop = examples.e4()[-1]
+    p = spool([stop], 0, None, True)[0]
+    got = decode(encode_request(D, p, b"s", 1, stop.time)[1], D)
+    assert got["Acct-Session-Time"] == [300]
+    assert got["cdrd-CDR"] == [c.line for c in stop.cdrs]
+    assert got["cdrd-CDR-Id"] == [c.id for c in stop.cdrs]
+
+
+def test_largest_stop_is_one_packet_within_limits():
+    _, stop = examples.largest_stop()
+    ps = spool([stop], 0, "192.0.2.10", True)
+    assert len(ps) == 1
+    pkt, raw, _ = encode_request(D, ps[0], b"s", 1, 0)
+    assert 3000 < len(raw) <= packets.MAX_PACKET
+    assert len(decode(raw, D)["cdrd-CDR"]) == 10
+
+
+def _cdr(n, text="x"):
+    return Cdr(f"{n:032x}", "c", "g", 0, 0, 1000, "", text, text, text)
+
+
+def test_too_many_cdrs_split_into_numbered_stops():
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
+    cdrs = tuple(_cdr(n, "7" * 60) for n in range(40))
+    ps = spool([LegStop(leg, 5000, 1000, "", cdrs)], 0, None, True)
+    assert len(ps) > 1
+    lines = []
+    for n, p in enumerate(ps, 1):
+        _, raw, _ = encode_request(D, p, b"s", 1, 0)
+        got = decode(raw, D)
+        assert len(raw) <= packets.MAX_PACKET
+        assert got["cdrd-CDR-Part"] == [f"{n}/{len(ps)}"]
+        assert got["Acct-Session-Id"] == ["c/0"] and got["Acct-Status-Type"] == ["Stop"]
+        lines += got["cdrd-CDR"]
+    assert lines == [c.line for c in cdrs]
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300))
+def test_long_lines_arrive_whole_in_continuations(text):
+    cdr = _cdr(1, text)
+    attrs = packets.cdr_attributes(cdr)
+    assert attrs[0] == ("cdrd-CDR-Id", cdr.id)
+    parts = [v for n, v in attrs[1:]]
+    assert "".join(parts) == cdr.line
+    assert all(len(v.encode()) <= packets.MAX_VENDOR_VALUE for v in parts)
+    assert [n for n, v in attrs[2:]] == ["cdrd-CDR-Continued"] * (len(attrs) - 2)
+
+
+def test_interim_from_marker():
+    answer = examples.e1()[2]
+    marker = spool([answer], 0, None, True)[0]
+    assert isinstance(answer, LegAnswer) and marker.kind == "open"
+    p = packets.interim(marker, answer.time + 600_400)
+    got = decode(encode_request(D, p, b"s", 1, answer.time + 600_400)[1], D)
+    assert got["Acct-Status-Type"] == ["Interim-Update"]
+    assert got["Acct-Session-Time"] == [600]
+    assert got["Acct-Session-Id"] == [answer.leg.id]

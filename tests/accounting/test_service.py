@@ -1,0 +1,242 @@
+"""Unit: the durable spool (outbox in, verified answers out), interims, restart."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from zope.interface.verify import verifyObject
+
+from cdrd.accounting.packets import load_dictionary
+from cdrd.accounting.service import AccountingService
+from cdrd.config import RadiusConfig, RadiusServer
+from cdrd.interfaces import ICdrSink
+from cdrd.values import GatewayState
+from tests.accounting import examples
+from tests.accounting.fakes import FakeReactor, answer, decode
+from tests.accounting.outbox import OutboxStore, Writer
+
+D = load_dictionary(32473)
+SECRET = "sekrit"
+
+
+def make(store=None, interim=600, reactor=None, **kw):
+    reactor = reactor or FakeReactor()
+    if reactor.seconds() == 0:
+        reactor.advance(examples.t("10:00:00.000") / 1000)
+    store = store or OutboxStore()
+    cfg = RadiusConfig(
+        servers=(RadiusServer("127.0.0.1", 1813, SECRET),),
+        interim_interval=interim, nas_ip="192.0.2.10", **kw,
+    )
+    svc = AccountingService(cfg, store, Writer(store), reactor, reactor, rng=random.Random(2))
+    return svc, store, reactor
+
+
+def commit(svc, store, outputs, now):
+    store.spooled("radius", svc.spool(outputs, now), created=now)
+    svc.committed(outputs)
+
+
+def answer_all(reactor, svc, port=None):
+    port = port or reactor.ports[-1]
+    n = 0
+    for raw, _ in list(port.written):
+        ident = raw[1]
+        if raw[0] == 4 and ident in svc.client.servers[0].inflight:
+            req = svc.client.servers[0].inflight[ident]
+            if req.raw == raw:
+                answer(port, raw, SECRET.encode(), D)
+                n += 1
+    return n
+
+
+def crash(reactor):
+    """kill -9: nothing of the old process runs any more."""
+    for call in list(reactor.getDelayedCalls()):
+        call.cancel()
+    for port in reactor.ports:
+        port.open = False
+
+
+def interims(reactor):
+    """The distinct Interim-Updates sent (retransmissions counted once)."""
+    seen = {}
+    for p in sent(reactor):
+        if p["Acct-Status-Type"] == ["Interim-Update"]:
+            seen.setdefault((p["Acct-Session-Id"][0], p["Acct-Session-Time"][0]), p)
+    return list(seen.values())
+
+
+def sent(reactor, port=None):
+    port = port or reactor.ports[-1]
+    return [decode(raw, D) for raw, _ in port.written]
+
+
+def test_is_an_icdrsink():
+    svc, _, _ = make()
+    assert verifyObject(ICdrSink, svc) and svc.name == "radius"
+
+
+def test_spool_is_pure_json_payloads():
+    svc, _, _ = make()
+    outputs = examples.e1()
+    a, b = svc.spool(outputs, 0), svc.spool(outputs, 0)
+    assert a == b and len(a) == 6
+    assert [json.loads(p)["s"] for p in a] == ["Start", "Start", "", "", "Stop", "Stop"]
+
+
+def test_spool_uses_gateway_address():
+    svc, store, r = make()
+    store.gateway_states = [GatewayState("8200_000C2A020082", "8200", "000C2A020082",
+                                         peer="198.51.100.7:40000")]
+    svc.startService()
+    payload = svc.spool(examples.e1()[:1], 0)[0]
+    assert ["cdrd-Gateway-Address", "198.51.100.7:40000"] in json.loads(payload)["a"]
+
+
+def test_sent_after_commit_deleted_only_after_verified_answer():
+    svc, store, r = make(interim=0)
+    svc.startService()
+    outputs = examples.e4()
+    commit(svc, store, outputs, r.seconds() * 1000)
+    assert len(store.items) == 6
+    pkts = sent(r)
+    assert [p["Acct-Status-Type"][0] for p in pkts] == ["Start", "Start", "Stop", "Start", "Stop", "Stop"]
+    port = r.ports[0]
+    answer(port, port.written[0][0], b"wrong", D)
+    r.advance(0)
+    assert len(store.items) == 6
+    assert answer_all(r, svc) == 6
+    r.advance(0)  # deletions are batched per reactor turn
+    assert not store.items
+    deletions = [w for w in store.writes if w.outbox_done]
+    assert len(deletions) == 1 and len(deletions[0].outbox_done) == 6
+    st = svc.status()
+    assert st["spool_depth"] == 0 and st["sent"] == st["answered"] == 6
+    json.dumps(st)
+
+
+def test_restart_resends_what_was_not_answered():
+    svc, store, r = make(interim=0)
+    svc.startService()
+    commit(svc, store, examples.e1(), r.seconds() * 1000)
+    port = r.ports[0]
+    answer(port, port.written[0][0], SECRET.encode(), D)  # only the first Start
+    r.advance(0)
+    assert len(store.items) == 3
+    crash(r)  # no stopService; a new process reads the same store
+    r.advance(300)
+    svc2, _, _ = make(store=store, interim=0, reactor=r)
+    svc2.startService()
+    pkts = sent(r)
+    assert len(pkts) == 3
+    assert [p["Acct-Session-Id"][0].rsplit("/", 1)[1] for p in pkts] == ["1", "1", "0"]
+    now = r.seconds()
+    assert [p["Acct-Delay-Time"][0] for p in pkts] == [
+        int(now - p["Event-Timestamp"][0]) for p in pkts  # whole seconds of the events
+    ] or all(p["Acct-Delay-Time"][0] >= 170 for p in pkts)
+    assert pkts[0]["Acct-Delay-Time"][0] == (int(now * 1000) - examples.t("10:00:02.500")) // 1000
+    assert pkts[-1]["cdrd-CDR"] == [examples.e1()[-1].cdrs[0].line]
+    answer_all(r, svc2)
+    r.advance(0)
+    assert not store.items
+
+
+def test_interim_updates_while_answered_until_stop():
+    svc, store, r = make(interim=60)
+    svc.startService()
+    outputs = examples.e1()
+    now = examples.t("10:00:07.250")
+    commit(svc, store, outputs[:4], now)  # starts and answers
+    answer_all(r, svc)
+    r.advance(0)
+    assert len(store.items) == 2  # the two open-leg markers stay
+    assert svc.status()["open_legs"] == 2 and svc.status()["spool_depth"] == 0
+    r.pump([1] * 70)  # answered at 10:00:07.250 (clock 10:00:00): first interim at +60 s
+    got = interims(r)
+    assert len(got) == 2
+    assert all(p["Acct-Session-Time"] == [60] for p in got)
+    # stored before sent
+    assert any(w.outbox and b'"Interim-Update"' in w.outbox[0].payload for w in store.writes)
+    answer_all(r, svc)
+    r.pump([1] * 60)
+    got = interims(r)
+    assert len(got) == 4 and got[-1]["Acct-Session-Time"] == [120]
+    answer_all(r, svc)
+    commit(svc, store, outputs[4:], r.seconds() * 1000)
+    answer_all(r, svc)
+    r.advance(0)
+    assert not store.items  # markers deleted with the answered Stops
+    assert svc.status()["open_legs"] == 0
+    r.advance(600)
+    assert len(interims(r)) == 4
+
+
+def test_open_legs_survive_a_restart():
+    svc, store, r = make(interim=60)
+    svc.startService()
+    commit(svc, store, examples.e1()[:4], examples.t("10:00:07.250"))
+    answer_all(r, svc)
+    r.advance(0)
+    crash(r)  # restart 100 s later
+    r.advance(100)
+    svc2, _, _ = make(store=store, interim=60, reactor=r)
+    svc2.startService()
+    assert svc2.status()["open_legs"] == 2
+    r.pump([1] * 30)  # next interim due at answer + 120 s
+    got = interims(r)
+    assert len(got) == 2 and got[0]["Acct-Session-Time"] == [120]
+
+
+def test_interim_after_stop_is_dropped():
+    svc, store, r = make(interim=60)
+    svc.startService()
+    outputs = examples.e1()
+    commit(svc, store, outputs[:4], examples.t("10:00:07.250"))
+    answer_all(r, svc)
+    # an interim stored after the Stop was committed (a race) is never sent
+    commit(svc, store, outputs[4:], r.seconds() * 1000)
+    from cdrd.accounting import packets
+    from cdrd.interfaces import OutboxItem, WriteBatch
+    marker = next(m for m in svc._open.values())[1]
+    late = packets.interim(marker, r.seconds() * 1000)
+    store.write(WriteBatch(outbox=[OutboxItem("radius", late.to_bytes(), 0)]))
+    svc._pump()
+    answer_all(r, svc)
+    r.advance(0)
+    assert not interims(r)
+    assert not store.items
+
+
+def test_status_reports_depth_age_and_servers():
+    svc, store, r = make(interim=0)
+    svc.startService()
+    commit(svc, store, examples.e1()[:2], r.seconds() * 1000)
+    r.advance(7)
+    st = svc.status()
+    assert st["spool_depth"] == 2
+    assert st["oldest_age"] == 7.0
+    assert st["retransmissions"] >= 2
+    assert st["servers"][0]["address"] == "127.0.0.1:1813"
+    assert "secret" not in json.dumps(st) and SECRET not in json.dumps(st)
+
+
+def test_disabled_without_servers():
+    r = FakeReactor()
+    store = OutboxStore()
+    svc = AccountingService(RadiusConfig(), store, Writer(store), r, r)
+    svc.startService()
+    assert svc.spool(examples.e1(), 0) == [] and not r.ports
+    assert svc.status()["enabled"] is False
+
+
+def test_stop_service_waits_briefly_and_flushes():
+    svc, store, r = make(interim=0)
+    svc.startService()
+    commit(svc, store, examples.e1()[:1], r.seconds() * 1000)
+    answer_all(r, svc)
+    d = svc.stopService()
+    r.advance(0)
+    r.pump([0.1] * 30)
+    assert d.called and not store.items
