@@ -55,3 +55,41 @@ class Writer:
     def submit(self, batch):
         return self.store.write(batch)
 
+
+
+class FileOutboxStore(OutboxStore):
+    """OutboxStore persisted to a JSON file (fsync + rename per write), so a
+    process killed with -9 leaves its outbox for the next one."""
+
+    def __init__(self, path):
+        super().__init__()
+        import json
+        import os
+
+        self.path = str(path)
+        self._json, self._os = json, os
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                data = json.load(f)
+            self.next_id = data["next_id"]
+            for i in data["items"]:
+                self.items[i["id"]] = OutboxItem(
+                    i["sink"], bytes.fromhex(i["payload"]), i["created"], i["id"]
+                )
+
+    def write(self, batch):
+        d = super().write(batch)
+        data = {
+            "next_id": self.next_id,
+            "items": [
+                {"id": i.id, "sink": i.sink, "payload": i.payload.hex(), "created": i.created}
+                for i in self.items.values()
+            ],
+        }
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            self._json.dump(data, f)
+            f.flush()
+            self._os.fsync(f.fileno())
+        self._os.replace(tmp, self.path)
+        return d

@@ -131,3 +131,96 @@ async def test_largest_possible_stop_is_accepted(radius):
     assert len(stops) == 1
     assert stops[0]["cdrd-CDR"] == [c.line for c in stop.cdrs]
     assert "cdrd-CDR-Part" not in stops[0]
+
+
+def leg_ids(outputs):
+    return {o.leg.id for o in outputs}
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover_to_second_server_and_back(tmp_path):
+    first = FreeRadius(tmp_path / "first", secret=SECRET)  # down at first
+    second = FreeRadius(tmp_path / "second", secret=SECRET)
+    second.start()
+    svc, store = service(config(first, second, initial_timeout=0.2, max_timeout=1.0,
+                                failover_after=2, interim_interval=0))
+    svc.client.probe_interval = 0.5
+    svc.startService()
+    try:
+        e1 = examples.e1()
+        spool(svc, store, e1)
+        assert await until(lambda: not store.items, timeout=15)
+        assert svc.client.active == 1
+        assert svc.status()["servers"][0]["state"] == "down"
+        got = second.wait_records(lambda r: len(r) >= 4)
+        assert {r["Acct-Session-Id"][0] for r in got} == leg_ids(e1) and len(got) == 4
+        assert not first.records()
+
+        first.start()  # the first answers Status-Server again: back to it
+        assert await until(lambda: svc.client.active == 0, timeout=15)
+        e4 = examples.e4()
+        spool(svc, store, e4)
+        assert await until(lambda: not store.items, timeout=15)
+        got = first.wait_records(lambda r: len(r) >= 6)
+        assert {r["Acct-Session-Id"][0] for r in got} == leg_ids(e4) and len(got) == 6
+        assert len(second.records()) == 4
+        assert svc.status()["retransmissions"] >= 2
+    finally:
+        await svc.stopService()
+        first.stop()
+        second.stop()
+
+
+def test_server_down_kill_9_restart_then_server_up(tmp_path):
+    """Nothing lost: cdrd spools with the server down, is killed -9 while
+    retransmitting, restarts; then the server comes up and gets every leg's
+    Start and Stop and every CDR, with Acct-Delay-Time."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.accounting.freeradius import DICTIONARIES
+
+    radius = FreeRadius(tmp_path / "radius", secret=SECRET)  # not started yet
+    store_path = tmp_path / "outbox.json"
+    root = DICTIONARIES.parent
+    cmd = [sys.executable, "-m", "tests.accounting.spool_process", str(store_path),
+           str(radius.port), SECRET]
+    proc = subprocess.Popen(cmd + ["--spool"], cwd=root, stdout=subprocess.PIPE)
+    procs = [proc]
+    try:
+        assert proc.stdout.readline() == b"spooled\n"
+        time.sleep(2.5)  # retransmitting into the void
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed_at = time.time()
+        from tests.accounting.outbox import FileOutboxStore
+
+        assert len(FileOutboxStore(store_path).items) == 10  # nothing answered, nothing lost
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL)
+        procs.append(proc)
+        time.sleep(1.0)
+        radius.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and FileOutboxStore(store_path).items:
+            time.sleep(0.1)
+        assert not FileOutboxStore(store_path).items
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
+        radius.stop()
+    recs = radius.records()
+    outputs = examples.e1() + examples.e4()
+    for kind in ("Start", "Stop"):
+        assert {r["Acct-Session-Id"][0] for r in by_status(recs, kind)} == leg_ids(outputs)
+    lines = [line for r in recs for line in r.get("cdrd-CDR", [])]
+    want = [c.line for o in outputs for c in getattr(o, "cdrs", ())]
+    assert len(want) == 3 and set(lines) == set(want)
+    assert all(int(r["Acct-Delay-Time"][0]) >= 3 for r in recs)
+    # the delay counts from the event: these events are hours before the test ran
+    first_start = next(r for r in recs if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/75/0"])
+    assert int(first_start["Acct-Delay-Time"][0]) >= int(killed_at) - examples.t("10:00:00.000") // 1000 - 1
