@@ -1,0 +1,112 @@
+"""
+Replay a script (cdrd.sim.script) as one gateway: log in, send every event
+within the window, wait until the last one is acknowledged, LOGOUT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+
+from cdrd.sim.client import GatewayIdentity, OutgoingEvent, SimGateway, percentile
+
+
+@frozen
+class ReplaySummary:
+    gateway: str
+    events: int
+    first_seq: int | None
+    last_seq: int | None
+    sent: int
+    resent: int
+    acked: int
+    logins: int
+    errors: int
+    seconds: float
+    ack_p50_ms: float
+    ack_max_ms: float
+
+    def text(self) -> str:
+        seqs = f"seq {self.first_seq}..{self.last_seq}" if self.events else "no events"
+        return (
+            f"gateway {self.gateway}: {self.events} events ({seqs}) acked in "
+            f"{self.seconds:.3f} s; sent {self.sent}, resent {self.resent}, "
+            f"logins {self.logins}, ERR {self.errors}; "
+            f"ack latency p50 {self.ack_p50_ms:.1f} ms, max {self.ack_max_ms:.1f} ms"
+        )
+
+
+def default_callref(events: Sequence[OutgoingEvent]) -> int:
+    """The LOGIN callref before a script: one below its lowest ref (spec: 74 before 75)."""
+    return max(0, min((e.ref for e in events), default=1) - 1)
+
+
+@defer.inlineCallbacks
+def replay(
+    reactor: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    identity: GatewayIdentity,
+    events: Sequence[OutgoingEvent],
+    *,
+    window: int = 64,
+    callref: int | None = None,
+    seq: int | None = None,
+    timeout: float = 60.0,
+    ping_interval: float = 30.0,
+    reconnect_delay: float = 1.0,
+):
+    """
+    Send `events` as `identity` and return a ReplaySummary once all are
+    acknowledged and the session is closed.  Fails with LoginRejected on an
+    ERR at login, or with TimeoutError after `timeout` s.
+    """
+    started = reactor.seconds()
+    gateway = SimGateway(
+        identity,
+        reactor,
+        window=window,
+        ping_interval=ping_interval,
+        callref=default_callref(events) if callref is None else callref,
+        seq=seq,
+        started=started,
+    )
+    gateway.submit(events)
+    done = defer.Deferred()
+
+    def run():
+        d = gateway.start(endpoint, reconnect_delay)
+        d.addCallback(lambda _: gateway.finish())
+        return d
+
+    run().chainDeferred(done)
+    done.addTimeout(timeout, reactor)
+    try:
+        yield done
+    except defer.TimeoutError:
+        gateway.abort()
+        raise TimeoutError(
+            f"gateway {identity.key}: {gateway.outstanding} of {len(events)} events "
+            f"not acknowledged after {timeout} s"
+        ) from None
+    except BaseException:
+        gateway.abort()
+        raise
+    first = gateway.next_seq - len(events) if events and gateway.next_seq else None
+    lat = gateway.stats.latencies_ms
+    return ReplaySummary(
+        gateway=identity.key,
+        events=len(events),
+        first_seq=first,
+        last_seq=(gateway.next_seq - 1) if events and gateway.next_seq else None,
+        sent=gateway.stats.sent,
+        resent=gateway.stats.resent,
+        acked=gateway.stats.acked,
+        logins=gateway.stats.logins,
+        errors=gateway.stats.errors,
+        seconds=reactor.seconds() - started,
+        ack_p50_ms=percentile(lat, 50),
+        ack_max_ms=max(lat, default=0.0),
+    )
