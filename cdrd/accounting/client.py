@@ -79,6 +79,7 @@ class ServerState:
     answered: int = 0
     sent: int = 0
     retransmissions: int = 0
+    requests: int = 0  # Requests (not probes) in `inflight`
     probe_id: int | None = None
     probe: AcctPacket | None = None
     buffer: int = 0
@@ -87,8 +88,11 @@ class ServerState:
         return self.free.popleft() if self.free else None
 
     def release(self, ident: int) -> None:
-        if self.inflight.pop(ident, None) is not None:
+        item = self.inflight.pop(ident, None)
+        if item is not None:
             self.free.append(ident)
+            if isinstance(item, Request):
+                self.requests -= 1
 
 
 class _ServerProtocol(DatagramProtocol):
@@ -169,9 +173,7 @@ class RadiusClient:
 
     @property
     def in_flight(self) -> int:
-        return sum(
-            1 for s in self.servers for r in s.inflight.values() if isinstance(r, Request)
-        )
+        return sum(s.requests for s in self.servers)
 
     @property
     def pending(self) -> int:
@@ -197,8 +199,7 @@ class RadiusClient:
         return int(self.clock.seconds() * 1000)
 
     def _room(self, server: ServerState) -> bool:
-        used = sum(1 for r in server.inflight.values() if isinstance(r, Request))
-        return used < self.window and bool(server.free)
+        return server.requests < self.window and bool(server.free)
 
     def _dispatch(self) -> None:
         if not self._running or not self.servers:
@@ -229,6 +230,7 @@ class RadiusClient:
             )
             req.ident, req.server = ident, index
             server.inflight[ident] = req
+            server.requests += 1
         req.rt = retransmission_timeout(req.rt, self.irt, self.mrt, self.rng.uniform(-0.1, 0.1))
         req.sent_at = self.clock.seconds()
         req.sends += 1
@@ -355,7 +357,7 @@ class RadiusClient:
                 "sent": s.sent,
                 "answered": s.answered,
                 "retransmissions": s.retransmissions,
-                "in_flight": sum(1 for r in s.inflight.values() if isinstance(r, Request)),
+                "in_flight": s.requests,
                 "socket_buffer": s.buffer,
             }
             for i, s in enumerate(self.servers)

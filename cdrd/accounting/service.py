@@ -213,7 +213,9 @@ class AccountingService(Service):
             marker = self._open.pop(payload.leg, None)
             if marker is not None:
                 self._delete(marker[0])
-        self._pump()
+        # read again in pages, not one item per answer
+        if self.client.pending <= self.read_ahead // 2:
+            self._pump()
 
     # -- deleting what was answered --------------------------------------------------
 

@@ -33,8 +33,15 @@ class OutboxStore:
         return defer.succeed(WriteResult())
 
     def outbox(self, sink, after_id, limit):
-        out = [i for k, i in sorted(self.items.items()) if i.sink == sink and k > after_id]
-        return defer.succeed(out[:limit])
+        # ids only grow and dicts keep insertion order: scan from after_id
+        out = []
+        for k in range(after_id + 1, self.next_id):
+            item = self.items.get(k)
+            if item is not None and item.sink == sink:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return defer.succeed(out)
 
     def outbox_stats(self, sink):
         mine = [i for i in self.items.values() if i.sink == sink]
