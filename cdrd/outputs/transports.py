@@ -264,12 +264,15 @@ class TcpTarget:
             else:
                 endpoint = HostnameEndpoint(reactor, host, port, timeout=10)
         self.endpoint = endpoint
-        self._policy = backoffPolicy(
+        policy = backoffPolicy(
             initialDelay=initial_delay,
             maxDelay=max_delay,
             factor=2.0,
             jitter=jitter if jitter is not None else random.Random().random,
         )
+        # ClientService counts failed attempts from 1: the first retry (after
+        # a lost connection or a failed attempt) waits initial_delay
+        self._policy = lambda attempt: policy(max(0, attempt - 1))
         self._service: ClientService | None = None
         self._protocol: _TcpSyslogProtocol | None = None
         self._paused_now = False
