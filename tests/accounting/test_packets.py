@@ -122,15 +122,34 @@ def test_too_many_cdrs_split_into_numbered_stops():
     assert lines == [c.line for c in cdrs]
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300))
-def test_long_lines_arrive_whole_in_continuations(text):
-    cdr = _cdr(1, text)
-    attrs = packets.cdr_attributes(cdr)
-    assert attrs[0] == ("cdrd-CDR-Id", cdr.id)
-    parts = [v for n, v in attrs[1:]]
-    assert "".join(parts) == cdr.line
-    assert all(len(v.encode()) <= packets.MAX_VENDOR_VALUE for v in parts)
-    assert [n for n, v in attrs[2:]] == ["cdrd-CDR-Continued"] * (len(attrs) - 2)
+def reassemble(got) -> list[str]:
+    """What a billing consumer does with one Stop's CDR attributes."""
+    lines = list(got.get("cdrd-CDR", []))
+    for value in got.get("cdrd-CDR-Continued", []):
+        index, _, text = value.partition(":")
+        lines[int(index) - 1] += text
+    return lines
+
+
+@given(st.lists(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200),
+    min_size=1, max_size=12,
+))
+def test_long_lines_arrive_whole_in_continuations(texts):
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
+    cdrs = tuple(_cdr(n, text) for n, text in enumerate(texts))
+    ps = spool([LegStop(leg, 5000, 1000, "", cdrs)], 0, None, True)
+    lines, ids = [], []
+    for p in ps:
+        _, raw, _ = encode_request(D, p, b"s", 1, 0)
+        assert len(raw) <= packets.MAX_PACKET
+        got = decode(raw, D)
+        assert sum(len(v) for v in dict.values(got)) <= packets.MAX_ATTRIBUTES
+        assert all(len(v.encode()) <= packets.MAX_VENDOR_VALUE for v in got["cdrd-CDR"])
+        lines += reassemble(got)
+        ids += got["cdrd-CDR-Id"]
+    assert lines == [c.line for c in cdrs]
+    assert ids == [c.id for c in cdrs]
 
 
 def test_interim_from_marker():
