@@ -29,6 +29,8 @@ _DATE = re.compile(r"\d{4}-\d\d-\d\d\Z")
 _TIME_OF_DAY = re.compile(r"\d\d:\d\d:\d\d(\.\d{3})?\Z")
 _TYPE = re.compile(r"[A-Z][A-Z_]*\Z")
 _KEY = re.compile(r"[a-z][a-z0-9_]*\Z")
+_BLANKS = " \t\r\n"
+_SPLIT = re.compile(r"[ \t]+")
 
 
 class ScriptError(ValueError):
@@ -56,12 +58,14 @@ def parse_script(text: str | Iterable[str], date: str | None = None) -> list[Out
     times of day until a ``# date:`` line sets another; a time of day with
     no date at all is a ScriptError.
     """
-    lines = text.splitlines() if isinstance(text, str) else list(text)
+    # only LF ends a line, and only ASCII blanks separate: values may hold
+    # any other character unescaped, as on the wire
+    lines = text.split("\n") if isinstance(text, str) else list(text)
     if date is not None:
         date = _check_date(date, 0)
     events: list[OutgoingEvent] = []
     for lineno, raw in enumerate(lines, 1):
-        line = raw.strip()
+        line = raw.strip(_BLANKS)
         if not line:
             continue
         if line.startswith("#"):
@@ -69,8 +73,8 @@ def parse_script(text: str | Iterable[str], date: str | None = None) -> list[Out
             if header:
                 date = _check_date(header.group(1), lineno)
             continue
-        line = line.split(" #", 1)[0].strip()
-        parts = line.split()
+        line = line.split(" #", 1)[0].strip(_BLANKS)
+        parts = _SPLIT.split(line)
         if len(parts) < 3:
             raise ScriptError(lineno, "want REF TIME TYPE [key=value ...]")
         ref_text, when, etype, *fields = parts

@@ -1,0 +1,305 @@
+"""The simulated gateway's side of a GWP/1 session, against an in-test server."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from cdrd.gateway.codec import parse_gateway_time, parse_line
+from cdrd.sim.client import (
+    GatewayClientProtocol,
+    GatewayIdentity,
+    LoginRejected,
+    OutgoingEvent,
+    SimGateway,
+    encode_event,
+    percentile,
+)
+from tests.sim.fake_server import NONCE, FakeServer, verify_auth
+
+T0 = parse_gateway_time("2026-11-22T10:00:00.000")
+GW = GatewayIdentity(gw="8200", mac="000C2A020082", secret="s3cret", boot="b7", fw="1.2 beta")
+
+
+def clock_at(seconds: float = T0 / 1000) -> Clock:
+    clock = Clock()
+    clock.advance(seconds)
+    return clock
+
+
+def events(n: int, ref: int = 75) -> list[OutgoingEvent]:
+    return [OutgoingEvent(ref, "DIAL", T0 + i, (("digits", str(i)),)) for i in range(n)]
+
+
+def seqs(lines) -> list[int]:
+    return [int(parse_line(line).fields["seq"]) for line in lines if line.startswith(b"EV ")]
+
+
+def connected(identity=GW, **kw) -> tuple[SimGateway, GatewayClientProtocol, StringTransport]:
+    clock = kw.pop("clock", None) or clock_at()
+    gateway = SimGateway(identity, clock, **kw)
+    proto = GatewayClientProtocol(gateway)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return gateway, proto, tr
+
+
+def login(proto, tr, last: int = 0) -> list:
+    proto.dataReceived(f"HELLO proto=1 nonce={NONCE} time=2026-11-22T10:00:00.000Z\n".encode())
+    sent = tr.value()
+    tr.clear()
+    proto.dataReceived(b"OK session=7f3a last=%d\n" % last)
+    return [parse_line(line) for line in sent.splitlines()]
+
+
+def written(tr) -> list[bytes]:
+    lines = tr.value().splitlines()
+    tr.clear()
+    return lines
+
+
+def test_login_line_signed_as_the_spec_says():
+    gateway, proto, tr = connected(callref=74)
+    assert tr.value() == b""  # nothing before HELLO
+    (msg,) = login(proto, tr)
+    assert msg.verb == "LOGIN"
+    assert list(msg.fields) == ["proto", "gw", "mac", "fxs", "fxo", "isdn", "callref", "time",
+                                "boot", "fw", "auth"]
+    assert msg.fields["gw"] == "8200" and msg.fields["mac"] == "000C2A020082"
+    assert msg.fields["callref"] == "74" and msg.fields["boot"] == "b7"
+    assert msg.fields["fw"] == "1.2 beta"
+    assert msg.fields["time"] == "2026-11-22T10:00:00.000"
+    assert verify_auth("s3cret", NONCE, msg.raw)
+    assert not verify_auth("other", NONCE, msg.raw)
+    assert proto.ready and gateway.connection is proto
+
+
+def test_login_without_secret_has_no_auth_and_clock_offset():
+    identity = GatewayIdentity(gw="8200", mac="000C2A020082", clock_offset_ms=-3_600_000)
+    _, proto, tr = connected(identity)
+    (msg,) = login(proto, tr)
+    assert "auth" not in msg.fields and "boot" not in msg.fields
+    assert msg.fields["time"] == "2026-11-22T09:00:00.000"
+
+
+def test_lost_counter_continues_at_last_plus_one():
+    gateway, proto, tr = connected()
+    login(proto, tr, last=1041)
+    gateway.submit(events(2))
+    assert seqs(written(tr)) == [1042, 1043]
+
+
+def test_window_limits_events_in_flight_and_acks_are_cumulative():
+    gateway, proto, tr = connected(window=3, seq=1)
+    login(proto, tr)
+    gateway.submit(events(10))
+    assert seqs(written(tr)) == [1, 2, 3]
+    assert gateway.outstanding == 10
+    proto.dataReceived(b"ACK seq=2\n")
+    assert seqs(written(tr)) == [4, 5]
+    assert gateway.stats.acked == 2 and list(gateway.inflight) == [3, 4, 5]
+    proto.dataReceived(b"ACK seq=2\n")  # a repeated ACK changes nothing
+    assert written(tr) == [] and gateway.stats.acked == 2
+    proto.dataReceived(b"ACK seq=9\n")  # beyond what was sent: all in flight are covered
+    assert seqs(written(tr)) == [6, 7, 8]
+    assert gateway.stats.acked == 5
+
+
+def test_events_encoded_exactly():
+    line = encode_event(1042, OutgoingEvent(75, "TALK", T0 + 7250, (("info", "C(18) M(17)"),)))
+    assert line == b"EV seq=1042 ref=75 type=TALK t=2026-11-22T10:00:07.250 info=C(18)%20M(17)\n"
+    assert encode_event(3, OutgoingEvent(76, "RING_BACK")) == b"EV seq=3 ref=76 type=RING_BACK\n"
+
+
+def test_ack_latency_measured_from_send_to_covering_ack():
+    clock = clock_at()
+    gateway, proto, tr = connected(clock=clock, window=10, seq=1)
+    login(proto, tr)
+    gateway.submit(events(2))
+    clock.advance(0.040)
+    gateway.submit(events(1))
+    clock.advance(0.010)
+    proto.dataReceived(b"ACK seq=3\n")
+    assert gateway.stats.latencies_ms == pytest.approx([50.0, 50.0, 10.0])
+    assert percentile(gateway.stats.latencies_ms, 50) == pytest.approx(50.0)
+
+
+def test_drained_fires_once_everything_is_acked():
+    gateway, proto, tr = connected(seq=1)
+    login(proto, tr)
+    gateway.submit(events(3))
+    d = gateway.when_drained()
+    proto.dataReceived(b"ACK seq=2\n")
+    assert not d.called
+    proto.dataReceived(b"ACK seq=3\n")
+    assert d.called and gateway.outstanding == 0
+
+
+def test_resend_after_reconnect_only_above_new_last():
+    clock = clock_at()
+    gateway = SimGateway(GW, clock, window=10, seq=1)
+    first = GatewayClientProtocol(gateway)
+    tr1 = StringTransport()
+    first.makeConnection(tr1)
+    login(first, tr1)
+    gateway.submit(events(5))
+    sent = {int(parse_line(line).fields["seq"]): line for line in written(tr1)}
+    first.dataReceived(b"ACK seq=2\n")
+    first.connectionLost()
+    assert gateway.connection is None
+    gateway.submit(events(2, ref=76))  # queued while offline
+    assert gateway.outstanding == 5
+
+    second = GatewayClientProtocol(gateway)
+    tr2 = StringTransport()
+    second.makeConnection(tr2)
+    login(second, tr2, last=3)  # the server had stored seq 3 before the ACK got out
+    lines = written(tr2)
+    assert seqs(lines) == [4, 5, 6, 7]
+    assert lines[:2] == [sent[4].rstrip(b"\n"), sent[5].rstrip(b"\n")]  # same bytes
+    assert [parse_line(x).fields["ref"] for x in lines[2:]] == ["76", "76"]
+    assert gateway.stats.resent == 2 and gateway.stats.acked == 3 and gateway.stats.logins == 2
+
+
+def test_resend_nothing_when_server_has_all():
+    gateway, proto, tr = connected(seq=1)
+    login(proto, tr)
+    gateway.submit(events(2))
+    written(tr)
+    proto.connectionLost()
+    again = GatewayClientProtocol(gateway)
+    tr2 = StringTransport()
+    again.makeConnection(tr2)
+    login(again, tr2, last=2)
+    assert seqs(written(tr2)) == [] and gateway.outstanding == 0
+    gateway.submit(events(1))
+    assert seqs(written(tr2)) == [3]
+
+
+def test_counter_never_below_servers_last():
+    gateway, proto, tr = connected(seq=5)
+    login(proto, tr, last=100)
+    gateway.submit(events(1))
+    assert seqs(written(tr)) == [101]
+
+
+def test_err_at_login_rejects_and_fails_waiters():
+    gateway, proto, tr = connected()
+    gateway.submit(events(1))
+    waiting = gateway.when_drained()
+    failures = []
+    waiting.addErrback(failures.append)
+    proto.ready_d.addErrback(lambda f: None)
+    proto.dataReceived(f"HELLO proto=1 nonce={NONCE}\n".encode())
+    proto.dataReceived(b"ERR code=auth reason=wrong%20auth\n")
+    assert tr.disconnecting
+    (failure,) = failures
+    assert failure.check(LoginRejected) and failure.value.code == "auth"
+    assert failure.value.reason == "wrong auth"
+    assert b"EV" not in tr.value()
+
+
+def test_err_after_login_is_counted_not_fatal():
+    gateway, proto, tr = connected()
+    login(proto, tr)
+    proto.dataReceived(b"ERR code=bad reason=digits%20too%20long seq=4\n")
+    assert gateway.stats.errors == 1 and not tr.disconnecting and proto.ready
+
+
+def test_ping_at_interval_and_logout_bye():
+    clock = clock_at()
+    gateway, proto, tr = connected(clock=clock, ping_interval=30.0)
+    login(proto, tr)
+    clock.advance(29.9)
+    assert written(tr) == []
+    clock.advance(0.1)
+    assert written(tr) == [b"PING"]
+    proto.dataReceived(b"PONG\n")
+    assert proto.pongs == 1
+    closed = proto.logout()
+    assert written(tr) == [b"LOGOUT"]
+    proto.dataReceived(b"BYE\n")
+    assert tr.disconnecting
+    proto.connectionLost()
+    assert closed.called
+    clock.advance(60)
+    assert written(tr) == []  # no PING after the connection is gone
+
+
+def test_garbage_from_server_is_ignored():
+    gateway, proto, tr = connected(seq=1)
+    login(proto, tr)
+    gateway.submit(events(1))
+    written(tr)
+    proto.dataReceived(b"ACK seq=\xff\nack x\nACK seq=abc\n\n")
+    assert gateway.outstanding == 1 and not tr.disconnecting
+
+
+def test_start_reconnects_after_loss_and_resends():
+    clock = clock_at()
+    server = FakeServer(clock, secret="s3cret", auto_ack=False)
+    gateway = SimGateway(GW, clock, window=4)
+    online = gateway.start(server, reconnect_delay=2.0)
+    server.run(lambda: online.called)
+    gateway.submit(events(6))
+    clock.advance(0)
+    assert seqs(server.links[0].lines) == [1, 2, 3, 4]
+    server.links[0].close()  # the server drops the connection: nothing acked ...
+    del server.stored[3], server.stored[4]  # ... and only 1 and 2 were durable
+    server.last = 2
+    clock.advance(0)
+    assert len(server.links) == 1  # waits reconnect_delay
+    server.auto_ack = True
+    clock.advance(2.0)
+    server.run(lambda: gateway.outstanding == 0)
+    assert len(server.links) == 2
+    assert server.last == 6 and sorted(server.stored) == [1, 2, 3, 4, 5, 6]
+    assert seqs(server.links[1].lines) == [3, 4, 5, 6]  # above the new last only
+    assert server.stored[3] == server.links[0].lines[3]  # (lines[0] is the LOGIN)  # the same bytes again
+    assert gateway.stats.resent == 2 and gateway.stats.logins == 2 and gateway.stats.acked == 6
+
+
+def test_start_retries_refused_connections_and_finish_logs_out():
+    clock = clock_at()
+    server = FakeServer(clock)
+    server.refuse = True
+    gateway = SimGateway(GW, clock)
+    online = gateway.start(server, reconnect_delay=1.0)
+    clock.advance(3.0)
+    assert not online.called and not server.links
+    server.refuse = False
+    clock.advance(1.0)
+    server.run(lambda: online.called)
+    gateway.submit(events(2))
+    done = gateway.finish()
+    server.run(lambda: done.called)
+    assert server.links[0].lines[-1] == b"LOGOUT" and server.links[0].closed
+    assert seqs(server.links[0].lines) == [1, 2]
+    clock.advance(10)
+    assert len(server.links) == 1  # no reconnect after finish
+
+
+def test_start_with_wrong_secret_fails():
+    clock = clock_at()
+    server = FakeServer(clock, secret="right")
+    gateway = SimGateway(GatewayIdentity(gw="1", mac="000000000001", secret="wrong"), clock)
+    online = gateway.start(server)
+    failures = []
+    online.addErrback(failures.append)
+    server.run(lambda: failures)
+    assert failures[0].check(LoginRejected)
+    clock.advance(10)
+    assert len(server.links) == 1  # a rejected login is not retried
+
+
+def test_window_must_be_positive():
+    with pytest.raises(ValueError):
+        SimGateway(GW, Clock(), window=0)
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0 and percentile([], 50) == 0.0
+    assert percentile([7.0], 99) == 7.0
