@@ -227,3 +227,68 @@ def test_server_down_kill_9_restart_then_server_up(tmp_path):
         if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/75/0"]
     )
     assert int(first_start["Acct-Delay-Time"][0]) >= int(killed_at) - examples.t("10:00:00.000") // 1000 - 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_cdrs_arrive_whole_and_own_vendor_number(tmp_path):
+    """Lines over one attribute and CDR sets over one packet (beyond
+    call-records.md's limits) still arrive whole; and an operator's own
+    vendor number, set in cdrd's config and on FreeRADIUS's VENDOR line."""
+    from cdrd.values import Cdr, Leg, LegStart, LegStop
+    from tests.accounting.test_packets import reassemble
+
+    radius = FreeRadius(tmp_path / "radius", secret=SECRET, vendor=99999)
+    radius.start()
+    svc, store = service(config(radius, vendor=99999, interim_interval=0))
+    leg = Leg("g/b/9/0", "g/b/9", examples.GW, 9, "inbound", port=1, cui="c", cli="1")
+    cdrs = tuple(
+        Cdr(f"{n:032x}", "g/b/9", examples.GW, 0, 0, 1000, "",
+            f'"quoted, {n}" ' + "x" * (150 + n), "2252", "1" * 64)
+        for n in range(20)
+    )
+    assert all(len(c.line.encode()) > 247 for c in cdrs)
+    outputs = [LegStart(leg, 0), LegStop(leg, 5000, 1000, "", cdrs)]
+    svc.startService()
+    try:
+        spool(svc, store, outputs)
+        assert await until(lambda: not store.items)
+    finally:
+        await svc.stopService()
+        recs = radius.wait_records(lambda r: len(by_status(r, "Stop")) >= 2)
+        radius.stop()
+    stops = sorted(by_status(recs, "Stop"), key=lambda r: r["cdrd-CDR-Part"][0])
+    assert len(stops) >= 2
+    parts = [r["cdrd-CDR-Part"][0] for r in stops]
+    assert parts == [f"{n}/{len(stops)}" for n in range(1, len(stops) + 1)]
+    lines, ids = [], []
+    for r in stops:
+        lines += reassemble(r)
+        ids += r["cdrd-CDR-Id"]
+    assert lines == [c.line for c in cdrs]
+    assert ids == [c.id for c in cdrs]
+    assert all(r["Acct-Session-Id"] == ["g/b/9/0"] for r in stops)
+
+
+@pytest_twisted.ensureDeferred
+async def test_interim_updates_reach_freeradius(radius):
+    # the parser allows no interval under 60 s; the service itself takes 1 s
+    svc, store = service(config(radius, interim_interval=1))
+    from cdrd.values import Leg, LegAnswer, LegStart, LegStop
+
+    now = int(reactor.seconds() * 1000)
+    leg = Leg("g/b/7/0", "g/b/7", examples.GW, 7, "inbound", port=1, cui="c", cli="1")
+    svc.startService()
+    try:
+        spool(svc, store, [LegStart(leg, now - 500), LegAnswer(leg, now)])
+        assert await until(lambda: len(by_status(radius.records(), "Interim-Update")) >= 2,
+                           timeout=10)
+        spool(svc, store, [LegStop(leg, now + 2500, now, "")])
+        assert await until(lambda: not store.items)
+    finally:
+        await svc.stopService()
+    recs = radius.records()
+    kinds = [r["Acct-Status-Type"][0] for r in recs]
+    assert kinds[0] == "Start" and kinds[-1] == "Stop" and "Interim-Update" in kinds
+    interims = by_status(recs, "Interim-Update")
+    assert [r["Acct-Session-Time"] for r in interims[:2]] == [["1"], ["2"]]
+    assert by_status(recs, "Stop")[0]["Acct-Session-Time"] == ["2"]
