@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cdrd.sim.client import ClientStats, GatewayIdentity, OutgoingEvent, SimGateway, percentile
 
@@ -177,6 +178,32 @@ class LoadSummary:
         return json.dumps(asdict(self))
 
 
+def _wait(clock: IReactorTime, d: defer.Deferred, seconds: float) -> defer.Deferred:
+    """
+    `d`'s result, or TimeoutError after `seconds`; `d` is left alone (not
+    cancelled).  A FirstError of gatherResults is unwrapped.
+    """
+    out: defer.Deferred = defer.Deferred()
+
+    def expire() -> None:
+        if not out.called:
+            out.errback(TimeoutError(f"nothing after {seconds} s"))
+
+    timer = clock.callLater(seconds, expire)
+
+    def fired(result):
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure) and result.check(defer.FirstError):
+            result = result.value.subFailure
+        if not out.called:
+            out.callback(result) if not isinstance(result, Failure) else out.errback(result)
+        return None
+
+    d.addBoth(fired)
+    return out
+
+
 class LoadRun:
     """
     The load of one run; `run()` returns a Deferred firing with its
@@ -248,9 +275,16 @@ class LoadRun:
     @defer.inlineCallbacks
     def run(self):
         online = defer.gatherResults([g.start(self.endpoint) for g in self.gateways], consumeErrors=True)
-        online.addTimeout(self.connect_timeout, self.reactor)
         try:
-            yield online
+            yield _wait(self.reactor, online, self.connect_timeout)
+        except TimeoutError:
+            for g in self.gateways:
+                g.abort()
+            waiting = sum(1 for g in self.gateways if g.stats.logins == 0)
+            raise TimeoutError(
+                f"{waiting} of {len(self.gateways)} gateways not logged in after "
+                f"{self.connect_timeout} s (is the server up?)"
+            ) from None
         except BaseException:
             for g in self.gateways:
                 g.abort()
@@ -263,20 +297,18 @@ class LoadRun:
         self._placer.start(self.tick, now=True)
         yield self._placing_done
         drained = defer.gatherResults([g.when_drained() for g in self.gateways], consumeErrors=True)
-        drained.addTimeout(self.drain_timeout, self.reactor)
         complete = True
         try:
-            yield drained
-        except defer.TimeoutError:
+            yield _wait(self.reactor, drained, self.drain_timeout)
+        except TimeoutError:
             complete = False
             log.warn("load: not everything acknowledged after {t} s", t=self.drain_timeout)
         summary = self.summary(complete)
         if complete:
             bye = defer.gatherResults([g.finish() for g in self.gateways], consumeErrors=True)
-            bye.addTimeout(5.0, self.reactor)
             try:
-                yield bye
-            except defer.TimeoutError:
+                yield _wait(self.reactor, bye, 5.0)
+            except TimeoutError:
                 log.warn("load: some gateways did not get BYE within 5 s")
         for g in self.gateways:
             g.abort()
