@@ -144,6 +144,11 @@ class AccountingService(Service):
         while self.client.in_flight and waited < STOP_GRACE:
             yield task.deferLater(self.clock, 0.1, lambda: None)
             waited += 0.1
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self._deleting is not None:
+            yield self._deleting
         yield self._flush()
         if self._deleting is not None:
             yield self._deleting
