@@ -109,12 +109,21 @@ class RadiusConfig:
 @frozen
 class SyslogConfig:
     target: str | None = None  # None: off; "unix:/dev/log", "udp:H:P", "tcp:H:P"
-    format: str = "rfc5424"  # or "rfc3164"
+    # "rfc5424" or "rfc3164"; None: rfc3164 on the local socket (what syslog(3)
+    # sends: Debian's rsyslog imuxsock does not parse RFC 5424), rfc5424 else
+    format: str | None = None
     framing: str = "octet-counting"  # TCP only; or "lf"
     facility: str = "local0"
     app_name: str = "cdrd"
     hostname: str | None = None  # None: this machine's name
     buffer: int = 100_000  # CDRs kept while the target is down
+
+    @property
+    def message_format(self) -> str:
+        if self.format is not None:
+            return self.format
+        local = self.target is not None and self.target.startswith("unix:")
+        return "rfc3164" if local else "rfc5424"
 
 
 @frozen
@@ -362,7 +371,7 @@ def _syslog(s: _Section) -> SyslogConfig:
     else:
         target = None
     fmt = s.text("format", d.format)
-    if fmt not in ("rfc5424", "rfc3164"):
+    if fmt is not None and fmt not in ("rfc5424", "rfc3164"):
         raise ConfigError(s.setting("format"), "rfc5424 or rfc3164")
     framing = s.text("framing", d.framing)
     if framing not in ("octet-counting", "lf"):

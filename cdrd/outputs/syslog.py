@@ -117,7 +117,7 @@ class SyslogSink(Service):
 
     def message(self, entry: CdrEntry) -> bytes:
         """The syslog message of one CDR, framed for the target."""
-        if self.config.format == "rfc3164":
+        if self.config.message_format == "rfc3164":
             # syslog(3) sends no hostname on the local socket; the daemon adds it
             local = self.target.description.startswith("unix:")
             hostname = None if local and self.config.hostname is None else self.hostname
@@ -155,7 +155,7 @@ class SyslogSink(Service):
             self.log.info(
                 "syslog: sending CDRs to {target} ({syslog_format}); {depth} waiting in the outbox",
                 target=self.target.description,
-                syslog_format=self.config.format,
+                syslog_format=self.config.message_format,
                 depth=self._stored,
             )
             self.target.start(self)
@@ -416,7 +416,7 @@ class SyslogSink(Service):
         """JSON-able, for the web page and the metrics."""
         out = {
             "target": self.target.description,
-            "format": self.config.format,
+            "format": self.config.message_format,
             "facility": self.config.facility,
             "connected": bool(self.running and self._started and self.target.connected),
             "queued": max(0, self._stored),
