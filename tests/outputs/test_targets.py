@@ -1,0 +1,125 @@
+"""Unit: the datagram targets (a real unix socket in tmp, a fake UDP port)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+from twisted.internet import defer, task
+
+from cdrd.outputs.transports import (
+    MessageTooLong,
+    TcpTarget,
+    UdpTarget,
+    UnixDatagramTarget,
+    make_target,
+    parse_target,
+)
+
+
+class Listener:
+    def __init__(self):
+        self.ready = 0
+
+    def target_ready(self):
+        self.ready += 1
+
+
+def test_parse_target():
+    assert parse_target("unix:/dev/log") == ("unix", "/dev/log", None)
+    assert parse_target("udp:127.0.0.1:5514") == ("udp", "127.0.0.1", 5514)
+    assert parse_target("tcp:[::1]:6514") == ("tcp", "::1", 6514)
+    assert parse_target("udp:loghost") == ("udp", "loghost", 514)
+
+
+def test_make_target_kinds():
+    clock = task.Clock()
+    assert isinstance(make_target("unix:/dev/log", None, clock), UnixDatagramTarget)
+    assert isinstance(make_target("udp:127.0.0.1:514", None, clock), UdpTarget)
+    assert isinstance(make_target("tcp:127.0.0.1:514", None, clock), TcpTarget)
+    with pytest.raises(ValueError):
+        make_target("smtp:x", None, clock)
+
+
+def test_unix_target_sends_and_reports_a_missing_daemon(tmp_path):
+    path = str(tmp_path / "log")
+    target = UnixDatagramTarget(path)
+    listener = Listener()
+    target.start(listener)
+    assert listener.ready == 1 and target.ready
+    assert target.send(b"<134>x") == target.last_error != ""  # no socket yet
+    assert not target.connected
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        assert target.send(b"<134>hello") is None
+        assert server.recv(100) == b"<134>hello"
+        assert target.connected
+        with pytest.raises(MessageTooLong):
+            target.send(b"x" * 10_000_000)
+    target.stop()
+    assert not target.ready
+
+
+class FakeUdpPort:
+    def __init__(self):
+        self.written = []
+        self.fail = None
+
+    def write(self, data, addr):
+        if self.fail:
+            raise OSError(self.fail, "nope")
+        self.written.append((data, addr))
+
+    def stopListening(self):
+        return defer.succeed(None)
+
+
+class FakeReactor(task.Clock):
+    def __init__(self):
+        super().__init__()
+        self.ports = []
+        self.resolved = {}
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        p = FakeUdpPort()
+        self.ports.append((interface, p))
+        return p
+
+    def resolve(self, name):
+        if name in self.resolved:
+            return defer.succeed(self.resolved[name])
+        return defer.fail(OSError("unknown host"))
+
+
+def test_udp_target_binds_loopback_and_sends_datagrams():
+    reactor = FakeReactor()
+    target = UdpTarget("127.0.0.1", 5514, reactor, reactor)
+    listener = Listener()
+    target.start(listener)
+    (interface, port), = reactor.ports
+    assert interface == "127.0.0.1" and listener.ready == 1
+    assert target.send(b"one") is None
+    port.fail = errno.EAGAIN
+    assert target.send(b"two") == "nope" and not target.connected
+    port.fail = errno.EMSGSIZE
+    with pytest.raises(MessageTooLong):
+        target.send(b"three")
+    port.fail = None
+    assert target.send(b"four") is None and target.connected
+    assert port.written == [(b"one", ("127.0.0.1", 5514)), (b"four", ("127.0.0.1", 5514))]
+
+
+def test_udp_target_resolves_names_and_retries():
+    reactor = FakeReactor()
+    target = UdpTarget("loghost", 514, reactor, reactor, resolve_retry=5)
+    listener = Listener()
+    target.start(listener)
+    assert not target.ready and "cannot resolve loghost" in target.last_error
+    reactor.resolved["loghost"] = "192.0.2.7"
+    reactor.advance(5)
+    assert target.ready and listener.ready == 1
+    (interface, port), = reactor.ports
+    assert interface == ""
+    target.send(b"x")
+    assert port.written == [(b"x", ("192.0.2.7", 514))]
