@@ -1,0 +1,205 @@
+"""
+An in-memory IStore: correct, synchronous and fast, for the unit tests of
+every room.  Every method returns an already-fired Deferred.  Nothing
+survives the process.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from attrs import evolve
+from twisted.internet import defer
+from zope.interface import implementer
+
+from cdrd.interfaces import CallPage, IStore, WriteResult
+from cdrd.store.schema import FILTER_NOTATION, log_gateway_match, quarter
+
+
+def _within(t, since, until) -> bool:
+    return (since is None or t >= since) and (until is None or t < until)
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    The same semantics as the SQL stores (see the contract tests in
+    tests/store/contract.py): ids increase in commit order, (gateway, seq)
+    is unique, a record or CDR id is stored once.
+    """
+
+    def __init__(self):
+        self._events = []  # in id order
+        self._event_keys = set()  # (gateway, seq)
+        self._log = []
+        self._gateways = {}
+        self._records = {}  # id -> CallRecord, insertion order
+        self._cdrs = {}  # id -> Cdr, written order
+        self._cursors = {}
+        self._outbox = {}  # sink -> {id: OutboxItem}, ids increasing
+        self._next_event = 1
+        self._next_log = 1
+        self._next_outbox = 1
+        self.opened = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self):
+        self.opened = True
+        return defer.succeed(None)
+
+    def close(self):
+        self.opened = False
+        return defer.succeed(None)
+
+    # -- the one way in ----------------------------------------------------
+
+    def write(self, batch):
+        try:
+            return defer.succeed(self._write(batch))
+        except Exception:
+            return defer.fail()
+
+    def _write(self, batch) -> WriteResult:
+        # Work out everything first, then apply: nothing partially applied.
+        inserted = []
+        keys = set()
+        next_event = self._next_event
+        for e in batch.events:
+            if e.seq is not None:
+                key = (e.gateway, e.seq)
+                if key in self._event_keys or key in keys:
+                    continue
+                keys.add(key)
+            inserted.append(evolve(e, id=next_event))
+            next_event += 1
+        log = []
+        next_log = self._next_log
+        for entry in batch.log:
+            log.append(evolve(entry, id=next_log))
+            next_log += 1
+        outbox = []
+        next_outbox = self._next_outbox
+        for item in batch.outbox:
+            outbox.append(evolve(item, id=next_outbox))
+            next_outbox += 1
+
+        self._events.extend(inserted)
+        self._event_keys |= keys
+        self._next_event = next_event
+        self._log.extend(log)
+        self._next_log = next_log
+        for g in batch.gateways:
+            self._gateways[g.key] = g
+        for r in batch.records:
+            self._records.setdefault(r.id, r)
+        for c in batch.cdrs:
+            self._cdrs.setdefault(c.id, c)
+        for c in batch.cursors:
+            self._cursors[c.gateway] = c
+        for item in outbox:
+            self._outbox.setdefault(item.sink, {})[item.id] = item
+        self._next_outbox = next_outbox
+        for sink, item_id in batch.outbox_done:
+            self._outbox.get(sink, {}).pop(item_id, None)
+        return WriteResult(events=tuple(inserted))
+
+    # -- queries -----------------------------------------------------------
+
+    def gateway(self, key):
+        return defer.succeed(self._gateways.get(key))
+
+    def gateways(self):
+        return defer.succeed([self._gateways[k] for k in sorted(self._gateways)])
+
+    def log(self, query):
+        out = [
+            e for e in self._log
+            if _within(e.time, query.since, query.until)
+            and (query.gateway is None or log_gateway_match(query.gateway, e.gateway, e.mac))
+        ]
+        out.sort(key=lambda e: (e.time, e.id), reverse=True)
+        return defer.succeed(out[query.offset:query.offset + query.limit])
+
+    def events(self, query):
+        out = [
+            e for e in self._events
+            if (query.gateway is None or e.gateway == query.gateway)
+            and (query.ref is None or e.ref == query.ref)
+            and _within(e.time, query.since, query.until)
+        ]
+        if query.newest_first:
+            out.reverse()
+        return defer.succeed(out[query.offset:query.offset + query.limit])
+
+    def events_after(self, gateway, after_id, limit):
+        start = bisect.bisect_right(self._events, after_id, key=lambda e: e.id)
+        out = []
+        for e in self._events[start:]:
+            if len(out) >= limit:
+                break
+            if e.gateway == gateway:
+                out.append(e)
+        return defer.succeed(out)
+
+    def calls(self, query):
+        base = [
+            r for r in self._records.values()
+            if (query.gateway is None or r.gateway == query.gateway)
+            and _within(r.begin, query.since, query.until)
+        ]
+        if query.filter == "all":
+            chosen = base
+        elif query.filter == "pstn":
+            chosen = [r for r in base if r.pstn]
+        elif query.filter in FILTER_NOTATION:
+            notation = FILTER_NOTATION[query.filter]
+            chosen = [r for r in base if r.notation == notation]
+        else:
+            return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
+        chosen.sort(key=lambda r: (r.begin, r.id))
+        page = tuple(chosen[query.offset:query.offset + query.limit])
+        return defer.succeed(CallPage(total=len(base), filtered=len(chosen), records=page))
+
+    def call_quarters(self, gateway, since, until):
+        return defer.succeed(sorted({
+            quarter(r.begin) for r in self._records.values()
+            if (gateway is None or r.gateway == gateway) and _within(r.begin, since, until)
+        }))
+
+    def cdrs(self, query):
+        out = [
+            c for c in self._cdrs.values()
+            if (query.gateway is None or c.gateway == query.gateway)
+            and (query.cui is None or c.cui == query.cui)
+            and (query.call is None or c.call == query.call)
+            and _within(c.start, query.since, query.until)
+        ]
+        return defer.succeed((len(out), out[query.offset:query.offset + query.limit]))
+
+    def cursors(self):
+        return defer.succeed(dict(self._cursors))
+
+    def ended_calls(self, gateway, since):
+        return defer.succeed([
+            (r.boot, r.ref) for r in self._records.values()
+            if r.gateway == gateway and r.end >= since
+        ])
+
+    def outbox(self, sink, after_id, limit):
+        # ids increase in insertion order, and dicts keep that order
+        out = []
+        for item_id, item in self._outbox.get(sink, {}).items():
+            if len(out) >= limit:
+                break
+            if item_id > after_id:
+                out.append(item)
+        return defer.succeed(out)
+
+    def outbox_stats(self, sink):
+        items = self._outbox.get(sink, {})
+        if not items:
+            return defer.succeed((0, None))
+        oldest = next(iter(items.values()))  # the lowest id: written first
+        return defer.succeed((len(items), oldest.created))
+
