@@ -1,0 +1,146 @@
+"""
+PostgreSQL for several cdrd nodes sharing one database: psycopg 3 in a small
+thread pool, one connection per thread, the same schema and SQL as SQLite.
+
+Uniqueness is by constraints (UNIQUE (gateway, seq), primary keys) and
+``ON CONFLICT DO NOTHING``.  Every write transaction first takes one
+transaction-scoped advisory lock, so write transactions of all nodes commit
+one after another: event and outbox ids increase in commit order across
+nodes, and a write can tell its own inserts from the rows before it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from cdrd.interfaces import IStore
+from cdrd.store.sql import SqlStore
+from cdrd.store.sqlite import StoreClosed
+
+#: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
+WRITE_LOCK = 0x63647264
+THREADS = 4
+
+
+def _safe(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+
+
+@implementer(IStore)
+class PostgresStore(SqlStore):
+    dialect = "postgresql"
+
+    def __init__(self, url: str, reactor, *, threads: int = THREADS, connect_timeout: int = 10):
+        self._url = url  # may hold a password: never logged (see __repr__)
+        self.reactor = reactor
+        self.threads = threads
+        self.connect_timeout = connect_timeout
+        self._pool: ThreadPool | None = None
+        self._local = threading.local()
+        self._conns: set[psycopg.Connection] = set()
+        self._lock = threading.Lock()
+        self.schema_version: int | None = None
+
+    def __repr__(self):
+        return f"<PostgresStore {_safe(self._url)}>"
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self):
+        if self._pool is not None:
+            return defer.succeed(None)
+        self._pool = ThreadPool(1, self.threads, name="cdrd-postgresql")
+        self._pool.start()
+
+        def opened(version):
+            self.schema_version = version
+            self._logger.info("store {url} open, schema version {version}",
+                              url=_safe(self._url), version=version)
+
+        def failed(f):
+            pool, self._pool = self._pool, None
+            pool.stop()
+            self._close_all()
+            return f
+
+        d = deferToThreadPool(self.reactor, self._pool, self._transaction, self._migrate_locked, (), True)
+        return d.addCallbacks(opened, failed)
+
+    def _migrate_locked(self, cur):
+        return self._migrate(cur)
+
+    def close(self):
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return defer.succeed(None)
+        # stop() lets queued work finish and joins the threads: do that in
+        # the reactor's own thread pool, not on the reactor
+        get_pool = getattr(self.reactor, "getThreadPool", None)
+        if get_pool is None:
+            pool.stop()
+            self._close_all()
+            return defer.succeed(None)
+        d = deferToThreadPool(self.reactor, get_pool(), pool.stop)
+        d.addBoth(lambda r: (self._close_all(), r)[1])
+        return d
+
+    def _close_all(self):
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            conn.close()
+
+    # -- running SQL -----------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self._url, autocommit=False, connect_timeout=self.connect_timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._conns.add(conn)
+        return conn
+
+    def _discard(self, conn):
+        self._local.conn = None
+        with self._lock:
+            self._conns.discard(conn)
+        conn.close()
+
+    def _run(self, fn, *args, write: bool):
+        if self._pool is None:
+            return defer.fail(StoreClosed(f"{self!r} is not open"))
+        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write)
+
+    def _transaction(self, fn, args, write):
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                if write:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                result = fn(cur, *args)
+            conn.commit()
+            return result
+        except BaseException:
+            if conn.broken or conn.closed:
+                self._discard(conn)  # the next call reconnects
+            else:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    self._discard(conn)
+            raise
+

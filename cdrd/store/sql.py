@@ -1,0 +1,419 @@
+"""
+The SQL both SQL stores share.  Everything here runs in a store thread on a
+DB-API connection; the dialect subclasses (sqlite.py, postgresql.py) own
+the threads, the connections and how a write transaction begins.
+
+Statements are written with ``?`` placeholders; PostgreSQL's ``%s`` is
+substituted by ``SqlStore.sql``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from attrs import evolve
+from twisted.logger import Logger
+
+from cdrd.interfaces import CallPage, ModelCursor, OutboxItem, WriteResult
+from cdrd.store.schema import (
+    FILTER_NOTATION,
+    MIGRATIONS,
+    QUARTER_MS,
+    SCHEMA_VERSION_DDL,
+    SchemaTooNew,
+    log_gateway_keys,
+    migration_statements,
+)
+from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
+
+EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
+LOG_COLS = "id, time, event, peer, gateway, mac, detail"
+GATEWAY_FIELDS = (
+    "key", "id", "mac", "last_seq", "boot", "boot_token", "restarts", "fxs", "fxo",
+    "isdn", "callref", "firmware", "peer", "login", "skew_ms", "last_heard", "online",
+)
+GATEWAY_COLS = ", ".join(GATEWAY_FIELDS)
+CALL_COLS = (
+    "id, gateway, boot, ref, port, pport, notation, pstn, dialed, begin_ms, connect_ms,"
+    " end_ms, talk, pstn_dial, pstn_time, cli, pstn_cli, cause"
+)
+CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli"
+
+
+def _fields_json(fields) -> str:
+    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
+
+
+def _event(row) -> CallEvent:
+    id_, gateway, seq, boot, ref, type_, time, received, fields = row
+    return CallEvent(
+        gateway=gateway, seq=seq, ref=ref, type=type_, time=time, received=received,
+        boot=boot, fields=json.loads(fields), id=id_,
+    )
+
+
+def _log(row) -> LogEntry:
+    id_, time, event, peer, gateway, mac, detail = row
+    return LogEntry(time=time, event=event, peer=peer, gateway=gateway, mac=mac, detail=detail, id=id_)
+
+
+def _gateway(row) -> GatewayState:
+    values = dict(zip(GATEWAY_FIELDS, row, strict=True))
+    values["online"] = bool(values["online"])
+    return GatewayState(**values)
+
+
+def _gateway_row(g: GatewayState) -> tuple:
+    return tuple(int(g.online) if f == "online" else getattr(g, f) for f in GATEWAY_FIELDS)
+
+
+def _record(row) -> CallRecord:
+    (id_, gateway, boot, ref, port, pport, notation, pstn, dialed, begin, connect, end,
+     talk, pstn_dial, pstn_time, cli, pstn_cli, cause) = row
+    return CallRecord(
+        id=id_, gateway=gateway, boot=boot, ref=ref, port=port, pport=pport,
+        notation=notation, pstn=bool(pstn), dialed=dialed, begin=begin, connect=connect,
+        end=end, talk=talk, pstn_dial=pstn_dial, pstn_time=pstn_time, cli=cli,
+        pstn_cli=pstn_cli, cause=cause,
+    )
+
+
+def _record_row(r: CallRecord) -> tuple:
+    return (
+        r.id, r.gateway, r.boot, r.ref, r.port, r.pport, r.notation, int(r.pstn), r.dialed,
+        r.begin, r.connect, r.end, r.talk, r.pstn_dial, r.pstn_time, r.cli, r.pstn_cli, r.cause,
+    )
+
+
+def _cdr(row) -> Cdr:
+    id_, call, gateway, start, ringing, duration, status, cui, dialled, cli = row
+    return Cdr(
+        id=id_, call=call, gateway=gateway, start=start, ringing=ringing,
+        duration=duration, status=status, cui=cui, dialled=dialled, cli=cli,
+    )
+
+
+def _cdr_row(c: Cdr) -> tuple:
+    return (c.id, c.call, c.gateway, c.start, c.ringing, c.duration, c.status, c.cui, c.dialled, c.cli)
+
+
+class _Where:
+    """AND-ed conditions and their parameters."""
+
+    def __init__(self):
+        self.terms: list[str] = []
+        self.params: list = []
+
+    def add(self, term: str, *params) -> _Where:
+        self.terms.append(term)
+        self.params.extend(params)
+        return self
+
+    def range(self, column: str, since, until) -> _Where:
+        if since is not None:
+            self.add(f"{column} >= ?", since)
+        if until is not None:
+            self.add(f"{column} < ?", until)
+        return self
+
+    @property
+    def sql(self) -> str:
+        return " WHERE " + " AND ".join(self.terms) if self.terms else ""
+
+
+class SqlStore:
+    """
+    IStore over SQL.  Subclasses provide ``dialect``, ``_run(fn, *args,
+    write=bool)`` (fn(cursor, *args) in a store thread, inside a
+    transaction, committed after: a Deferred) and ``_begin_write(cursor)``.
+    """
+
+    dialect = "sqlite"
+    _logger = Logger()  # not `log`: IStore.log is a query
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def _exec(self, cur, statement, params=()):
+        cur.execute(self.sql(statement), params)
+        return cur
+
+    def _many(self, cur, statement, rows):
+        if rows:
+            cur.executemany(self.sql(statement), rows)
+
+    # -- schema ----------------------------------------------------------------
+
+    def _migrate(self, cur) -> int:
+        self._exec(cur, SCHEMA_VERSION_DDL)
+        version = self._exec(cur, "SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"the database has schema version {version}, this cdrd knows up to {len(MIGRATIONS)}"
+            )
+        for index in range(version, len(MIGRATIONS)):
+            for statement in migration_statements(self.dialect, index):
+                self._exec(cur, statement)
+            self._logger.info("store schema migrated to version {version}", version=index + 1)
+        if version < len(MIGRATIONS):
+            self._exec(cur, "DELETE FROM schema_version")
+            self._exec(cur, "INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
+        return len(MIGRATIONS)
+
+    # -- the one way in --------------------------------------------------------
+
+    def write(self, batch):
+        return self._run(self._write, batch, write=True)
+
+    def _write(self, cur, batch) -> WriteResult:
+        inserted = []
+        if batch.events:
+            # One writer at a time (BEGIN IMMEDIATE / the advisory lock), so
+            # the rows above `before` are exactly this batch's inserts, in
+            # the batch's order; duplicates are the events not among them.
+            before = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            self._many(
+                cur,
+                "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
+                 for e in batch.events],
+            )
+            rows = self._exec(
+                cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (before,)
+            ).fetchall()
+            i = 0
+            for e in batch.events:
+                if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
+                    inserted.append(evolve(e, id=rows[i][0]))
+                    i += 1
+            if i != len(rows):
+                raise RuntimeError("events inserted by another writer during a write transaction")
+        self._many(
+            cur,
+            "INSERT INTO log (time, event, peer, gateway, mac, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail) for e in batch.log],
+        )
+        if batch.gateways:
+            updates = ", ".join(f"{f} = excluded.{f}" for f in GATEWAY_FIELDS[1:])
+            marks = ", ".join("?" * len(GATEWAY_FIELDS))
+            self._many(
+                cur,
+                f"INSERT INTO gateways ({GATEWAY_COLS}) VALUES ({marks})"
+                f" ON CONFLICT (key) DO UPDATE SET {updates}",
+                [_gateway_row(g) for g in batch.gateways],
+            )
+        self._many(
+            cur,
+            f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)}) ON CONFLICT DO NOTHING",
+            [_record_row(r) for r in batch.records],
+        )
+        self._many(
+            cur,
+            f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 10)}) ON CONFLICT DO NOTHING",
+            [_cdr_row(c) for c in batch.cdrs],
+        )
+        self._many(
+            cur,
+            "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
+            " ON CONFLICT (gateway) DO UPDATE SET applied = excluded.applied,"
+            " replay_from = excluded.replay_from",
+            [(c.gateway, c.applied, c.replay_from) for c in batch.cursors],
+        )
+        self._many(
+            cur,
+            "INSERT INTO outbox (sink, payload, created) VALUES (?, ?, ?)",
+            [(o.sink, bytes(o.payload), o.created) for o in batch.outbox],
+        )
+        self._many(
+            cur, "DELETE FROM outbox WHERE sink = ? AND id = ?", [tuple(p) for p in batch.outbox_done]
+        )
+        return WriteResult(events=tuple(inserted))
+
+    # -- queries ---------------------------------------------------------------
+
+    def _read(self, fn, *args):
+        return self._run(fn, *args, write=False)
+
+    def gateway(self, key):
+        def q(cur):
+            row = self._exec(cur, f"SELECT {GATEWAY_COLS} FROM gateways WHERE key = ?", (key,)).fetchone()
+            return None if row is None else _gateway(row)
+        return self._read(q)
+
+    def gateways(self):
+        def q(cur):
+            rows = self._exec(cur, f"SELECT {GATEWAY_COLS} FROM gateways ORDER BY key").fetchall()
+            return [_gateway(r) for r in rows]
+        return self._read(q)
+
+    def log(self, query):
+        where = _Where()
+        if query.gateway is not None:
+            gw, mac = log_gateway_keys(query.gateway)
+            if mac is None:
+                where.add("gateway = ?", gw)
+            else:
+                where.add("(gateway = ? OR (gateway = ? AND UPPER(mac) = ?))", query.gateway, gw, mac)
+        where.range("time", query.since, query.until)
+
+        def q(cur):
+            rows = self._exec(
+                cur,
+                f"SELECT {LOG_COLS} FROM log{where.sql} ORDER BY time DESC, id DESC LIMIT ? OFFSET ?",
+                (*where.params, query.limit, query.offset),
+            ).fetchall()
+            return [_log(r) for r in rows]
+        return self._read(q)
+
+    def events(self, query):
+        where = _Where()
+        if query.gateway is not None:
+            where.add("gateway = ?", query.gateway)
+        if query.ref is not None:
+            where.add("ref = ?", query.ref)
+        where.range("time", query.since, query.until)
+        order = "DESC" if query.newest_first else "ASC"
+
+        def q(cur):
+            rows = self._exec(
+                cur,
+                f"SELECT {EVENT_COLS} FROM events{where.sql} ORDER BY id {order} LIMIT ? OFFSET ?",
+                (*where.params, query.limit, query.offset),
+            ).fetchall()
+            return [_event(r) for r in rows]
+        return self._read(q)
+
+    def events_after(self, gateway, after_id, limit):
+        def q(cur):
+            rows = self._exec(
+                cur,
+                f"SELECT {EVENT_COLS} FROM events WHERE gateway = ? AND id > ? ORDER BY id LIMIT ?",
+                (gateway, after_id, limit),
+            ).fetchall()
+            return [_event(r) for r in rows]
+        return self._read(q)
+
+    def calls(self, query):
+        if query.filter != "all" and query.filter != "pstn" and query.filter not in FILTER_NOTATION:
+            from twisted.internet import defer
+
+            return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
+        where = _Where()
+        if query.gateway is not None:
+            where.add("gateway = ?", query.gateway)
+        where.range("begin_ms", query.since, query.until)
+        if query.filter == "all":
+            match, match_params = "1 = 1", ()
+        elif query.filter == "pstn":
+            match, match_params = "pstn = 1", ()
+        else:
+            match, match_params = "notation = ?", (FILTER_NOTATION[query.filter],)
+        filtered_where = " AND ".join([*where.terms, match])
+
+        def q(cur):
+            # one index-only pass counts both
+            total, filtered = self._exec(
+                cur,
+                f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {match} THEN 1 ELSE 0 END), 0)"
+                f" FROM calls{where.sql}",
+                (*match_params, *where.params),
+            ).fetchone()
+            records = ()
+            if query.limit > 0 and query.offset < filtered:
+                # page ids from the index, then only those rows
+                rows = self._exec(
+                    cur,
+                    f"SELECT {CALL_COLS} FROM calls WHERE id IN ("
+                    f" SELECT id FROM calls WHERE {filtered_where}"
+                    f" ORDER BY begin_ms, id LIMIT ? OFFSET ?) ORDER BY begin_ms, id",
+                    (*where.params, *match_params, query.limit, query.offset),
+                ).fetchall()
+                records = tuple(_record(r) for r in rows)
+            return CallPage(total=int(total), filtered=int(filtered), records=records)
+        return self._read(q)
+
+    def call_quarters(self, gateway, since, until):
+        # A skip-scan: one index seek per quarter hour that has a call.
+        gw = "gateway = ? AND " if gateway is not None else ""
+        gw_params = (gateway,) if gateway is not None else ()
+        since = 0 if since is None else since
+        until = 2**62 if until is None else until
+        statement = (
+            "WITH RECURSIVE q(b) AS ("
+            f" SELECT (SELECT MIN(begin_ms) FROM calls WHERE {gw}begin_ms >= ? AND begin_ms < ?)"
+            " UNION ALL"
+            f" SELECT (SELECT MIN(begin_ms) FROM calls WHERE {gw}"
+            f"  begin_ms >= (q.b / {QUARTER_MS} + 1) * {QUARTER_MS} AND begin_ms < ?)"
+            " FROM q WHERE q.b IS NOT NULL"
+            f") SELECT b / {QUARTER_MS} * {QUARTER_MS} FROM q WHERE b IS NOT NULL"
+        )
+
+        def q(cur):
+            rows = self._exec(
+                cur, statement, (*gw_params, since, until, *gw_params, until)
+            ).fetchall()
+            return [int(r[0]) for r in rows]
+        return self._read(q)
+
+    def cdrs(self, query):
+        where = _Where()
+        if query.gateway is not None:
+            where.add("gateway = ?", query.gateway)
+        if query.cui is not None:
+            where.add("cui = ?", query.cui)
+        if query.call is not None:
+            where.add("call = ?", query.call)
+        where.range("start", query.since, query.until)
+
+        def q(cur):
+            total = self._exec(cur, f"SELECT COUNT(*) FROM cdrs{where.sql}", where.params).fetchone()[0]
+            page = []
+            if query.limit > 0 and query.offset < total:
+                rows = self._exec(
+                    cur,
+                    f"SELECT {CDR_COLS} FROM cdrs WHERE seq IN ("
+                    f" SELECT seq FROM cdrs{where.sql} ORDER BY seq LIMIT ? OFFSET ?) ORDER BY seq",
+                    (*where.params, query.limit, query.offset),
+                ).fetchall()
+                page = [_cdr(r) for r in rows]
+            return int(total), page
+        return self._read(q)
+
+    def cursors(self):
+        def q(cur):
+            rows = self._exec(cur, "SELECT gateway, applied, replay_from FROM cursors").fetchall()
+            return {g: ModelCursor(gateway=g, applied=a, replay_from=r) for g, a, r in rows}
+        return self._read(q)
+
+    def ended_calls(self, gateway, since):
+        def q(cur):
+            rows = self._exec(
+                cur,
+                "SELECT boot, ref FROM calls WHERE gateway = ? AND end_ms >= ? ORDER BY end_ms, id",
+                (gateway, since),
+            ).fetchall()
+            return [(b, int(r)) for b, r in rows]
+        return self._read(q)
+
+    def outbox(self, sink, after_id, limit):
+        def q(cur):
+            rows = self._exec(
+                cur,
+                "SELECT id, sink, payload, created FROM outbox WHERE sink = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (sink, after_id, limit),
+            ).fetchall()
+            return [OutboxItem(sink=s, payload=bytes(p), created=c, id=i) for i, s, p, c in rows]
+        return self._read(q)
+
+    def outbox_stats(self, sink):
+        def q(cur):
+            depth = self._exec(cur, "SELECT COUNT(*) FROM outbox WHERE sink = ?", (sink,)).fetchone()[0]
+            if not depth:
+                return 0, None
+            oldest = self._exec(
+                cur, "SELECT created FROM outbox WHERE sink = ? ORDER BY id LIMIT 1", (sink,)
+            ).fetchone()
+            return int(depth), (None if oldest is None else oldest[0])
+        return self._read(q)
