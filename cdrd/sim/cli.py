@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--clock-offset", type=float, default=0.0,
                    help="seconds the gateway's LOGIN clock is wrong by (default 0)")
     r.add_argument("--window", type=int, default=64, help="unacknowledged events in flight (default 64)")
-    r.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    r.add_argument("--speed", type=float,
+                   help="pace events by their times: 1 = real time, 60 = a minute per second "
+                        "(default: all at once)")
+    r.add_argument("--timeout", type=float, help="give up after this many seconds "
+                   "(default 60, or the paced script's length + 60)")
     r.add_argument("file", help="script file, '-' for stdin, or 'example:e1' ... 'example:e5', 'example:all'")
 
     g = sub.add_parser("load", help="N gateways making calls at a given rate")
@@ -80,6 +84,11 @@ def _read_script(name: str) -> str:
         return (files("cdrd.sim") / "examples" / f"{name[len('example:'):]}.gwp").read_text()
     with open(name, encoding="utf-8") as f:
         return f.read()
+
+
+def _script_seconds(events) -> float:
+    times = [e.t for e in events if e.t is not None]
+    return (max(times) - times[0]) / 1000 if times else 0.0
 
 
 def _run(reactor, work) -> int:
@@ -128,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         from cdrd.sim.replay import replay
         from cdrd.sim.script import ScriptError, parse_script
 
+        if args.speed is not None and args.speed <= 0:
+            print("cdrd-sim replay: --speed must be positive", file=sys.stderr)
+            return EXIT_USAGE
         try:
             events = parse_script(_read_script(args.file), args.date)
         except (OSError, ScriptError) as e:
@@ -139,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         def work(reactor):
+            timeout = args.timeout
+            if timeout is None:
+                timeout = 60.0 + (_script_seconds(events) / args.speed if args.speed else 0.0)
             d = replay(reactor, endpoint, identity, events, window=args.window, callref=args.callref,
-                       seq=args.seq, timeout=args.timeout)
+                       seq=args.seq, timeout=timeout, speed=args.speed)
 
             def report(summary):
                 print(summary.text())

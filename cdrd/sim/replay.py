@@ -57,12 +57,21 @@ def replay(
     timeout: float = 60.0,
     ping_interval: float = 30.0,
     reconnect_delay: float = 1.0,
+    speed: float | None = None,
 ):
     """
     Send `events` as `identity` and return a ReplaySummary once all are
     acknowledged and the session is closed.  Fails with LoginRejected on an
     ERR at login, or with TimeoutError after `timeout` s.
+
+    `speed` None sends everything at once (within the window); a number
+    paces the events by their ``t=``: an event is submitted (t - first t) /
+    speed seconds after login (1.0: real time, 60: a minute per second).
+    An event without t, or with a t before the previous one, goes with the
+    one before it.
     """
+    if speed is not None and speed <= 0:
+        raise ValueError("speed must be positive")
     started = reactor.seconds()
     gateway = SimGateway(
         identity,
@@ -73,11 +82,27 @@ def replay(
         seq=seq,
         started=started,
     )
-    gateway.submit(events)
     done = defer.Deferred()
+    if speed is None:
+        gateway.submit(events)
+
+    def paced():
+        """Submit each event at its time; fires once the last is submitted."""
+        finished = defer.Deferred()
+        times = [e.t for e in events if e.t is not None]
+        start = times[0] if times else 0
+        offset = 0.0
+        for event in events:
+            if event.t is not None:
+                offset = max(offset, (event.t - start) / 1000 / speed)
+            reactor.callLater(offset, gateway.submit, [event])
+        reactor.callLater(offset, finished.callback, None)
+        return finished
 
     def run():
         d = gateway.start(endpoint, reconnect_delay)
+        if speed is not None:
+            d.addCallback(lambda _: paced())
         d.addCallback(lambda _: gateway.finish())
         return d
 

@@ -165,3 +165,36 @@ def test_replay_times_out_when_never_acked():
     failures = []
     d.addErrback(failures.append)
     assert failures[0].check(TimeoutError) and "4 of 4 events" in str(failures[0].value)
+
+
+def test_replay_paced_by_event_times():
+    clock = Clock()
+    clock.advance(DAY / 1000 + 40_000)
+    server = FakeServer(clock)
+    events = parse_script(example("e1"))  # 10:00:00.000 ... 10:02:07.250
+    identity = GatewayIdentity(gw="8200", mac="000C2A020082")
+    d = replay(clock, server, identity, events, speed=10.0, timeout=600)
+    clock.advance(0)
+    clock.advance(0)
+    assert [len(server.received)] == [1]  # HOOK_OFF at once
+    clock.advance(0.25)  # DIAL is 2.5 s in: 0.25 s at speed 10
+    clock.advance(0)
+    assert len(server.received) == 2
+    clock.advance(0.5)  # RING_BACK 3.0 s, TALK 7.25 s in (DIAL 9.0 s not yet)
+    clock.advance(0)
+    assert len(server.received) == 4
+    clock.advance(11.9)  # DIAL 9.0 s; HOOK_ON at 127.25 s: 12.725 s at speed 10
+    clock.advance(0)
+    assert len(server.received) == 5 and not d.called
+    clock.advance(0.1)
+    clock.advance(0)
+    assert len(server.received) == 6
+    server.run(lambda: d.called)
+    results = outcome_of(d)
+    assert results.acked == 6 and 12.725 <= results.seconds <= 12.8
+
+
+def outcome_of(d):
+    results = []
+    d.addBoth(results.append)
+    return results[0]
