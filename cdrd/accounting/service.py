@@ -80,6 +80,8 @@ class AccountingService(Service):
         self._loops: list[task.LoopingCall] = []
         self._peers: dict[str, str] = {}
         self._stats = (0, None)
+        self._stats_at = float("-inf")
+        self._stats_call = None
         self.sent = 0
         self.answered = 0
 
@@ -134,8 +136,8 @@ class AccountingService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        for call in self._timers.values():
-            if call.active():
+        for call in [*self._timers.values(), self._stats_call]:
+            if call is not None and call.active():
                 call.cancel()
         self._timers.clear()
         # a little time for answers to what is in flight; the rest stays in
@@ -241,6 +243,7 @@ class AccountingService(Service):
 
         def done(result):
             self._deleting = None
+            self._stats_soon()
             if self._done and self._flush_call is None:
                 self._flush_call = self.clock.callLater(0, self._flush)
 
@@ -297,8 +300,16 @@ class AccountingService(Service):
 
     # -- visibility ------------------------------------------------------------------
 
+    def _stats_soon(self):
+        """Refresh the outbox statistics after deletions, at most once a second."""
+        if not self.running or (self._stats_call is not None and self._stats_call.active()):
+            return
+        wait = max(0.0, self._stats_at + 1.0 - self.clock.seconds())
+        self._stats_call = self.clock.callLater(wait, self._refresh_stats)
+
     @defer.inlineCallbacks
     def _refresh_stats(self):
+        self._stats_at = self.clock.seconds()
         try:
             self._stats = yield self.store.outbox_stats(SINK)
         except Exception:  # noqa: BLE001 - visibility only; logged
@@ -316,7 +327,7 @@ class AccountingService(Service):
     def status(self) -> dict:
         """JSON-able: what the web page and the metrics show."""
         now = self._now()
-        depth, oldest_created = self._stats
+        depth, oldest_created = self._stats  # at most 5 s old, 1 s after deletions
         depth = max(0, (depth or 0) - len(self._open), self.client.pending)
         oldest = self.client.oldest_event()
         if oldest is None and depth and oldest_created is not None:
