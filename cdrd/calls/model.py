@@ -1,0 +1,577 @@
+"""
+The call-leg model (call-records.md): stored gateway events in, call
+records, CDRs and leg accounting products out.
+
+Pure and deterministic: no Twisted, no clock.  Time comes in with the
+events; `stale_calls` takes `now` as an argument.  Whatever the events,
+`apply` never raises and gives one CallEnd per call.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+
+from attrs import define, frozen
+
+from cdrd.config import Config, GatewayConfig
+from cdrd.values import (
+    GATEWAY_RESTART,
+    STALE,
+    CallEnd,
+    CallEvent,
+    CallRecord,
+    Cdr,
+    Leg,
+    LegAnswer,
+    LegStart,
+    LegStop,
+    ModelOutput,
+    call_id,
+    cdr_id,
+)
+
+HANG_UPS = frozenset({"REMOTE_HOOK_ON", "PSTN_HOOK_ON", "HOOK_ON"})
+RINGS = frozenset({"RING_BACK", "RING"})
+KNOWN_TYPES = frozenset({
+    "HOOK_OFF", "DIAL", "RING_BACK", "TALK", "BUSY", "FAIL", "REMOTE_HOOK_ON",
+    "HOOK_ON", "CALL_IN", "RING", "REJECT", "PSTN_CALL_IN", "PSTN_HOOK_OFF",
+    "PSTN_DIAL", "PSTN_CONNECTED", "PSTN_HOOK_ON", "DIVERT", "HOLD", "RESUME",
+    "TRANSFER",
+})
+
+#: ended calls remembered per gateway so that late events change nothing
+TOMBSTONES_PER_GATEWAY = 100_000
+
+
+@frozen
+class OpenCall:
+    """An open call, for the dashboard and for reboot detection."""
+
+    gateway: str
+    boot: str
+    ref: int
+    begin: int
+    port: int | None
+    pport: int | None = None
+
+
+@define(slots=True)
+class _Draft:
+    """A CDR being built; fixed into a Cdr when its call ends."""
+
+    number: int
+    call: str  # id of the call that created it
+    cui: str
+    dialled: str | None  # None: the creating call's dialled number, resolved at its end
+    cli: str
+    ring: int | None = None  # first ringing after creation
+    start: int | None = None  # the answer of its leg
+    ringing: int | None = None  # fixed at the answer
+
+
+@define(slots=True)
+class _LegState:
+    leg: Leg
+    answered: int | None = None
+
+
+@define(slots=True)
+class _Call:
+    gateway: str
+    boot: str
+    ref: int
+    id: str
+    begin: int
+    first_id: int | None = None  # lowest event id this call depends on
+    last_time: int = 0
+    last_received: int = 0
+    port: int | None = None
+    pport: int | None = None
+    # what was seen
+    hook_off: bool = False  # HOOK_OFF started the call here
+    call_in: bool = False
+    rejected: bool = False
+    pstn: bool = False
+    rung: bool = False  # RING: a local phone rang
+    dialed: list | None = None  # DIAL digits, in order
+    dialled_before_answer: list | None = None
+    pstn_dial: list | None = None
+    to: str = ""
+    connect: int | None = None
+    hangup: int | None = None  # first hang-up after connect
+    pstn_from: int | None = None  # PSTN_CONNECTED, else PSTN_HOOK_OFF
+    pstn_connected: bool = False
+    pstn_to: int | None = None
+    cli: str = ""
+    pstn_cli: str = ""
+    event_cause: str = ""  # from BUSY / FAIL / REJECT
+    divert_loop: bool = False
+    diverts: int = 0
+    # the legs and the CDR stack
+    legs: int = 0  # legs created (numbers)
+    cdrs: int = 0  # CDRs created (numbers)
+    caller_cui: str | None = None  # the caller's CUI, where it has one
+    caller_cli: str = ""
+    inbound: _LegState | None = None
+    outbound: _LegState | None = None
+    sticky: _Draft | None = None
+    stack: list = None  # _Draft, bottom first
+
+    def dialled_number(self) -> str:
+        if self.pstn_dial:
+            return "".join(self.pstn_dial)
+        if self.dialled_before_answer:
+            return "".join(self.dialled_before_answer)
+        return self.to
+
+
+class CallModel:
+    """
+    Per gateway, events arrive in commit order; a call is
+    (gateway, event.boot, event.ref).  See docs/calls.md.
+    """
+
+    def __init__(self, config: Config, tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY):
+        self.config = config
+        self.max_divert_depth = config.server.max_divert_depth
+        self._tombstone_cap = tombstones_per_gateway
+        self._calls: dict[str, dict[tuple[str, int], _Call]] = {}
+        self._ended: dict[str, OrderedDict] = {}
+        self._heaps: dict[str, list] = {}  # gateway -> [(first_id, boot, ref)], lazy
+        self._applied: dict[str, int] = {}  # gateway -> highest event id applied
+        self._phone_cache: dict[tuple[str, int | None], tuple[str, str]] = {}
+
+    # -- queries ---------------------------------------------------------
+
+    def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
+        groups = [self._calls.get(gateway, {})] if gateway is not None else self._calls.values()
+        return [
+            OpenCall(c.gateway, c.boot, c.ref, c.begin, c.port, c.pport)
+            for calls in groups
+            for c in calls.values()
+        ]
+
+    def open_refs(self, gateway: str, boot: str) -> set[int]:
+        return {ref for (b, ref) in self._calls.get(gateway, {}) if b == boot}
+
+    def open_count(self) -> int:
+        return sum(len(c) for c in self._calls.values())
+
+    def stale_calls(self, now_ms: int, stale_after_ms: int) -> list[tuple[str, str, int, int]]:
+        """Open calls whose last event was received `stale_after_ms` ago or more."""
+        limit = now_ms - stale_after_ms
+        return [
+            (c.gateway, c.boot, c.ref, c.last_time)
+            for calls in self._calls.values()
+            for c in calls.values()
+            if c.last_received <= limit
+        ]
+
+    def replay_from(self, gateway: str) -> int | None:
+        """The lowest event id an open call of `gateway` depends on."""
+        heap = self._heaps.get(gateway)
+        calls = self._calls.get(gateway, {})
+        while heap:
+            first, boot, ref = heap[0]
+            call = calls.get((boot, ref))
+            if call is not None and call.first_id == first:
+                return first
+            heapq.heappop(heap)
+        return None
+
+    def applied(self, gateway: str) -> int | None:
+        return self._applied.get(gateway)
+
+    def is_ended(self, gateway: str, boot: str, ref: int) -> bool:
+        return (boot, ref) in self._ended.get(gateway, ())
+
+    # -- input -----------------------------------------------------------
+
+    def mark_ended(self, gateway: str, boot: str, ref: int) -> None:
+        """A tombstone: later events of this call change nothing."""
+        ended = self._ended.get(gateway)
+        if ended is None:
+            ended = self._ended[gateway] = OrderedDict()
+        ended[(boot, ref)] = None
+        ended.move_to_end((boot, ref))
+        if len(ended) > self._tombstone_cap:
+            ended.popitem(last=False)
+
+    def apply(self, event: CallEvent) -> list[ModelOutput]:
+        gateway = event.gateway
+        if event.id is not None:
+            last = self._applied.get(gateway)
+            if last is not None and event.id <= last:
+                return []  # applied already: a replay
+            self._applied[gateway] = event.id
+        kind = event.type
+        if kind == GATEWAY_RESTART:
+            out: list[ModelOutput] = []
+            calls = self._calls.get(gateway, {})
+            for key in [k for k in calls if k[0] == event.boot]:
+                self._end(calls[key], event.time, "gateway-restart", out)
+            return out
+        key = (event.boot, event.ref)
+        calls = self._calls.get(gateway)
+        call = calls.get(key) if calls is not None else None
+        if kind == STALE:
+            out = []
+            if call is not None:
+                self._end(call, event.time, "stale", out)
+            return out
+        if kind not in KNOWN_TYPES:
+            return []
+        if call is None:
+            if key in self._ended.get(gateway, ()):
+                return []  # a late event of an ended call
+            if calls is None:
+                calls = self._calls[gateway] = {}
+            call = _Call(gateway, event.boot, event.ref, call_id(gateway, event.boot, event.ref),
+                         begin=event.time, stack=[])
+            calls[key] = call
+            if event.id is not None:
+                call.first_id = event.id
+                heapq.heappush(self._heaps.setdefault(gateway, []), (event.id, event.boot, event.ref))
+        call.last_time = event.time
+        call.last_received = event.received
+        out = []
+        self._step(call, event, out)
+        return out
+
+    # -- the rules -------------------------------------------------------
+
+    def _gateway_config(self, gateway: str) -> GatewayConfig | None:
+        return self.config.gateways.get(gateway)
+
+    def _phone(self, gateway: str, port: int | None) -> tuple[str, str]:
+        """(CUI, CLI) of a local phone."""
+        key = (gateway, port)
+        hit = self._phone_cache.get(key)
+        if hit is not None:
+            return hit
+        gc = self._gateway_config(gateway)
+        pc = gc.ports.get(port) if gc is not None and port is not None else None
+        fallback = f"{gateway}-{port if port is not None else 'unknown'}"
+        if pc is None:
+            cui = fallback
+            cli = cui
+        else:
+            cui = pc.cui or pc.ddi or pc.exten or pc.name or fallback
+            cli = pc.ddi or pc.exten or cui
+        self._phone_cache[key] = (cui, cli)
+        return cui, cli
+
+    def _divert_cui(self, gateway: str, port: int | None, by: str) -> str:
+        gc = self._gateway_config(gateway)
+        if port is not None:
+            return self._phone(gateway, port)[0]
+        if gc is not None and by:
+            for number, pc in sorted(gc.ports.items()):
+                if by in (pc.exten, pc.ddi):
+                    return self._phone(gateway, number)[0]
+        return by
+
+    def _new_leg(self, call: _Call, direction: str, port=None, pport=None, cui="", cli="",
+                 dialled="") -> _LegState:
+        number = 0 if direction == "inbound" else call.legs + 1
+        if direction == "outbound":
+            call.legs += 1
+        leg = Leg(
+            id=f"{call.id}/{number}", call=call.id, gateway=call.gateway, ref=call.ref,
+            direction=direction, port=port, pport=pport, cui=cui, cli=cli, dialled=dialled,
+        )
+        return _LegState(leg)
+
+    def _new_draft(self, call: _Call, cui: str, dialled: str | None, cli: str) -> _Draft:
+        draft = _Draft(call.cdrs, call.id, cui, dialled, cli)
+        call.cdrs += 1
+        return draft
+
+    def _start_inbound(self, call: _Call, time: int, out: list, port=None, pport=None,
+                       cui=None, cli="", dialled="") -> None:
+        call.caller_cui = cui
+        call.caller_cli = cli
+        call.inbound = self._new_leg(call, "inbound", port=port, pport=pport, cui=cui or "",
+                                     cli=cli, dialled=dialled)
+        out.append(LegStart(call.inbound.leg, time))
+
+    def _ensure_inbound(self, call: _Call, time: int, out: list) -> None:
+        """A call whose first events were lost still has a caller leg."""
+        if call.inbound is None:
+            self._start_inbound(call, time, out, port=call.port, pport=call.pport)
+
+    def _start_outbound(self, call: _Call, time: int, out: list, dialled: str, port=None,
+                        pport=None) -> None:
+        """Rule 1: the first outbound leg, with the caller's CDR where it has a CUI."""
+        if call.caller_cui is not None and call.sticky is None:
+            call.stack.append(self._new_draft(call, call.caller_cui, None, call.caller_cli))
+        top = call.stack[-1].cui if call.stack else ""
+        call.outbound = self._new_leg(call, "outbound", port=port, pport=pport, cui=top,
+                                      cli=call.caller_cli, dialled=dialled)
+        out.append(LegStart(call.outbound.leg, time))
+
+    def _step(self, call: _Call, ev: CallEvent, out: list) -> None:
+        kind = ev.type
+        time = ev.time
+        fields = ev.fields
+        port = ev.int_field("port")
+        pport = ev.int_field("pport")
+        if port is not None and call.port is None:
+            call.port = port
+        if pport is not None and call.pport is None:
+            call.pport = pport
+        if kind.startswith("PSTN_"):
+            call.pstn = True
+
+        if kind == "HOOK_OFF":
+            if call.inbound is None:
+                call.hook_off = True
+                cui, cli = self._phone(call.gateway, port if port is not None else call.port)
+                self._start_inbound(call, time, out, port=port, cui=cui, cli=cli)
+        elif kind == "PSTN_CALL_IN":
+            cli = fields.get("cli", "")
+            if not call.pstn_cli:
+                call.pstn_cli = cli
+            if call.inbound is None:
+                gc = self._gateway_config(call.gateway)
+                lc = gc.lines.get(pport) if gc is not None and pport is not None else None
+                cui = lc.cui if lc is not None else None
+                self._start_inbound(call, time, out, pport=pport, cui=cui, cli=cli)
+                if cui:
+                    call.sticky = self._new_draft(call, cui, None, cli)
+        elif kind == "CALL_IN":
+            call.call_in = True
+            cli = fields.get("cli", "")
+            if not call.cli:
+                call.cli = cli
+            to = fields.get("to", "")
+            if not call.to:
+                call.to = to
+            if call.inbound is None:
+                gc = self._gateway_config(call.gateway)
+                cui = fields.get("cui") if gc is not None and gc.trust_cui else None
+                self._start_inbound(call, time, out, cui=cui or None, cli=cli, dialled=to)
+                if cui:
+                    call.sticky = self._new_draft(call, cui, None, cli)
+            if call.outbound is None:
+                self._start_outbound(call, time, out, to, port=port)
+        elif kind == "DIAL":
+            digits = fields.get("digits")
+            if digits is not None:
+                if call.dialed is None:
+                    call.dialed = []
+                call.dialed.append(digits)
+                if call.connect is None:
+                    if call.dialled_before_answer is None:
+                        call.dialled_before_answer = []
+                    call.dialled_before_answer.append(digits)
+            self._ensure_inbound(call, time, out)
+            if call.outbound is None and call.connect is None:
+                self._start_outbound(call, time, out, digits or "")
+        elif kind == "PSTN_DIAL":
+            digits = fields.get("digits")
+            if digits is not None:
+                if call.pstn_dial is None:
+                    call.pstn_dial = []
+                call.pstn_dial.append(digits)
+            self._ensure_inbound(call, time, out)
+            if call.outbound is None and call.connect is None:
+                self._start_outbound(call, time, out, digits or "", pport=pport)
+        elif kind in RINGS:
+            if kind == "RING":
+                call.rung = True
+            self._ring(call, time)
+        elif kind == "TALK":
+            self._ensure_inbound(call, time, out)
+            if call.connect is None:
+                call.connect = time
+            self._answer(call, time, out)
+        elif kind in HANG_UPS:
+            if call.connect is not None and call.hangup is None:
+                call.hangup = time
+            if kind == "PSTN_HOOK_ON" and call.pstn_to is None:
+                call.pstn_to = time
+            if kind == "HOOK_ON":
+                self._ensure_inbound(call, time, out)
+                self._end(call, time, "", out)
+        elif kind == "PSTN_HOOK_OFF":
+            if call.pstn_from is None:
+                call.pstn_from = time
+        elif kind == "PSTN_CONNECTED":
+            if not call.pstn_connected:
+                call.pstn_connected = True
+                call.pstn_from = time
+        elif kind in ("BUSY", "FAIL"):
+            if not call.event_cause:
+                call.event_cause = fields.get("cause") or ("busy" if kind == "BUSY" else "failed")
+        elif kind == "REJECT":
+            call.rejected = True
+            cli = fields.get("cli", "")
+            if not call.cli:
+                call.cli = cli
+            call.event_cause = fields.get("cause") or "rejected"
+            self._ensure_inbound(call, time, out)
+            self._end(call, time, "", out)
+        elif kind == "DIVERT":
+            self._ensure_inbound(call, time, out)
+            self._divert(call, ev, port, out)
+        elif kind == "TRANSFER":
+            self._ensure_inbound(call, time, out)
+            self._transfer(call, ev, out)
+        # HOLD, RESUME: shown, no effect on records or CDRs
+
+    def _drafts(self, call: _Call):
+        if call.sticky is not None:
+            yield call.sticky
+        yield from call.stack
+
+    def _ring(self, call: _Call, time: int) -> None:
+        for d in self._drafts(call):
+            if d.ring is None and d.start is None:
+                d.ring = time
+
+    def _answer(self, call: _Call, time: int, out: list) -> None:
+        for d in self._drafts(call):
+            if d.start is None:
+                d.start = time
+                d.ringing = max(0, time - d.ring) if d.ring is not None else 0
+        for ls in (call.inbound, call.outbound):
+            if ls is not None and ls.answered is None:
+                ls.answered = time
+                out.append(LegAnswer(ls.leg, time))
+
+    def _divert(self, call: _Call, ev: CallEvent, port: int | None, out: list) -> None:
+        call.diverts += 1
+        if call.diverts > self.max_divert_depth:
+            call.divert_loop = True
+            return
+        to = ev.fields.get("to", "")
+        by = ev.fields.get("by", "")
+        if call.outbound is None and call.sticky is None and call.caller_cui is not None:
+            # diverted before anything was dialled: the caller's CDR first (rule 1)
+            call.stack.append(self._new_draft(call, call.caller_cui, None, call.caller_cli))
+        call.stack.append(self._new_draft(call, self._divert_cui(call.gateway, port, by), to,
+                                          call.caller_cli))
+        old = call.outbound
+        call.outbound = self._new_leg(call, "outbound", cui=call.stack[-1].cui,
+                                      cli=call.caller_cli, dialled=to)
+        if old is not None:
+            out.append(LegStop(old.leg, ev.time, old.answered, "replaced"))
+        out.append(LegStart(call.outbound.leg, ev.time))
+
+    def _transfer(self, call: _Call, ev: CallEvent, out: list) -> None:
+        target_ref = ev.int_field("with")
+        calls = self._calls[call.gateway]
+        target = calls.get((call.boot, target_ref)) if target_ref is not None else None
+        if target is None or target is call:
+            # nothing to join: the consultation call ends with its own CDRs
+            self._end(call, ev.time, "transferred", out)
+            return
+        dialled = call.dialled_number()
+        for d in call.stack:
+            if d.dialled is None:
+                d.dialled = dialled
+        moved = call.outbound
+        if moved is not None:
+            if ev.fields.get("role") == "caller":
+                old, target.inbound = target.inbound, moved
+            else:
+                old, target.outbound = target.outbound, moved
+            if old is not None:
+                out.append(LegStop(old.leg, ev.time, old.answered, "replaced"))
+            call.outbound = None
+        target.stack.extend(call.stack)
+        call.stack = []
+        if call.first_id is not None and (target.first_id is None or call.first_id < target.first_id):
+            target.first_id = call.first_id
+            heapq.heappush(self._heaps.setdefault(call.gateway, []),
+                           (call.first_id, target.boot, target.ref))
+        self._end(call, ev.time, "transferred", out)
+
+    # -- the end ---------------------------------------------------------
+
+    def _cause(self, call: _Call, reason: str) -> str:
+        if reason in ("gateway-restart", "stale"):
+            return reason
+        if call.divert_loop:
+            return "divert-loop"
+        if reason:
+            return reason  # transferred
+        if call.rejected:
+            return call.event_cause or "rejected"
+        if call.connect is None:
+            if call.event_cause:
+                return call.event_cause
+            if call.dialed or call.pstn_dial or call.rung:
+                return "cancelled"
+        return ""
+
+    def _notation(self, call: _Call) -> str:
+        if call.rejected:
+            return "Call in reject"
+        if call.call_in:
+            return "Call in"
+        if call.connect is not None:
+            return "Call out"
+        if call.dialed or call.pstn_dial:
+            return "Call out failed"
+        if call.hook_off:
+            return "Hook On/Off"
+        return "Other"
+
+    def _end(self, call: _Call, time: int, reason: str, out: list) -> None:
+        cause = self._cause(call, reason)
+        talk = None
+        if call.connect is not None:
+            talk_end = call.hangup if call.hangup is not None else time
+            talk = max(0, talk_end - call.connect)
+        pstn_time = None
+        if call.pstn_from is not None:
+            pstn_end = call.pstn_to if call.pstn_to is not None else time
+            pstn_time = max(0, pstn_end - call.pstn_from)
+        record = CallRecord(
+            id=call.id, gateway=call.gateway, boot=call.boot, ref=call.ref,
+            port=call.port, pport=call.pport, notation=self._notation(call), pstn=call.pstn,
+            dialed=", ".join(call.dialed) if call.dialed else "",
+            begin=call.begin, connect=call.connect, end=time, talk=talk,
+            pstn_dial=", ".join(call.pstn_dial) if call.pstn_dial else "",
+            pstn_time=pstn_time, cli=call.cli, pstn_cli=call.pstn_cli, cause=cause,
+        )
+        cdrs = self._written(call, time, cause)
+        stop_cause = "transferred" if reason == "transferred" else cause
+        legs = [ls for ls in (call.inbound, call.outbound) if ls is not None]
+        for i, ls in enumerate(legs):
+            last = i == len(legs) - 1
+            out.append(LegStop(ls.leg, time, ls.answered, stop_cause, cdrs if last else ()))
+        out.append(CallEnd(record, cdrs))
+        del self._calls[call.gateway][(call.boot, call.ref)]
+        self.mark_ended(call.gateway, call.boot, call.ref)
+
+    def _written(self, call: _Call, time: int, cause: str) -> tuple[Cdr, ...]:
+        """Rule 6: the sticky inbound CDR first, then the stack bottom first."""
+        dialled = call.dialled_number()
+        end = call.hangup if call.hangup is not None else time
+        written = []
+        if call.sticky is not None:
+            d = call.sticky
+            if d.start is None:
+                ringing = max(0, time - d.ring) if d.ring is not None else 0
+                written.append(Cdr(
+                    id=cdr_id(d.call, d.number), call=d.call, gateway=call.gateway,
+                    start=call.begin, ringing=ringing, duration=None,
+                    status=cause or "cancelled", cui=d.cui, dialled=dialled, cli=d.cli,
+                ))
+            else:
+                written.append(self._answered_cdr(call, d, dialled, end))
+        for d in call.stack:
+            if d.start is not None:  # rule 5: only answered outbound CDRs
+                written.append(self._answered_cdr(call, d, dialled, end))
+        return tuple(written)
+
+    def _answered_cdr(self, call: _Call, d: _Draft, dialled: str, end: int) -> Cdr:
+        return Cdr(
+            id=cdr_id(d.call, d.number), call=d.call, gateway=call.gateway,
+            start=d.start, ringing=d.ringing or 0, duration=max(0, end - d.start), status="",
+            cui=d.cui, dialled=d.dialled if d.dialled is not None else dialled, cli=d.cli,
+        )
