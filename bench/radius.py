@@ -7,9 +7,11 @@ Accounting-Requests, the same server, the same run.
 
 radclient reads a file of N distinct packets and sends each once (-c 1),
 --parallel at a time (its -p; 32 is its default).  cdrd's side is the
-AccountingService delivering the same N payloads from an outbox (stored
-before the clock starts) until every one is answered and deleted: the rate
-includes building, verifying and the batched deletions.  FreeRADIUS writes
+AccountingService delivering the same N payloads from the store's outbox
+(MemoryStore by default, --database sqlite:{tmp}/b.sqlite for the embedded
+one; stored before the clock starts) through the BatchWriter, until every
+one is answered and its deletion committed: the rate includes building,
+verifying and the batched deletions.  FreeRADIUS writes
 every request to its detail file in both runs.
 """
 
@@ -79,37 +81,52 @@ def run_radclient(radius: FreeRadius, n: int, parallel: int, tmp: Path) -> float
     return elapsed
 
 
-def run_cdrd(radius: FreeRadius, n: int, window: int) -> tuple[float, dict]:
-    from twisted.internet import reactor
+def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[float, dict]:
+    from twisted.internet import defer, reactor
 
     from cdrd.accounting.packets import Payload
     from cdrd.accounting.service import AccountingService
     from cdrd.config import RadiusConfig, RadiusServer
-    from tests.accounting.outbox import OutboxStore, Writer
+    from cdrd.interfaces import OutboxItem, WriteBatch
+    from cdrd.store import open_store
+    from cdrd.store.writer import BatchWriter
 
-    store = OutboxStore()
+    store = open_store(database, reactor)
+    writer = BatchWriter(store, reactor)
     now = int(time.time() * 1000)
     payloads = [
         Payload("req", f"leg{i}", "Start", now, tuple(attributes(i, "cdrd"))).to_bytes()
         for i in range(n)
     ]
-    store.spooled("radius", payloads, created=now)
+
+    def depth():
+        return store.outbox_stats("radius")
     cfg = RadiusConfig(
         servers=(RadiusServer("127.0.0.1", radius.port, SECRET),),
         interim_interval=0, window=window,
     )
-    svc = AccountingService(cfg, store, Writer(store), reactor, reactor)
+    svc = AccountingService(cfg, store, writer, reactor, reactor)
     result: dict = {}
 
     def check():
-        if not store.items:
-            result["elapsed"] = time.perf_counter() - result["start"]
-            result["status"] = svc.status()
-            svc.stopService().addBoth(lambda _: reactor.stop())
+        # answered = deleted from the outbox (in the store, committed)
+        if svc.answered >= n and not writer.busy and svc._deleting is None and not svc._done:
+            depth().addCallback(finished)
         else:
-            reactor.callLater(0.005, check)
+            reactor.callLater(0.002, check)
 
+    def finished(stats):
+        if stats[0]:
+            reactor.callLater(0.002, check)
+            return
+        result["elapsed"] = time.perf_counter() - result["start"]
+        result["status"] = svc.status()
+        svc.stopService().addBoth(lambda _: store.close()).addBoth(lambda _: reactor.stop())
+
+    @defer.inlineCallbacks
     def begin():
+        yield store.open()
+        yield store.write(WriteBatch(outbox=[OutboxItem("radius", p, now) for p in payloads]))
         result["start"] = time.perf_counter()
         svc.startService()
         check()
@@ -127,6 +144,8 @@ def main(argv=None) -> None:
     ap.add_argument("-n", type=int, default=20000, help="distinct requests (default 20000)")
     ap.add_argument("--parallel", type=int, default=32, help="radclient -p (default 32)")
     ap.add_argument("--window", type=int, default=128, help="cdrd [radius] window")
+    ap.add_argument("--database", default="memory:",
+                    help="cdrd's store: memory: (default) or sqlite:PATH, postgresql://...")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cdrd-bench-") as d:
         tmp = Path(d)
@@ -134,7 +153,8 @@ def main(argv=None) -> None:
         radius.start()
         try:
             t_radclient = run_radclient(radius, args.n, args.parallel, tmp)
-            t_cdrd, status = run_cdrd(radius, args.n, args.window)
+            database = args.database.replace("{tmp}", str(tmp))
+            t_cdrd, status = run_cdrd(radius, args.n, args.window, database)
             time.sleep(0.5)
             records = radius.records()
         finally:
@@ -145,7 +165,7 @@ def main(argv=None) -> None:
     sys.stdout.write(
         f"FreeRADIUS {radius.address}, {args.n} distinct Accounting-Requests each\n"
         f"radclient -c 1 -p {args.parallel}: {t_radclient:.2f} s, {r_rate:,.0f} req/s\n"
-        f"cdrd window {args.window}:        {t_cdrd:.2f} s, {c_rate:,.0f} req/s"
+        f"cdrd window {args.window} ({args.database}): {t_cdrd:.2f} s, {c_rate:,.0f} req/s"
         f" (retransmissions {status['retransmissions']}, rtt {status['servers'][0]['rtt_ms']} ms)\n"
         f"cdrd / radclient: {c_rate / r_rate:.2f}\n"
         f"detail file: {count} requests, runs {sorted(got)}\n"
