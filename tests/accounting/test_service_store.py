@@ -87,3 +87,71 @@ def test_memory_store_and_batch_writer_end_to_end():
     assert stops[-1]["cdrd-CDR"] == [e1[-1].cdrs[0].line]
     r.pump([0.5] * 3)
     assert svc2.status()["spool_depth"] == 0
+
+
+# -- nothing lost, whatever is dropped and whenever the process dies ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+STEPS = st.lists(
+    st.sampled_from(["answer", "drop", "tick", "crash", "commit"]), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(STEPS, st.integers(0, 2**32))
+def test_every_request_is_delivered_through_losses_and_crashes(steps, seed):
+    rng = random.Random(seed)
+    r = FakeReactor()
+    r.advance(examples.t("11:00:00.000") / 1000)
+    store = MemoryStore()
+    svc, writer = make(store, r, interim=0)
+    svc.startService()
+    pending = [examples.e1(), examples.e4()]
+    spooled: set[tuple[str, str]] = set()
+    delivered: set[tuple[str, str]] = set()
+
+    def answer_some(everything=False):
+        port = r.ports[-1]
+        server = svc.client.servers[0]
+        for raw, _ in list(port.written):
+            req = server.inflight.get(raw[1])
+            if raw[0] == 4 and req is not None and req.raw == raw:
+                if everything or rng.random() < 0.5:
+                    p = decode(raw, D)
+                    delivered.add((p["Acct-Session-Id"][0], p["Acct-Status-Type"][0]))
+                    answer(port, raw, SECRET.encode(), D)
+        port.written.clear()
+
+    for step in steps:
+        if step == "commit" and pending:
+            outputs = pending.pop(0)
+            commit(svc, writer, r, outputs)
+            spooled |= {(o.leg.id, type(o).__name__[3:]) for o in outputs
+                        if type(o).__name__ in ("LegStart", "LegStop")}
+        elif step == "answer":
+            answer_some()
+        elif step == "drop":
+            r.ports[-1].written.clear()
+        elif step == "tick":
+            r.advance(rng.uniform(0, 5))
+        elif step == "crash":
+            crash(r)  # kill -9: what the writer had not committed is lost too
+            svc, writer = make(store, r, interim=0)
+            svc.startService()
+        r.advance(0)
+    while pending:
+        outputs = pending.pop(0)
+        commit(svc, writer, r, outputs)
+        spooled |= {(o.leg.id, type(o).__name__[3:]) for o in outputs
+                    if type(o).__name__ in ("LegStart", "LegStop")}
+    for _ in range(200):  # the server comes back for good
+        if not outbox(store):
+            break
+        answer_some(everything=True)
+        r.advance(0)
+        r.advance(0)
+        r.advance(3)
+    assert outbox(store) == []
+    assert spooled and delivered >= spooled
