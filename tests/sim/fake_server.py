@@ -62,6 +62,9 @@ class FakeLink:
     def to_client(self, data: bytes) -> None:
         def deliver():
             if not self.closed:
+                if data.startswith(b"ACK seq="):
+                    seq = int(data[8:].strip())
+                    self.server.delivered_ack = max(self.server.delivered_ack, seq)
                 self.protocol.dataReceived(data)
 
         self.server.clock.callLater(0, deliver)
@@ -81,6 +84,8 @@ class FakeLink:
         self.server.clock.callLater(0, lost)
 
     def from_client(self, data: bytes) -> None:
+        if self.closing:  # the connection is gone: what the client writes now is lost
+            return
         self.buffer += data
         top = self.acked
         while b"\n" in self.buffer:
@@ -109,6 +114,13 @@ class FakeLink:
                 self.to_client(b"BYE\n")
         if top > self.acked and self.server.auto_ack:
             self.acked = top
+            self.server.clock.callLater(0, self.commit, top)
+
+    def commit(self, top: int) -> None:
+        """The batch is durable now (what a crash has not rolled back); ACK it."""
+        top = min(top, self.server.last)
+        self.server.durable = max(self.server.durable, top)
+        if not self.closing and top > 0:
             self.to_client(b"ACK seq=%d\n" % top)
 
 
@@ -126,6 +138,21 @@ class FakeServer:
         self.received: list[bytes] = []  # every EV line, resends included
         self.stored: dict[int, bytes] = {}  # seq -> EV line, first copy
         self.refuse = False
+        self.delivered_ack = 0  # the highest ACK the client has actually read
+        self.durable = 0  # the highest seq acknowledged (or committed): never lost
+
+    def crash(self, keep: int) -> None:
+        """
+        The connection dies and the server keeps only events up to `keep`
+        (clamped to what it may lose: nothing committed, so nothing it has
+        acknowledged).
+        """
+        keep = max(self.durable, min(keep, self.last))
+        for seq in [s for s in self.stored if s > keep]:
+            del self.stored[seq]
+        self.last = keep
+        if self.links:
+            self.links[-1].close()
 
     def connect(self, factory):
         if self.refuse:

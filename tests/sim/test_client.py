@@ -311,6 +311,7 @@ def test_percentile_nearest_rank():
     st.tuples(st.just("submit"), st.integers(1, 9)),
     st.tuples(st.just("step"), st.just(0)),
     st.tuples(st.just("drop"), st.just(0)),
+    st.tuples(st.just("crash"), st.integers(0, 60)),
 ), max_size=30), st.integers(1, 5))
 @settings(max_examples=150, deadline=None)
 def test_any_drops_and_acks_store_every_event_once_in_order(ops, window):
@@ -326,6 +327,8 @@ def test_any_drops_and_acks_store_every_event_once_in_order(ops, window):
             gateway.submit(batch)
         elif op == "step":
             clock.advance(0)
+        elif op == "crash":
+            server.crash(keep=n)  # unacknowledged events lost by the server
         elif server.links and not server.links[-1].closing:
             server.links[-1].close()  # ACKs not yet delivered are lost with it
     server.run(lambda: gateway.outstanding == 0 and gateway.connection is not None, step=0.1)
