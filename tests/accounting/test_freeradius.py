@@ -292,3 +292,59 @@ async def test_interim_updates_reach_freeradius(radius):
     interims = by_status(recs, "Interim-Update")
     assert [r["Acct-Session-Time"] for r in interims[:2]] == [["1"], ["2"]]
     assert by_status(recs, "Stop")[0]["Acct-Session-Time"] == ["2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_worked_examples_through_the_call_model(radius):
+    """E1-E5 through the real call model (cdrd.calls.model): every leg's
+    Start and Stop, and each call's CDRs, exactly call-records.md's lines,
+    in the Stop of its last leg only."""
+    from cdrd.calls.model import CallModel
+    from cdrd.values import CallEnd, LegStart, LegStop
+    from tests.calls import helpers as h
+
+    model = CallModel(h.example_config())
+    events = []
+    for text in (h.E1, h.E2, h.E3, h.E4, h.E5):
+        events += h.parse_events(text, first_seq=len(events) + 1, first_id=len(events) + 1)
+    outputs = [o for e in events for o in model.apply(e)]
+    legs = {o.leg.id for o in outputs if isinstance(o, LegStart)}
+    cdr_lines = [c.line for o in outputs if isinstance(o, CallEnd) for c in o.cdrs]
+    assert len(cdr_lines) == 6 and len(legs) == 13  # E1 2, E2 2, E3 2, E4 3, E5 2 + 2
+
+    svc, store = service(config(radius, interim_interval=0))
+    svc.startService()
+    try:
+        spool(svc, store, outputs)
+        assert await until(lambda: not store.items)
+    finally:
+        await svc.stopService()
+    recs = radius.wait_records(lambda r: len(r) >= 2 * len(legs))
+    assert {r["Acct-Session-Id"][0] for r in by_status(recs, "Start")} == legs
+    assert {r["Acct-Session-Id"][0] for r in by_status(recs, "Stop")} == legs
+    assert len(recs) == 2 * len(legs)
+    # CDRs only in the Stop of each call's last leg, in written order
+    last_stops = {}
+    for o in outputs:
+        if isinstance(o, LegStop) and o.cdrs:
+            last_stops[o.leg.id] = [c.line for c in o.cdrs]
+    got = {r["Acct-Session-Id"][0]: r["cdrd-CDR"] for r in recs if "cdrd-CDR" in r}
+    assert got == last_stops
+    assert [line for lines in got.values() for line in lines] == cdr_lines
+    assert got["8200_000C2A020082/b1/75/1"] == [
+        "2026-11-22T10:00:07.250Z,4.250,120.000,442079460201,2252,442079460201"]
+    assert got["8200_000C2A020082/b1/77/1"] == [
+        "2026-11-22T10:10:00.000Z,18.000,-cancelled,CARRIER-ACME,2252,02071234567"]
+    # E3's inbound leg: a carrier line with a CUI
+    e3_in = next(r for r in by_status(recs, "Start")
+                 if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/77/0"])
+    assert e3_in["User-Name"] == ["CARRIER-ACME"]
+    assert e3_in["NAS-Port-Id"] == ["fxo/1"]
+    assert e3_in["Calling-Station-Id"] == ["02071234567"]
+    # E2 busy, E4 divert, E5 transfer: the Stops' causes
+    causes = {r["Acct-Session-Id"][0]: r["Acct-Terminate-Cause"][0]
+              for r in by_status(recs, "Stop")}
+    assert causes["8200_000C2A020082/b1/76/1"] == "Service-Unavailable"
+    assert causes["8200_000C2A020082/b1/78/1"] == "Port-Unneeded"
+    assert causes["8200_000C2A020082/b1/80/0"] == "Port-Unneeded"
+    assert causes["8200_000C2A020082/b1/75/0"] == "User-Request"
