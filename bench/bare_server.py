@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--endpoint", default="tcp:0:interface=127.0.0.1")
+    p.add_argument("--endpoint", default="tcp:0:interface=127.0.0.1:backlog=1024")
     p.add_argument("--lifetime", type=float, default=600.0, help="stop after this many seconds")
     args = p.parse_args(argv)
 

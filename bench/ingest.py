@@ -80,7 +80,7 @@ def start_bare(tmp: Path) -> tuple[subprocess.Popen, int]:
     log = open(tmp / "bare.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "bare_server.py"),
-         "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--lifetime", "1800"],
+         "--endpoint", f"tcp:{port}:interface=127.0.0.1:backlog=1024", "--lifetime", "1800"],
         cwd=ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT,
     )
     wait_port(port, proc, 15, "bare server")

@@ -223,8 +223,9 @@ class LoadRun:
         seed: int = 1,
         tick: float = 0.01,
         drain_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = 30.0,
         ping_interval: float = 30.0,
+        connect_batch: int = 25,
     ) -> None:
         if duration is None and calls is None:
             raise ValueError("give a duration or a number of calls")
@@ -238,6 +239,7 @@ class LoadRun:
         self.tick = tick
         self.drain_timeout = drain_timeout
         self.connect_timeout = connect_timeout
+        self.connect_batch = connect_batch
         self.rng = random.Random(seed)
         now = reactor.seconds()
         self.gateways = [
@@ -274,9 +276,20 @@ class LoadRun:
 
     @defer.inlineCallbacks
     def run(self):
-        online = defer.gatherResults([g.start(self.endpoint) for g in self.gateways], consumeErrors=True)
+        # log in a batch at a time: a burst of hundreds of SYNs overflows a
+        # listen backlog (Twisted's default is 50) and TCP's retry backoff
+        # then takes seconds
+        def start_all():
+            batches = [self.gateways[i:i + self.connect_batch]
+                       for i in range(0, len(self.gateways), self.connect_batch)]
+            d = defer.succeed(None)
+            for batch in batches:
+                d.addCallback(lambda _, b=batch: defer.gatherResults(
+                    [g.start(self.endpoint) for g in b], consumeErrors=True))
+            return d
+
         try:
-            yield _wait(self.reactor, online, self.connect_timeout)
+            yield _wait(self.reactor, start_all(), self.connect_timeout)
         except TimeoutError:
             for g in self.gateways:
                 g.abort()
