@@ -446,7 +446,9 @@ class GatewayClientProtocol(LineOnlyReceiver):
         self.log.warn("gateway {key}: line from server too long", key=self.gateway.identity.key)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            reason = Failure(ConnectionDone())
         if self._ping is not None and self._ping.running:
             self._ping.stop()
         self.gateway.lost(self)

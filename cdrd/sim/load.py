@@ -25,7 +25,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cdrd.sim.client import ClientStats, GatewayIdentity, OutgoingEvent, SimGateway, percentile
+from cdrd.sim.client import (
+    ClientStats,
+    GatewayIdentity,
+    OutgoingEvent,
+    SimGateway,
+    percentile,
+)
 
 log = Logger()
 

@@ -29,7 +29,7 @@ def test_every_call_shape_is_a_whole_call(seed, fxs, fxo):
         types = [s[1] for s in steps]
         assert types[0] in FIRST and types[-1] in LAST
         assert [s[0] for s in steps] == sorted(s[0] for s in steps)  # times never go back
-        for _, etype, fields in steps:
+        for _, _etype, fields in steps:
             f = dict(fields)
             if "port" in f:
                 assert 1 <= int(f["port"]) <= fxs
