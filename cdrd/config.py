@@ -281,7 +281,7 @@ def _gateways(s: _Section) -> dict[str, GatewayConfig]:
 def _numbered(s: _Section, cls, keys: tuple[str, ...]) -> dict[int, Any]:
     out = {}
     for number in s.data:
-        if not str(number).isdigit() or int(number) < 1:
+        if not (str(number).isascii() and str(number).isdigit()) or int(number) < 1:
             raise ConfigError(s.setting(str(number)), "port numbers count from 1")
         p = s.table(number)
         p.unknown(set(keys))
@@ -340,7 +340,7 @@ def _host_port(text: str, setting: str, default_port: int) -> tuple[str, int]:
     if not sep:
         host, port = text, str(default_port)
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(setting, f"{text!r} is not HOST:PORT")
     return host, int(port)
 

@@ -54,7 +54,7 @@ class CallEvent:
 
     def int_field(self, name: str) -> int | None:
         value = self.fields.get(name)
-        if value is None or not value.isdigit():
+        if value is None or not (value.isascii() and value.isdigit()):
             return None
         return int(value)
 

@@ -201,7 +201,10 @@ class GatewayProtocol(Protocol):
         if msg is None:
             return
         if self.phase == AWAITING_LOGIN:
-            self.loginReceived(msg)
+            if msg.verb == "LOGIN":
+                self.loginReceived(msg)
+            else:
+                self.badPacket(f"expected LOGIN, got {msg.verb}", None)
         elif msg.verb == "EV":
             self.eventReceived(msg)
         elif msg.verb == "PING":
@@ -404,8 +407,12 @@ class GatewayProtocol(Protocol):
     def _stored(self, _, link: GatewayLink, top: int, ack: int):
         if top and not link.failed:
             link.committed = max(link.committed, top)
-        if ack and not link.failed and self.phase == LOGGED_IN:
+        if ack and not link.failed and self._open():
             self.send("ACK", seq=str(ack))
+
+    def _open(self) -> bool:
+        """Still talking to the gateway (a LOGOUT waits for its ACKs before BYE)."""
+        return self.phase == LOGGED_IN or self._closed_why == S.LOGOUT
 
     def _ack_when_stored(self, link: GatewayLink, ack: int):
         if ack <= link.committed:

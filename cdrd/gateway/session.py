@@ -78,6 +78,11 @@ _REQUIRED: Mapping[str, tuple[str, ...]] = {
 }
 
 
+def _decimal(value: str, digits: int) -> bool:
+    """ASCII digits only (str.isdigit also takes '¹' and other scripts' digits)."""
+    return 0 < len(value) <= digits and value.isascii() and value.isdigit()
+
+
 class LoginRefused(Exception):
     """LOGIN is answered ``ERR code=<code> reason=<reason>`` and the connection closed."""
 
@@ -110,7 +115,7 @@ def _count(fields: Mapping[str, str], key: str, gw="???", mac="") -> int:
     value = fields.get(key)
     if value is None:
         raise LoginRefused("bad", f"missing {key}", gw, mac)
-    if not value.isdigit() or len(value) > 9:
+    if not _decimal(value, 9):
         raise LoginRefused("bad", f"{key} is not a number", gw, mac)
     return int(value)
 
@@ -281,7 +286,7 @@ def _positive(fields: Mapping[str, str], key: str) -> int:
     value = fields.get(key)
     if value is None:
         raise BadPacket(f"missing {key}")
-    if not value.isdigit() or len(value) > 18 or (key == "seq" and int(value) == 0):
+    if not _decimal(value, 18) or (key == "seq" and int(value) == 0):
         raise BadPacket(f"{key} is not a {'positive' if key == 'seq' else 'non-negative'} integer")
     return int(value)
 
@@ -320,7 +325,7 @@ def parse_event(
         if value is None:
             continue
         if kind == _NUMBER:
-            ok = value.isdigit() and len(value) <= 9
+            ok = _decimal(value, 9)
         elif kind == _TEXT:
             ok = PRINTABLE.match(value) is not None
         else:
