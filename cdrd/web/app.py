@@ -1,0 +1,517 @@
+"""
+cdrd's HTTP side: the JSON API (interfaces.md) and the operator pages
+(the CDR Report, live gateway events, the gateway log, the dashboard and
+the billing CDRs), all from one Klein app class.
+
+    web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
+    site = Site(web.resource())
+
+Pages are rendered on the server (a search is a link; they work without
+JavaScript); a little vanilla JS adds the live event stream (SSE).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from importlib import resources
+from string import Template
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, LogQuery
+from cdrd.web import pages
+from cdrd.web.auth import guard
+from cdrd.web.feed import LiveFeed, Subscriber
+from cdrd.web.query import (
+    BadParameter,
+    FILTER_LABELS,
+    arg,
+    day_start_ms,
+    local_day,
+    parse_gateway,
+    parse_int,
+    parse_search,
+)
+from cdrd.web.render import (
+    REPORT_COLUMNS,
+    Clocks,
+    call_json,
+    cdr_json,
+    event_json,
+    event_row,
+    gateway_json,
+    log_json,
+    report_cells,
+)
+
+#: records read per store query while exporting CSV
+EXPORT_CHUNK = 1000
+#: an export never runs away with the server: at most this many rows
+EXPORT_MAX = 1_000_000
+#: events replayed to a live page that reconnects
+REPLAY_MAX = 1000
+HEARTBEAT = 15.0  # seconds between SSE comments: keeps proxies and NATs open
+DASHBOARD_HOURS = 24
+DASHBOARD_MAX_RECORDS = 20_000
+
+STATIC_TYPES = {
+    "css": b"text/css; charset=utf-8",
+    "js": b"text/javascript; charset=utf-8",
+    "svg": b"image/svg+xml",
+    "png": b"image/png",
+}
+_STATIC = resources.files("cdrd.web") / "static"
+_LAYOUT = Template((resources.files("cdrd.web") / "templates" / "layout.html").read_text("utf-8"))
+
+
+class WebApp:
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        config,
+        store,
+        clock,
+        calls=None,
+        feed: LiveFeed | None = None,
+        status: Mapping[str, Callable[[], dict]] | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.calls = calls
+        self.feed = feed
+        self.status = dict(status or {})
+        self.zone = config.server.zone
+        self.clocks = Clocks(self.zone)
+        self._heartbeat = None
+        self._producers: set[Subscriber] = set()
+
+    def resource(self):
+        """The whole site, behind Basic auth when users are configured."""
+        return guard(self.app.resource(), self.config.web.users, self.config.web.realm)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def today(self) -> date:
+        return local_day(self.now_ms(), self.zone)
+
+    @staticmethod
+    def json(request, body, code: int = 200) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def page(self, request, page: str, title: str, content: str, refresh: int | None = None) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            b"frame-ancestors 'none'",
+        )
+        html = _LAYOUT.substitute(
+            title=pages.esc(title),
+            page=page,
+            nav=pages.nav(page),
+            zone=pages.esc(self.config.server.timezone),
+            content=content,
+            refresh=f'<meta http-equiv="refresh" content="{refresh}">\n' if refresh else "",
+        )
+        return html.encode("utf-8")
+
+    async def gateway_keys(self) -> list[str]:
+        """Every gateway the store knows or the config names, sorted."""
+        known = {g.key for g in await self.store.gateways()}
+        return sorted(known | set(self.config.gateways))
+
+    # -- errors ----------------------------------------------------------------
+
+    @app.handle_errors(BadParameter)
+    def bad_parameter(self, request, failure):
+        message = str(failure.value)
+        if request.path.startswith(b"/api/"):
+            return self.json(request, {"error": message}, 400)
+        request.setResponseCode(400)
+        return self.page(request, "error", "Bad request", pages.error_box(message))
+
+    # -- static files ------------------------------------------------------------
+
+    @app.route("/static/<string:name>", methods=["GET"])
+    def static(self, request, name):
+        # a handful of small files: read them whole (no directory listing,
+        # no path below static/ reachable)
+        kind = STATIC_TYPES.get(name.rpartition(".")[2])
+        entry = _STATIC / name
+        if kind is None or "/" in name or name.startswith(".") or not entry.is_file():
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found\n"
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"cache-control", b"max-age=300")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return entry.read_bytes()
+
+    # -- the JSON API --------------------------------------------------------------
+
+    @app.route("/api/gateways", methods=["GET"])
+    async def api_gateways(self, request):
+        gateways = await self.store.gateways()
+        return self.json(request, {"gateways": [gateway_json(g) for g in gateways]})
+
+    @app.route("/api/log", methods=["GET"])
+    async def api_log(self, request):
+        s = parse_search(request, self.zone, bare_gateway=True)
+        entries = await self.store.log(
+            LogQuery(gateway=s.gateway, since=s.since, until=s.until, limit=s.limit, offset=s.offset)
+        )
+        return self.json(request, {"entries": [log_json(e) for e in entries]})
+
+    @app.route("/api/events", methods=["GET"])
+    async def api_events(self, request):
+        s = parse_search(request, self.zone)
+        events = await self.store.events(
+            EventQuery(
+                gateway=s.gateway, ref=s.ref, since=s.since, until=s.until,
+                limit=s.limit, offset=s.offset,
+            )
+        )
+        return self.json(request, {"events": [event_json(e) for e in events]})
+
+    @app.route("/api/calls", methods=["GET"])
+    async def api_calls(self, request):
+        s = parse_search(request, self.zone)
+        result = await self.store.calls(self._call_query(s))
+        return self.json(
+            request,
+            {
+                "total": result.total,
+                "filtered": result.filtered,
+                "records": [call_json(r) for r in result.records],
+            },
+        )
+
+    @app.route("/api/cdrs", methods=["GET"])
+    async def api_cdrs(self, request):
+        s = parse_search(request, self.zone)
+        total, cdrs = await self.store.cdrs(self._cdr_query(s, arg(request, "call")))
+        return self.json(request, {"total": total, "cdrs": [cdr_json(c) for c in cdrs]})
+
+    @app.route("/api/calendar", methods=["GET"])
+    async def api_calendar(self, request):
+        gateway = parse_gateway(arg(request, "gateway"))
+        month = self._month(arg(request, "month"), self.today())
+        days = await self._days_with_records(gateway, month)
+        return self.json(request, {"month": f"{month:%Y-%m}", "days": [d.isoformat() for d in sorted(days)]})
+
+    @app.route("/api/status", methods=["GET"])
+    async def api_status(self, request):
+        return self.json(request, {"open_calls": self._open_calls_json(), "outputs": self._outputs()})
+
+    @app.route("/api/accounting", methods=["GET"])
+    def api_accounting(self, request):
+        status = self.status.get("radius")
+        if status is None:
+            return self.json(request, {"error": "RADIUS accounting is not configured"}, 404)
+        return self.json(request, status())
+
+    @app.route("/api/", branch=True)
+    def api_unknown(self, request):
+        return self.json(request, {"error": f"no such API path {request.path.decode('latin-1')}"}, 404)
+
+    def _call_query(self, s, limit=None, offset=None) -> CallQuery:
+        return CallQuery(
+            gateway=s.gateway, since=s.since, until=s.until, filter=s.filter,
+            limit=s.limit if limit is None else limit,
+            offset=s.offset if offset is None else offset,
+        )
+
+    def _cdr_query(self, s, call=None, limit=None, offset=None) -> CdrQuery:
+        return CdrQuery(
+            gateway=s.gateway, since=s.since, until=s.until, cui=s.cui, call=call,
+            limit=s.limit if limit is None else limit,
+            offset=s.offset if offset is None else offset,
+        )
+
+    def _open_calls(self) -> list:
+        if self.calls is None:
+            return []
+        return sorted(self.calls.open_calls(), key=lambda c: (c.gateway, c.begin))
+
+    def _open_calls_json(self) -> list[dict]:
+        return [
+            {"gateway": c.gateway, "boot": c.boot, "ref": c.ref, "begin": self._rfc(c.begin), "port": c.port}
+            for c in self._open_calls()
+        ]
+
+    @staticmethod
+    def _rfc(ms):
+        from cdrd.values import rfc3339
+
+        return None if ms is None else rfc3339(ms)
+
+    def _outputs(self) -> dict:
+        out = {}
+        for name, status in sorted(self.status.items()):
+            try:
+                out[name] = status()
+            except Exception as e:  # a broken status must not break the page
+                self.log.failure("status of output {name} failed", name=name)
+                out[name] = {"error": type(e).__name__}
+        return out
+
+    # -- live events (server-sent events) --------------------------------------------
+
+    @app.route("/api/events/stream", methods=["GET"])
+    def api_events_stream(self, request):
+        gateway = parse_gateway(arg(request, "gateway"))
+        return self._stream(request, gateway)
+
+    @app.route("/gateways/<string:key>/events/stream", methods=["GET"])
+    def gateway_events_stream(self, request, key):
+        return self._stream(request, parse_gateway(key))
+
+    def _stream(self, request, gateway: str | None):
+        if self.feed is None:
+            raise BadParameter("live events are not available (no feed)")
+        after = request.getHeader(b"last-event-id") or arg(request, "after")
+        after_id = None
+        if after:
+            if isinstance(after, bytes):
+                after = after.decode("latin-1")
+            after_id = parse_int(after, "after", 0, 0, 2**62)
+        if after_id is not None and gateway is None:
+            raise BadParameter("after: needs a gateway")
+
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+
+        def fmt(item):
+            kind, value = item
+            return fmt_event(value, self.clocks) if kind == "event" else None
+
+        done: Deferred = Deferred(lambda d: sub.finish())
+
+        def close():
+            if sub in self._producers:
+                self._producers.discard(sub)
+                request.unregisterProducer()
+            self._beat_if_needed()
+            if not done.called:
+                done.callback(None)
+
+        sub = Subscriber(request.write, close, fmt, kinds=frozenset({"event"}))
+        self._producers.add(sub)
+        request.registerProducer(sub, True)
+        self.feed.subscribe(gateway, sub)
+        request.write(b"retry: 3000\n: connected\n\n")
+        self._beat_if_needed()
+        if after_id is not None:
+            sub.hold()
+            self.store.events_after(gateway, after_id, REPLAY_MAX).addCallbacks(
+                lambda events: self._replayed(sub, events, after_id),
+                lambda f: (self.log.failure("live feed replay failed", f), sub.finish()),
+            )
+        return done
+
+    def _replayed(self, sub, events, after_id):
+        last = after_id
+        for e in events:
+            sub.send(fmt_event(e, self.clocks))
+            last = max(last, e.id or 0)
+        sub.release(lambda item: item[0] != "event" or (item[1].id or 0) > last)
+
+    def _beat_if_needed(self):
+        from twisted.internet.task import LoopingCall
+
+        live = self.feed.subscribers() if self.feed else []
+        if live and self._heartbeat is None:
+            self._heartbeat = LoopingCall(self._beat)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(HEARTBEAT, now=False)
+        elif not live and self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
+    def _beat(self):
+        for s in self.feed.subscribers():
+            s.send(b": keep-alive\n\n")
+        self._beat_if_needed()
+
+    # -- pages -------------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    async def dashboard(self, request):
+        now = self.now_ms()
+        gateways = await self.store.gateways()
+        since = (now // 3_600_000 - DASHBOARD_HOURS + 1) * 3_600_000
+        records, complete = await self._records(CallQuery(since=since, until=now + 1), DASHBOARD_MAX_RECORDS)
+        content = pages.dashboard(
+            clocks=self.clocks,
+            now=now,
+            gateways=gateways,
+            configured=sorted(self.config.gateways),
+            open_calls=self._open_calls() if self.calls is not None else None,
+            records=records,
+            complete=complete,
+            since=since,
+            hours=DASHBOARD_HOURS,
+            outputs=self._outputs(),
+        )
+        return self.page(request, "dashboard", "Dashboard", content, refresh=30)
+
+    @app.route("/report", methods=["GET"])
+    async def report(self, request):
+        s = parse_search(request, self.zone, default_day=self.today())
+        month = self._month(arg(request, "month"), s.day_from)
+        result = await self.store.calls(self._call_query(s))
+        days = await self._days_with_records(s.gateway, month)
+        content = pages.report(
+            search=s,
+            keys=await self.gateway_keys(),
+            result=result,
+            rows=[report_cells(s.offset + i + 1, r, self.clocks) for i, r in enumerate(result.records)],
+            columns=REPORT_COLUMNS,
+            filters=FILTER_LABELS,
+            month=month,
+            days=days,
+            today=self.today(),
+        )
+        return self.page(request, "report", "CDR Report", content)
+
+    @app.route("/report.csv", methods=["GET"])
+    async def report_csv(self, request):
+        s = parse_search(request, self.zone, default_day=self.today())
+        records, _ = await self._records(self._call_query(s), EXPORT_MAX)
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\r\n")
+        w.writerow(REPORT_COLUMNS + ("Gateway", "Begin (UTC)", "End (UTC)", "Call ID"))
+        for i, r in enumerate(records):
+            w.writerow(report_cells(i + 1, r, self.clocks) + (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id))
+        name = f"cdr-report-{s.gateway or 'all'}-{s.day_from}-{s.day_to}-{s.filter}.csv"
+        return self._download(request, out.getvalue(), name)
+
+    @app.route("/gateways/<string:key>/events", methods=["GET"])
+    async def gateway_events(self, request, key):
+        key = parse_gateway(key)
+        limit = parse_int(arg(request, "limit"), "limit", 100, 1, 1000)
+        events = await self.store.events(EventQuery(gateway=key, limit=limit, newest_first=True))
+        state = await self.store.gateway(key)
+        content = pages.live_events(
+            key=key,
+            state=state,
+            rows=[event_row(e, self.clocks) for e in events],
+            after=max((e.id or 0 for e in events), default=0),
+            live=self.feed is not None,
+            keys=await self.gateway_keys(),
+        )
+        return self.page(request, "events", f"Live events {key}", content)
+
+    @app.route("/gateways", methods=["GET"])
+    async def gateways_index(self, request):
+        key = arg(request, "key")
+        if key is not None:
+            key = parse_gateway(key)
+            request.redirect(f"/gateways/{key}/events".encode())
+            return b""
+        return self.page(request, "events", "Live events", pages.gateways_index(await self.gateway_keys()))
+
+    @app.route("/log", methods=["GET"])
+    async def gateway_log(self, request):
+        s = parse_search(request, self.zone, default_day=self.today(), bare_gateway=True)
+        entries = await self.store.log(
+            LogQuery(gateway=s.gateway, since=s.since, until=s.until, limit=s.limit + 1, offset=s.offset)
+        )
+        content = pages.gateway_log(
+            search=s, entries=entries[: s.limit], more=len(entries) > s.limit,
+            clocks=self.clocks, keys=await self.gateway_keys(),
+        )
+        return self.page(request, "log", "Gateway log", content)
+
+    @app.route("/cdrs", methods=["GET"])
+    async def cdrs(self, request):
+        s = parse_search(request, self.zone, default_day=self.today())
+        total, cdrs = await self.store.cdrs(self._cdr_query(s))
+        content = pages.cdrs(search=s, total=total, cdrs=cdrs, clocks=self.clocks, keys=await self.gateway_keys())
+        return self.page(request, "cdrs", "Billing CDRs", content)
+
+    @app.route("/cdrs.csv", methods=["GET"])
+    async def cdrs_csv(self, request):
+        s = parse_search(request, self.zone, default_day=self.today())
+        lines = []
+        offset = 0
+        while offset < EXPORT_MAX:
+            total, page = await self.store.cdrs(self._cdr_query(s, limit=EXPORT_CHUNK, offset=offset))
+            lines.extend(c.line for c in page)
+            offset += len(page)
+            if not page or offset >= total:
+                break
+        body = "".join(line + "\r\n" for line in lines)
+        name = f"cdrs-{s.gateway or 'all'}-{s.day_from}-{s.day_to}.csv"
+        return self._download(request, body, name)
+
+    # -- page helpers ----------------------------------------------------------------
+
+    def _download(self, request, text: str, name: str) -> bytes:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+        request.setHeader(b"content-disposition", f'attachment; filename="{safe}"'.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return text.encode("utf-8")
+
+    async def _records(self, query: CallQuery, cap: int):
+        """Every record of a query (in chunks), at most `cap`; (records, complete)."""
+        records = []
+        offset = query.offset
+        while len(records) < cap:
+            page = await self.store.calls(
+                CallQuery(
+                    gateway=query.gateway, since=query.since, until=query.until,
+                    filter=query.filter, limit=min(EXPORT_CHUNK, cap - len(records)), offset=offset,
+                )
+            )
+            records.extend(page.records)
+            offset += len(page.records)
+            if not page.records or offset >= page.filtered:
+                return records, True
+        return records, False
+
+    def _month(self, text: str | None, default: date) -> date:
+        if text is None:
+            return default.replace(day=1)
+        try:
+            if len(text) != 7:
+                raise ValueError
+            return datetime.strptime(text, "%Y-%m").date()
+        except ValueError:
+            raise BadParameter(f"month: {text!r} is not YYYY-MM") from None
+
+    async def _days_with_records(self, gateway: str | None, month: date) -> set[date]:
+        nxt = (month + timedelta(days=32)).replace(day=1)
+        quarters = await self.store.call_quarters(
+            gateway, day_start_ms(month, self.zone), day_start_ms(nxt, self.zone)
+        )
+        return {local_day(q, self.zone) for q in quarters}
+
+
+def sse(kind: str, data: dict, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"{head}event: {kind}\ndata: {body}\n\n".encode()
+
+
+def fmt_event(event, clocks: Clocks) -> bytes:
+    return sse("event", event_row(event, clocks), event.id)

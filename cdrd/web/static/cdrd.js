@@ -1,0 +1,64 @@
+// cdrd pages: live events over server-sent events; no framework, no CDN.
+(function () {
+  "use strict";
+  var MAX_ROWS = 500;
+
+  function cell(text, cls) {
+    var td = document.createElement("td");
+    td.textContent = text === null || text === undefined ? "" : String(text);
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function eventRow(ev) {
+    var tr = document.createElement("tr");
+    tr.dataset.id = ev.id;
+    tr.className = "new";
+    [ev.time, ev.ref, ev.port].forEach(function (v) { tr.appendChild(cell(v)); });
+    tr.appendChild(cell(ev.type, "ev-type " + String(ev.type).toLowerCase()));
+    [ev.digits, ev.cli, ev.info, ev.pport].forEach(function (v) { tr.appendChild(cell(v)); });
+    return tr;
+  }
+
+  function live() {
+    var holder = document.getElementById("stream");
+    var body = document.getElementById("events");
+    var state = document.getElementById("live");
+    if (!holder || !body || !holder.dataset.url || !window.EventSource) return;
+    var url = holder.dataset.url + "?after=" + encodeURIComponent(holder.dataset.after || "0");
+    var source = new EventSource(url);
+    function show(text, cls) { if (state) { state.textContent = text; state.className = "live " + cls; } }
+    source.onopen = function () { show("live", "on"); };
+    source.onerror = function () { show("reconnecting…", "connecting"); };
+    source.addEventListener("event", function (msg) {
+      var ev = JSON.parse(msg.data);
+      if (body.querySelector('tr[data-id="' + CSS.escape(String(ev.id)) + '"]')) return;
+      var empty = body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      body.insertBefore(eventRow(ev), body.firstChild);
+      while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
+    });
+  }
+
+  function switcher() {
+    var form = document.getElementById("switch");
+    var select = document.getElementById("key");
+    if (!form || !select) return;
+    select.addEventListener("change", function () {
+      window.location.href = "/gateways/" + encodeURIComponent(select.value) + "/events";
+    });
+  }
+
+  function searchOnChange() {
+    // the report's gateway selector searches at once, as in the seed's screen
+    var form = document.querySelector("form.search");
+    var select = form && form.querySelector("select[name=gateway]");
+    if (select) select.addEventListener("change", function () { form.submit(); });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    live();
+    switcher();
+    searchOnChange();
+  });
+})();

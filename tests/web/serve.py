@@ -1,0 +1,104 @@
+"""
+A real cdrd web endpoint for the browser tests, in its own process:
+
+    python -m tests.web.serve PORTFILE
+
+Serves WebApp on 127.0.0.1 (a free port, written to PORTFILE) over the
+fixture day, with a LiveFeed.  ``POST /_test/event?ref=N&type=T&digits=D``
+stores one event of the fixture gateway and tells the feed, exactly as the
+BatchWriter's commit listener does in cdrd.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.internet import defer, endpoints, task
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from cdrd.interfaces import WriteBatch
+from cdrd.values import CallEvent
+from cdrd.web.app import WebApp
+from cdrd.web.feed import LiveFeed
+from tests.web import fixtures as F
+from tests.web.store import make_store
+
+
+class FixtureClock:
+    """The real reactor's timers, with the wall clock moved to the fixture day."""
+
+    def __init__(self, reactor, now: float):
+        self._reactor = reactor
+        self._offset = now - reactor.seconds()
+
+    def seconds(self):
+        return self._reactor.seconds() + self._offset
+
+    def callLater(self, delay, f, *a, **kw):
+        return self._reactor.callLater(delay, f, *a, **kw)
+
+    def getDelayedCalls(self):
+        return self._reactor.getDelayedCalls()
+
+
+@implementer(IResource)
+class TestRoot:
+    isLeaf = True
+
+    def __init__(self, web, store, feed, clock):
+        self.web, self.store, self.feed, self.clock = web, store, feed, clock
+        self.seq = 1000
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def render(self, request):
+        if request.path == b"/_test/event" and request.method == b"POST":
+            self.inject(request)
+            return NOT_DONE_YET
+        return self.web.render(request)
+
+    def inject(self, request):
+        args = {k.decode(): v[-1].decode() for k, v in request.args.items()}
+        self.seq += 1
+        now = int(self.clock.seconds() * 1000)
+        fields = {k: v for k, v in args.items() if k not in ("ref", "type")}
+        event = CallEvent(gateway=F.GW, seq=self.seq, ref=int(args["ref"]), type=args["type"],
+                          time=now, received=now, boot="b1", fields=fields)
+
+        def stored(result):
+            self.feed.events_stored(result.events)
+            request.setHeader(b"content-type", b"text/plain")
+            request.write(str(result.events[0].id).encode())
+            request.finish()
+
+        self.store.write(WriteBatch(events=(event,))).addCallback(stored)
+
+
+async def serve(reactor, portfile):
+    store = make_store()
+    await store.open()
+    await store.write(F.batch())
+    feed = LiveFeed()
+    clock = FixtureClock(reactor, F.t("13:00:00") / 1000)
+    web = WebApp(F.config(), store, clock, feed=feed)
+    site = Site(TestRoot(web.resource(), store, feed, clock))
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    with open(portfile + ".tmp", "w") as f:
+        f.write(str(port.getHost().port))
+    import os
+
+    os.rename(portfile + ".tmp", portfile)
+    await defer.Deferred()  # until killed
+
+
+def main():
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    task.react(lambda reactor: defer.ensureDeferred(serve(reactor, sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()
