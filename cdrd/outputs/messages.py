@@ -106,6 +106,8 @@ def priority(facility: int, severity: int = SEVERITY_INFO) -> int:
 
 def _printusascii(text: str, limit: int) -> str:
     """RFC 5424 header fields: 1..limit of %d33-126, else NILVALUE."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text[:limit] or "-"
     text = "".join(c if 33 <= ord(c) <= 126 else "_" for c in text)[:limit]
     return text or "-"
 

@@ -50,14 +50,22 @@ class SyslogSink(Service):
     name = SINK
     log = Logger()
 
-    #: CDRs read from the outbox and not yet deleted (pending + unconfirmed).
+    #: CDRs read ahead from the outbox, not yet sent.
     window = 1000
+    #: TCP: messages written and not yet confirmed, at most (with
+    #: confirm_after, this bounds the rate: 20 000 / 0.5 s = 40 000 lines/s).
+    max_unconfirmed = 20_000
     #: Messages sent per reactor turn before yielding to other work.
     turn = 256
     #: TCP: seconds a written message waits, connection up, before deletion.
-    confirm_after = 1.0
-    #: Datagram targets: retry delays after a refused send.
-    retry_initial = 0.1
+    confirm_after = 0.5
+    #: Datagram targets: seconds between two turns, so a burst (after an
+    #: outage, at start) does not overrun the collector's socket buffer:
+    #: at most turn / datagram_pause = 25 600 lines/s.
+    datagram_pause = 0.01
+    #: Datagram targets: retry delays after a refused send (a full receive
+    #: queue is retried almost at once, a missing daemon backs off to 5 s).
+    retry_initial = 0.005
     retry_max = 5.0
     #: Seconds between re-reads of the outbox depth (it is counted in between).
     resync_interval = 30.0
@@ -237,8 +245,11 @@ class SyslogSink(Service):
     def _send(self):
         budget = self.turn
         while self._pending and self.target.ready:
+            if self.target.streaming and len(self._unconfirmed) >= self.max_unconfirmed:
+                return  # _confirm() pumps again
             if budget == 0:
-                self._wake(0)  # let the reactor breathe
+                # let the reactor breathe; pace datagrams
+                self._wake(0 if self.target.streaming else self.datagram_pause)
                 return
             item_id, entry = self._pending[0]
             try:
@@ -274,7 +285,7 @@ class SyslogSink(Service):
     def _read_more(self):
         if self._reading or not self._more:
             return
-        room = self.window - len(self._pending) - len(self._unconfirmed)
+        room = self.window - len(self._pending)
         excess = self._stored - self.config.buffer
         limit = max(room, min(excess, self.window))
         if limit <= 0:

@@ -30,8 +30,13 @@ class OutboxStore:
 
     def outbox(self, sink, after_id, limit):
         self.reads += 1
-        out = [i for k, i in sorted(self.items.items()) if i.sink == sink and k > after_id]
-        return defer.succeed(out[:limit])
+        out = []
+        for k, i in self.items.items():  # ids ascend in insertion order
+            if k > after_id and i.sink == sink:
+                out.append(i)
+                if len(out) >= limit:
+                    break
+        return defer.succeed(out)
 
     def outbox_stats(self, sink):
         mine = [i for i in self.items.values() if i.sink == sink]

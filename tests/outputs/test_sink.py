@@ -161,7 +161,7 @@ def test_refused_sends_wait_and_retry_with_backoff_in_order():
                    if c.active() and getattr(c.func, "__name__", "") == "_woken"]
         delays.append(round(call.getTime() - reactor.seconds(), 3))
         reactor.advance(delays[-1])
-    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert delays == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16]
     assert sink.status()["last_error"] == "Resource temporarily unavailable"
     target.refuse = False
     commit(sink, store, numbered(5, 2))
@@ -177,6 +177,10 @@ def test_a_burst_is_sent_a_turn_at_a_time():
     commit(sink, store, numbered(0, 600, per_call=8))
     assert len(target.sent) == sink.turn
     settle(reactor)
+    assert len(target.sent) == sink.turn  # datagrams are paced
+    reactor.advance(sink.datagram_pause)
+    assert len(target.sent) == 2 * sink.turn
+    settle(reactor, 1.0)
     assert cuis(target.sent) == [f"N{i}" for i in range(600)]
     assert store.payloads() == []
     assert store.reads >= 1
@@ -346,7 +350,8 @@ def test_tcp_backpressure_pauses_the_sink():
 
 def test_tcp_window_bounds_what_is_unconfirmed():
     sink, store, target, reactor = tcp()
-    sink.window = 10
+    sink.window = 4
+    sink.max_unconfirmed = 10
     sink.startService()
     protocol, transport = connect(reactor)
     commit(sink, store, numbered(0, 25))

@@ -98,6 +98,7 @@ def test_tcp_every_line_at_least_once_in_order(ops):
     cfg = SyslogConfig(target="tcp:127.0.0.1:6514", hostname="h")
     sink = SyslogSink(cfg, store, Writer(store), reactor, reactor, target=target)
     sink.window = 16
+    sink.max_unconfirmed = 24
     sink.turn = 8
     sink.startService()
     received: list[bytes] = []
