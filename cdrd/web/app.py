@@ -308,7 +308,8 @@ class WebApp:
         def close():
             if sub in self._producers:
                 self._producers.discard(sub)
-                request.unregisterProducer()
+                if request.channel is not None:  # None once the browser is gone
+                    request.unregisterProducer()
             self._beat_if_needed()
             if not done.called:
                 done.callback(None)

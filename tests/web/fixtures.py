@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date  # noqa: F401  (tests build days with F.date)
+
 from cdrd import config as C
 from cdrd.interfaces import WriteBatch
 from cdrd.values import (
