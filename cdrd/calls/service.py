@@ -1,0 +1,300 @@
+"""
+CallService: runs the call model on committed events and writes what it
+produces (records, CDRs, the model's cursors, every durable sink's outbox
+items) in one transaction per step; then tells the sinks.
+
+Recovery after a restart or crash rebuilds the open calls from the event
+log (docs/architecture.md, "Durability and exactly-once"; docs/calls.md).
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from cdrd.calls.model import CallModel, OpenCall
+from cdrd.config import Config
+from cdrd.interfaces import ModelCursor, OutboxItem, WriteBatch
+from cdrd.values import STALE, CallEnd, CallEvent
+
+REPLAY_PAGE = 5000
+SWEEP_INTERVAL = 60.0  # seconds between stale sweeps
+RETRY_DELAY = 1.0  # seconds before a failed write of products is retried
+
+
+@define
+class _Pending:
+    """Products waiting for their transaction, in the order produced."""
+
+    products: list = field(factory=list)
+    cursors: dict = field(factory=dict)  # gateway -> ModelCursor
+
+    def __bool__(self) -> bool:
+        return bool(self.products or self.cursors)
+
+
+class CallService(Service):
+    """
+    `store` is an IStore, `writer` the BatchWriter every write goes through,
+    `clock` an IReactorTime, `sinks` ICdrSink providers.
+
+    Products reach the store and then each sink once, in the order the
+    model produced them: one derived transaction is in flight at a time,
+    and what the model produces meanwhile waits for the next one.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, store, writer, clock, sinks=(),
+                 replay_page: int = REPLAY_PAGE, sweep_interval: float = SWEEP_INTERVAL):
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.sinks = tuple(sinks)
+        self.replay_page = replay_page
+        self.sweep_interval = sweep_interval
+        self.stale_after_ms = int(config.server.stale_after * 1000)
+        self.model = CallModel(config)
+        self.recovered: defer.Deferred = defer.Deferred()
+        self._recovering = False
+        self._early: list = []  # committed events seen while recovering
+        self._pending = _Pending()
+        self._inflight: defer.Deferred | None = None
+        self._retry = None
+        self._sweeper: task.LoopingCall | None = None
+        self._stale_sent: set = set()
+        self._waiters: list[defer.Deferred] = []
+        self.written = 0  # derived transactions committed, for tests and status
+
+    # -- the API used by other rooms ---------------------------------------
+
+    def open_refs(self, gateway: str, boot: str) -> set[int]:
+        return self.model.open_refs(gateway, boot)
+
+    def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
+        return self.model.open_calls(gateway)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every product so far is written and the sinks told."""
+        if self._inflight is None and not self._pending and self._retry is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._recovering = True
+        self.writer.add_listener(self._committed)
+        d = defer.ensureDeferred(self._recover())
+        d.addCallbacks(self._recovery_done, self._recovery_failed)
+        return self.recovered
+
+    def stopService(self):
+        super().stopService()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        try:
+            self.writer.remove_listener(self._committed)
+        except ValueError:
+            pass
+        return self.idle()
+
+    def _now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # -- recovery ----------------------------------------------------------
+
+    async def _recover(self) -> None:
+        cursors = await self.store.cursors()
+        gateways = {g.key for g in await self.store.gateways()} | set(cursors)
+        now = self._now()
+        for gateway in sorted(gateways):
+            cursor = cursors.get(gateway)
+            applied = cursor.applied if cursor is not None else 0
+            start = cursor.replay_from if cursor is not None else 1
+            # Calls ended already are tombstoned, except those that a
+            # TRANSFER in the replayed range joins into a call still open.
+            transferred = set()
+            after = start - 1
+            while True:
+                page = await self.store.events_after(gateway, after, self.replay_page)
+                if not page:
+                    break
+                transferred.update((e.boot, e.ref) for e in page if e.type == "TRANSFER")
+                after = page[-1].id
+                if len(page) < self.replay_page:
+                    break
+            if cursor is not None:
+                for boot, ref in await self.store.ended_calls(gateway, now - self.stale_after_ms):
+                    if (boot, ref) not in transferred:
+                        self.model.mark_ended(gateway, boot, ref)
+            after = start - 1
+            replayed = 0
+            while True:
+                page = await self.store.events_after(gateway, after, self.replay_page)
+                if not page:
+                    break
+                for event in page:
+                    products = self._apply(event)
+                    if event.id > applied and products:
+                        self._pending.products.extend(products)
+                replayed += len(page)
+                after = page[-1].id
+                if len(page) < self.replay_page:
+                    break
+            if replayed and self.model.applied(gateway) is not None and self.model.applied(gateway) > applied:
+                self._pending.cursors[gateway] = self._cursor(gateway)
+            self.log.info(
+                "calls: gateway {gateway} recovered: {replayed} events replayed from id {start},"
+                " {open} calls open",
+                gateway=gateway, replayed=replayed, start=start,
+                open=len(self.model.open_calls(gateway)),
+            )
+
+    def _recovery_done(self, _):
+        self._recovering = False
+        early, self._early = self._early, []
+        for event in early:
+            self._take(event)
+        self._flush()
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.sweep_interval, now=False).addErrback(
+            lambda f: self.log.failure("stale sweep stopped", f))
+        d = self.idle()
+        d.addCallback(lambda _: self.recovered.callback(None))
+
+    def _recovery_failed(self, failure):
+        self._recovering = False
+        self.log.failure("calls: recovery failed", failure)
+        self.recovered.errback(failure)
+
+    # -- live --------------------------------------------------------------
+
+    def _committed(self, batch, result) -> None:
+        """A writer commit listener: apply the newly stored events in order."""
+        if not result.events:
+            return  # our own derived batches, or gateway state only
+        if self._recovering:
+            self._early.extend(result.events)
+            return
+        for event in result.events:
+            self._take(event)
+        self._flush()
+
+    def _take(self, event: CallEvent) -> None:
+        products = self._apply(event)
+        if products:
+            self._pending.products.extend(products)
+        if self.model.applied(event.gateway) == event.id:
+            self._pending.cursors[event.gateway] = self._cursor(event.gateway)
+
+    def _apply(self, event: CallEvent) -> list:
+        try:
+            products = self.model.apply(event)
+        except Exception:
+            # the model is meant never to raise; keep going for the other calls
+            self.log.failure("call model failed on event {id} of {gateway}",
+                             id=event.id, gateway=event.gateway)
+            return []
+        for p in products:
+            if isinstance(p, CallEnd):
+                self._stale_sent.discard((p.record.gateway, p.record.boot, p.record.ref))
+        return products
+
+    def _cursor(self, gateway: str) -> ModelCursor:
+        applied = self.model.applied(gateway) or 0
+        replay_from = self.model.replay_from(gateway)
+        return ModelCursor(gateway=gateway, applied=applied,
+                           replay_from=replay_from if replay_from is not None else applied + 1)
+
+    # -- writing products, in order -----------------------------------------
+
+    def _flush(self) -> None:
+        if self._inflight is not None or self._retry is not None or not self._pending:
+            return
+        pending, self._pending = self._pending, _Pending()
+        self._write(pending)
+
+    def _write(self, pending: _Pending) -> None:
+        products = pending.products
+        now = self._now()
+        records = [p.record for p in products if isinstance(p, CallEnd)]
+        cdrs = [c for r in products if isinstance(r, CallEnd) for c in r.cdrs]
+        outbox = []
+        if products:
+            for sink in self.sinks:
+                for payload in sink.spool(products, now):
+                    outbox.append(OutboxItem(sink=sink.name, payload=payload, created=now))
+        batch = WriteBatch(records=records, cdrs=cdrs, cursors=list(pending.cursors.values()),
+                           outbox=outbox)
+        self._inflight = d = self.writer.submit(batch)
+        d.addCallbacks(self._written, self._write_failed,
+                       callbackArgs=(pending,), errbackArgs=(pending,))
+
+    def _written(self, _result, pending: _Pending) -> None:
+        self._inflight = None
+        self.written += 1
+        if pending.products:
+            for sink in self.sinks:
+                try:
+                    sink.committed(pending.products)
+                except Exception:
+                    self.log.failure("CDR sink {sink} failed to take committed products",
+                                     sink=sink.name)
+        self._flush()
+        self._maybe_idle()
+
+    def _write_failed(self, failure, pending: _Pending) -> None:
+        self._inflight = None
+        self.log.error(
+            "calls: writing {products} products failed ({error}); retrying in {delay}s",
+            products=len(pending.products), error=failure.getErrorMessage(), delay=RETRY_DELAY,
+        )
+        # keep the order: this batch goes first, what came since after it
+        later, self._pending = self._pending, pending
+        pending.products.extend(later.products)
+        pending.cursors.update(later.cursors)
+        self._retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._flush()
+
+    def _maybe_idle(self) -> None:
+        if self._inflight is None and not self._pending and self._retry is None:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    # -- staleness ---------------------------------------------------------
+
+    def sweep(self) -> defer.Deferred | None:
+        """End calls silent for `stale_after`: a STALE event each, through the log."""
+        now = self._now()
+        events = []
+        for gateway, boot, ref, last in self.model.stale_calls(now, self.stale_after_ms):
+            key = (gateway, boot, ref)
+            if key in self._stale_sent:
+                continue
+            self._stale_sent.add(key)
+            events.append(CallEvent(gateway=gateway, seq=None, ref=ref, type=STALE, time=last,
+                                    received=now, boot=boot))
+        if not events:
+            return None
+        self.log.info("calls: {count} stale calls end", count=len(events))
+        d = self.writer.submit(WriteBatch(events=events))
+        d.addErrback(self._stale_failed, events)
+        return d
+
+    def _stale_failed(self, failure, events) -> None:
+        for e in events:
+            self._stale_sent.discard((e.gateway, e.boot, e.ref))
+        self.log.error("calls: writing {count} STALE events failed: {error}",
+                       count=len(events), error=failure.getErrorMessage())
