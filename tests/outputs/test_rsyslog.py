@@ -8,6 +8,12 @@ after rsyslog restarts.
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
@@ -183,3 +189,52 @@ async def test_local_socket_rfc5424(rsyslog):
     finally:
         await sink.stopService()
     assert rfc5424_seen(rsyslog, "local2") == expected(outputs)
+
+
+# -- kill -9 -------------------------------------------------------------------
+
+
+def run_sink(db, target, *args):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.outputs.sink_process", str(db), target, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    line = proc.stdout.readline()
+    if line != b"ready\n":
+        proc.kill()
+        raise AssertionError(f"sink process did not start: {line!r} {proc.stderr.read()!r}")
+    return proc
+
+
+def kill9(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def outbox_depth(db):
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM outbox WHERE sink = 'syslog'").fetchone()[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_loses_no_line(rsyslog, tmp_path):
+    """CDRs stored with their outbox items while rsyslog is down, cdrd
+    killed -9, rsyslog up, cdrd again: every line arrives, in order, once."""
+    db = tmp_path / "cdrd.sqlite"
+    target = f"tcp:127.0.0.1:{rsyslog.tcp}"
+    rsyslog.stop()
+    first = run_sink(db, target, "--spool", "0", "60")
+    try:
+        await task.deferLater(reactor, 0.5, lambda: None)
+    finally:
+        kill9(first)
+    assert outbox_depth(db) == 60
+    rsyslog.start()
+    second = run_sink(db, target)
+    try:
+        assert await until(lambda: len(rsyslog.cdr_records()) >= 60, timeout=30)
+        assert await until(lambda: outbox_depth(db) == 0, timeout=10)
+    finally:
+        kill9(second)
+    assert rfc5424_seen(rsyslog, "local0") == expected(numbered(0, 60))
