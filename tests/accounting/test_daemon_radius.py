@@ -1,0 +1,91 @@
+"""
+Integration, the whole daemon: `twistd -n cdrd` with [radius] pointing at a
+FreeRADIUS that is down; cdrd-sim replays worked example E4; cdrd is killed
+with -9 while retransmitting and restarted; then FreeRADIUS comes up and
+gets every leg's Start and Stop and both CDRs, with Acct-Delay-Time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.accounting.freeradius import FreeRadius
+from tests.integration.daemon import ROOT, Daemon, environment
+
+pytestmark = pytest.mark.integration
+
+SECRET = "daemon-secret"
+E4_CDRS = [
+    "2026-11-22T10:20:18.000Z,15.900,300.000,442079460201,202,442079460201",
+    "2026-11-22T10:20:18.000Z,5.000,300.000,ACCT-202,07700900123,442079460201",
+]
+
+
+def by_status(records, status):
+    return [r for r in records if r.get("Acct-Status-Type") == [status]]
+
+
+def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
+    radius = FreeRadius(tmp_path / "radius", secret=SECRET)  # down for now
+    daemon = Daemon(
+        tmp_path,
+        extra_config=(
+            "\n[radius]\n"
+            "interim_interval = 0\n"
+            'nas_ip = "192.0.2.10"\n'
+            "initial_timeout = 0.5\n"
+            "max_timeout = 2.0\n"
+            "[[radius.servers]]\n"
+            f'address = "{radius.address}"\n'
+            f'secret = "{SECRET}"\n'
+            '\n[gateways."8200_000C2A020082"]\n'
+            'ports = { 1 = { exten = "201", ddi = "442079460201" }, '
+            '2 = { exten = "202", ddi = "442079460202", cui = "ACCT-202" } }\n'
+            'lines = { 1 = { cui = "CARRIER-ACME" } }\n'
+        ),
+    )
+    daemon.start()
+    try:
+        replay = subprocess.run(
+            [sys.executable, "-m", "cdrd.sim.cli", "replay",
+             "--server", f"tcp:127.0.0.1:{daemon.gateway_port}",
+             "--gw", "8200", "--mac", "000C2A020082", "--date", "2026-11-22",
+             "example:e4"],
+            cwd=ROOT, env=environment(), capture_output=True, timeout=60,
+        )
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        # the call ended and is spooled; cdrd retransmits into the void
+        daemon.wait_for(
+            lambda: daemon.api("/api/accounting")["retransmissions"] >= 2,
+            what="retransmissions",
+        )
+        assert daemon.api("/api/accounting")["spool_depth"] >= 1
+        daemon.kill9()
+        killed = time.monotonic()
+        daemon.start()
+        time.sleep(1.0)
+        radius.start()
+        recs = radius.wait_records(
+            lambda r: any(line in x.get("cdrd-CDR", []) for x in r for line in E4_CDRS[-1:]),
+            timeout=30,
+        )
+        daemon.wait_for(lambda: daemon.api("/api/accounting")["spool_depth"] == 0,
+                        what="empty spool")
+        recs = radius.records()
+        outage = time.monotonic() - killed
+    finally:
+        daemon.stop()
+        radius.stop()
+    starts = {r["Acct-Session-Id"][0] for r in by_status(recs, "Start")}
+    stops = {r["Acct-Session-Id"][0] for r in by_status(recs, "Stop")}
+    assert len(starts) >= 3 and starts == stops  # inbound, 202, 07700900123
+    with_cdrs = [r for r in recs if "cdrd-CDR" in r]
+    assert with_cdrs and all(r["cdrd-CDR"] == E4_CDRS for r in with_cdrs)
+    assert len({r["Acct-Session-Id"][0] for r in with_cdrs}) == 1
+    assert all(r["NAS-Identifier"] == ["8200_000C2A020082"] for r in recs)
+    assert all(int(r["Acct-Delay-Time"][0]) >= 1 for r in recs)
+    assert outage > 1
