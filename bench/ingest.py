@@ -130,9 +130,11 @@ def start_cdrd(tmp: Path, database: str) -> tuple[subprocess.Popen, int]:
 def load(port: int, args) -> dict:
     cmd = [str(BIN / "cdrd-sim"), "load", "--server", f"tcp:127.0.0.1:{port}",
            "--gateways", str(args.gateways), "--rate", str(args.rate),
-           "--duration", str(args.duration), "--window", str(args.window),
+           # the same calls for both servers: a count, the duration only a safety bound
+           "--calls", str(round(args.rate * args.duration)),
+           "--duration", str(2 * args.duration + 5), "--window", str(args.window),
            "--seed", str(args.seed), "--drain-timeout", str(args.drain), "--json"]
-    limit = args.duration + args.drain + 60
+    limit = 2 * args.duration + args.drain + 60
     done = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, timeout=limit)
     out = done.stdout.decode().strip().splitlines()
     if not out:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--only", choices=["cdrd", "bare"])
     p.add_argument("--json", action="store_true", help="print the results as one JSON line")
+    p.add_argument("--per-second", action="store_true", help="also print events acked per second")
     args = p.parse_args(argv)
 
     results: dict[str, dict] = {}
@@ -205,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(row(name, results[name]))
             elif name in errors:
                 print(f"{name:<6} FAILED: {errors[name]}")
+        if args.per_second:
+            print("second " + " ".join(f"{n + ' acked':>11}" for n in results))
+            seconds = sorted({s for r in results.values() for s, _, _ in r["per_second"]})
+            for sec in seconds:
+                counts = [dict((s, a) for s, _, a in r["per_second"]).get(sec, 0)
+                          for r in results.values()]
+                print(f"{sec:6d} " + " ".join(f"{c:>11d}" for c in counts))
         if ratio is not None:
             print(f"cdrd/bare: {ratio:.2f} of the events/s; p99 latency "
                   f"{results['cdrd']['ack_p99_ms']:.1f} ms vs {results['bare']['ack_p99_ms']:.1f} ms")
