@@ -1,9 +1,10 @@
 """
 A small in-process outbox with the IStore methods the accounting service
 calls (outbox, outbox_stats, gateways, write) and a writer whose submit()
-writes one batch: the accounting tests' store until cdrd.store's
-MemoryStore/BatchWriter land.  It can also persist to a JSON file, so a
-separate process (the kill -9 test) finds its outbox again.
+writes one batch at once: it records every batch (`writes`), so the unit
+tests can assert what was stored and when.  The store room's MemoryStore,
+SQLiteStore and BatchWriter are used in test_service_store.py, the kill -9
+tests and the benchmark.
 """
 
 from __future__ import annotations
@@ -63,40 +64,3 @@ class Writer:
         return self.store.write(batch)
 
 
-
-class FileOutboxStore(OutboxStore):
-    """OutboxStore persisted to a JSON file (fsync + rename per write), so a
-    process killed with -9 leaves its outbox for the next one."""
-
-    def __init__(self, path):
-        super().__init__()
-        import json
-        import os
-
-        self.path = str(path)
-        self._json, self._os = json, os
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                data = json.load(f)
-            self.next_id = data["next_id"]
-            for i in data["items"]:
-                self.items[i["id"]] = OutboxItem(
-                    i["sink"], bytes.fromhex(i["payload"]), i["created"], i["id"]
-                )
-
-    def write(self, batch):
-        d = super().write(batch)
-        data = {
-            "next_id": self.next_id,
-            "items": [
-                {"id": i.id, "sink": i.sink, "payload": i.payload.hex(), "created": i.created}
-                for i in self.items.values()
-            ],
-        }
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            self._json.dump(data, f)
-            f.flush()
-            self._os.fsync(f.fileno())
-        self._os.replace(tmp, self.path)
-        return d
