@@ -11,7 +11,6 @@ commit what is in flight, flush outputs, close the store.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from attrs import evolve
@@ -145,12 +144,8 @@ def build_service(config: C.Config, reactor) -> CdrdService:
     from cdrd.web.app import WebApp
     from cdrd.web.feed import LiveFeed
 
-    database = config.server.database
-    if database.startswith("sqlite:"):
-        os.makedirs(os.path.dirname(os.path.abspath(database[len("sqlite:"):])), exist_ok=True)
-
     root = CdrdService(config, reactor)
-    root.store = store = open_store(database, reactor)
+    root.store = store = open_store(config.server.database, reactor)
     writer = BatchWriter(store, reactor)
     writer.setServiceParent(root)
 

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cdrd.gateway.codec import format_message, parse_line
+from cdrd.gateway.codec import format_gateway_time, format_message, parse_line
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -123,9 +123,12 @@ class GatewayClient:
         line, self.buf = self.buf.split(b"\n", 1)
         return parse_line(line)
 
-    def login(self, gw="8200", mac="000C2A020082", callref=74, **extra):
+    def login(self, gw="8200", mac="000C2A020082", callref=74, clock=None, **extra):
+        """LOGIN with this machine's clock (skew 0), or `clock` (a gateway time)."""
+        if clock is None:
+            clock = format_gateway_time(int(time.time() * 1000))
         self.send("LOGIN", proto="1", gw=gw, mac=mac, fxs="2", fxo="2", isdn="0",
-                  callref=str(callref), time="2026-11-22T10:00:00", **extra)
+                  callref=str(callref), time=clock, **extra)
         return self.read()
 
     def close(self):

@@ -90,7 +90,7 @@ def test_kill_9_right_after_ack_loses_no_acknowledged_event(daemon):
 
     daemon.start()
     again = GatewayClient(daemon.gateway_port)
-    ok = again.login()
+    ok = again.login(callref=1100)  # above its open calls: no reboot
     assert ok.fields["last"] == "500"
     stored = daemon.api("/api/events?gateway=8200_000C2A020082&limit=1000")["events"]
     assert sorted(e["seq"] for e in stored) == list(range(1, 501))
