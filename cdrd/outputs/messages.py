@@ -118,13 +118,10 @@ def rfc5424(entry: CdrEntry, facility: int, hostname: str, app_name: str) -> byt
     STRUCTURED-DATA are the NILVALUE, MSGID is the CDR id, MSG the line
     (MSG-ANY: no BOM, so the message is exactly the line's bytes).
     """
-    header = "<{}>1 {} {} {} - {} - ".format(
-        priority(facility),
-        rfc3339(entry.time),
-        _printusascii(hostname, 255),
-        _printusascii(app_name, 48),
-        _printusascii(entry.id, 32),
-    )
+    host = _printusascii(hostname, 255)
+    app = _printusascii(app_name, 48)
+    msgid = _printusascii(entry.id, 32)
+    header = f"<{priority(facility)}>1 {rfc3339(entry.time)} {host} {app} - {msgid} - "
     return header.encode("ascii") + entry.line.encode()
 
 

@@ -7,7 +7,7 @@ from zope.interface.verify import verifyObject
 
 from cdrd.interfaces import ICdrSink
 from cdrd.outputs.csvfile import CsvFileSink
-from tests.outputs.cdrs import E1_LINE, E4_LINES, cdr, call_end, e1, e4
+from tests.outputs.cdrs import E1_LINE, E4_LINES, call_end, cdr, e1, e4
 
 
 def test_lines_of_a_turn_go_to_the_file_of_their_day(tmp_path):

@@ -55,9 +55,9 @@ def test_worked_examples_reach_rsyslog(tmp_path):
         wait(lambda: daemon.api("/api/cdrs?limit=100")["cdrs"], what="the first CDRs")
         assert rsyslog.cdr_records() == []
         rsyslog.start()
-        for n, (ref, t, etype, fields) in enumerate(all_events[half:], start=n + 1):
-            client.send("EV", seq=str(n), ref=ref, t=t, type=etype, **fields)
-        read_until_ack(client, n)
+        for seq, (ref, t, etype, fields) in enumerate(all_events[half:], start=n + 1):
+            client.send("EV", seq=str(seq), ref=ref, t=t, type=etype, **fields)
+        read_until_ack(client, seq)
         client.send("LOGOUT")
         assert client.read().verb == "BYE"
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cdrd.outputs import messages
 from cdrd.outputs.messages import CdrEntry
-from cdrd.values import LegStart, Leg
+from cdrd.values import Leg, LegStart
 from tests.outputs.cdrs import E1_LINE, E4_LINES, e1, e4, t
 
 LOCAL0 = 16

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import re
 
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -17,7 +21,7 @@ from cdrd.interfaces import ICdrSink
 from cdrd.outputs.messages import CdrEntry
 from cdrd.outputs.syslog import SyslogSink
 from cdrd.outputs.transports import MessageTooLong, TcpTarget
-from tests.outputs.cdrs import E1_LINE, E4_LINES, e1, e4, numbered, t
+from tests.outputs.cdrs import E1_LINE, E4_LINES, e1, e4, numbered
 from tests.outputs.outbox import OutboxStore, Writer
 
 
@@ -323,7 +327,7 @@ def test_tcp_reconnects_with_backoff_and_resends_unconfirmed_first():
                 break
             host, port, factory, *_ = reactor.tcpClients[-1]
             factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-    delays = [round(b - a, 3) for a, b in zip([0.0, *times], times)]
+    delays = [round(b - a, 3) for a, b in zip([0.0, *times[:-1]], times, strict=True)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
     protocol, transport = connect(reactor)
     assert cuis(frames(transport.value())) == [f"N{i}" for i in range(4, 9)]
@@ -377,3 +381,16 @@ def test_tcp_clean_stop_confirms_what_was_written():
     protocol.connectionLost(Failure(ConnectionDone()))
     assert self_fired(d)
     assert store.payloads() == []
+
+
+def test_local_socket_defaults_to_syslog3_format_without_hostname():
+    reactor = MemoryReactorClock()
+    store = OutboxStore()
+    target = FakeDatagramTarget("unix:/dev/log")
+    cfg = SyslogConfig(target="unix:/dev/log")
+    sink = SyslogSink(cfg, store, Writer(store), reactor, reactor, target=target)
+    assert sink.status()["format"] == "rfc3164"
+    sink.startService()
+    commit(sink, store, [e1()])
+    ident = e1().cdrs[0].id
+    assert target.sent == [f"<134>Nov 22 10:02:07 cdrd[{ident}]: {E1_LINE}".encode()]
