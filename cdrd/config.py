@@ -8,6 +8,8 @@ Secrets are ``repr=False`` so they never reach a log.
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 import tomllib
 from collections.abc import Mapping
@@ -319,20 +321,35 @@ def _radius(s: _Section) -> RadiusConfig:
         if not secret:
             raise ConfigError(srv.setting("secret"), "missing")
         host, port = _host_port(address, srv.setting("address"), default_port=1813)
+        if not _is_ip(host):
+            # UDP to a name would need a resolver in the send path; RADIUS
+            # servers know their clients by address anyway
+            raise ConfigError(srv.setting("address"), f"{host!r} is not an IP address")
         servers.append(RadiusServer(host=host, port=port, secret=secret))
     vendor = s.integer("vendor", d.vendor, minimum=1)
     if vendor > 0xFFFFFF:
         raise ConfigError(s.setting("vendor"), "an IANA enterprise number is at most 16777215")
+    nas_ip = s.text("nas_ip", d.nas_ip)
+    if nas_ip is not None and not _is_ip(nas_ip):
+        raise ConfigError(s.setting("nas_ip"), f"{nas_ip!r} is not an IPv4 or IPv6 address")
     return RadiusConfig(
         servers=tuple(servers),
         interim_interval=interim,
-        nas_ip=s.text("nas_ip", d.nas_ip),
+        nas_ip=nas_ip,
         vendor=vendor,
         initial_timeout=s.number("initial_timeout", d.initial_timeout, minimum=0.1),
         max_timeout=s.number("max_timeout", d.max_timeout, minimum=1),
         failover_after=s.integer("failover_after", d.failover_after, minimum=1),
         window=min(255, s.integer("window", d.window, minimum=1)),
     )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_port(text: str, setting: str, default_port: int) -> tuple[str, int]:
