@@ -101,6 +101,8 @@ class SyslogSink(Service):
         self._resync: task.LoopingCall | None = None
         self._drops_reported = 0
         self._drop_report_at: float | None = None
+        self._run = 0  # startService calls: results of an older run are ignored
+        self._refusing = False
         self.sent = 0
         self.resent = 0
         self.dropped = 0
@@ -148,15 +150,18 @@ class SyslogSink(Service):
         self._unconfirmed.clear()
         self._after = 0
         self._more = True
+        self._reading = False
+        self._run += 1
         self._start()
 
     def _start(self):
         if not self.running:
             return
+        run = self._run
         d = defer.maybeDeferred(self.store.outbox_stats, SINK)
 
         def started(stats):
-            if not self.running:
+            if not self.running or run != self._run:
                 return
             self._stored = stats[0] or 0
             self._started = True
@@ -173,6 +178,8 @@ class SyslogSink(Service):
             self._pump()
 
         def failed(failure):
+            if not self.running or run != self._run:
+                return
             self.log.failure("syslog: reading the outbox failed; retrying", failure)
             self._wake_call = self.clock.callLater(1.0, self._start)
 
@@ -269,9 +276,21 @@ class SyslogSink(Service):
                 self.log.warn("syslog: sending to {target} failed: {error}",
                               target=self.target.description, error=refused)
             if refused is not None:
+                if not self._refusing:
+                    self._refusing = True
+                    self.log.warn(
+                        "syslog: {target} refuses messages ({error}); CDR lines wait "
+                        "in the outbox and are retried",
+                        target=self.target.description,
+                        error=refused,
+                    )
                 self._wake(self._retry_delay)
                 self._retry_delay = min(self.retry_max, self._retry_delay * 2)
                 return
+            if self._refusing:
+                self._refusing = False
+                self.log.info("syslog: {target} takes messages again",
+                              target=self.target.description)
             self._retry_delay = self.retry_initial
             self._pending.popleft()
             self.sent += 1
@@ -293,9 +312,16 @@ class SyslogSink(Service):
         self._reading = True
         generation = self._generation
         d = defer.maybeDeferred(self.store.outbox, SINK, self._after, limit)
-        d.addCallbacks(self._read, self._read_failed, callbackArgs=(limit, generation))
+        d.addCallbacks(
+            self._read,
+            self._read_failed,
+            callbackArgs=(limit, generation, self._run),
+            errbackArgs=(self._run,),
+        )
 
-    def _read(self, items, limit, generation):
+    def _read(self, items, limit, generation, run):
+        if run != self._run:
+            return  # read by an earlier run of the service
         self._reading = False
         if not self.running:
             return
@@ -318,7 +344,9 @@ class SyslogSink(Service):
             self._more = False
         self._pump()
 
-    def _read_failed(self, failure):
+    def _read_failed(self, failure, run):
+        if run != self._run:
+            return
         self._reading = False
         if not self.running:
             return

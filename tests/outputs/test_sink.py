@@ -394,3 +394,48 @@ def test_local_socket_defaults_to_syslog3_format_without_hostname():
     commit(sink, store, [e1()])
     ident = e1().cdrs[0].id
     assert target.sent == [f"<134>Nov 22 10:02:07 cdrd[{ident}]: {E1_LINE}".encode()]
+
+
+def test_refusal_is_logged_once_and_recovery_too():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        sink, store, target, reactor = make()
+        sink.startService()
+        target.refuse = True
+        commit(sink, store, numbered(0, 3))
+        reactor.advance(2)
+        target.refuse = False
+        reactor.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    formats = [e.get("log_format", "") for e in events]
+    assert sum("refuses messages" in f for f in formats) == 1
+    assert sum("takes messages again" in f for f in formats) == 1
+    assert cuis(target.sent) == ["N0", "N1", "N2"]
+
+
+def test_a_read_of_an_earlier_run_is_ignored():
+    from twisted.internet import defer
+
+    class SlowStore(OutboxStore):
+        def __init__(self):
+            super().__init__()
+            self.held = []
+
+        def outbox(self, sink, after_id, limit):
+            d = defer.Deferred()
+            self.held.append((d, super().outbox(sink, after_id, limit)))
+            return d
+
+    store = SlowStore()
+    sink, store, target, reactor = make(store=store)
+    store.spooled("syslog", sink.spool(numbered(0, 3), 0))
+    sink.startService()
+    sink.stopService()
+    sink.startService()
+    assert len(store.held) == 2
+    for d, inner in store.held:
+        inner.addCallback(d.callback)
+    settle(reactor)
+    assert cuis(target.sent) == ["N0", "N1", "N2"]  # once, not twice
