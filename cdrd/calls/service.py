@@ -160,8 +160,7 @@ class CallService(Service):
     def _recovery_done(self, _):
         self._recovering = False
         early, self._early = self._early, []
-        for event in early:
-            self._take(event)
+        self._take_all(early)
         self._flush()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
@@ -184,16 +183,20 @@ class CallService(Service):
         if self._recovering:
             self._early.extend(result.events)
             return
-        for event in result.events:
-            self._take(event)
+        self._take_all(result.events)
         self._flush()
 
-    def _take(self, event: CallEvent) -> None:
-        products = self._apply(event)
-        if products:
-            self._pending.products.extend(products)
-        if self.model.applied(event.gateway) == event.id:
-            self._pending.cursors[event.gateway] = self._cursor(event.gateway)
+    def _take_all(self, events) -> None:
+        products = self._pending.products
+        touched = set()
+        for event in events:
+            out = self._apply(event)
+            if out:
+                products.extend(out)
+            touched.add(event.gateway)
+        for gateway in touched:
+            if self.model.applied(gateway) is not None:
+                self._pending.cursors[gateway] = self._cursor(gateway)
 
     def _apply(self, event: CallEvent) -> list:
         try:
