@@ -1,0 +1,383 @@
+"""
+The IStore contract, as one mixin run against every store (txacme's
+test_store.py, tahoe's test_istorageserver.py): a subclass provides a
+`store` fixture giving an opened store.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from attrs import evolve
+from zope.interface.verify import verifyObject
+
+from cdrd.interfaces import (
+    CALL_FILTERS,
+    CallQuery,
+    CdrQuery,
+    EventQuery,
+    IStore,
+    LogQuery,
+    WriteBatch,
+)
+from cdrd.store.schema import FILTER_NOTATION
+from tests.store.values import (
+    DAY,
+    HOUR,
+    KEY,
+    KEY2,
+    cdr,
+    cursor,
+    event,
+    gateway_state,
+    item,
+    log_entry,
+    random_records,
+    record,
+)
+
+deferred_test = pytest_twisted.ensureDeferred
+
+
+def oracle_calls(records, q):
+    """What CallQuery q must answer over `records`, computed the naive way."""
+    base = [
+        r for r in records
+        if (q.gateway is None or r.gateway == q.gateway)
+        and (q.since is None or r.begin >= q.since)
+        and (q.until is None or r.begin < q.until)
+    ]
+    if q.filter == "all":
+        chosen = base
+    elif q.filter == "pstn":
+        chosen = [r for r in base if r.pstn]
+    else:
+        chosen = [r for r in base if r.notation == FILTER_NOTATION[q.filter]]
+    chosen = sorted(chosen, key=lambda r: (r.begin, r.id))
+    return len(base), len(chosen), chosen[q.offset:q.offset + q.limit]
+
+
+class StoreContract:
+    """Every IStore behaves like this."""
+
+    def test_provides_istore(self, store):
+        assert verifyObject(IStore, store)
+
+    # -- events ---------------------------------------------------------------
+
+    @deferred_test
+    async def test_events_get_increasing_ids_and_duplicates_are_left_out(self, store):
+        first = await store.write(WriteBatch(events=[
+            event(1, port="1"), event(2, type="DIAL", digits="2252"),
+            event(2, type="DIAL", digits="2252"),  # a resend inside the batch
+            event(None, type="STALE"), event(None, type="STALE"),  # synthetic: always inserted
+        ]))
+        assert [(e.seq, e.type) for e in first.events] == [
+            (1, "HOOK_OFF"), (2, "DIAL"), (None, "STALE"), (None, "STALE")]
+        ids = [e.id for e in first.events]
+        assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))
+        assert first.events[0].fields == {"port": "1"}
+
+        second = await store.write(WriteBatch(events=[
+            event(1), event(3, type="HOOK_ON"), event(1, gateway=KEY2)]))
+        assert [(e.gateway, e.seq) for e in second.events] == [(KEY, 3), (KEY2, 1)]
+        assert second.events[0].id > ids[-1]
+        assert second.events[1].id > second.events[0].id
+
+        again = await store.write(WriteBatch(events=[event(1), event(2), event(3)]))
+        assert again.events == ()
+
+        stored = await store.events(EventQuery(gateway=KEY, newest_first=False))
+        assert [(e.seq, e.type) for e in stored] == [
+            (1, "HOOK_OFF"), (2, "DIAL"), (None, "STALE"), (None, "STALE"), (3, "HOOK_ON")]
+        # stored as written: fields, boot, times
+        assert stored[0] == first.events[0]
+        assert stored[1].fields == {"digits": "2252"} and stored[1].received == DAY + 5
+
+    @deferred_test
+    async def test_event_queries(self, store):
+        events = [event(seq, ref=seq % 3, time=DAY + seq * 1000) for seq in range(1, 13)]
+        events.append(event(1, gateway=KEY2, time=DAY + 500))
+        await store.write(WriteBatch(events=events[:6]))
+        await store.write(WriteBatch(events=events[6:]))
+
+        newest = await store.events(EventQuery(gateway=KEY, limit=3))
+        assert [e.seq for e in newest] == [12, 11, 10]
+        page = await store.events(EventQuery(gateway=KEY, limit=3, offset=3))
+        assert [e.seq for e in page] == [9, 8, 7]
+        oldest = await store.events(EventQuery(gateway=KEY, limit=2, newest_first=False))
+        assert [e.seq for e in oldest] == [1, 2]
+        by_ref = await store.events(EventQuery(gateway=KEY, ref=1, newest_first=False))
+        assert [e.seq for e in by_ref] == [1, 4, 7, 10]
+        window = await store.events(EventQuery(since=DAY + 500, until=DAY + 3000, newest_first=False))
+        assert [(e.gateway, e.seq) for e in window] == [(KEY, 1), (KEY, 2), (KEY2, 1)]
+        everything = await store.events(EventQuery(limit=100))
+        assert len(everything) == 13
+
+    @deferred_test
+    async def test_events_after_is_replay_by_id(self, store):
+        r = await store.write(WriteBatch(events=[event(s) for s in range(1, 6)] + [event(1, gateway=KEY2)]))
+        ids = [e.id for e in r.events]
+        after = await store.events_after(KEY, ids[1], 2)
+        assert [e.seq for e in after] == [3, 4]
+        assert [e.seq for e in await store.events_after(KEY, 0, 100)] == [1, 2, 3, 4, 5]
+        assert [e.seq for e in await store.events_after(KEY2, 0, 100)] == [1]
+        assert await store.events_after(KEY, ids[4], 100) == []
+
+    # -- gateway log ----------------------------------------------------------
+
+    @deferred_test
+    async def test_log_newest_first_by_key_or_bare_id(self, store):
+        await store.write(WriteBatch(log=[
+            log_entry(DAY + 1, "Login"),
+            log_entry(DAY + 2, "Login", mac="000C2A0200FF"),  # same gw id, other MAC
+            log_entry(DAY + 3, "Bad Packet", gateway="???", mac="", detail="unknown verb"),
+        ]))
+        await store.write(WriteBatch(log=[log_entry(DAY + 4, "Logout")]))
+
+        everything = await store.log(LogQuery())
+        assert [e.time - DAY for e in everything] == [4, 3, 2, 1]
+        assert everything[1].detail == "unknown verb" and everything[1].gateway == "???"
+        assert all(isinstance(e.id, int) for e in everything)
+        by_key = await store.log(LogQuery(gateway=KEY))
+        assert [e.event for e in by_key] == ["Logout", "Login"]
+        assert [e.mac for e in by_key] == ["000C2A020082"] * 2
+        by_id = await store.log(LogQuery(gateway="8200"))
+        assert len(by_id) == 3
+        window = await store.log(LogQuery(since=DAY + 2, until=DAY + 4))
+        assert [e.time - DAY for e in window] == [3, 2]
+        page = await store.log(LogQuery(limit=2, offset=1))
+        assert [e.time - DAY for e in page] == [3, 2]
+        assert await store.log(LogQuery(gateway="9999")) == []
+
+    # -- gateways and cursors -------------------------------------------------
+
+    @deferred_test
+    async def test_gateways_are_upserted_by_key(self, store):
+        assert await store.gateway(KEY) is None
+        assert await store.gateways() == []
+        second = gateway_state(KEY2, boot_token=None, login=None, last_heard=None, online=False)
+        await store.write(WriteBatch(gateways=[gateway_state(), second]))
+        assert await store.gateway(KEY) == gateway_state()
+        assert await store.gateway(KEY2) == second
+        newer = gateway_state(last_seq=99, online=False, peer="127.0.0.1:4000", restarts=2)
+        await store.write(WriteBatch(gateways=[newer]))
+        assert await store.gateway(KEY) == newer
+        assert [g.key for g in await store.gateways()] == sorted([KEY, KEY2])
+
+    @deferred_test
+    async def test_cursors_are_upserted_by_gateway(self, store):
+        assert await store.cursors() == {}
+        await store.write(WriteBatch(cursors=[cursor(), cursor(KEY2, 3, 4)]))
+        await store.write(WriteBatch(cursors=[cursor(applied=20, replay_from=11)]))
+        assert await store.cursors() == {
+            KEY: cursor(applied=20, replay_from=11), KEY2: cursor(KEY2, 3, 4)}
+
+    # -- call records ---------------------------------------------------------
+
+    @deferred_test
+    async def test_records_are_inserted_once(self, store):
+        first = record(1, DAY, cause="busy", connect=None, talk=None, pstn_time=1500, port=None, pport=2)
+        await store.write(WriteBatch(records=[first, evolve(first, cause="changed")]))
+        await store.write(WriteBatch(records=[evolve(first, notation="Other", begin=DAY + 5)]))
+        page = await store.calls(CallQuery())
+        assert (page.total, page.filtered, page.records) == (1, 1, (first,))
+
+    @deferred_test
+    async def test_calls_every_filter_total_and_filtered(self, store):
+        records = random_records(300)
+        await store.write(WriteBatch(records=records[:150]))
+        await store.write(WriteBatch(records=records[150:]))
+        queries = []
+        for flt in CALL_FILTERS:
+            queries += [
+                CallQuery(filter=flt, limit=1000),
+                CallQuery(gateway=KEY, since=DAY, until=DAY + 24 * HOUR, filter=flt, limit=1000),
+                CallQuery(gateway=KEY2, since=DAY - 24 * HOUR, until=DAY, filter=flt, limit=7, offset=3),
+                CallQuery(since=DAY + 3 * HOUR, filter=flt, limit=5, offset=40),
+                CallQuery(until=DAY, filter=flt, limit=0),
+            ]
+        for q in queries:
+            total, filtered, expected = oracle_calls(records, q)
+            page = await store.calls(q)
+            assert (page.total, page.filtered) == (total, filtered), q
+            assert list(page.records) == expected, q
+        # not vacuous: every filter selects something, and less than all
+        for flt in CALL_FILTERS[1:]:
+            _, filtered, _ = oracle_calls(records, CallQuery(filter=flt))
+            assert 0 < filtered < len(records), flt
+
+    @deferred_test
+    async def test_calls_boundaries_and_tie_order(self, store):
+        a = record(2, DAY, notation="Call in")
+        b = record(1, DAY, notation="Call in")  # same begin: id order
+        c = record(3, DAY + HOUR)  # == until: excluded
+        d = record(4, DAY - 1)  # before since: excluded
+        await store.write(WriteBatch(records=[a, b, c, d]))
+        page = await store.calls(CallQuery(gateway=KEY, since=DAY, until=DAY + HOUR, filter="in"))
+        assert page.records == tuple(sorted([a, b], key=lambda r: r.id))
+        assert (page.total, page.filtered) == (2, 2)
+        out = await store.calls(CallQuery(gateway=KEY, since=DAY, until=DAY + HOUR, filter="out"))
+        assert (out.total, out.filtered, out.records) == (2, 0, ())
+        assert (await store.calls(CallQuery(gateway=KEY2))).total == 0
+
+    @deferred_test
+    async def test_call_quarters(self, store):
+        q = 900_000
+        await store.write(WriteBatch(records=[
+            record(1, DAY), record(2, DAY + 1), record(3, DAY + q - 1), record(4, DAY + q),
+            record(5, DAY + 5 * q + 7), record(6, DAY + 40 * q),
+            record(7, DAY + 2 * q, gateway=KEY2), record(8, DAY - 1),
+        ]))
+        assert await store.call_quarters(KEY, DAY, DAY + 40 * q) == [DAY, DAY + q, DAY + 5 * q]
+        assert await store.call_quarters(None, DAY, DAY + 41 * q) == [
+            DAY, DAY + q, DAY + 2 * q, DAY + 5 * q, DAY + 40 * q]
+        assert await store.call_quarters(KEY, DAY + 1, DAY + q) == [DAY]
+        assert await store.call_quarters(KEY2, DAY, DAY + 2 * q) == []
+        assert await store.call_quarters(KEY, DAY - HOUR, DAY) == [DAY - q]
+
+    @deferred_test
+    async def test_ended_calls(self, store):
+        await store.write(WriteBatch(records=[
+            record(1, DAY - 2 * HOUR, end=DAY - HOUR), record(2, DAY, end=DAY + 10),
+            record(3, DAY, end=DAY, boot="b2"), record(4, DAY, gateway=KEY2, end=DAY + 10),
+        ]))
+        assert sorted(await store.ended_calls(KEY, DAY)) == [("b1", 2), ("b2", 3)]
+        assert sorted(await store.ended_calls(KEY, 0)) == [("b1", 1), ("b1", 2), ("b2", 3)]
+        assert await store.ended_calls(KEY, DAY + 11) == []
+
+    # -- CDRs -----------------------------------------------------------------
+
+    @deferred_test
+    async def test_cdrs_written_once_in_written_order(self, store):
+        c1 = record(1, DAY).id
+        c2 = record(2, DAY, gateway=KEY2).id
+        # written order is not start order
+        a = cdr(c1, 0, DAY + 50, cui="ACCT-1")
+        b = cdr(c1, 1, DAY + 10, cui="ACCT-2", duration=None, status="busy")
+        c = cdr(c2, 0, DAY + 30, gateway=KEY2, cui="ACCT-1")
+        await store.write(WriteBatch(cdrs=[a, b]))
+        await store.write(WriteBatch(cdrs=[c, evolve(a, duration=1)]))  # a replayed: ignored
+        await store.write(WriteBatch(cdrs=[a, b, c]))
+        assert await store.cdrs(CdrQuery()) == (3, [a, b, c])
+        assert await store.cdrs(CdrQuery(cui="ACCT-1")) == (2, [a, c])
+        assert await store.cdrs(CdrQuery(gateway=KEY2)) == (1, [c])
+        assert await store.cdrs(CdrQuery(call=c1)) == (2, [a, b])
+        assert await store.cdrs(CdrQuery(since=DAY + 10, until=DAY + 50)) == (2, [b, c])
+        assert await store.cdrs(CdrQuery(limit=1, offset=1)) == (3, [b])
+        assert await store.cdrs(CdrQuery(cui="nobody")) == (0, [])
+        assert (await store.cdrs(CdrQuery(cui="ACCT-2")))[1][0].line.endswith(",-busy,ACCT-2,2252,201")
+
+    # -- outbox ---------------------------------------------------------------
+
+    @deferred_test
+    async def test_outbox_append_read_delete_stats(self, store):
+        assert await store.outbox_stats("radius") == (0, None)
+        payloads = [bytes([0, 255, n]) + b"\r\n" for n in range(5)]
+        await store.write(WriteBatch(outbox=[item("radius", p, DAY + n) for n, p in enumerate(payloads)]))
+        await store.write(WriteBatch(outbox=[item("syslog", b"<134>1 line", DAY + 100)]))
+        items = await store.outbox("radius", 0, 100)
+        assert [i.payload for i in items] == payloads
+        ids = [i.id for i in items]
+        assert ids == sorted(set(ids))
+        assert [i.created for i in items] == [DAY + n for n in range(5)]
+        assert [i.id for i in await store.outbox("radius", ids[1], 2)] == ids[2:4]
+        assert await store.outbox_stats("radius") == (5, DAY)
+        assert await store.outbox_stats("syslog") == (1, DAY + 100)
+
+        await store.write(WriteBatch(
+            outbox_done=[("radius", ids[0]), ("radius", ids[2]), ("syslog", ids[1])],
+            outbox=[item("radius", b"new", DAY + 9)],
+        ))
+        left = await store.outbox("radius", 0, 100)
+        assert [i.payload for i in left] == [payloads[1], payloads[3], payloads[4], b"new"]
+        assert left[-1].id > ids[-1]
+        assert await store.outbox_stats("radius") == (4, DAY + 1)
+        assert await store.outbox_stats("syslog") == (1, DAY + 100)  # (sink, id) pairs
+
+    # -- one transaction, all of it -------------------------------------------
+
+    @deferred_test
+    async def test_a_batch_writes_every_kind(self, store):
+        rec = record(1, DAY)
+        result = await store.write(WriteBatch(
+            events=[event(1)], log=[log_entry(DAY)], gateways=[gateway_state()],
+            records=[rec], cdrs=[cdr(rec.id, 0, DAY)], cursors=[cursor()],
+            outbox=[item("radius", b"x")],
+        ))
+        assert len(result.events) == 1
+        assert len(await store.events(EventQuery())) == 1
+        assert len(await store.log(LogQuery())) == 1
+        assert await store.gateway(KEY) == gateway_state()
+        assert (await store.calls(CallQuery())).records == (rec,)
+        assert (await store.cdrs(CdrQuery()))[0] == 1
+        assert await store.cursors() == {KEY: cursor()}
+        assert (await store.outbox_stats("radius"))[0] == 1
+
+
+class DurableStoreContract(StoreContract):
+    """
+    Stores with a database behind them: a subclass also provides `reopen`
+    (a fixture: a function closing `store` and returning a new opened store
+    on the same database) and `break_store` (make the next writes fail).
+    """
+
+    @deferred_test
+    async def test_written_data_survives_close_and_reopen(self, store, reopen):
+        rec = record(1, DAY)
+        first = await store.write(WriteBatch(
+            events=[event(1), event(2)], gateways=[gateway_state()], records=[rec],
+            cdrs=[cdr(rec.id, 0, DAY)], cursors=[cursor()], outbox=[item("radius", b"\x00x")],
+            log=[log_entry(DAY)],
+        ))
+        store2 = await reopen()
+        assert await store2.events(EventQuery(newest_first=False)) == list(first.events)
+        assert await store2.gateway(KEY) == gateway_state()
+        assert (await store2.calls(CallQuery())).records == (rec,)
+        assert (await store2.cdrs(CdrQuery()))[0] == 1
+        assert await store2.cursors() == {KEY: cursor()}
+        assert [i.payload for i in await store2.outbox("radius", 0, 10)] == [b"\x00x"]
+        # the uniqueness and id order carry over the restart
+        again = await store2.write(WriteBatch(events=[event(2), event(3)]))
+        assert [e.seq for e in again.events] == [3]
+        assert again.events[0].id > first.events[-1].id
+
+    @deferred_test
+    async def test_a_failing_write_errbacks_and_applies_nothing(self, store):
+        await store.write(WriteBatch(events=[event(1)]))
+        bad = evolve(record(2, DAY), notation=None)  # NOT NULL: fails late in the transaction
+        with pytest.raises(Exception):
+            await store.write(WriteBatch(
+                events=[event(2), event(3)], log=[log_entry(DAY)], gateways=[gateway_state()],
+                records=[record(1, DAY), bad], cursors=[cursor()], outbox=[item("radius", b"x")],
+            ))
+        assert [e.seq for e in await store.events(EventQuery())] == [1]
+        assert await store.log(LogQuery()) == []
+        assert await store.gateways() == []
+        assert (await store.calls(CallQuery())).total == 0
+        assert await store.cursors() == {}
+        assert await store.outbox_stats("radius") == (0, None)
+        # and the store goes on working
+        ok = await store.write(WriteBatch(events=[event(2)]))
+        assert [e.seq for e in ok.events] == [2]
+
+    @deferred_test
+    async def test_a_broken_database_errbacks_and_applies_nothing(self, store, break_store, reopen):
+        await store.write(WriteBatch(events=[event(1)]))
+        await break_store(store)
+        with pytest.raises(Exception):
+            await store.write(WriteBatch(
+                events=[event(n) for n in range(2, 2000)],
+                log=[log_entry(DAY, detail="x" * 2000) for _ in range(200)],
+                outbox=[item("syslog", b"y" * 4000) for _ in range(200)],
+            ))
+        store2 = await reopen()
+        assert [e.seq for e in await store2.events(EventQuery())] == [1]
+        assert await store2.log(LogQuery()) == []
+        assert await store2.outbox_stats("syslog") == (0, None)
+
+    @deferred_test
+    async def test_write_after_close_fails(self, store):
+        await store.close()
+        with pytest.raises(Exception):
+            await store.write(WriteBatch(events=[event(1)]))

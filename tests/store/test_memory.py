@@ -1,0 +1,26 @@
+"""The IStore contract against MemoryStore."""
+
+import pytest
+from pytest_twisted import blockon
+
+from cdrd.store import open_store
+from cdrd.store.memory import MemoryStore
+from tests.store.contract import StoreContract
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def store(self):
+        store = open_store("memory:", None)
+        assert isinstance(store, MemoryStore)
+        blockon(store.open())
+        return store
+
+
+def test_memory_deferreds_have_fired():
+    """Other rooms' unit tests rely on it: no reactor turn needed."""
+    store = MemoryStore()
+    results = []
+    store.open().addCallback(results.append)
+    store.gateways().addCallback(results.append)
+    assert results == [None, []]
