@@ -20,7 +20,7 @@ twice (consumers deduplicate on the MSGID, the CDR id).
 
 Nothing here blocks: the store and the writer return Deferreds, datagram
 sends are non-blocking, TCP writes respect the transport's backpressure, and
-a burst is sent `turn` messages per reactor turn.
+a burst is sent `turn` messages per reactor turn (over TCP in one write).
 """
 
 from __future__ import annotations
@@ -250,13 +250,35 @@ class SyslogSink(Service):
         self._pump()
 
     def _send(self):
+        if self.target.streaming:
+            self._send_stream()
+        else:
+            self._send_datagrams()
+
+    def _send_stream(self):
+        """One write of up to `turn` framed messages per reactor turn."""
+        if not (self._pending and self.target.ready):
+            return
+        room = min(self.turn, self.max_unconfirmed - len(self._unconfirmed), len(self._pending))
+        if room <= 0:
+            return  # _confirm() pumps again
+        now = self.clock.seconds()
+        chunk = []
+        for _ in range(room):
+            item_id, entry = self._pending.popleft()
+            chunk.append(self.message(entry))
+            self._unconfirmed.append((item_id, now, entry))
+        self.target.send(b"".join(chunk))
+        self.sent += len(chunk)
+        self._schedule_confirm()
+        if self._pending:
+            self._wake(0)  # let the reactor breathe (and the transport write)
+
+    def _send_datagrams(self):
         budget = self.turn
         while self._pending and self.target.ready:
-            if self.target.streaming and len(self._unconfirmed) >= self.max_unconfirmed:
-                return  # _confirm() pumps again
             if budget == 0:
-                # let the reactor breathe; pace datagrams
-                self._wake(0 if self.target.streaming else self.datagram_pause)
+                self._wake(self.datagram_pause)  # pace: spare the collector's buffer
                 return
             item_id, entry = self._pending[0]
             try:
@@ -295,11 +317,7 @@ class SyslogSink(Service):
             self._pending.popleft()
             self.sent += 1
             budget -= 1
-            if self.target.streaming:
-                self._unconfirmed.append((item_id, self.clock.seconds(), entry))
-                self._schedule_confirm()
-            else:
-                self._delete(item_id)
+            self._delete(item_id)
 
     def _read_more(self):
         if self._reading or not self._more:
