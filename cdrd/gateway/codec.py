@@ -16,6 +16,7 @@ falls back to slower checks once a line is known to be unusual.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -211,7 +212,17 @@ def format_message(verb: str, fields: Iterable[tuple[str, str]] | Mapping[str, s
     return (" ".join(out) + "\n").encode("utf-8")
 
 
-_GATEWAY_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{3}))?\Z")
+_DATE = re.compile(r"\d{4}-\d\d-\d\d\Z")
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_ms(date: str) -> int:
+    """``YYYY-MM-DD`` as ms since the epoch at its midnight UTC (cached: a
+    gateway's events share a handful of dates)."""
+    if not (date.isascii() and _DATE.match(date)):
+        raise ValueError(f"not a date: {date!r}")
+    dt = datetime(int(date[:4]), int(date[5:7]), int(date[8:10]), tzinfo=UTC)
+    return int(dt.timestamp()) * 1000
 
 
 def parse_gateway_time(text: str) -> int:
@@ -219,12 +230,16 @@ def parse_gateway_time(text: str) -> int:
     A gateway's ``YYYY-MM-DDTHH:MM:SS[.mmm]`` (no zone, read as UTC) as ms
     since the epoch; ValueError for anything else.
     """
-    found = _GATEWAY_TIME.match(text)
-    if found is None or not text.isascii():
-        raise ValueError(f"not a gateway time: {text!r}")
-    year, month, day, hour, minute, second, millis = found.groups()
-    dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
-    return int(dt.timestamp()) * 1000 + int(millis or 0)
+    n = len(text)
+    if (n == 19 or (n == 23 and text[19] == ".")) and text[10] == "T" \
+            and text[13] == ":" and text[16] == ":":
+        clock = text[11:13] + text[14:16] + text[17:19] + text[20:23]
+        if clock.isascii() and clock.isdigit():
+            hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:6])
+            if hour < 24 and minute < 60 and second < 60:
+                ms = ((hour * 60 + minute) * 60 + second) * 1000 + int(clock[6:] or 0)
+                return _day_ms(text[:10]) + ms
+    raise ValueError(f"not a gateway time: {text!r}")
 
 
 def format_gateway_time(ms: int) -> str:

@@ -194,3 +194,32 @@ def test_escape_round_trip(value):
 def test_printable_ascii_all_survive():
     fields = {"x": string.printable}
     assert parse_line(format_message("EV", fields)[:-1]).fields == fields
+
+
+def _reference_gateway_time(text: str) -> int:
+    """The obvious datetime-based reading, to check the fast one against."""
+    import re
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{3}))?", text, re.ASCII)
+    if m is None:
+        raise ValueError(text)
+    y, mo, d, h, mi, s, ms = m.groups()
+    dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
+    return int(dt.timestamp()) * 1000 + int(ms or 0)
+
+
+@given(st.one_of(
+    st.integers(0, 253402300799999).map(format_gateway_time),
+    st.integers(0, 253402300799999).map(lambda ms: format_gateway_time(ms)[:19]),
+    st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,4})?", fullmatch=True),
+    st.text(st.sampled_from("0123456789-T:.Z ٣"), max_size=24),
+))
+def test_gateway_time_matches_the_reference(text):
+    try:
+        expected = _reference_gateway_time(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_gateway_time(text)
+    else:
+        assert parse_gateway_time(text) == expected
