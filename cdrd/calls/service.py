@@ -121,17 +121,23 @@ class CallService(Service):
             # Calls ended already are tombstoned, except those that a
             # TRANSFER in the replayed range joins into a call still open.
             transferred = set()
+            oldest = now
             after = start - 1
             while True:
                 page = await self.store.events_after(gateway, after, self.replay_page)
                 if not page:
                     break
+                if after == start - 1:
+                    oldest = min(oldest, page[0].time)
                 transferred.update((e.boot, e.ref) for e in page if e.type == "TRANSFER")
                 after = page[-1].id
                 if len(page) < self.replay_page:
                     break
             if cursor is not None:
-                for boot, ref in await self.store.ended_calls(gateway, now - self.stale_after_ms):
+                # a call with events in the replayed range ended at most
+                # stale_after before its first one
+                since = min(now, oldest) - self.stale_after_ms
+                for boot, ref in await self.store.ended_calls(gateway, since):
                     if (boot, ref) not in transferred:
                         self.model.mark_ended(gateway, boot, ref)
             after = start - 1

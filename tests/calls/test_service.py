@@ -312,3 +312,26 @@ def test_late_event_of_a_call_ended_before_the_crash_is_ignored_after_it():
     records, lines, _ = again.results()
     assert sorted(r.ref for r in records.values()) == [78, 90]
     assert len(lines) == 2
+
+
+def test_recovery_after_a_long_pause_keeps_late_events_of_old_calls_ignored():
+    config = example_config(stale_after=3600)
+    events = unstamped(parse_events("""
+2 08:59:00.000 HOOK_OFF port=2
+2 08:59:30.000 HOOK_ON port=2
+1 09:00:00.000 HOOK_OFF port=1
+2 09:05:00.000 REMOTE_HOOK_ON
+"""))
+    clock = task.Clock()
+    clock.advance(t("09:06:00.000") / 1000)
+    rig = Rig(config=config, clock=clock)
+    rig.login()
+    rig.send(events)
+    assert [c.ref for c in rig.service.open_calls()] == [1]
+    assert rig.store.cursors().result[GW].replay_from == 3
+    rig.crash()
+    clock.advance(3 * 3600)  # cdrd was down for hours: call 2 ended long before now - stale_after
+    again = Rig(store=rig.store, config=config, clock=clock)
+    assert [c.ref for c in again.service.open_calls()] == [1]
+    records, _, _ = again.results()
+    assert [r.ref for r in records.values()] == [2]
