@@ -11,7 +11,6 @@ parser chain; and one omfile with a raw template the tests read:
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -76,11 +75,19 @@ class Rsyslog:
         if not Path(RSYSLOGD).exists():
             raise RuntimeError("rsyslogd is not installed (Debian package rsyslog)")
         self.pidfile.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.pidfile)],
-            stdout=open(self.dir / "rsyslogd.out", "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.dir / "rsyslogd.out", "ab") as out:
+            self.process = subprocess.Popen(
+                [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.pidfile)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for send in (self._probe_udp, self._probe_tcp, self._probe_unix, self._probe_unix5424):
             self.probes += 1
@@ -146,10 +153,3 @@ class Rsyslog:
     def cdr_records(self) -> list[list[str]]:
         return [r for r in self.records() if r[3] != "probe"]
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

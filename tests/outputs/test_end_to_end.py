@@ -32,7 +32,22 @@ def wait(predicate, timeout=30.0, what="condition"):
 
 def test_worked_examples_reach_rsyslog(tmp_path):
     rsyslog = Rsyslog(tmp_path / "rsyslog")
-    rsyslog.start()
+    try:
+        rsyslog.start()
+        stored = run_examples(tmp_path, rsyslog)
+    finally:
+        rsyslog.stop()
+    records = rsyslog.cdr_records()
+    for r in records:
+        assert r[:5] == ["local5", "info", "pbx-e2e", "cdrd", "-"], r
+    assert len(records) == len(stored) == len(CDRS)
+    # the lines are the store's (its times are the server's view of the
+    # gateway's clock; the worked-example test checks them byte for byte)
+    assert [(r[5], r[6]) for r in records] == [(c["id"], c["line"]) for c in stored]
+
+
+def run_examples(tmp_path, rsyslog):
+    """cdrd up; E1-E3 while rsyslog is down, E4-E5 after: the stored CDRs."""
     config = PORTS + (
         "\n[syslog]\n"
         f'target = "tcp:127.0.0.1:{rsyslog.tcp}"\n'
@@ -65,13 +80,6 @@ def test_worked_examples_reach_rsyslog(tmp_path):
                       and len(c) >= len(CDRS) and c, what="all CDRs stored")
         wait(lambda: len(rsyslog.cdr_records()) >= len(CDRS), what="all CDRs in rsyslog")
         time.sleep(1.0)  # nothing more should come
+        return stored
     finally:
         daemon.stop()
-        rsyslog.stop()
-    records = rsyslog.cdr_records()
-    for r in records:
-        assert r[:5] == ["local5", "info", "pbx-e2e", "cdrd", "-"], r
-    assert len(records) == len(stored) == len(CDRS)
-    # the lines are the store's (its times are the server's view of the
-    # gateway's clock; the worked-example test checks them byte for byte)
-    assert [(r[5], r[6]) for r in records] == [(c["id"], c["line"]) for c in stored]
