@@ -42,10 +42,14 @@ def gateway_keys(n: int) -> list[str]:
 
 
 def config_for(keys) -> Config:
-    ports = {1: PortConfig(exten="201", ddi="442079460201"),
-             2: PortConfig(exten="202", ddi="442079460202", cui="ACCT-202")}
+    ports = {
+        1: PortConfig(exten="201", ddi="442079460201"),
+        2: PortConfig(exten="202", ddi="442079460202", cui="ACCT-202"),
+    }
     lines = {1: LineConfig(cui="CARRIER-ACME")}
-    return Config(gateways={k: GatewayConfig(key=k, ports=ports, lines=lines) for k in keys})
+    return Config(
+        gateways={k: GatewayConfig(key=k, ports=ports, lines=lines) for k in keys}
+    )
 
 
 def traffic(keys, calls_per_gateway: int, concurrent: int, seed: int = 1):
@@ -69,16 +73,37 @@ def traffic(keys, calls_per_gateway: int, concurrent: int, seed: int = 1):
     seqs = dict.fromkeys(keys, 0)
     for t, key, e in heapq.merge(*streams, key=lambda x: x[0]):
         seqs[key] += 1
-        out.append(CallEvent(gateway=key, seq=seqs[key], ref=e.ref, type=e.type, time=t,
-                             received=t, boot="b1", fields=dict(e.fields)))
+        out.append(
+            CallEvent(
+                gateway=key,
+                seq=seqs[key],
+                ref=e.ref,
+                type=e.type,
+                time=t,
+                received=t,
+                boot="b1",
+                fields=dict(e.fields),
+            )
+        )
     return out
 
 
 def bench_model(events, config, ncalls):
     model = CallModel(config)
-    numbered = [CallEvent(gateway=e.gateway, seq=e.seq, ref=e.ref, type=e.type, time=e.time,
-                          received=e.received, boot=e.boot, fields=e.fields, id=i + 1)
-                for i, e in enumerate(events)]
+    numbered = [
+        CallEvent(
+            gateway=e.gateway,
+            seq=e.seq,
+            ref=e.ref,
+            type=e.type,
+            time=e.time,
+            received=e.received,
+            boot=e.boot,
+            fields=e.fields,
+            id=i + 1,
+        )
+        for i, e in enumerate(events)
+    ]
     gc.collect()
     ends = cdrs = 0
     started = time.perf_counter()
@@ -89,8 +114,11 @@ def bench_model(events, config, ncalls):
                 cdrs += len(o.cdrs)
     elapsed = time.perf_counter() - started
     assert ends == ncalls, (ends, ncalls)
-    print(f"model:   {ncalls} calls ({len(events)} events, {cdrs} CDRs) in {elapsed:.2f} s: "
-          f"{ncalls / elapsed:,.0f} calls/s, {len(events) / elapsed:,.0f} events/s (one core)")
+    print(
+        f"model:   {ncalls} calls ({len(events)} events, {cdrs} CDRs) "
+        f"in {elapsed:.2f} s: {ncalls / elapsed:,.0f} calls/s, "
+        f"{len(events) / elapsed:,.0f} events/s (one core)"
+    )
 
 
 def bench_memory(nopen: int, ngateways: int):
@@ -105,37 +133,58 @@ def bench_memory(nopen: int, ngateways: int):
     for key in keys:
         for ref in range(1, per_gateway + 1):
             t = T0 + ref * 1000
-            for kind, fields in (("HOOK_OFF", {"port": "1"}), ("DIAL", {"digits": "07700900123"}),
-                                 ("RING_BACK", {}), ("TALK", {})):
+            for kind, fields in (
+                ("HOOK_OFF", {"port": "1"}),
+                ("DIAL", {"digits": "07700900123"}),
+                ("RING_BACK", {}),
+                ("TALK", {}),
+            ):
                 eid += 1
-                model.apply(CallEvent(gateway=key, seq=eid, ref=ref, type=kind, time=t,
-                                      received=t, boot="b1", fields=fields, id=eid))
+                model.apply(
+                    CallEvent(
+                        gateway=key,
+                        seq=eid,
+                        ref=ref,
+                        type=kind,
+                        time=t,
+                        received=t,
+                        boot="b1",
+                        fields=fields,
+                        id=eid,
+                    )
+                )
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     n = model.open_count()
     assert n == per_gateway * ngateways
-    print(f"memory:  {n} answered calls open on {ngateways} gateways: {used / 2**20:.1f} MiB, "
-          f"{used / n:,.0f} bytes per open call (two legs, one CDR draft)")
+    print(
+        f"memory:  {n} answered calls open on {ngateways} gateways: "
+        f"{used / 2**20:.1f} MiB, "
+        f"{used / n:,.0f} bytes per open call (two legs, one CDR draft)"
+    )
 
 
-def bench_service(events, config, ncalls, database: str, batch: int, with_calls: bool = True):
+def bench_service(
+    events, config, ncalls, database: str, batch: int, with_calls: bool = True
+):
     from twisted.internet import defer
 
     from cdrd.calls.service import CallService
-    from cdrd.interfaces import CdrQuery, WriteBatch
+    from cdrd.interfaces import CallQuery, CdrQuery, WriteBatch
     from cdrd.store import open_store
     from cdrd.store.writer import BatchWriter
 
     if database.startswith("sqlite:"):
         database += "" if with_calls else ".store-only"
-        path = database[len("sqlite:"):]
+        path = database[len("sqlite:") :]
 
         def fresh():
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(path + suffix):
                     os.remove(path + suffix)
     else:
+
         def fresh():
             pass
 
@@ -145,7 +194,9 @@ def bench_service(events, config, ncalls, database: str, batch: int, with_calls:
         name = "bench"
 
         def spool(self, outputs, now):
-            return [c.line.encode() for o in outputs if type(o) is CallEnd for c in o.cdrs]
+            return [
+                c.line.encode() for o in outputs if type(o) is CallEnd for c in o.cdrs
+            ]
 
         def committed(self, outputs):
             pass
@@ -157,15 +208,23 @@ def bench_service(events, config, ncalls, database: str, batch: int, with_calls:
         writer = BatchWriter(store, reactor)
         writer.startService()
         keys = sorted({e.gateway for e in events})
-        await writer.submit(WriteBatch(gateways=[
-            GatewayState(key=k, id=k.split("_")[0], mac=k.split("_")[1], boot="b1") for k in keys]))
+        await writer.submit(
+            WriteBatch(
+                gateways=[
+                    GatewayState(
+                        key=k, id=k.split("_")[0], mac=k.split("_")[1], boot="b1"
+                    )
+                    for k in keys
+                ]
+            )
+        )
         service = CallService(config, store, writer, reactor, sinks=[OneLinePerCdr()])
         if with_calls:
             await service.startService()
         started = time.perf_counter()
         window = []
         for i in range(0, len(events), batch):
-            window.append(writer.submit(WriteBatch(events=events[i:i + batch])))
+            window.append(writer.submit(WriteBatch(events=events[i : i + batch])))
             if len(window) >= 64:  # gateways wait for ACKs: bounded in flight
                 await window.pop(0)
         await defer.gatherResults(window)
@@ -174,20 +233,26 @@ def bench_service(events, config, ncalls, database: str, batch: int, with_calls:
         await writer.flushed()
         elapsed = time.perf_counter() - started
         if not with_calls:
-            print(f"store:   the same {len(events)} events stored without CallService "
-                  f"({database.split(':')[0]}) in {elapsed:.2f} s: {len(events) / elapsed:,.0f} events/s "
-                  f"({ncalls / elapsed:,.0f} calls/s of events), {writer.transactions} transactions")
+            print(
+                f"store:   the same {len(events)} events stored without CallService "
+                f"({database.split(':')[0]}) in {elapsed:.2f} s: "
+                f"{len(events) / elapsed:,.0f} events/s "
+                f"({ncalls / elapsed:,.0f} calls/s of events), "
+                f"{writer.transactions} transactions"
+            )
             await writer.stopService()
             await store.close()
             fresh()
             return
         total, _ = await store.cdrs(CdrQuery(limit=1))
-        page = await store.calls(__import__("cdrd.interfaces", fromlist=["CallQuery"]).CallQuery(limit=1))
+        page = await store.calls(CallQuery(limit=1))
         assert page.total == ncalls, (page.total, ncalls)
-        print(f"service: {ncalls} calls ({len(events)} events, {total} CDRs stored) through "
-              f"CallService + {database.split(':')[0]} in {elapsed:.2f} s: "
-              f"{ncalls / elapsed:,.0f} calls/s, {len(events) / elapsed:,.0f} events/s, "
-              f"{writer.transactions} transactions")
+        print(
+            f"service: {ncalls} calls ({len(events)} events, {total} CDRs stored) "
+            f"through CallService + {database.split(':')[0]} in {elapsed:.2f} s: "
+            f"{ncalls / elapsed:,.0f} calls/s, {len(events) / elapsed:,.0f} events/s, "
+            f"{writer.transactions} transactions"
+        )
         await service.stopService()
         await writer.stopService()
         await store.close()
@@ -197,11 +262,17 @@ def bench_service(events, config, ncalls, database: str, batch: int, with_calls:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--gateways", type=int, default=200)
     p.add_argument("--calls", type=int, default=20_000, help="calls in all")
-    p.add_argument("--concurrent", type=int, default=4, help="calls at a time per gateway")
-    p.add_argument("--open", type=int, default=100_000, help="open calls for the memory figure")
+    p.add_argument(
+        "--concurrent", type=int, default=4, help="calls at a time per gateway"
+    )
+    p.add_argument(
+        "--open", type=int, default=100_000, help="open calls for the memory figure"
+    )
     p.add_argument("--database", default="sqlite:/tmp/cdrd-bench-calls.sqlite")
     p.add_argument("--batch", type=int, default=200, help="events per submitted batch")
     p.add_argument("--only", choices=["model", "service", "memory"])
@@ -215,15 +286,21 @@ def main():
         bench_memory(args.open, min(args.gateways, args.open))
     if args.only in (None, "model", "service"):
         events = traffic(keys, per_gateway, args.concurrent)
-        print(f"traffic: {args.gateways} gateways, {ncalls} calls, {len(events)} events, "
-              f"{args.concurrent} concurrent calls per gateway")
+        print(
+            f"traffic: {args.gateways} gateways, {ncalls} calls, {len(events)} events, "
+            f"{args.concurrent} concurrent calls per gateway"
+        )
         if args.only in (None, "model"):
             bench_model(events, config, ncalls)
         if args.only in (None, "service"):
             from twisted.internet import defer, task
 
-            runs = [bench_service(events, config, ncalls, args.database, args.batch, with_calls=False),
-                    bench_service(events, config, ncalls, args.database, args.batch)]
+            runs = [
+                bench_service(
+                    events, config, ncalls, args.database, args.batch, with_calls=False
+                ),
+                bench_service(events, config, ncalls, args.database, args.batch),
+            ]
 
             async def both(reactor):
                 for run in runs:

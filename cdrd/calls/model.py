@@ -33,12 +33,30 @@ from cdrd.values import (
 
 HANG_UPS = frozenset({"REMOTE_HOOK_ON", "PSTN_HOOK_ON", "HOOK_ON"})
 RINGS = frozenset({"RING_BACK", "RING"})
-KNOWN_TYPES = frozenset({
-    "HOOK_OFF", "DIAL", "RING_BACK", "TALK", "BUSY", "FAIL", "REMOTE_HOOK_ON",
-    "HOOK_ON", "CALL_IN", "RING", "REJECT", "PSTN_CALL_IN", "PSTN_HOOK_OFF",
-    "PSTN_DIAL", "PSTN_CONNECTED", "PSTN_HOOK_ON", "DIVERT", "HOLD", "RESUME",
-    "TRANSFER",
-})
+KNOWN_TYPES = frozenset(
+    {
+        "HOOK_OFF",
+        "DIAL",
+        "RING_BACK",
+        "TALK",
+        "BUSY",
+        "FAIL",
+        "REMOTE_HOOK_ON",
+        "HOOK_ON",
+        "CALL_IN",
+        "RING",
+        "REJECT",
+        "PSTN_CALL_IN",
+        "PSTN_HOOK_OFF",
+        "PSTN_DIAL",
+        "PSTN_CONNECTED",
+        "PSTN_HOOK_ON",
+        "DIVERT",
+        "HOLD",
+        "RESUME",
+        "TRANSFER",
+    }
+)
 
 #: ended calls remembered per gateway so that late events change nothing
 TOMBSTONES_PER_GATEWAY = 100_000
@@ -132,7 +150,9 @@ class CallModel:
     (gateway, event.boot, event.ref).  See docs/calls.md.
     """
 
-    def __init__(self, config: Config, tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY):
+    def __init__(
+        self, config: Config, tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY
+    ):
         self.config = config
         self.max_divert_depth = config.server.max_divert_depth
         self._tombstone_cap = tombstones_per_gateway
@@ -145,7 +165,11 @@ class CallModel:
     # -- queries ---------------------------------------------------------
 
     def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
-        groups = [self._calls.get(gateway, {})] if gateway is not None else self._calls.values()
+        groups = (
+            [self._calls.get(gateway, {})]
+            if gateway is not None
+            else self._calls.values()
+        )
         return [
             OpenCall(c.gateway, c.boot, c.ref, c.begin, c.port, c.pport)
             for calls in groups
@@ -158,7 +182,9 @@ class CallModel:
     def open_count(self) -> int:
         return sum(len(c) for c in self._calls.values())
 
-    def stale_calls(self, now_ms: int, stale_after_ms: int) -> list[tuple[str, str, int, int]]:
+    def stale_calls(
+        self, now_ms: int, stale_after_ms: int
+    ) -> list[tuple[str, str, int, int]]:
         """Open calls whose last event was received `stale_after_ms` ago or more."""
         limit = now_ms - stale_after_ms
         return [
@@ -227,12 +253,21 @@ class CallModel:
                 return []  # a late event of an ended call
             if calls is None:
                 calls = self._calls[gateway] = {}
-            call = _Call(gateway, event.boot, event.ref, call_id(gateway, event.boot, event.ref),
-                         begin=event.time, stack=[])
+            call = _Call(
+                gateway,
+                event.boot,
+                event.ref,
+                call_id(gateway, event.boot, event.ref),
+                begin=event.time,
+                stack=[],
+            )
             calls[key] = call
             if event.id is not None:
                 call.first_id = event.id
-                heapq.heappush(self._heaps.setdefault(gateway, []), (event.id, event.boot, event.ref))
+                heapq.heappush(
+                    self._heaps.setdefault(gateway, []),
+                    (event.id, event.boot, event.ref),
+                )
         call.last_time = event.time
         call.last_received = event.received
         out = []
@@ -272,28 +307,62 @@ class CallModel:
                     return self._phone(gateway, number)[0]
         return by
 
-    def _new_leg(self, call: _Call, direction: str, port=None, pport=None, cui="", cli="",
-                 dialled="") -> _LegState:
+    def _new_leg(
+        self,
+        call: _Call,
+        direction: str,
+        port=None,
+        pport=None,
+        cui="",
+        cli="",
+        dialled="",
+    ) -> _LegState:
         number = 0 if direction == "inbound" else call.legs + 1
         if direction == "outbound":
             call.legs += 1
         leg = Leg(
-            id=f"{call.id}/{number}", call=call.id, gateway=call.gateway, ref=call.ref,
-            direction=direction, port=port, pport=pport, cui=cui, cli=cli, dialled=dialled,
+            id=f"{call.id}/{number}",
+            call=call.id,
+            gateway=call.gateway,
+            ref=call.ref,
+            direction=direction,
+            port=port,
+            pport=pport,
+            cui=cui,
+            cli=cli,
+            dialled=dialled,
         )
         return _LegState(leg)
 
-    def _new_draft(self, call: _Call, cui: str, dialled: str | None, cli: str) -> _Draft:
+    def _new_draft(
+        self, call: _Call, cui: str, dialled: str | None, cli: str
+    ) -> _Draft:
         draft = _Draft(call.cdrs, call.id, cui, dialled, cli)
         call.cdrs += 1
         return draft
 
-    def _start_inbound(self, call: _Call, time: int, out: list, port=None, pport=None,
-                       cui=None, cli="", dialled="") -> None:
+    def _start_inbound(
+        self,
+        call: _Call,
+        time: int,
+        out: list,
+        port=None,
+        pport=None,
+        cui=None,
+        cli="",
+        dialled="",
+    ) -> None:
         call.caller_cui = cui
         call.caller_cli = cli
-        call.inbound = self._new_leg(call, "inbound", port=port, pport=pport, cui=cui or "",
-                                     cli=cli, dialled=dialled)
+        call.inbound = self._new_leg(
+            call,
+            "inbound",
+            port=port,
+            pport=pport,
+            cui=cui or "",
+            cli=cli,
+            dialled=dialled,
+        )
         out.append(LegStart(call.inbound.leg, time))
 
     def _ensure_inbound(self, call: _Call, time: int, out: list) -> None:
@@ -301,14 +370,24 @@ class CallModel:
         if call.inbound is None:
             self._start_inbound(call, time, out, port=call.port, pport=call.pport)
 
-    def _start_outbound(self, call: _Call, time: int, out: list, dialled: str, port=None,
-                        pport=None) -> None:
+    def _start_outbound(
+        self, call: _Call, time: int, out: list, dialled: str, port=None, pport=None
+    ) -> None:
         """Rule 1: the first outbound leg, with the caller's CDR where it has a CUI."""
         if call.caller_cui is not None and call.sticky is None:
-            call.stack.append(self._new_draft(call, call.caller_cui, None, call.caller_cli))
+            call.stack.append(
+                self._new_draft(call, call.caller_cui, None, call.caller_cli)
+            )
         top = call.stack[-1].cui if call.stack else ""
-        call.outbound = self._new_leg(call, "outbound", port=port, pport=pport, cui=top,
-                                      cli=call.caller_cli, dialled=dialled)
+        call.outbound = self._new_leg(
+            call,
+            "outbound",
+            port=port,
+            pport=pport,
+            cui=top,
+            cli=call.caller_cli,
+            dialled=dialled,
+        )
         out.append(LegStart(call.outbound.leg, time))
 
     def _step(self, call: _Call, ev: CallEvent, out: list) -> None:
@@ -327,7 +406,9 @@ class CallModel:
         if kind == "HOOK_OFF":
             if call.inbound is None:
                 call.hook_off = True
-                cui, cli = self._phone(call.gateway, port if port is not None else call.port)
+                cui, cli = self._phone(
+                    call.gateway, port if port is not None else call.port
+                )
                 self._start_inbound(call, time, out, port=port, cui=cui, cli=cli)
         elif kind == "PSTN_CALL_IN":
             cli = fields.get("cli", "")
@@ -335,7 +416,11 @@ class CallModel:
                 call.pstn_cli = cli
             if call.inbound is None:
                 gc = self._gateway_config(call.gateway)
-                lc = gc.lines.get(pport) if gc is not None and pport is not None else None
+                lc = (
+                    gc.lines.get(pport)
+                    if gc is not None and pport is not None
+                    else None
+                )
                 cui = lc.cui if lc is not None else None
                 self._start_inbound(call, time, out, pport=pport, cui=cui, cli=cli)
                 if cui:
@@ -351,7 +436,9 @@ class CallModel:
             if call.inbound is None:
                 gc = self._gateway_config(call.gateway)
                 cui = fields.get("cui") if gc is not None and gc.trust_cui else None
-                self._start_inbound(call, time, out, cui=cui or None, cli=cli, dialled=to)
+                self._start_inbound(
+                    call, time, out, cui=cui or None, cli=cli, dialled=to
+                )
                 if cui:
                     call.sticky = self._new_draft(call, cui, None, cli)
             if call.outbound is None:
@@ -404,7 +491,9 @@ class CallModel:
                 call.pstn_from = time
         elif kind in ("BUSY", "FAIL"):
             if not call.event_cause:
-                call.event_cause = fields.get("cause") or ("busy" if kind == "BUSY" else "failed")
+                call.event_cause = fields.get("cause") or (
+                    "busy" if kind == "BUSY" else "failed"
+                )
         elif kind == "REJECT":
             call.rejected = True
             cli = fields.get("cli", "")
@@ -448,14 +537,24 @@ class CallModel:
             return
         to = ev.fields.get("to", "")
         by = ev.fields.get("by", "")
-        if call.outbound is None and call.sticky is None and call.caller_cui is not None:
+        if (
+            call.outbound is None
+            and call.sticky is None
+            and call.caller_cui is not None
+        ):
             # diverted before anything was dialled: the caller's CDR first (rule 1)
-            call.stack.append(self._new_draft(call, call.caller_cui, None, call.caller_cli))
-        call.stack.append(self._new_draft(call, self._divert_cui(call.gateway, port, by), to,
-                                          call.caller_cli))
+            call.stack.append(
+                self._new_draft(call, call.caller_cui, None, call.caller_cli)
+            )
+        call.stack.append(
+            self._new_draft(
+                call, self._divert_cui(call.gateway, port, by), to, call.caller_cli
+            )
+        )
         old = call.outbound
-        call.outbound = self._new_leg(call, "outbound", cui=call.stack[-1].cui,
-                                      cli=call.caller_cli, dialled=to)
+        call.outbound = self._new_leg(
+            call, "outbound", cui=call.stack[-1].cui, cli=call.caller_cli, dialled=to
+        )
         if old is not None:
             out.append(LegStop(old.leg, ev.time, old.answered, "replaced"))
         out.append(LegStart(call.outbound.leg, ev.time))
@@ -483,10 +582,14 @@ class CallModel:
             call.outbound = None
         target.stack.extend(call.stack)
         call.stack = []
-        if call.first_id is not None and (target.first_id is None or call.first_id < target.first_id):
+        if call.first_id is not None and (
+            target.first_id is None or call.first_id < target.first_id
+        ):
             target.first_id = call.first_id
-            heapq.heappush(self._heaps.setdefault(call.gateway, []),
-                           (call.first_id, target.boot, target.ref))
+            heapq.heappush(
+                self._heaps.setdefault(call.gateway, []),
+                (call.first_id, target.boot, target.ref),
+            )
         self._end(call, ev.time, "transferred", out)
 
     # -- the end ---------------------------------------------------------
@@ -531,19 +634,33 @@ class CallModel:
             pstn_end = call.pstn_to if call.pstn_to is not None else time
             pstn_time = max(0, pstn_end - call.pstn_from)
         record = CallRecord(
-            id=call.id, gateway=call.gateway, boot=call.boot, ref=call.ref,
-            port=call.port, pport=call.pport, notation=self._notation(call), pstn=call.pstn,
+            id=call.id,
+            gateway=call.gateway,
+            boot=call.boot,
+            ref=call.ref,
+            port=call.port,
+            pport=call.pport,
+            notation=self._notation(call),
+            pstn=call.pstn,
             dialed=", ".join(call.dialed) if call.dialed else "",
-            begin=call.begin, connect=call.connect, end=time, talk=talk,
+            begin=call.begin,
+            connect=call.connect,
+            end=time,
+            talk=talk,
             pstn_dial=", ".join(call.pstn_dial) if call.pstn_dial else "",
-            pstn_time=pstn_time, cli=call.cli, pstn_cli=call.pstn_cli, cause=cause,
+            pstn_time=pstn_time,
+            cli=call.cli,
+            pstn_cli=call.pstn_cli,
+            cause=cause,
         )
         cdrs = self._written(call, time, cause)
         stop_cause = "transferred" if reason == "transferred" else cause
         legs = [ls for ls in (call.inbound, call.outbound) if ls is not None]
         for i, ls in enumerate(legs):
             last = i == len(legs) - 1
-            out.append(LegStop(ls.leg, time, ls.answered, stop_cause, cdrs if last else ()))
+            out.append(
+                LegStop(ls.leg, time, ls.answered, stop_cause, cdrs if last else ())
+            )
         out.append(CallEnd(record, cdrs))
         del self._calls[call.gateway][(call.boot, call.ref)]
         self.mark_ended(call.gateway, call.boot, call.ref)
@@ -557,11 +674,20 @@ class CallModel:
             d = call.sticky
             if d.start is None:
                 ringing = max(0, time - d.ring) if d.ring is not None else 0
-                written.append(Cdr(
-                    id=cdr_id(d.call, d.number), call=d.call, gateway=call.gateway,
-                    start=call.begin, ringing=ringing, duration=None,
-                    status=cause or "cancelled", cui=d.cui, dialled=dialled, cli=d.cli,
-                ))
+                written.append(
+                    Cdr(
+                        id=cdr_id(d.call, d.number),
+                        call=d.call,
+                        gateway=call.gateway,
+                        start=call.begin,
+                        ringing=ringing,
+                        duration=None,
+                        status=cause or "cancelled",
+                        cui=d.cui,
+                        dialled=dialled,
+                        cli=d.cli,
+                    )
+                )
             else:
                 written.append(self._answered_cdr(call, d, dialled, end))
         for d in call.stack:
@@ -571,7 +697,14 @@ class CallModel:
 
     def _answered_cdr(self, call: _Call, d: _Draft, dialled: str, end: int) -> Cdr:
         return Cdr(
-            id=cdr_id(d.call, d.number), call=d.call, gateway=call.gateway,
-            start=d.start, ringing=d.ringing or 0, duration=max(0, end - d.start), status="",
-            cui=d.cui, dialled=d.dialled if d.dialled is not None else dialled, cli=d.cli,
+            id=cdr_id(d.call, d.number),
+            call=d.call,
+            gateway=call.gateway,
+            start=d.start,
+            ringing=d.ringing or 0,
+            duration=max(0, end - d.start),
+            status="",
+            cui=d.cui,
+            dialled=d.dialled if d.dialled is not None else dialled,
+            cli=d.cli,
         )

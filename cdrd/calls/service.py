@@ -47,8 +47,16 @@ class CallService(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, store, writer, clock, sinks=(),
-                 replay_page: int = REPLAY_PAGE, sweep_interval: float = SWEEP_INTERVAL):
+    def __init__(
+        self,
+        config: Config,
+        store,
+        writer,
+        clock,
+        sinks=(),
+        replay_page: int = REPLAY_PAGE,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ):
         self.config = config
         self.store = store
         self.writer = writer
@@ -129,7 +137,9 @@ class CallService(Service):
                     break
                 if after == start - 1:
                     oldest = min(oldest, page[0].time)
-                transferred.update((e.boot, e.ref) for e in page if e.type == "TRANSFER")
+                transferred.update(
+                    (e.boot, e.ref) for e in page if e.type == "TRANSFER"
+                )
                 after = page[-1].id
                 if len(page) < self.replay_page:
                     break
@@ -154,12 +164,18 @@ class CallService(Service):
                 after = page[-1].id
                 if len(page) < self.replay_page:
                     break
-            if replayed and self.model.applied(gateway) is not None and self.model.applied(gateway) > applied:
+            if (
+                replayed
+                and self.model.applied(gateway) is not None
+                and self.model.applied(gateway) > applied
+            ):
                 self._pending.cursors[gateway] = self._cursor(gateway)
             self.log.info(
-                "calls: gateway {gateway} recovered: {replayed} events replayed from id {start},"
-                " {open} calls open",
-                gateway=gateway, replayed=replayed, start=start,
+                "calls: gateway {gateway} recovered: {replayed} events replayed"
+                " from id {start}, {open} calls open",
+                gateway=gateway,
+                replayed=replayed,
+                start=start,
                 open=len(self.model.open_calls(gateway)),
             )
 
@@ -171,7 +187,8 @@ class CallService(Service):
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.clock
         self._sweeper.start(self.sweep_interval, now=False).addErrback(
-            lambda f: self.log.failure("stale sweep stopped", f))
+            lambda f: self.log.failure("stale sweep stopped", f)
+        )
         d = self.idle()
         d.addCallback(lambda _: self.recovered.callback(None))
 
@@ -209,19 +226,27 @@ class CallService(Service):
             products = self.model.apply(event)
         except Exception:
             # the model is meant never to raise; keep going for the other calls
-            self.log.failure("call model failed on event {id} of {gateway}",
-                             id=event.id, gateway=event.gateway)
+            self.log.failure(
+                "call model failed on event {id} of {gateway}",
+                id=event.id,
+                gateway=event.gateway,
+            )
             return []
         for p in products:
             if isinstance(p, CallEnd):
-                self._stale_sent.discard((p.record.gateway, p.record.boot, p.record.ref))
+                self._stale_sent.discard(
+                    (p.record.gateway, p.record.boot, p.record.ref)
+                )
         return products
 
     def _cursor(self, gateway: str) -> ModelCursor:
         applied = self.model.applied(gateway) or 0
         replay_from = self.model.replay_from(gateway)
-        return ModelCursor(gateway=gateway, applied=applied,
-                           replay_from=replay_from if replay_from is not None else applied + 1)
+        return ModelCursor(
+            gateway=gateway,
+            applied=applied,
+            replay_from=replay_from if replay_from is not None else applied + 1,
+        )
 
     # -- writing products, in order -----------------------------------------
 
@@ -240,12 +265,22 @@ class CallService(Service):
         if products:
             for sink in self.sinks:
                 for payload in sink.spool(products, now):
-                    outbox.append(OutboxItem(sink=sink.name, payload=payload, created=now))
-        batch = WriteBatch(records=records, cdrs=cdrs, cursors=list(pending.cursors.values()),
-                           outbox=outbox)
+                    outbox.append(
+                        OutboxItem(sink=sink.name, payload=payload, created=now)
+                    )
+        batch = WriteBatch(
+            records=records,
+            cdrs=cdrs,
+            cursors=list(pending.cursors.values()),
+            outbox=outbox,
+        )
         self._inflight = d = self.writer.submit(batch)
-        d.addCallbacks(self._written, self._write_failed,
-                       callbackArgs=(pending,), errbackArgs=(pending,))
+        d.addCallbacks(
+            self._written,
+            self._write_failed,
+            callbackArgs=(pending,),
+            errbackArgs=(pending,),
+        )
 
     def _written(self, _result, pending: _Pending) -> None:
         self._inflight = None
@@ -255,8 +290,10 @@ class CallService(Service):
                 try:
                     sink.committed(pending.products)
                 except Exception:
-                    self.log.failure("CDR sink {sink} failed to take committed products",
-                                     sink=sink.name)
+                    self.log.failure(
+                        "CDR sink {sink} failed to take committed products",
+                        sink=sink.name,
+                    )
         self._flush()
         self._maybe_idle()
 
@@ -264,7 +301,9 @@ class CallService(Service):
         self._inflight = None
         self.log.error(
             "calls: writing {products} products failed ({error}); retrying in {delay}s",
-            products=len(pending.products), error=failure.getErrorMessage(), delay=RETRY_DELAY,
+            products=len(pending.products),
+            error=failure.getErrorMessage(),
+            delay=RETRY_DELAY,
         )
         # keep the order: this batch goes first, what came since after it
         later, self._pending = self._pending, pending
@@ -288,13 +327,24 @@ class CallService(Service):
         """End calls silent for `stale_after`: a STALE event each, through the log."""
         now = self._now()
         events = []
-        for gateway, boot, ref, last in self.model.stale_calls(now, self.stale_after_ms):
+        for gateway, boot, ref, last in self.model.stale_calls(
+            now, self.stale_after_ms
+        ):
             key = (gateway, boot, ref)
             if key in self._stale_sent:
                 continue
             self._stale_sent.add(key)
-            events.append(CallEvent(gateway=gateway, seq=None, ref=ref, type=STALE, time=last,
-                                    received=now, boot=boot))
+            events.append(
+                CallEvent(
+                    gateway=gateway,
+                    seq=None,
+                    ref=ref,
+                    type=STALE,
+                    time=last,
+                    received=now,
+                    boot=boot,
+                )
+            )
         if not events:
             return None
         self.log.info("calls: {count} stale calls end", count=len(events))
@@ -305,5 +355,8 @@ class CallService(Service):
     def _stale_failed(self, failure, events) -> None:
         for e in events:
             self._stale_sent.discard((e.gateway, e.boot, e.ref))
-        self.log.error("calls: writing {count} STALE events failed: {error}",
-                       count=len(events), error=failure.getErrorMessage())
+        self.log.error(
+            "calls: writing {count} STALE events failed: {error}",
+            count=len(events),
+            error=failure.getErrorMessage(),
+        )

@@ -11,8 +11,9 @@ GW = "8200_000C2A020082"
 DAY = "2026-11-22T"
 
 
-def example_config(trust_cui: bool = False, max_divert_depth: int = 8,
-                   stale_after: float = 86400.0) -> Config:
+def example_config(
+    trust_cui: bool = False, max_divert_depth: int = 8, stale_after: float = 86400.0
+) -> Config:
     return Config(
         server=ServerConfig(max_divert_depth=max_divert_depth, stale_after=stale_after),
         gateways={
@@ -33,8 +34,13 @@ def t(hms: str) -> int:
     return parse_rfc3339(DAY + hms + "Z")
 
 
-def parse_events(text: str, gateway: str = GW, boot: str = "b1", first_seq: int = 1,
-                 first_id: int | None = 1) -> list[CallEvent]:
+def parse_events(
+    text: str,
+    gateway: str = GW,
+    boot: str = "b1",
+    first_seq: int = 1,
+    first_id: int | None = 1,
+) -> list[CallEvent]:
     """`75 10:00:02.500 DIAL digits=2252` lines as CallEvents, seq/id counting up."""
     events = []
     for line in text.strip().splitlines():
@@ -48,11 +54,19 @@ def parse_events(text: str, gateway: str = GW, boot: str = "b1", first_seq: int 
             fields[k] = unquote(v)
         n = len(events)
         time = t(hms)
-        events.append(CallEvent(
-            gateway=gateway, seq=first_seq + n, ref=int(ref), type=kind, time=time,
-            received=time, boot=boot, fields=fields,
-            id=None if first_id is None else first_id + n,
-        ))
+        events.append(
+            CallEvent(
+                gateway=gateway,
+                seq=first_seq + n,
+                ref=int(ref),
+                type=kind,
+                time=time,
+                received=time,
+                boot=boot,
+                fields=fields,
+                id=None if first_id is None else first_id + n,
+            )
+        )
     return events
 
 

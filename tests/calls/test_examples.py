@@ -6,7 +6,19 @@ import pytest
 
 from cdrd.calls.model import CallModel
 from cdrd.values import CallEnd, LegStop, hhmmss, rfc3339
-from tests.calls.helpers import ALL, E1, E2, E3, E4, E5, GW, example_config, parse_events, run, t
+from tests.calls.helpers import (
+    ALL,
+    E1,
+    E2,
+    E3,
+    E4,
+    E5,
+    GW,
+    example_config,
+    parse_events,
+    run,
+    t,
+)
 
 
 def ends(text):
@@ -20,7 +32,11 @@ def test_e1_call_out_with_dtmf():
     calls, _ = ends(E1)
     r = calls[75].record
     assert (r.notation, r.port, r.dialed) == ("Call out", 1, "2252, 3")
-    assert (r.begin, r.connect, r.end) == (t("10:00:00.000"), t("10:00:07.250"), t("10:02:07.250"))
+    assert (r.begin, r.connect, r.end) == (
+        t("10:00:00.000"),
+        t("10:00:07.250"),
+        t("10:02:07.250"),
+    )
     assert hhmmss(r.talk) == "00:02:00" and r.cause == "" and not r.pstn
     assert [c.line for c in calls[75].cdrs] == [
         "2026-11-22T10:00:07.250Z,4.250,120.000,442079460201,2252,442079460201"
@@ -30,7 +46,13 @@ def test_e1_call_out_with_dtmf():
 def test_e2_call_out_failed():
     calls, _ = ends(E2)
     r = calls[76].record
-    assert (r.notation, r.dialed, r.cause, r.talk, r.connect) == ("Call out failed", "2253", "busy", None, None)
+    assert (r.notation, r.dialed, r.cause, r.talk, r.connect) == (
+        "Call out failed",
+        "2253",
+        "busy",
+        None,
+        None,
+    )
     assert calls[76].cdrs == ()
 
 
@@ -38,7 +60,12 @@ def test_e3_sticky_cdr_never_answered():
     calls, _ = ends(E3)
     r = calls[77].record
     assert (r.notation, r.pstn, r.pstn_cli, r.dialed, r.talk) == (
-        "Call out failed", True, "02071234567", "2252", None)
+        "Call out failed",
+        True,
+        "02071234567",
+        "2252",
+        None,
+    )
     assert hhmmss(r.pstn_time) == "00:00:19" and r.cause == "cancelled" and r.pport == 1
     assert [c.line for c in calls[77].cdrs] == [
         "2026-11-22T10:10:00.000Z,18.000,-cancelled,CARRIER-ACME,2252,02071234567"
@@ -60,7 +87,13 @@ def test_e5_attended_transfer():
     x, y = calls[79].record, calls[80].record
     assert (x.notation, x.dialed, hhmmss(x.talk)) == ("Call out", "202", "00:09:55")
     assert (y.notation, y.port, y.dialed, hhmmss(y.talk), rfc3339(y.end), y.cause) == (
-        "Call out", 2, "07700900999", "00:00:50", "2026-11-22T10:32:00.000Z", "transferred")
+        "Call out",
+        2,
+        "07700900999",
+        "00:00:50",
+        "2026-11-22T10:32:00.000Z",
+        "transferred",
+    )
     assert calls[80].cdrs == ()
     assert [c.line for c in calls[79].cdrs] == [
         "2026-11-22T10:30:04.100Z,3.000,595.900,442079460201,202,442079460201",
@@ -74,7 +107,10 @@ def test_all_examples_in_one_stream():
     calls, out = ends(ALL)
     assert sorted(calls) == [75, 76, 77, 78, 79, 80]
     lines = [c.line for o in out if isinstance(o, CallEnd) for c in o.cdrs]
-    assert len(lines) == 6 and len({c.id for o in out if isinstance(o, CallEnd) for c in o.cdrs}) == 6
+    assert (
+        len(lines) == 6
+        and len({c.id for o in out if isinstance(o, CallEnd) for c in o.cdrs}) == 6
+    )
 
 
 @pytest.mark.parametrize("text", [E1, E2, E3, E4, E5])

@@ -34,8 +34,16 @@ def one(text, **config):
 
 
 def synthetic(kind, time, ref=0, boot="b1", id=None):
-    return CallEvent(gateway=GW, seq=None, ref=ref, type=kind, time=time, received=time,
-                     boot=boot, id=id)
+    return CallEvent(
+        gateway=GW,
+        seq=None,
+        ref=ref,
+        type=kind,
+        time=time,
+        received=time,
+        boot=boot,
+        id=id,
+    )
 
 
 # -- notation and cause -------------------------------------------------------
@@ -46,7 +54,13 @@ def test_hook_on_off():
 1 09:00:00.000 HOOK_OFF port=1
 1 09:00:03.000 HOOK_ON port=1
 """)
-    assert (r.notation, r.cause, r.dialed, r.talk, cdrs) == ("Hook On/Off", "", "", None, [])
+    assert (r.notation, r.cause, r.dialed, r.talk, cdrs) == (
+        "Hook On/Off",
+        "",
+        "",
+        None,
+        [],
+    )
 
 
 def test_call_out_failed_with_fail_cause_and_default():
@@ -87,32 +101,50 @@ def test_call_in_answered_untrusted_cui_ignored():
 5 09:00:05.100 TALK
 5 09:01:05.100 HOOK_ON port=1
 """)
-    assert (r.notation, r.cli, r.port, r.cause, r.talk) == ("Call in", "07700900111", 1, "", 60_000)
+    assert (r.notation, r.cli, r.port, r.cause, r.talk) == (
+        "Call in",
+        "07700900111",
+        1,
+        "",
+        60_000,
+    )
     assert cdrs == []  # a VoIP caller has no CUI unless trusted
     starts = [o.leg for o in out if isinstance(o, LegStart)]
     assert [(leg.direction, leg.cui, leg.dialled, leg.port) for leg in starts] == [
-        ("inbound", "", "442079460201", None), ("outbound", "", "442079460201", 1)]
+        ("inbound", "", "442079460201", None),
+        ("outbound", "", "442079460201", 1),
+    ]
 
 
 def test_call_in_trusted_cui_sticky_even_unanswered():
-    r, cdrs, _, _ = one("""
+    r, cdrs, _, _ = one(
+        """
 5 09:00:00.000 CALL_IN cli=07700900111 to=442079460201 port=1 cui=CUST-9
 5 09:00:00.100 RING port=1
 5 09:00:20.100 HOOK_ON port=1
-""", trust_cui=True)
+""",
+        trust_cui=True,
+    )
     assert (r.notation, r.cause) == ("Call in", "cancelled")
-    assert cdrs == ["2026-11-22T09:00:00.000Z,20.000,-cancelled,CUST-9,442079460201,07700900111"]
+    assert cdrs == [
+        "2026-11-22T09:00:00.000Z,20.000,-cancelled,CUST-9,442079460201,07700900111"
+    ]
 
 
 def test_call_in_trusted_cui_answered():
-    r, cdrs, _, _ = one("""
+    r, cdrs, _, _ = one(
+        """
 5 09:00:00.000 CALL_IN cli=07700900111 to=442079460201 port=1 cui=CUST-9
 5 09:00:00.100 RING port=1
 5 09:00:02.000 HOOK_OFF port=1
 5 09:00:02.100 TALK
 5 09:00:12.100 HOOK_ON port=1
-""", trust_cui=True)
-    assert cdrs == ["2026-11-22T09:00:02.100Z,2.000,10.000,CUST-9,442079460201,07700900111"]
+""",
+        trust_cui=True,
+    )
+    assert cdrs == [
+        "2026-11-22T09:00:02.100Z,2.000,10.000,CUST-9,442079460201,07700900111"
+    ]
 
 
 def test_call_in_missed_without_ring_is_plain_call_in():
@@ -129,7 +161,12 @@ def test_reject_ends_the_call():
 6 09:00:01.000 HOOK_ON
 """)
     assert (r.notation, r.cli, r.cause, r.end, cdrs) == (
-        "Call in reject", "07700900222", "barred", t("09:00:00.000"), [])
+        "Call in reject",
+        "07700900222",
+        "barred",
+        t("09:00:00.000"),
+        [],
+    )
     assert model.open_calls() == []
     r, _, _, _ = one("6 09:00:00.000 REJECT")
     assert (r.notation, r.cause) == ("Call in reject", "rejected")
@@ -140,7 +177,13 @@ def test_other_and_pstn_only():
 7 09:00:00.000 PSTN_CALL_IN cli=0201 pport=2
 7 09:00:04.000 HOOK_ON
 """)
-    assert (r.notation, r.pstn, r.pstn_cli, r.cause, r.pport) == ("Other", True, "0201", "", 2)
+    assert (r.notation, r.pstn, r.pstn_cli, r.cause, r.pport) == (
+        "Other",
+        True,
+        "0201",
+        "",
+        2,
+    )
 
 
 def test_pstn_dial_is_the_dialled_number_and_pstn_time_to_end():
@@ -153,8 +196,15 @@ def test_pstn_dial_is_the_dialled_number_and_pstn_time_to_end():
 8 09:00:05.000 TALK
 8 09:00:15.000 HOOK_ON port=1
 """)
-    assert (r.notation, r.pstn_dial, r.pstn, r.pstn_time) == ("Call out", "0207, 946", True, 14_000)
-    assert cdrs == ["2026-11-22T09:00:05.000Z,2.000,10.000,442079460201,0207946,442079460201"]
+    assert (r.notation, r.pstn_dial, r.pstn, r.pstn_time) == (
+        "Call out",
+        "0207, 946",
+        True,
+        14_000,
+    )
+    assert cdrs == [
+        "2026-11-22T09:00:05.000Z,2.000,10.000,442079460201,0207946,442079460201"
+    ]
 
 
 def test_unconfigured_port_and_gateway_fallback_cui():
@@ -166,27 +216,39 @@ def test_unconfigured_port_and_gateway_fallback_cui():
 """)
     assert cdrs == [f"2026-11-22T09:00:02.000Z,0.000,1.000,{GW}-4,1,{GW}-4"]
     model = CallModel(example_config())
-    out = run(model, parse_events("""
+    out = run(
+        model,
+        parse_events(
+            """
 9 09:00:00.000 HOOK_OFF port=1
 9 09:00:01.000 DIAL digits=1
 9 09:00:02.000 TALK
 9 09:00:03.000 HOOK_ON port=1
-""", gateway="77_0000000000AA"))
+""",
+            gateway="77_0000000000AA",
+        ),
+    )
     (end,) = [o for o in out if isinstance(o, CallEnd)]
     assert end.cdrs[0].cui == "77_0000000000AA-1"
 
 
 def test_cdr_fields_are_quoted_per_rfc4180():
     model = CallModel(example_config())
-    out = run(model, parse_events("""
+    out = run(
+        model,
+        parse_events("""
 9 09:00:00.000 HOOK_OFF port=1
 9 09:00:01.000 DIAL digits=1
 9 09:00:01.500 DIVERT to=a,b by=x%22y
 9 09:00:02.000 TALK
 9 09:00:03.000 HOOK_ON port=1
-"""))
+"""),
+    )
     (end,) = [o for o in out if isinstance(o, CallEnd)]
-    assert end.cdrs[1].line == '2026-11-22T09:00:02.000Z,0.000,1.000,"x""y","a,b",442079460201'
+    assert (
+        end.cdrs[1].line
+        == '2026-11-22T09:00:02.000Z,0.000,1.000,"x""y","a,b",442079460201'
+    )
 
 
 # -- diverts ------------------------------------------------------------------
@@ -196,7 +258,9 @@ def divert_chain(n, answered=True):
     lines = ["1 09:00:00.000 HOOK_OFF port=1", "1 09:00:01.000 DIAL digits=202"]
     for i in range(n):
         lines.append(f"1 09:00:{2 + i:02d}.000 RING_BACK")
-        lines.append(f"1 09:00:{2 + i:02d}.500 DIVERT to=9{i:03d} by=8{i:03d} cause=cfnr")
+        lines.append(
+            f"1 09:00:{2 + i:02d}.500 DIVERT to=9{i:03d} by=8{i:03d} cause=cfnr"
+        )
     if answered:
         lines.append("1 09:01:00.000 TALK")
         lines.append("1 09:02:00.000 REMOTE_HOOK_ON")
@@ -209,7 +273,9 @@ def test_divert_chain_all_share_start_and_duration():
     assert r.cause == "" and len(cdrs) == 6
     assert {c.split(",")[0] for c in cdrs} == {"2026-11-22T09:01:00.000Z"}
     assert {c.split(",")[2] for c in cdrs} == {"60.000"}
-    assert [c.split(",")[3] for c in cdrs] == ["442079460201"] + [f"8{i:03d}" for i in range(5)]
+    assert [c.split(",")[3] for c in cdrs] == ["442079460201"] + [
+        f"8{i:03d}" for i in range(5)
+    ]
     assert [c.split(",")[4] for c in cdrs] == ["202"] + [f"9{i:03d}" for i in range(5)]
     # each CDR rings from the first ringing after it was created
     assert cdrs[1].split(",")[1] == "57.000"  # RING_BACK 09:00:03 -> TALK 09:01:00
@@ -229,7 +295,12 @@ def test_divert_cui_lookup_by_exten_ddi_and_by_itself():
 1 09:00:05.000 TALK
 1 09:00:06.000 HOOK_ON port=1
 """)
-    assert [c.split(",")[3] for c in cdrs] == ["442079460201", "ACCT-202", "442079460201", "07000"]
+    assert [c.split(",")[3] for c in cdrs] == [
+        "442079460201",
+        "ACCT-202",
+        "442079460201",
+        "07000",
+    ]
 
 
 def test_divert_loop_is_cut_at_max_depth():
@@ -313,7 +384,8 @@ def test_transfer_to_an_unknown_call_keeps_its_own_cdrs():
     e = ends(out)
     assert e[2].record.cause == "transferred"
     assert [c.line for c in e[2].cdrs] == [
-        "2026-11-22T09:00:12.000Z,0.000,8.000,ACCT-202,400,442079460202"]
+        "2026-11-22T09:00:12.000Z,0.000,8.000,ACCT-202,400,442079460202"
+    ]
 
 
 def test_replay_from_follows_joined_calls():
@@ -322,11 +394,14 @@ def test_replay_from_follows_joined_calls():
     run(model, events[:10])  # up to and including the TRANSFER
     assert [c.ref for c in model.open_calls()] == [79]
     assert model.replay_from(GW) == 100
-    events2 = parse_events("""
+    events2 = parse_events(
+        """
 1 09:00:00.000 HOOK_OFF port=1
 2 09:00:00.000 HOOK_OFF port=2
 1 09:00:01.000 HOOK_ON port=1
-""", first_id=10)
+""",
+        first_id=10,
+    )
     model = CallModel(example_config())
     run(model, events2[:2])
     assert model.replay_from(GW) == 10
@@ -340,8 +415,13 @@ def test_replay_from_follows_joined_calls():
 
 def test_gateway_restart_ends_every_open_call_of_that_boot():
     model = CallModel(example_config())
-    run(model, parse_events("1 09:00:00.000 HOOK_OFF port=1\n1 09:00:01.000 DIAL digits=5\n"
-                            "1 09:00:02.000 TALK\n2 09:00:03.000 HOOK_OFF port=2"))
+    run(
+        model,
+        parse_events(
+            "1 09:00:00.000 HOOK_OFF port=1\n1 09:00:01.000 DIAL digits=5\n"
+            "1 09:00:02.000 TALK\n2 09:00:03.000 HOOK_OFF port=2"
+        ),
+    )
     run(model, parse_events("3 09:00:00.000 HOOK_OFF port=1", boot="b0", first_id=10))
     out = model.apply(synthetic(GATEWAY_RESTART, t("09:00:30.000")))
     e = ends(out)
@@ -349,7 +429,8 @@ def test_gateway_restart_ends_every_open_call_of_that_boot():
     assert {o.record.cause for o in e.values()} == {"gateway-restart"}
     assert e[1].record.end == t("09:00:30.000") and e[1].record.talk == 28_000
     assert [c.line for c in e[1].cdrs] == [
-        "2026-11-22T09:00:02.000Z,0.000,28.000,442079460201,5,442079460201"]
+        "2026-11-22T09:00:02.000Z,0.000,28.000,442079460201,5,442079460201"
+    ]
     assert {s.cause for s in out if isinstance(s, LegStop)} == {"gateway-restart"}
     assert [(c.boot, c.ref) for c in model.open_calls()] == [("b0", 3)]
     assert model.open_refs(GW, "b1") == set() and model.open_refs(GW, "b0") == {3}
@@ -357,10 +438,17 @@ def test_gateway_restart_ends_every_open_call_of_that_boot():
 
 def test_stale_calls_and_stale_end():
     model = CallModel(example_config())
-    run(model, parse_events("1 09:00:00.000 HOOK_OFF port=1\n1 09:00:01.000 DIAL digits=5\n"
-                            "2 09:30:00.000 HOOK_OFF port=2"))
+    run(
+        model,
+        parse_events(
+            "1 09:00:00.000 HOOK_OFF port=1\n1 09:00:01.000 DIAL digits=5\n"
+            "2 09:30:00.000 HOOK_OFF port=2"
+        ),
+    )
     assert model.stale_calls(t("09:40:00.000"), 3_600_000) == []
-    assert model.stale_calls(t("10:00:01.000"), 3_600_000) == [(GW, "b1", 1, t("09:00:01.000"))]
+    assert model.stale_calls(t("10:00:01.000"), 3_600_000) == [
+        (GW, "b1", 1, t("09:00:01.000"))
+    ]
     e = ends(model.apply(synthetic(STALE, t("09:00:01.000"), ref=1)))
     assert e[1].record.cause == "stale" and e[1].record.end == t("09:00:01.000")
     assert model.apply(synthetic(STALE, t("09:00:01.000"), ref=1)) == []
@@ -370,7 +458,10 @@ def test_stale_calls_and_stale_end():
 def test_late_events_of_an_ended_call_change_nothing():
     model, out = go(E1)
     assert len(ends(out)) == 1
-    assert run(model, parse_events("75 10:05:00.000 HOOK_ON port=1\n75 10:05:00.000 TALK")) == []
+    assert (
+        run(model, parse_events("75 10:05:00.000 HOOK_ON port=1\n75 10:05:00.000 TALK"))
+        == []
+    )
     model2 = CallModel(example_config())
     model2.mark_ended(GW, "b1", 75)
     assert run(model2, parse_events(E1)) == []
@@ -378,7 +469,10 @@ def test_late_events_of_an_ended_call_change_nothing():
 
 def test_unknown_types_are_ignored():
     model = CallModel(example_config())
-    assert run(model, parse_events("1 09:00:00.000 FLASH_HOOK x=1\n1 09:00:00.000 GREET")) == []
+    assert (
+        run(model, parse_events("1 09:00:00.000 FLASH_HOOK x=1\n1 09:00:00.000 GREET"))
+        == []
+    )
     assert model.open_calls() == []
 
 
@@ -390,7 +484,11 @@ def test_calls_without_their_first_events_still_get_one_record():
 2 09:00:01.000 HOOK_ON
 """)
     e = ends(out)
-    assert e[1].record.notation == "Call out" and e[1].record.talk == 5000 and e[1].record.port == 1
+    assert (
+        e[1].record.notation == "Call out"
+        and e[1].record.talk == 5000
+        and e[1].record.port == 1
+    )
     assert e[2].record.notation == "Other"
 
 
@@ -427,7 +525,9 @@ def test_open_calls_for_the_dashboard():
     run(model, parse_events(E5)[:6])
     calls = model.open_calls(GW)
     assert [(c.ref, c.port, c.begin) for c in calls] == [
-        (79, 1, t("10:30:00.000")), (80, 2, t("10:31:00.500"))]
+        (79, 1, t("10:30:00.000")),
+        (80, 2, t("10:31:00.500")),
+    ]
     assert model.open_calls("other") == []
 
 
@@ -437,5 +537,7 @@ def test_answer_produces_leg_answers_once():
     assert [a.leg.id.rsplit("/", 1)[1] for a in answers] == ["0", "2"]
     starts = [o.leg for o in out if isinstance(o, LegStart)]
     assert [(s.direction, s.cui, s.dialled) for s in starts] == [
-        ("inbound", "442079460201", ""), ("outbound", "442079460201", "202"),
-        ("outbound", "ACCT-202", "07700900123")]
+        ("inbound", "442079460201", ""),
+        ("outbound", "442079460201", "202"),
+        ("outbound", "ACCT-202", "07700900123"),
+    ]

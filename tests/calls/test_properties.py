@@ -15,21 +15,27 @@ from tests.calls.helpers import GW, example_config
 
 T0 = 1_795_000_000_000
 # every type, weighted towards the ones that build CDR stacks
-TYPES = (sorted(KNOWN_TYPES) + ["FLASH", "XYZZY", STALE, GATEWAY_RESTART]
-         + ["HOOK_OFF", "DIAL", "TALK", "RING_BACK", "DIVERT", "TRANSFER"] * 3)
+TYPES = (
+    sorted(KNOWN_TYPES)
+    + ["FLASH", "XYZZY", STALE, GATEWAY_RESTART]
+    + ["HOOK_OFF", "DIAL", "TALK", "RING_BACK", "DIVERT", "TRANSFER"] * 3
+)
 
-fields_st = st.fixed_dictionaries({}, optional={
-    "port": st.sampled_from(["1", "2", "3", "x"]),
-    "pport": st.sampled_from(["1", "2"]),
-    "digits": st.sampled_from(["202", "2252", "3", "07700900123"]),
-    "cli": st.sampled_from(["0201", "07700"]),
-    "to": st.sampled_from(["202", "442079460201", "0800"]),
-    "by": st.sampled_from(["202", "201", "442079460202", "x"]),
-    "cause": st.sampled_from(["cfnr", "busy", "barred"]),
-    "cui": st.sampled_from(["CUST-1", "CUST-2"]),
-    "with": st.sampled_from(["1", "2", "3", "1", "2", "3", "9", "bad"]),
-    "role": st.sampled_from(["caller", "callee"]),
-})
+fields_st = st.fixed_dictionaries(
+    {},
+    optional={
+        "port": st.sampled_from(["1", "2", "3", "x"]),
+        "pport": st.sampled_from(["1", "2"]),
+        "digits": st.sampled_from(["202", "2252", "3", "07700900123"]),
+        "cli": st.sampled_from(["0201", "07700"]),
+        "to": st.sampled_from(["202", "442079460201", "0800"]),
+        "by": st.sampled_from(["202", "201", "442079460202", "x"]),
+        "cause": st.sampled_from(["cfnr", "busy", "barred"]),
+        "cui": st.sampled_from(["CUST-1", "CUST-2"]),
+        "with": st.sampled_from(["1", "2", "3", "1", "2", "3", "9", "bad"]),
+        "role": st.sampled_from(["caller", "callee"]),
+    },
+)
 
 raw_event = st.tuples(
     st.sampled_from(TYPES),
@@ -45,11 +51,19 @@ def build(raws, duplicate_ids=False):
     time = T0
     for n, (kind, ref, boot, step, fields) in enumerate(raws):
         time += step
-        events.append(CallEvent(
-            gateway=GW, seq=None if kind in (STALE, GATEWAY_RESTART) else n + 1, ref=ref,
-            type=kind, time=time, received=time, boot=boot, fields=fields,
-            id=None if duplicate_ids else n + 1,
-        ))
+        events.append(
+            CallEvent(
+                gateway=GW,
+                seq=None if kind in (STALE, GATEWAY_RESTART) else n + 1,
+                ref=ref,
+                type=kind,
+                time=time,
+                received=time,
+                boot=boot,
+                fields=fields,
+                id=None if duplicate_ids else n + 1,
+            )
+        )
     return events, time
 
 
@@ -59,8 +73,19 @@ def run_all(events, end_time, max_divert_depth=3):
     for e in events:
         out.extend(model.apply(e))
     for boot in ("b1", "b2"):  # close whatever is open
-        out.extend(model.apply(CallEvent(gateway=GW, seq=None, ref=0, type=GATEWAY_RESTART,
-                                         time=end_time, received=end_time, boot=boot)))
+        out.extend(
+            model.apply(
+                CallEvent(
+                    gateway=GW,
+                    seq=None,
+                    ref=0,
+                    type=GATEWAY_RESTART,
+                    time=end_time,
+                    received=end_time,
+                    boot=boot,
+                )
+            )
+        )
     return model, out
 
 
@@ -72,7 +97,9 @@ def test_invariants(raws, duplicate_ids):
 
 def check_invariants(raws, duplicate_ids):
     events, end = build(raws, duplicate_ids)
-    if duplicate_ids and events:  # events resent with no id: a replay the store would have refused
+    if (
+        duplicate_ids and events
+    ):  # events resent with no id: a replay the store would have refused
         events = events + events[: len(events) // 2]
     model, out = run_all(events, end)
     assert model.open_calls() == []
@@ -117,9 +144,15 @@ def check_invariants(raws, duplicate_ids):
     steps=st.lists(st.integers(0, 20_000), min_size=20, max_size=20),
     sticky=st.booleans(),
 )
-def test_the_cdrs_of_one_divert_chain_share_start_and_duration(diverts, rings, steps, sticky):
-    script = [("PSTN_CALL_IN", {"cli": "0201", "pport": "1"}) if sticky else ("HOOK_OFF", {"port": "1"}),
-              ("DIAL", {"digits": "202"})]
+def test_the_cdrs_of_one_divert_chain_share_start_and_duration(
+    diverts, rings, steps, sticky
+):
+    script = [
+        ("PSTN_CALL_IN", {"cli": "0201", "pport": "1"})
+        if sticky
+        else ("HOOK_OFF", {"port": "1"}),
+        ("DIAL", {"digits": "202"}),
+    ]
     for i in range(diverts):
         if rings[i]:
             script.append(("RING_BACK", {}))
@@ -129,36 +162,65 @@ def test_the_cdrs_of_one_divert_chain_share_start_and_duration(diverts, rings, s
     events = []
     for n, (kind, fields) in enumerate(script):
         time += steps[n % len(steps)]
-        events.append(CallEvent(gateway=GW, seq=n + 1, ref=1, type=kind, time=time,
-                                received=time, boot="b1", fields=fields, id=n + 1))
+        events.append(
+            CallEvent(
+                gateway=GW,
+                seq=n + 1,
+                ref=1,
+                type=kind,
+                time=time,
+                received=time,
+                boot="b1",
+                fields=fields,
+                id=n + 1,
+            )
+        )
     _, out = run_all(events, time, max_divert_depth=8)
     (end,) = [o for o in out if isinstance(o, CallEnd)]
     assert len(end.cdrs) == 1 + diverts
     assert len({(c.start, c.duration) for c in end.cdrs}) == 1
     assert end.cdrs[0].cui == ("CARRIER-ACME" if sticky else "442079460201")
-    # ringing counts from the first ring after each CDR's creation: later CDRs ring no longer
+    # ringing counts from the first ring after each CDR's creation:
+    # later CDRs ring no longer
     ringing = [c.ringing for c in end.cdrs[1:]]
     assert ringing == sorted(ringing, reverse=True)
 
 
 # -- plausible calls, interleaved, then damaged --------------------------------
 
-step_st = st.sampled_from([
-    ("RING_BACK", {}), ("RING", {"port": "2"}), ("DIAL", {"digits": "5"}),
-    ("DIVERT", {"to": "0700", "by": "202", "port": "2"}), ("DIVERT", {"to": "0800", "by": "x"}),
-    ("TALK", {}), ("HOLD", {}), ("REMOTE_HOOK_ON", {}), ("BUSY", {}), ("PSTN_HOOK_ON", {"pport": "1"}),
-])
-opening_st = st.sampled_from([
-    [("HOOK_OFF", {"port": "1"}), ("DIAL", {"digits": "202"})],
-    [("HOOK_OFF", {"port": "2"}), ("PSTN_DIAL", {"digits": "0207", "pport": "2"})],
-    [("PSTN_CALL_IN", {"cli": "0201", "pport": "1"}), ("DIAL", {"digits": "2252"})],
-    [("CALL_IN", {"cli": "077", "to": "201", "port": "1", "cui": "CUST"})],
-    [("CALL_IN", {"cli": "077", "to": "201", "port": "1"})],
-])
-closing_st = st.sampled_from([
-    [("HOOK_ON", {})], [("REJECT", {})], [], [("TRANSFER", {"with": "1"})],
-    [("TRANSFER", {"with": "2", "role": "caller"})], [("TRANSFER", {"with": "3"})],
-])
+step_st = st.sampled_from(
+    [
+        ("RING_BACK", {}),
+        ("RING", {"port": "2"}),
+        ("DIAL", {"digits": "5"}),
+        ("DIVERT", {"to": "0700", "by": "202", "port": "2"}),
+        ("DIVERT", {"to": "0800", "by": "x"}),
+        ("TALK", {}),
+        ("HOLD", {}),
+        ("REMOTE_HOOK_ON", {}),
+        ("BUSY", {}),
+        ("PSTN_HOOK_ON", {"pport": "1"}),
+    ]
+)
+opening_st = st.sampled_from(
+    [
+        [("HOOK_OFF", {"port": "1"}), ("DIAL", {"digits": "202"})],
+        [("HOOK_OFF", {"port": "2"}), ("PSTN_DIAL", {"digits": "0207", "pport": "2"})],
+        [("PSTN_CALL_IN", {"cli": "0201", "pport": "1"}), ("DIAL", {"digits": "2252"})],
+        [("CALL_IN", {"cli": "077", "to": "201", "port": "1", "cui": "CUST"})],
+        [("CALL_IN", {"cli": "077", "to": "201", "port": "1"})],
+    ]
+)
+closing_st = st.sampled_from(
+    [
+        [("HOOK_ON", {})],
+        [("REJECT", {})],
+        [],
+        [("TRANSFER", {"with": "1"})],
+        [("TRANSFER", {"with": "2", "role": "caller"})],
+        [("TRANSFER", {"with": "3"})],
+    ]
+)
 call_st = st.tuples(opening_st, st.lists(step_st, max_size=12), closing_st)
 
 
@@ -170,8 +232,10 @@ call_st = st.tuples(opening_st, st.lists(step_st, max_size=12), closing_st)
     dup=st.integers(0, 3),
 )
 def test_invariants_over_interleaved_calls(calls, order, drop, dup):
-    queues = [[(ref, k, f) for k, f in opening + steps + closing]
-              for ref, (opening, steps, closing) in enumerate(calls, start=1)]
+    queues = [
+        [(ref, k, f) for k, f in opening + steps + closing]
+        for ref, (opening, steps, closing) in enumerate(calls, start=1)
+    ]
     raws = []
     while any(queues):
         q = order.choice([q for q in queues if q])
@@ -182,5 +246,7 @@ def test_invariants_over_interleaved_calls(calls, order, drop, dup):
             raws.pop(order.randrange(len(raws)))
     for _ in range(dup):
         if raws:
-            raws.insert(order.randrange(len(raws) + 1), raws[order.randrange(len(raws))])
+            raws.insert(
+                order.randrange(len(raws) + 1), raws[order.randrange(len(raws))]
+            )
     check_invariants(raws, False)

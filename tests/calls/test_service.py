@@ -40,7 +40,9 @@ class RecordingSink:
 
 def describe(o) -> str:
     if isinstance(o, CallEnd):
-        return "end " + o.record.id + " " + " | ".join(c.id + "=" + c.line for c in o.cdrs)
+        return (
+            "end " + o.record.id + " " + " | ".join(c.id + "=" + c.line for c in o.cdrs)
+        )
     if isinstance(o, LegStop):
         return f"stop {o.leg.id} {o.cause} " + " | ".join(c.id for c in o.cdrs)
     if isinstance(o, (LegStart, LegAnswer)):
@@ -70,15 +72,20 @@ class Rig:
         self.writer = BatchWriter(self.store, self.clock)
         self.writer.startService()
         self.sink = RecordingSink()
-        self.service = CallService(config or example_config(), self.store, self.writer, self.clock,
-                                   sinks=[self.sink])
+        self.service = CallService(
+            config or example_config(),
+            self.store,
+            self.writer,
+            self.clock,
+            sinks=[self.sink],
+        )
         d = self.service.startService()
         pump(self.clock)
         assert d.called, "recovery finished"
 
     def send(self, events, chunk=1):
         for i in range(0, len(events), chunk):
-            self.writer.submit(WriteBatch(events=events[i:i + chunk]))
+            self.writer.submit(WriteBatch(events=events[i : i + chunk]))
             pump(self.clock)
 
     def login(self):
@@ -103,6 +110,7 @@ class Rig:
 
 def _all_cdrs():
     from cdrd.interfaces import CdrQuery
+
     return CdrQuery(limit=10**9)
 
 
@@ -138,7 +146,10 @@ def test_worked_examples_through_the_service():
     ends = [o for o in rig.sink.seen if isinstance(o, CallEnd)]
     assert [c.line for o in ends for c in o.cdrs] == lines
     cursor = rig.store.cursors().result[GW]
-    assert cursor.applied == len(parse_events(ALL)) and cursor.replay_from == cursor.applied + 1
+    assert (
+        cursor.applied == len(parse_events(ALL))
+        and cursor.replay_from == cursor.applied + 1
+    )
     assert rig.service.open_calls() == []
 
 
@@ -179,7 +190,9 @@ def test_stale_sweep_ends_a_silent_call_through_the_event_log():
     events = unstamped(parse_events(E4))[:4]  # until the DIVERT; received at 10:20
     rig.clock.advance(t("10:20:30.000") / 1000 - rig.clock.seconds())
     rig.send(events)
-    for _ in range(59):  # sweeps until 11:19:30: the last event (10:20:12.100) is not an hour old
+    for _ in range(
+        59
+    ):  # sweeps until 11:19:30: the last event (10:20:12.100) is not an hour old
         rig.clock.advance(60)
         pump(rig.clock)
     assert rig.service.open_calls()
@@ -248,23 +261,34 @@ def test_crash_and_recovery_gives_the_same_records_cdrs_and_outbox(data):
     events += unstamped(parse_events(ALL, first_seq=len(events) + 1, boot="b2"))
     chunk = data.draw(st.integers(1, 5), label="chunk")
     applied = data.draw(st.integers(0, len(events)), label="applied before the crash")
-    unapplied = data.draw(st.integers(0, len(events) - applied), label="stored, not applied")
-    resend = data.draw(st.integers(0, applied + unapplied), label="resent after restart")
+    unapplied = data.draw(
+        st.integers(0, len(events) - applied), label="stored, not applied"
+    )
+    resend = data.draw(
+        st.integers(0, applied + unapplied), label="resent after restart"
+    )
     lost = data.draw(st.booleans(), label="the last products' transaction never ran")
     expected = uninterrupted(events, chunk)
 
     rig = Rig()
     rig.login()
     if lost and applied:
-        rig.send(events[:applied - 1], chunk=chunk)
-        rig.writer.submit(WriteBatch(events=events[applied - 1:applied]))
+        rig.send(events[: applied - 1], chunk=chunk)
+        rig.writer.submit(WriteBatch(events=events[applied - 1 : applied]))
         # run the writer's turn by hand: the events commit, their products are
         # submitted for the next turn, which never comes
-        (turn,) = [c for c in rig.clock.getDelayedCalls() if c.active() and c.getTime() <= rig.clock.seconds()]
+        (turn,) = [
+            c
+            for c in rig.clock.getDelayedCalls()
+            if c.active() and c.getTime() <= rig.clock.seconds()
+        ]
         func, args, kw = turn.func, turn.args, turn.kw
         turn.cancel()
         func(*args, **kw)
-        assert rig.store.events_after(GW, 0, 10**6).result[-1].seq == events[applied - 1].seq
+        assert (
+            rig.store.events_after(GW, 0, 10**6).result[-1].seq
+            == events[applied - 1].seq
+        )
         cursor = rig.store.cursors().result.get(GW)
         assert cursor is None or cursor.applied < applied, "the crash did lose products"
     else:
@@ -272,10 +296,10 @@ def test_crash_and_recovery_gives_the_same_records_cdrs_and_outbox(data):
     rig.crash()
     # committed by the gateway session, but cdrd died before the model saw them
     if unapplied:
-        rig.store.write(WriteBatch(events=events[applied:applied + unapplied]))
+        rig.store.write(WriteBatch(events=events[applied : applied + unapplied]))
 
     again = Rig(store=rig.store, clock=rig.clock)
-    again.send(events[applied + unapplied - resend:], chunk=chunk)
+    again.send(events[applied + unapplied - resend :], chunk=chunk)
     got = again.results()
     assert got[0] == expected[0]
     assert got[1] == expected[1]
@@ -306,8 +330,12 @@ def test_late_event_of_a_call_ended_before_the_crash_is_ignored_after_it():
     rig.send(events)
     rig.crash()
     again = Rig(store=rig.store, clock=rig.clock)
-    late = unstamped(parse_events("78 10:31:00.000 HOOK_ON port=1\n90 10:31:00.000 HOOK_ON port=2",
-                                  first_seq=len(events) + 1))
+    late = unstamped(
+        parse_events(
+            "78 10:31:00.000 HOOK_ON port=1\n90 10:31:00.000 HOOK_ON port=2",
+            first_seq=len(events) + 1,
+        )
+    )
     again.send(late)
     records, lines, _ = again.results()
     assert sorted(r.ref for r in records.values()) == [78, 90]
@@ -316,12 +344,14 @@ def test_late_event_of_a_call_ended_before_the_crash_is_ignored_after_it():
 
 def test_recovery_after_a_long_pause_keeps_late_events_of_old_calls_ignored():
     config = example_config(stale_after=3600)
-    events = unstamped(parse_events("""
+    events = unstamped(
+        parse_events("""
 2 08:59:00.000 HOOK_OFF port=2
 2 08:59:30.000 HOOK_ON port=2
 1 09:00:00.000 HOOK_OFF port=1
 2 09:05:00.000 REMOTE_HOOK_ON
-"""))
+""")
+    )
     clock = task.Clock()
     clock.advance(t("09:06:00.000") / 1000)
     rig = Rig(config=config, clock=clock)
@@ -330,7 +360,9 @@ def test_recovery_after_a_long_pause_keeps_late_events_of_old_calls_ignored():
     assert [c.ref for c in rig.service.open_calls()] == [1]
     assert rig.store.cursors().result[GW].replay_from == 3
     rig.crash()
-    clock.advance(3 * 3600)  # cdrd was down for hours: call 2 ended long before now - stale_after
+    clock.advance(
+        3 * 3600
+    )  # cdrd was down for hours: call 2 ended long before now - stale_after
     again = Rig(store=rig.store, config=config, clock=clock)
     assert [c.ref for c in again.service.open_calls()] == [1]
     records, _, _ = again.results()
