@@ -113,7 +113,7 @@ class _Call:
     pstn: bool = False
     rung: bool = False  # RING: a local phone rang
     dialed: list | None = None  # DIAL digits, in order
-    dialled_before_answer: list | None = None
+    digits_before_answer: int = 0  # how many of `dialed` came before the answer
     pstn_dial: list | None = None
     to: str = ""
     connect: int | None = None
@@ -139,8 +139,8 @@ class _Call:
     def dialled_number(self) -> str:
         if self.pstn_dial:
             return "".join(self.pstn_dial)
-        if self.dialled_before_answer:
-            return "".join(self.dialled_before_answer)
+        if self.digits_before_answer:
+            return "".join(self.dialed[: self.digits_before_answer])
         return self.to
 
 
@@ -450,9 +450,7 @@ class CallModel:
                     call.dialed = []
                 call.dialed.append(digits)
                 if call.connect is None:
-                    if call.dialled_before_answer is None:
-                        call.dialled_before_answer = []
-                    call.dialled_before_answer.append(digits)
+                    call.digits_before_answer += 1
             self._ensure_inbound(call, time, out)
             if call.outbound is None and call.connect is None:
                 self._start_outbound(call, time, out, digits or "")
