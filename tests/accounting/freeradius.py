@@ -200,11 +200,16 @@ class FreeRadius:
                 out.append(p.read_text(errors="replace")[-4000:])
         return "\n".join(out)
 
-    def records(self) -> list[dict[str, list[str]]]:
-        """The detail file as a list of requests: attribute -> values, in order."""
+    def records(self, raw: bool = False) -> list[dict[str, list[str]]]:
+        """
+        The detail file as a list of requests: attribute -> values, in order.
+        Unless `raw`, retransmissions that both reached the server (a slow
+        answer under load: delivery is at least once) are counted once.
+        """
         if not self.detail_path.exists():
             return []
-        return parse_detail(self.detail_path.read_text(errors="replace"))
+        records = parse_detail(self.detail_path.read_text(errors="replace"))
+        return records if raw else unique(records)
 
     def wait_records(self, predicate, timeout: float = 20.0) -> list[dict[str, list[str]]]:
         deadline = time.monotonic() + timeout
@@ -213,6 +218,20 @@ class FreeRadius:
             if predicate(recs) or time.monotonic() > deadline:
                 return recs
             time.sleep(0.05)
+
+
+def unique(records):
+    """One record per request: a retransmission differs only in Acct-Delay-Time."""
+    seen, out = set(), []
+    for r in records:
+        key = tuple(
+            (k, tuple(v)) for k, v in r.items()
+            if k not in ("Acct-Delay-Time", "Timestamp", "Acct-Unique-Session-Id")
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def parse_detail(text: str) -> list[dict[str, list[str]]]:
