@@ -116,6 +116,9 @@ class AccountingService(Service):
         if not self.config.enabled:
             return
         self.client.start()
+        if hasattr(self.writer, "add_listener"):
+            # a gateway's address is committed (LOGIN) before any of its calls
+            self.writer.add_listener(self._writer_committed)
         for interval, f in ((STATS_INTERVAL, self._refresh_stats), (PEERS_INTERVAL, self._refresh_peers)):
             loop = task.LoopingCall(f)
             loop.clock = self.clock
@@ -136,6 +139,11 @@ class AccountingService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
+        if hasattr(self.writer, "remove_listener"):
+            try:
+                self.writer.remove_listener(self._writer_committed)
+            except ValueError:
+                pass
         for call in [*self._timers.values(), self._stats_call]:
             if call is not None and call.active():
                 call.cancel()
@@ -323,6 +331,11 @@ class AccountingService(Service):
             self.log.failure("reading gateway addresses failed")
             return
         self._peers = {g.key: g.peer for g in gateways if g.peer}
+
+    def _writer_committed(self, batch, result):
+        for g in batch.gateways:
+            if g.peer:
+                self._peers[g.key] = g.peer
 
     def status(self) -> dict:
         """JSON-able: what the web page and the metrics show."""

@@ -87,5 +87,6 @@ def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
     assert with_cdrs and all(r["cdrd-CDR"] == E4_CDRS for r in with_cdrs)
     assert len({r["Acct-Session-Id"][0] for r in with_cdrs}) == 1
     assert all(r["NAS-Identifier"] == ["8200_000C2A020082"] for r in recs)
+    assert all(r["cdrd-Gateway-Address"][0].startswith("127.0.0.1:") for r in recs)
     assert all(int(r["Acct-Delay-Time"][0]) >= 1 for r in recs)
     assert outage > 1
