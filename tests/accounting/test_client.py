@@ -98,7 +98,6 @@ def test_changed_delay_is_a_new_identifier_and_authenticator():
     assert port.written[0][0][4:20] != port.written[1][0][4:20]
     # the answer to the old Identifier is no longer accepted ...
     done = []
-    c.queue  # noqa: B018
     answer(port, port.written[0][0], SECRET.encode(), D)
     assert c.in_flight == 1
     # ... the one to the new is
