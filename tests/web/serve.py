@@ -4,13 +4,14 @@ A real cdrd web endpoint for the browser tests, in its own process:
     python -m tests.web.serve PORTFILE
 
 Serves WebApp on 127.0.0.1 (a free port, written to PORTFILE) over the
-fixture day, with a LiveFeed.  ``POST /_test/event?ref=N&type=T&digits=D``
+fixture day stored in SQLite (next to PORTFILE), with a LiveFeed.  ``POST /_test/event?ref=N&type=T&digits=D``
 stores one event of the fixture gateway and tells the feed, exactly as the
 BatchWriter's commit listener does in cdrd.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from twisted.internet import defer, endpoints, task
@@ -79,8 +80,10 @@ class TestRoot:
 
 
 async def serve(reactor, portfile):
-    store = make_store()
+    # cdrd's default store, in the test's private directory
+    store = make_store(f"sqlite:{os.path.dirname(portfile)}/cdrd.sqlite", reactor)
     await store.open()
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
     await store.write(F.batch())
     feed = LiveFeed()
     clock = FixtureClock(reactor, F.t("13:00:00") / 1000)
@@ -89,8 +92,6 @@ async def serve(reactor, portfile):
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     with open(portfile + ".tmp", "w") as f:
         f.write(str(port.getHost().port))
-    import os
-
     os.rename(portfile + ".tmp", portfile)
     await defer.Deferred()  # until killed
 

@@ -10,6 +10,12 @@ from tests.web import fixtures as F
 GW = F.GW
 
 
+@pytest.fixture(params=["memory:", "sqlite"])
+def database(request, tmp_path):
+    """The API over the in-memory store and over SQLite, cdrd's default."""
+    return f"sqlite:{tmp_path}/cdrd.sqlite" if request.param == "sqlite" else request.param
+
+
 @pytest_twisted.ensureDeferred
 async def test_gateways(make_site):
     site = await make_site()

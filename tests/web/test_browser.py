@@ -42,7 +42,12 @@ def server(tmp_path_factory):
         yield f"http://127.0.0.1:{portfile.read_text()}"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
 
 
 @pytest.fixture(scope="module")
