@@ -29,8 +29,8 @@ from cdrd.web import pages
 from cdrd.web.auth import guard
 from cdrd.web.feed import LiveFeed, Subscriber
 from cdrd.web.query import (
-    BadParameter,
     FILTER_LABELS,
+    BadParameter,
     arg,
     day_start_ms,
     local_day,
@@ -67,7 +67,9 @@ STATIC_TYPES = {
     "png": b"image/png",
 }
 _STATIC = resources.files("cdrd.web") / "static"
-_LAYOUT = Template((resources.files("cdrd.web") / "templates" / "layout.html").read_text("utf-8"))
+_LAYOUT = Template(
+    (resources.files("cdrd.web") / "templates" / "layout.html").read_text("utf-8")
+)
 
 
 class WebApp:
@@ -111,9 +113,13 @@ class WebApp:
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8"
+        )
 
-    def page(self, request, page: str, title: str, content: str, refresh: int | None = None) -> bytes:
+    def page(
+        self, request, page: str, title: str, content: str, refresh: int | None = None
+    ) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -128,7 +134,9 @@ class WebApp:
             nav=pages.nav(page),
             zone=pages.esc(self.config.server.timezone),
             content=content,
-            refresh=f'<meta http-equiv="refresh" content="{refresh}">\n' if refresh else "",
+            refresh=f'<meta http-equiv="refresh" content="{refresh}">\n'
+            if refresh
+            else "",
         )
         return html.encode("utf-8")
 
@@ -175,7 +183,13 @@ class WebApp:
     async def api_log(self, request):
         s = parse_search(request, self.zone, bare_gateway=True)
         entries = await self.store.log(
-            LogQuery(gateway=s.gateway, since=s.since, until=s.until, limit=s.limit, offset=s.offset)
+            LogQuery(
+                gateway=s.gateway,
+                since=s.since,
+                until=s.until,
+                limit=s.limit,
+                offset=s.offset,
+            )
         )
         return self.json(request, {"entries": [log_json(e) for e in entries]})
 
@@ -184,8 +198,12 @@ class WebApp:
         s = parse_search(request, self.zone)
         events = await self.store.events(
             EventQuery(
-                gateway=s.gateway, ref=s.ref, since=s.since, until=s.until,
-                limit=s.limit, offset=s.offset,
+                gateway=s.gateway,
+                ref=s.ref,
+                since=s.since,
+                until=s.until,
+                limit=s.limit,
+                offset=s.offset,
             )
         )
         return self.json(request, {"events": [event_json(e) for e in events]})
@@ -214,33 +232,51 @@ class WebApp:
         gateway = parse_gateway(arg(request, "gateway"))
         month = self._month(arg(request, "month"), self.today())
         days = await self._days_with_records(gateway, month)
-        return self.json(request, {"month": f"{month:%Y-%m}", "days": [d.isoformat() for d in sorted(days)]})
+        return self.json(
+            request,
+            {"month": f"{month:%Y-%m}", "days": [d.isoformat() for d in sorted(days)]},
+        )
 
     @app.route("/api/status", methods=["GET"])
     async def api_status(self, request):
-        return self.json(request, {"open_calls": self._open_calls_json(), "outputs": self._outputs()})
+        return self.json(
+            request, {"open_calls": self._open_calls_json(), "outputs": self._outputs()}
+        )
 
     @app.route("/api/accounting", methods=["GET"])
     def api_accounting(self, request):
         status = self.status.get("radius")
         if status is None:
-            return self.json(request, {"error": "RADIUS accounting is not configured"}, 404)
+            return self.json(
+                request, {"error": "RADIUS accounting is not configured"}, 404
+            )
         return self.json(request, status())
 
     @app.route("/api/", branch=True)
     def api_unknown(self, request):
-        return self.json(request, {"error": f"no such API path {request.path.decode('latin-1')}"}, 404)
+        return self.json(
+            request,
+            {"error": f"no such API path {request.path.decode('latin-1')}"},
+            404,
+        )
 
     def _call_query(self, s, limit=None, offset=None) -> CallQuery:
         return CallQuery(
-            gateway=s.gateway, since=s.since, until=s.until, filter=s.filter,
+            gateway=s.gateway,
+            since=s.since,
+            until=s.until,
+            filter=s.filter,
             limit=s.limit if limit is None else limit,
             offset=s.offset if offset is None else offset,
         )
 
     def _cdr_query(self, s, call=None, limit=None, offset=None) -> CdrQuery:
         return CdrQuery(
-            gateway=s.gateway, since=s.since, until=s.until, cui=s.cui, call=call,
+            gateway=s.gateway,
+            since=s.since,
+            until=s.until,
+            cui=s.cui,
+            call=call,
             limit=s.limit if limit is None else limit,
             offset=s.offset if offset is None else offset,
         )
@@ -252,7 +288,13 @@ class WebApp:
 
     def _open_calls_json(self) -> list[dict]:
         return [
-            {"gateway": c.gateway, "boot": c.boot, "ref": c.ref, "begin": self._rfc(c.begin), "port": c.port}
+            {
+                "gateway": c.gateway,
+                "boot": c.boot,
+                "ref": c.ref,
+                "begin": self._rfc(c.begin),
+                "port": c.port,
+            }
             for c in self._open_calls()
         ]
 
@@ -324,7 +366,10 @@ class WebApp:
             sub.hold()
             self.store.events_after(gateway, after_id, REPLAY_MAX).addCallbacks(
                 lambda events: self._replayed(sub, events, after_id),
-                lambda f: (self.log.failure("live feed replay failed", f), sub.finish()),
+                lambda f: (
+                    self.log.failure("live feed replay failed", f),
+                    sub.finish(),
+                ),
             )
         return done
 
@@ -359,7 +404,9 @@ class WebApp:
         now = self.now_ms()
         gateways = await self.store.gateways()
         since = (now // 3_600_000 - DASHBOARD_HOURS + 1) * 3_600_000
-        records, complete = await self._records(CallQuery(since=since, until=now + 1), DASHBOARD_MAX_RECORDS)
+        records, complete = await self._records(
+            CallQuery(since=since, until=now + 1), DASHBOARD_MAX_RECORDS
+        )
         content = pages.dashboard(
             clocks=self.clocks,
             now=now,
@@ -384,7 +431,11 @@ class WebApp:
             search=s,
             keys=await self.gateway_keys(),
             result=result,
-            rows=[report_cells(s.offset + i + 1, r, self.clocks) for i, r in enumerate(result.records)],
+            rows=[
+                report_cells(s.offset + i + 1, r, self.clocks)
+                for i, r in enumerate(result.records)
+            ],
+            gateways=[r.gateway for r in result.records],
             columns=REPORT_COLUMNS,
             filters=FILTER_LABELS,
             month=month,
@@ -401,7 +452,10 @@ class WebApp:
         w = csv.writer(out, lineterminator="\r\n")
         w.writerow(REPORT_COLUMNS + ("Gateway", "Begin (UTC)", "End (UTC)", "Call ID"))
         for i, r in enumerate(records):
-            w.writerow(report_cells(i + 1, r, self.clocks) + (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id))
+            w.writerow(
+                report_cells(i + 1, r, self.clocks)
+                + (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id)
+            )
         name = f"cdr-report-{s.gateway or 'all'}-{s.day_from}-{s.day_to}-{s.filter}.csv"
         return self._download(request, out.getvalue(), name)
 
@@ -409,7 +463,9 @@ class WebApp:
     async def gateway_events(self, request, key):
         key = parse_gateway(key)
         limit = parse_int(arg(request, "limit"), "limit", 100, 1, 1000)
-        events = await self.store.events(EventQuery(gateway=key, limit=limit, newest_first=True))
+        events = await self.store.events(
+            EventQuery(gateway=key, limit=limit, newest_first=True)
+        )
         state = await self.store.gateway(key)
         content = pages.live_events(
             key=key,
@@ -428,17 +484,33 @@ class WebApp:
             key = parse_gateway(key)
             request.redirect(f"/gateways/{key}/events".encode())
             return b""
-        return self.page(request, "events", "Live events", pages.gateways_index(await self.gateway_keys()))
+        return self.page(
+            request,
+            "events",
+            "Live events",
+            pages.gateways_index(await self.gateway_keys()),
+        )
 
     @app.route("/log", methods=["GET"])
     async def gateway_log(self, request):
-        s = parse_search(request, self.zone, default_day=self.today(), bare_gateway=True)
+        s = parse_search(
+            request, self.zone, default_day=self.today(), bare_gateway=True
+        )
         entries = await self.store.log(
-            LogQuery(gateway=s.gateway, since=s.since, until=s.until, limit=s.limit + 1, offset=s.offset)
+            LogQuery(
+                gateway=s.gateway,
+                since=s.since,
+                until=s.until,
+                limit=s.limit + 1,
+                offset=s.offset,
+            )
         )
         content = pages.gateway_log(
-            search=s, entries=entries[: s.limit], more=len(entries) > s.limit,
-            clocks=self.clocks, keys=await self.gateway_keys(),
+            search=s,
+            entries=entries[: s.limit],
+            more=len(entries) > s.limit,
+            clocks=self.clocks,
+            keys=await self.gateway_keys(),
         )
         return self.page(request, "log", "Gateway log", content)
 
@@ -446,7 +518,13 @@ class WebApp:
     async def cdrs(self, request):
         s = parse_search(request, self.zone, default_day=self.today())
         total, cdrs = await self.store.cdrs(self._cdr_query(s))
-        content = pages.cdrs(search=s, total=total, cdrs=cdrs, clocks=self.clocks, keys=await self.gateway_keys())
+        content = pages.cdrs(
+            search=s,
+            total=total,
+            cdrs=cdrs,
+            clocks=self.clocks,
+            keys=await self.gateway_keys(),
+        )
         return self.page(request, "cdrs", "Billing CDRs", content)
 
     @app.route("/cdrs.csv", methods=["GET"])
@@ -455,7 +533,9 @@ class WebApp:
         lines = []
         offset = 0
         while offset < EXPORT_MAX:
-            total, page = await self.store.cdrs(self._cdr_query(s, limit=EXPORT_CHUNK, offset=offset))
+            total, page = await self.store.cdrs(
+                self._cdr_query(s, limit=EXPORT_CHUNK, offset=offset)
+            )
             lines.extend(c.line for c in page)
             offset += len(page)
             if not page or offset >= total:
@@ -469,7 +549,9 @@ class WebApp:
     def _download(self, request, text: str, name: str) -> bytes:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-        request.setHeader(b"content-disposition", f'attachment; filename="{safe}"'.encode())
+        request.setHeader(
+            b"content-disposition", f'attachment; filename="{safe}"'.encode()
+        )
         request.setHeader(b"cache-control", b"no-store")
         return text.encode("utf-8")
 
@@ -480,8 +562,12 @@ class WebApp:
         while len(records) < cap:
             page = await self.store.calls(
                 CallQuery(
-                    gateway=query.gateway, since=query.since, until=query.until,
-                    filter=query.filter, limit=min(EXPORT_CHUNK, cap - len(records)), offset=offset,
+                    gateway=query.gateway,
+                    since=query.since,
+                    until=query.until,
+                    filter=query.filter,
+                    limit=min(EXPORT_CHUNK, cap - len(records)),
+                    offset=offset,
                 )
             )
             records.extend(page.records)

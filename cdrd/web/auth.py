@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from twisted.logger import Logger
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 from zope.interface import implementer
 
 SCHEME = "scrypt"
@@ -30,7 +30,9 @@ KEY_BYTES = 32
 _MAX_N = 2**20  # refuse absurd work factors from a config file
 
 
-def hash_password(password: str, *, n: int = N, r: int = R, p: int = P, salt: bytes | None = None) -> str:
+def hash_password(
+    password: str, *, n: int = N, r: int = R, p: int = P, salt: bytes | None = None
+) -> str:
     salt = os.urandom(16) if salt is None else salt
     key = _scrypt(password, salt, n, r, p)
     return f"{SCHEME}${n}${r}${p}${salt.hex()}${key.hex()}"
@@ -38,8 +40,13 @@ def hash_password(password: str, *, n: int = N, r: int = R, p: int = P, salt: by
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-        maxmem=256 * 1024 * 1024, dklen=KEY_BYTES,
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=256 * 1024 * 1024,
+        dklen=KEY_BYTES,
     )
 
 
@@ -63,8 +70,13 @@ def verify_password(password: str, stored: str) -> bool:
     except ValueError:
         return False
     candidate = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-        maxmem=256 * 1024 * 1024, dklen=len(key),
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=256 * 1024 * 1024,
+        dklen=len(key),
     )
     return hmac.compare_digest(candidate, key)
 
@@ -104,7 +116,11 @@ class BasicAuthChecker:
             self._ok.move_to_end(digest)
             return user
         try:
-            name, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+            name, sep, password = (
+                base64.b64decode(token.strip(), validate=True)
+                .decode("utf-8")
+                .partition(":")
+            )
         except (ValueError, UnicodeDecodeError):
             return None
         if not sep:
@@ -140,7 +156,10 @@ class BasicAuthResource:
     def render(self, request):
         if self._checker.check(request.getHeader(b"authorization")) is None:
             request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", f'Basic realm="{self._realm}", charset="UTF-8"'.encode())
+            request.setHeader(
+                b"www-authenticate",
+                f'Basic realm="{self._realm}", charset="UTF-8"'.encode(),
+            )
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"authentication required\n"
         return self._wrapped.render(request)
@@ -159,8 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="cdrd-passwd",
         description="Hash a password for cdrd's web users ([web.users] in the config).",
     )
-    parser.add_argument("user", nargs="?", help="user name; the output is a TOML line for [web.users]")
-    parser.add_argument("--stdin", action="store_true", help="read the password from standard input (one line)")
+    parser.add_argument(
+        "user", nargs="?", help="user name; the output is a TOML line for [web.users]"
+    )
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help="read the password from standard input (one line)",
+    )
     args = parser.parse_args(argv)
     if args.stdin:
         password = sys.stdin.readline().rstrip("\r\n")

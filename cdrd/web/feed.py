@@ -112,7 +112,8 @@ class Subscriber:
 
     def _drop(self):
         self.log.warn(
-            "live feed: dropping a slow subscriber ({n} items queued)", n=len(self.queue)
+            "live feed: dropping a slow subscriber ({n} items queued)",
+            n=len(self.queue),
         )
         self.dropped = True
         self.finish()

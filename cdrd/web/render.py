@@ -9,10 +9,30 @@ from datetime import datetime
 from html import escape
 from zoneinfo import ZoneInfo
 
-from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry, hhmmss, rfc3339
+from cdrd.values import (
+    CallEvent,
+    CallRecord,
+    Cdr,
+    GatewayState,
+    LogEntry,
+    hhmmss,
+    rfc3339,
+)
 
 #: the type-specific fields of an event the API always names (null if absent)
-EVENT_FIELDS = ("port", "pport", "digits", "cli", "info", "to", "by", "cause", "cui", "with", "role")
+EVENT_FIELDS = (
+    "port",
+    "pport",
+    "digits",
+    "cli",
+    "info",
+    "to",
+    "by",
+    "cause",
+    "cui",
+    "with",
+    "role",
+)
 _INT_FIELDS = {"port", "pport", "with"}
 #: fields the live page shows in their own columns; the rest go to Info
 _OWN_COLUMNS = {"port", "pport", "digits", "cli", "info"}
@@ -169,8 +189,20 @@ def cdr_json(c: Cdr) -> dict:
 
 
 REPORT_COLUMNS = (
-    "#", "Call-Ref", "Port", "Date", "Notation", "Dialed", "Time", "Begin",
-    "PSTN Dial", "PSTN Time", "Caller ID", "PSTN Caller ID", "End", "Cause",
+    "#",
+    "Call-Ref",
+    "Port",
+    "Date",
+    "Notation",
+    "Dialed",
+    "Time",
+    "Begin",
+    "PSTN Dial",
+    "PSTN Time",
+    "Caller ID",
+    "PSTN Caller ID",
+    "End",
+    "Cause",
 )
 
 

@@ -12,13 +12,21 @@ from tests.web.store import make_store
 class Site:
     """A WebApp over the fixture day, at 13:00 UTC on it, with a StubTreq."""
 
-    def __init__(self, timezone="UTC", users=None, status=None, calls=None, database="memory:"):
+    def __init__(
+        self, timezone="UTC", users=None, status=None, calls=None, database="memory:"
+    ):
         self.store = make_store(database)
         self.clock = task.Clock()
         self.clock.advance(F.t("13:00:00") / 1000)
         self.feed = LiveFeed()
-        self.web = WebApp(F.config(timezone, users), self.store, self.clock, calls=calls,
-                          feed=self.feed, status=status)
+        self.web = WebApp(
+            F.config(timezone, users),
+            self.store,
+            self.clock,
+            calls=calls,
+            feed=self.feed,
+            status=status,
+        )
         self.http = StubTreq(self.web.resource())
 
     async def fill(self):
@@ -49,7 +57,9 @@ class Site:
 
         r, body = await self.get(path)
         assert r.code == code, body
-        assert r.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
+        assert r.headers.getRawHeaders("content-type") == [
+            "application/json; charset=utf-8"
+        ]
         return json.loads(body)
 
 

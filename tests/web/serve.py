@@ -67,8 +67,16 @@ class TestRoot:
         self.seq += 1
         now = int(self.clock.seconds() * 1000)
         fields = {k: v for k, v in args.items() if k not in ("ref", "type")}
-        event = CallEvent(gateway=F.GW, seq=self.seq, ref=int(args["ref"]), type=args["type"],
-                          time=now, received=now, boot="b1", fields=fields)
+        event = CallEvent(
+            gateway=F.GW,
+            seq=self.seq,
+            ref=int(args["ref"]),
+            type=args["type"],
+            time=now,
+            received=now,
+            boot="b1",
+            fields=fields,
+        )
 
         def stored(result):
             self.feed.events_stored(result.events)
@@ -89,7 +97,9 @@ async def serve(reactor, portfile):
     clock = FixtureClock(reactor, F.t("13:00:00") / 1000)
     web = WebApp(F.config(), store, clock, feed=feed)
     site = Site(TestRoot(web.resource(), store, feed, clock))
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        site
+    )
     with open(portfile + ".tmp", "w") as f:
         f.write(str(port.getHost().port))
     os.rename(portfile + ".tmp", portfile)

@@ -7,5 +7,7 @@ from cdrd.store import open_store
 
 def make_store(url: str = "memory:", reactor=None):
     if reactor is None and not url.startswith("memory:"):
-        from twisted.internet import reactor  # tests only: cdrd itself takes it as a parameter
+        from twisted.internet import (
+            reactor,
+        )  # tests only: cdrd itself takes it as a parameter
     return open_store(url, reactor)

@@ -18,19 +18,35 @@ HASH = auth.hash_password("s3cret pass", **FAST)
 
 
 def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {
+        "Authorization": "Basic "
+        + base64.b64encode(f"{user}:{password}".encode()).decode()
+    }
 
 
 def test_hash_format_and_verify():
     h = auth.hash_password("pw")
     scheme, n, r, p, salt, key = h.split("$")
-    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1") and len(salt) == 32 and len(key) == 64
+    assert (
+        (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+        and len(salt) == 32
+        and len(key) == 64
+    )
     assert auth.verify_password("pw", h) and not auth.verify_password("pW", h)
     assert auth.hash_password("pw") != h  # a random salt each time
 
 
-@pytest.mark.parametrize("bad", ["", "plain", "scrypt$16$1$1$zz$00", "scrypt$15$1$1$00$00",
-                                 "bcrypt$16$1$1$00$00", "scrypt$16$1$1$$00"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "plain",
+        "scrypt$16$1$1$zz$00",
+        "scrypt$15$1$1$00$00",
+        "bcrypt$16$1$1$00$00",
+        "scrypt$16$1$1$$00",
+    ],
+)
 def test_malformed_hashes_never_verify(bad):
     assert not auth.verify_password("", bad)
 
@@ -48,15 +64,37 @@ def test_checker_caches_only_successes():
     good = basic("ops", "s3cret pass")["Authorization"].encode()
     assert checker.check(good) == "ops" and checker.check(good) == "ops"
     assert len(checker._ok) == 1
-    for header in (b"", None, b"Bearer x", b"Basic !!!", basic("ops", "nope")["Authorization"].encode(),
-                   basic("root", "s3cret pass")["Authorization"].encode(), b"Basic " + base64.b64encode(b"nocolon")):
+    for header in (
+        b"",
+        None,
+        b"Bearer x",
+        b"Basic !!!",
+        basic("ops", "nope")["Authorization"].encode(),
+        basic("root", "s3cret pass")["Authorization"].encode(),
+        b"Basic " + base64.b64encode(b"nocolon"),
+    ):
         assert checker.check(header) is None
     assert len(checker._ok) == 1
 
 
-ROUTES = ["/", "/report", "/report.csv", "/log", "/cdrs", "/cdrs.csv", f"/gateways/{F.GW}/events",
-          "/api/gateways", "/api/calls", "/api/log", "/api/events", "/api/cdrs", "/api/status",
-          "/static/cdrd.css", "/api/events/stream", "/nothing"]
+ROUTES = [
+    "/",
+    "/report",
+    "/report.csv",
+    "/log",
+    "/cdrs",
+    "/cdrs.csv",
+    f"/gateways/{F.GW}/events",
+    "/api/gateways",
+    "/api/calls",
+    "/api/log",
+    "/api/events",
+    "/api/cdrs",
+    "/api/status",
+    "/static/cdrd.css",
+    "/api/events/stream",
+    "/nothing",
+]
 
 
 @pytest_twisted.ensureDeferred
@@ -65,7 +103,9 @@ async def test_every_route_needs_a_user_when_users_are_configured(make_site):
     for path in ROUTES:
         r, body = await site.get(path)
         assert r.code == 401, path
-        assert r.headers.getRawHeaders("www-authenticate") == ['Basic realm="cdrd", charset="UTF-8"']
+        assert r.headers.getRawHeaders("www-authenticate") == [
+            'Basic realm="cdrd", charset="UTF-8"'
+        ]
         r, _ = await site.get(path, headers=basic("ops", "wrong"))
         assert r.code == 401, path
     for path in ROUTES[:-2]:  # the stream stays open; /nothing is 404

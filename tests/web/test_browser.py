@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +36,18 @@ def server(tmp_path_factory):
     portfile = tmp_path_factory.mktemp("web") / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.web.serve", str(portfile)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         for _ in range(200):  # 20 s at most
             if portfile.exists() or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert portfile.exists(), f"web server did not start: {proc.stderr.read1().decode() if proc.poll() is not None else 'timeout'}"
+        assert portfile.exists(), (
+            f"web server did not start: {proc.stderr.read1().decode() if proc.poll() is not None else 'timeout'}"
+        )
         yield f"http://127.0.0.1:{portfile.read_text()}"
     finally:
         proc.terminate()
@@ -100,14 +109,19 @@ def test_report_search_and_filter(server, page):
     assert page.locator("#total").inner_text() == "7"
     assert page.locator("#filtered").inner_text() == "2"
     assert rows(page, "records").count() == 2
-    assert sorted(rows(page, "records").locator("td:nth-child(2)").all_inner_texts()) == ["76", "77"]
+    assert sorted(
+        rows(page, "records").locator("td:nth-child(2)").all_inner_texts()
+    ) == ["76", "77"]
     shot(page, "report-filtered")
 
     # the calendar marks the days with records and a day is a search
     assert page.locator(".calendar td.has a").all_inner_texts() == ["20", "22"]
     page.click(".calendar td.has a >> text=20")
     page.wait_for_url("**from=2026-11-20**")
-    assert (page.locator("#total").inner_text(), page.locator("#filtered").inner_text()) == ("1", "0")
+    assert (
+        page.locator("#total").inner_text(),
+        page.locator("#filtered").inner_text(),
+    ) == ("1", "0")
     page.click("a[data-filter=all]")
     page.wait_for_url(lambda url: "filter=" not in url)
     assert page.locator("#filtered").inner_text() == "1"
@@ -118,7 +132,10 @@ def test_report_search_and_filter(server, page):
     page.fill("#to", "2026-11-22")
     page.click("#search")
     page.wait_for_url("**to=2026-11-22**")
-    assert (page.locator("#total").inner_text(), page.locator("#filtered").inner_text()) == ("8", "8")
+    assert (
+        page.locator("#total").inner_text(),
+        page.locator("#filtered").inner_text(),
+    ) == ("8", "8")
     # CSV export of the same search
     csv = page.request.get(server + page.locator("#csv").get_attribute("href")).text()
     lines = csv.strip().split("\r\n")
@@ -131,12 +148,16 @@ def test_live_event_appears_without_reload(server, page):
     assert rows(page, "events").count() == len(F.EVENTS)
     page.wait_for_selector("#live.on", timeout=10_000)
     marker = page.evaluate("window.__marker = Math.random()")
-    new_id = page.request.post(f"{server}/_test/event?ref=92&type=DIAL&digits=07700900123").text()
+    new_id = page.request.post(
+        f"{server}/_test/event?ref=92&type=DIAL&digits=07700900123"
+    ).text()
     row = page.locator(f'#events tr[data-id="{new_id}"]')
     row.wait_for(timeout=10_000)
     assert row.locator("td:nth-child(5)").inner_text() == "07700900123"
     assert row.locator("td:nth-child(4)").inner_text() == "DIAL"
-    assert rows(page, "events").first.get_attribute("data-id") == new_id  # newest on top
+    assert (
+        rows(page, "events").first.get_attribute("data-id") == new_id
+    )  # newest on top
     assert page.evaluate("window.__marker") == marker  # no reload happened
     shot(page, "live-events")
 
@@ -167,10 +188,16 @@ def test_dashboard_log_and_cdrs(server, page):
 
 
 def test_readable_on_a_phone(server, browser):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
     page = context.new_page()
     try:
-        for name, path in (("report", "/report"), ("dashboard", "/"), ("live-events", f"/gateways/{F.GW}/events")):
+        for name, path in (
+            ("report", "/report"),
+            ("dashboard", "/"),
+            ("live-events", f"/gateways/{F.GW}/events"),
+        ):
             page.goto(server + path)
             # the page itself does not scroll sideways: wide tables scroll in their box
             width = page.evaluate("document.documentElement.scrollWidth")

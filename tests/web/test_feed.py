@@ -21,15 +21,22 @@ class Sink:
         self.data, self.closed = [], False
 
     def subscriber(self, kinds=frozenset({"event", "log", "call"}), max_queue=3):
-        return Subscriber(self.data.append, self.close, lambda item: f"{item[0]}:{item[1]}".encode(),
-                          kinds=kinds, max_queue=max_queue)
+        return Subscriber(
+            self.data.append,
+            self.close,
+            lambda item: f"{item[0]}:{item[1]}".encode(),
+            kinds=kinds,
+            max_queue=max_queue,
+        )
 
     def close(self):
         self.closed = True
 
 
 def ev(i, gateway=F.GW):
-    return CallEvent(gateway=gateway, seq=i, ref=1, type="DIAL", time=i, received=i, id=i)
+    return CallEvent(
+        gateway=gateway, seq=i, ref=1, type="DIAL", time=i, received=i, id=i
+    )
 
 
 def test_interfaces():
@@ -50,7 +57,12 @@ def test_fan_out_per_gateway_and_to_all():
     feed.committed([CallEnd(F.RECORDS[0])])
     assert [d.split(b":")[0] for d in a.data] == [b"event", b"call"]
     assert len(b.data) == 1 and b.data[0].startswith(b"event:")
-    assert [d.split(b":")[0] for d in every.data] == [b"event", b"event", b"log", b"call"]
+    assert [d.split(b":")[0] for d in every.data] == [
+        b"event",
+        b"event",
+        b"log",
+        b"call",
+    ]
 
 
 def test_kinds_filter():
@@ -118,11 +130,17 @@ class Connection:
         self.channel = WebSite(site.web.resource()).buildProtocol(None)
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
-        self.channel.dataReceived(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        self.channel.dataReceived(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        )
 
     def messages(self):
         raw = self.transport.value().decode()
-        return [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
+        return [
+            json.loads(line[6:])
+            for line in raw.splitlines()
+            if line.startswith("data: ")
+        ]
 
     def close(self):
         self.channel.connectionLost(Failure(ConnectionDone()))
@@ -135,15 +153,38 @@ async def test_sse_replays_after_the_snapshot_then_goes_live(make_site):
     head = c.transport.value()
     assert b"200 OK" in head and b"text/event-stream" in head
     assert [m["id"] for m in c.messages()] == [5, 6]
-    result = await site.store.write(WriteBatch(events=[
-        CallEvent(gateway=F.GW, seq=50, ref=99, type="RING", time=F.t("13:00:00"), received=F.t("13:00:00"),
-                  fields={"port": "2"}),
-        CallEvent(gateway=F.GW2, seq=50, ref=99, type="RING", time=F.t("13:00:00"), received=F.t("13:00:00")),
-    ]))
+    result = await site.store.write(
+        WriteBatch(
+            events=[
+                CallEvent(
+                    gateway=F.GW,
+                    seq=50,
+                    ref=99,
+                    type="RING",
+                    time=F.t("13:00:00"),
+                    received=F.t("13:00:00"),
+                    fields={"port": "2"},
+                ),
+                CallEvent(
+                    gateway=F.GW2,
+                    seq=50,
+                    ref=99,
+                    type="RING",
+                    time=F.t("13:00:00"),
+                    received=F.t("13:00:00"),
+                ),
+            ]
+        )
+    )
     site.feed.events_stored(result.events)
     live = c.messages()[-1]
     assert len(c.messages()) == 3  # the other gateway's event is not sent
-    assert (live["ref"], live["type"], live["port"], live["time"]) == (99, "RING", "2", "2026-11-22 13:00:00.000")
+    assert (live["ref"], live["type"], live["port"], live["time"]) == (
+        99,
+        "RING",
+        "2",
+        "2026-11-22 13:00:00.000",
+    )
     assert f"id: {live['id']}\nevent: event\n" in c.transport.value().decode()
     c.close()
     assert site.feed.subscribers() == []
@@ -152,7 +193,9 @@ async def test_sse_replays_after_the_snapshot_then_goes_live(make_site):
 @pytest_twisted.ensureDeferred
 async def test_sse_last_event_id_wins_and_heartbeats(make_site):
     site = await make_site()
-    c = Connection(site, f"/gateways/{F.GW}/events/stream?after=1", b"Last-Event-ID: 5\r\n")
+    c = Connection(
+        site, f"/gateways/{F.GW}/events/stream?after=1", b"Last-Event-ID: 5\r\n"
+    )
     assert [m["id"] for m in c.messages()] == [6]
     assert site.web._heartbeat is not None
     site.clock.advance(15)
@@ -180,7 +223,9 @@ async def test_sse_bad_gateway_is_400(make_site):
     assert b"400" in c.transport.value().split(b"\r\n")[0]
 
 
-@pytest.mark.parametrize("path", ["/api/events/stream", f"/api/events/stream?gateway={F.GW}"])
+@pytest.mark.parametrize(
+    "path", ["/api/events/stream", f"/api/events/stream?gateway={F.GW}"]
+)
 @pytest_twisted.ensureDeferred
 async def test_api_stream_all_or_one(make_site, path):
     site = await make_site()

@@ -17,28 +17,52 @@ async def test_report_opens_on_today_in_the_zone(make_site):
     site = await make_site(timezone="Asia/Kolkata")
     r, body = await site.get("/report")
     html = text(body)
-    assert r.code == 200 and r.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
+    assert r.code == 200 and r.headers.getRawHeaders("content-type") == [
+        "text/html; charset=utf-8"
+    ]
     assert 'value="2026-11-22"' in html  # 13:00Z is 18:30 on the 22nd there
     assert 'Total Record Count <b id="total">8</b>' in html
     assert 'Filter Record Count <b id="filtered">8</b>' in html
     # Begin of E1 (10:00:00Z) in Kolkata, talk time as HH:MM:SS
     assert "<td>15:30:00</td>" in html and "<td>00:02:00</td>" in html
-    for label in ("All", "Call In", "Call Out", "Only PSTN", "Call Out Failed", "Call In Reject", "Other"):
+    for label in (
+        "All",
+        "Call In",
+        "Call Out",
+        "Only PSTN",
+        "Call Out Failed",
+        "Call In Reject",
+        "Other",
+    ):
         assert f">{label}</a>" in html
-    for column in ("Call-Ref", "Notation", "Dialed", "PSTN Dial", "PSTN Time", "Caller ID", "PSTN Caller ID", "End"):
+    for column in (
+        "Call-Ref",
+        "Notation",
+        "Dialed",
+        "PSTN Dial",
+        "PSTN Time",
+        "Caller ID",
+        "PSTN Caller ID",
+        "End",
+    ):
         assert f"<th>{column}</th>" in html
 
 
 @pytest_twisted.ensureDeferred
 async def test_report_reads_the_api_parameters(make_site):
     site = await make_site()
-    _, body = await site.get(f"/report?gateway={F.GW}&from=2026-11-22&to=2026-11-22&filter=pstn")
+    _, body = await site.get(
+        f"/report?gateway={F.GW}&from=2026-11-22&to=2026-11-22&filter=pstn"
+    )
     html = text(body)
     assert 'Filter Record Count <b id="filtered">1</b>' in html
     assert "02071234567" in html and "00:00:19" in html and "cancelled" in html
     assert f'<option value="{F.GW}" selected>' in html
     # the CSV link is the same search
-    assert f'href="/report.csv?gateway={F.GW}&amp;from=2026-11-22&amp;to=2026-11-22&amp;filter=pstn"' in html
+    assert (
+        f'href="/report.csv?gateway={F.GW}&amp;from=2026-11-22&amp;to=2026-11-22&amp;filter=pstn"'
+        in html
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -49,10 +73,16 @@ async def test_everything_user_controlled_is_escaped(make_site):
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     _, body = await site.get("/log")
-    assert "&lt;b&gt;not a verb&lt;/b&gt;" in text(body) and "<b>not a verb" not in text(body)
+    assert "&lt;b&gt;not a verb&lt;/b&gt;" in text(
+        body
+    ) and "<b>not a verb" not in text(body)
     # a reflected parameter, too
     r, body = await site.get("/cdrs?cui=%22%3E%3Cscript%3Ex%3C/script%3E")
-    assert r.code == 200 and "<script>x" not in text(body) and "&quot;&gt;&lt;script&gt;" in text(body)
+    assert (
+        r.code == 200
+        and "<script>x" not in text(body)
+        and "&quot;&gt;&lt;script&gt;" in text(body)
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -76,13 +106,30 @@ async def test_report_paging(make_site):
 @pytest_twisted.ensureDeferred
 async def test_report_csv_export(make_site):
     site = await make_site()
-    r, body = await site.get(f"/report.csv?gateway={F.GW}&from=2026-11-22&to=2026-11-22&filter=out-failed")
+    r, body = await site.get(
+        f"/report.csv?gateway={F.GW}&from=2026-11-22&to=2026-11-22&filter=out-failed"
+    )
     assert r.headers.getRawHeaders("content-type") == ["text/csv; charset=utf-8"]
     assert "attachment" in r.headers.getRawHeaders("content-disposition")[0]
     rows = list(csv.reader(io.StringIO(text(body))))
     assert rows[0][:5] == ["#", "Call-Ref", "Port", "Date", "Notation"]
     assert [row[1] for row in rows[1:]] == ["76", "77"]
-    assert rows[1][:14] == ["1", "76", "1", "2026-11-22", "Call out failed", "2253", "", "10:05:00", "", "", "", "", "10:05:03", "busy"]
+    assert rows[1][:14] == [
+        "1",
+        "76",
+        "1",
+        "2026-11-22",
+        "Call out failed",
+        "2253",
+        "",
+        "10:05:00",
+        "",
+        "",
+        "",
+        "",
+        "10:05:03",
+        "busy",
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -102,7 +149,9 @@ async def test_cdrs_page_and_csv(make_site):
     html = text(body)
     assert f"<code>{F.E3_CDR.line}</code>" in html and F.E1_CDR.line not in html
     _, body = await site.get("/cdrs.csv")
-    assert text(body) == "".join(c.line + "\r\n" for c in (F.E1_CDR, F.E3_CDR, F.GW2_CDR))
+    assert text(body) == "".join(
+        c.line + "\r\n" for c in (F.E1_CDR, F.E3_CDR, F.GW2_CDR)
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -121,7 +170,9 @@ async def test_live_events_page_snapshot(make_site):
 async def test_gateways_index_redirects_to_the_chosen_gateway(make_site):
     site = await make_site()
     r, _ = await site.get(f"/gateways?key={F.GW}", allow_redirects=False)
-    assert r.code == 302 and r.headers.getRawHeaders("location") == [f"/gateways/{F.GW}/events"]
+    assert r.code == 302 and r.headers.getRawHeaders("location") == [
+        f"/gateways/{F.GW}/events"
+    ]
     _, body = await site.get("/gateways")
     assert f'href="/gateways/{F.GW2}/events"' in text(body)
 
@@ -138,11 +189,16 @@ async def test_log_page_filters(make_site):
 async def test_dashboard(make_site):
     from tests.web.test_api import Calls
 
-    site = await make_site(calls=Calls(), status={"radius": lambda: {"depth": 3, "state": "failing-over"}})
+    site = await make_site(
+        calls=Calls(), status={"radius": lambda: {"depth": 3, "state": "failing-over"}}
+    )
     _, body = await site.get("/")
     html = text(body)
     assert '<b id="online">1</b>' in html and '<b id="open">1</b>' in html
-    assert '<span class="pill on">online</span>' in html and '<span class="pill off">offline</span>' in html
+    assert (
+        '<span class="pill on">online</span>' in html
+        and '<span class="pill off">offline</span>' in html
+    )
     assert "2026-11-22 08:00:00" in html  # last login
     assert "<b>50%</b>" in html  # 3 answered of 6 attempts in the last 24 h
     assert "<svg" in html and "failing-over" in html and "<h3>radius</h3>" in html
