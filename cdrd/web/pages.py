@@ -287,7 +287,10 @@ def live_events(*, key, state, rows, after, live, keys) -> str:
         f'<form class="inline" method="get" action="/gateways" id="switch"><label>Gateway '
         f'<select name="key" id="key">{opts}</select></label> <button type="submit">Show</button></form>'
     )
-    body = "".join(event_tr(r) for r in rows)
+    body = "".join(event_tr(r) for r in rows) or (
+        f'<tr class="empty"><td colspan="{len(EVENT_COLUMNS)}">No events stored yet: '
+        "new ones appear here as the gateway sends them.</td></tr>"
+    )
     stream = f"/gateways/{esc(key)}/events/stream" if live else ""
     status = (
         '<span id="live" class="live connecting" aria-live="polite">connecting…</span>'
@@ -301,7 +304,7 @@ def live_events(*, key, state, rows, after, live, keys) -> str:
   <a class="btn ghost" href="{link("/log", gateway=key)}">Log</a></div>
 <div id="stream" data-url="{stream}" data-after="{int(after)}"></div>
 {_table(EVENT_COLUMNS, body, cls="grid events", tbody_id="events")}
-<p class="muted">Newest first · the latest {len(rows)} stored events, then live.</p>"""
+<p class="muted">Newest first: the latest stored events, then each new one as it is stored.</p>"""
 
 
 def gateways_index(keys) -> str:
