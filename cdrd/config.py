@@ -407,10 +407,23 @@ def _syslog(s: _Section) -> SyslogConfig:
     )
 
 
+#: what ``cdrd-passwd`` prints (cdrd.web.auth): scrypt$n$r$p$salt$key, hex
+WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-9a-f]{2,128}\$[0-9a-f]{2,256}\Z")
+
+
 def _web(s: _Section) -> WebConfig:
     s.unknown({"users", "realm"})
     users = s.table("users")
     out = {}
     for name in users.data:
-        out[name] = users.text(name)
-    return WebConfig(users=out, realm=s.text("realm", "cdrd"))
+        if not name or ":" in name or not name.isprintable():
+            raise ConfigError(users.setting(name), "a user name is printable text without ':'")
+        value = users.text(name)
+        if not WEB_PASSWORD_HASH.match(value):
+            # never echo the value: it may be a password pasted by mistake
+            raise ConfigError(users.setting(name), "not a password hash; make one with cdrd-passwd")
+        out[name] = value
+    realm = s.text("realm", "cdrd", limit=64)
+    if '"' in realm or not realm.isprintable():
+        raise ConfigError(s.setting("realm"), "printable text without '\"'")
+    return WebConfig(users=out, realm=realm)

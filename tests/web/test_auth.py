@@ -138,3 +138,26 @@ def test_cdrd_passwd_refuses_an_empty_password(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert auth.main(["--stdin"]) == 1
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "users, setting",
+    [
+        ({"ops": "hunter2"}, "web.users.ops"),
+        ({"ops": "scrypt$16384$8$1$zz$00"}, "web.users.ops"),
+        ({"a:b": HASH}, "web.users.a:b"),
+        ({"ops": 5}, "web.users.ops"),
+    ],
+)
+def test_config_refuses_what_is_not_a_hash(users, setting):
+    with pytest.raises(C.ConfigError) as e:
+        C.parse({"web": {"users": users}})
+    assert e.value.setting == setting
+    assert "hunter2" not in str(e.value)
+
+
+def test_config_takes_cdrd_passwd_hashes():
+    config = C.parse({"web": {"users": {"ops": HASH}, "realm": "carrier ops"}})
+    assert config.web.users == {"ops": HASH} and config.web.realm == "carrier ops"
+    with pytest.raises(C.ConfigError):
+        C.parse({"web": {"realm": 'a"b'}})
