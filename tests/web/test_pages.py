@@ -139,7 +139,10 @@ async def test_report_csv_pages_through_big_days(make_site, monkeypatch):
     monkeypatch.setattr(app, "EXPORT_CHUNK", 2)
     site = await make_site()
     _, body = await site.get("/report.csv?from=2026-11-20&to=2026-11-22")
-    assert len(text(body).strip().split("\r\n")) == 1 + 9
+    lines = text(body).strip().split("\r\n")
+    assert len(lines) == 1 + 9 and [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(1, 10)]
+    _, body = await site.get("/cdrs.csv")
+    assert text(body).count("\r\n") == 3
 
 
 @pytest_twisted.ensureDeferred
