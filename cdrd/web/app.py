@@ -95,6 +95,7 @@ class WebApp:
         self.clocks = Clocks(self.zone)
         self._heartbeat = None
         self._producers: set[Subscriber] = set()
+        self._rendered: tuple[object, bytes] | None = None
 
     def resource(self):
         """The whole site, behind Basic auth when users are configured."""
@@ -343,7 +344,15 @@ class WebApp:
 
         def fmt(item):
             kind, value = item
-            return fmt_event(value, self.clocks) if kind == "event" else None
+            if kind != "event":
+                return None
+            # the feed hands one event to every subscriber in turn: render it once
+            cached = self._rendered
+            if cached is not None and cached[0] is value:
+                return cached[1]
+            data = fmt_event(value, self.clocks)
+            self._rendered = (value, data)
+            return data
 
         done: Deferred = Deferred(lambda d: sub.finish())
 
