@@ -132,6 +132,8 @@ class GatewayProtocol(Protocol):
         state = None
         if previous in (LOGGED_IN, CLOSING) and self.key is not None:
             state = self.factory.registry.detach(self.key, self, now)
+        if state is not None:
+            self.log.info("gateway {key} from {peer} went offline", key=self.key, peer=self.peer)
         if log or state is not None:
             batch = WriteBatch(log=log, gateways=[state] if state is not None else [])
             self.factory.submit(batch).addErrback(self._store_failed, "disconnect")
@@ -242,6 +244,10 @@ class GatewayProtocol(Protocol):
             self.gw, self.mac = e.gateway, e.mac
             self.send("ERR", code=e.code, reason=e.reason)
             self._log.append(self.entry(S.LOGIN_REJECTED, f"code={e.code} {e.reason}", now))
+            self.log.warn(
+                "login of gateway {gw} from {peer} rejected: {code} ({reason})",
+                gw=e.gateway, peer=self.peer, code=e.code, reason=e.reason,
+            )
             self.close(S.LOGIN_REJECTED)
             return
         self.phase = LOGGING_IN
@@ -298,6 +304,11 @@ class GatewayProtocol(Protocol):
             return
         self.phase = LOGGED_IN
         self.send("OK", session=secrets.token_hex(4), last=str(link.committed))
+        self.log.info(
+            "gateway {key} logged in from {peer} (last={last}, boot={boot}, skew={skew} ms)",
+            key=self.key, peer=self.peer, last=link.committed, boot=link.state.boot,
+            skew=link.state.skew_ms,
+        )
         self._timer.reset(self.factory.config.server.idle_timeout)
         queued, self._queued = self._queued, []
         for line in queued:
