@@ -1,0 +1,122 @@
+"""The IStore contract against SQLiteStore on a file in a temp dir, and its settings."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+import pytest_twisted
+from pytest_twisted import blockon
+from twisted.internet import reactor
+
+from cdrd.interfaces import EventQuery, WriteBatch
+from cdrd.store import open_store
+from cdrd.store.schema import MIGRATIONS, SchemaTooNew
+from cdrd.store.sqlite import SQLiteStore
+from tests.store.contract import DurableStoreContract
+from tests.store.values import event
+
+
+@pytest.fixture
+def path(tmp_path):
+    # open_store creates the parent directories; the SQLiteStore tests below
+    # open the file directly
+    (tmp_path / "deep" / "dir").mkdir(parents=True)
+    return tmp_path / "deep" / "dir" / "cdrd.sqlite"
+
+
+class TestSQLiteStore(DurableStoreContract):
+    @pytest.fixture
+    def store(self, path):
+        store = open_store(f"sqlite:{path}", reactor)
+        assert isinstance(store, SQLiteStore)
+        blockon(store.open())
+        self.opened = [store]
+        yield store
+        for s in self.opened:
+            blockon(s.close())
+
+    @pytest.fixture
+    def reopen(self, store, path):
+        async def reopen():
+            await store.close()
+            again = SQLiteStore(str(path), reactor)
+            await again.open()
+            self.opened.append(again)
+            return again
+        return reopen
+
+    @pytest.fixture
+    def break_store(self):
+        async def disk_full(store):
+            # SQLITE_FULL for real: the file may not grow past its size now
+            def cap(cur):
+                pages = cur.execute("PRAGMA page_count").fetchone()[0]
+                cur.execute(f"PRAGMA max_page_count = {pages}")
+            await store._run(cap, write=False)
+        return disk_full
+
+
+@pytest_twisted.ensureDeferred
+async def test_settings_wal_full_sync_busy_timeout(path):
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        def settings(cur):
+            return (
+                cur.execute("PRAGMA journal_mode").fetchone()[0],
+                cur.execute("PRAGMA synchronous").fetchone()[0],
+                cur.execute("PRAGMA busy_timeout").fetchone()[0],
+                threading.current_thread() is not threading.main_thread(),
+            )
+        assert await store._run(settings, write=False) == ("wal", 2, 10_000, True)
+    finally:
+        await store.close()
+    # the schema is versioned; a second open migrates nothing
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    assert store.schema_version == len(MIGRATIONS)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_newer_schema(path):
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    with pytest.raises(SchemaTooNew):
+        await store.open()
+    assert store._pool is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_process_sees_committed_events_at_once(path):
+    """An ACK means durable: the write has committed when its Deferred fires."""
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        await store.write(WriteBatch(events=[event(1), event(2)]))
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT seq FROM events ORDER BY id").fetchall() == [(1,), (2,)]
+        conn.close()
+        assert len(await store.events(EventQuery())) == 2
+    finally:
+        await store.close()
+
+
+def test_open_store_urls(tmp_path):
+    with pytest.raises(ValueError):
+        open_store("mysql://x", reactor)
+    with pytest.raises(ValueError):
+        open_store("sqlite:", reactor)
+    open_store(f"sqlite:{tmp_path}/a/b/c.sqlite", reactor)
+    assert (tmp_path / "a" / "b").is_dir()
