@@ -1,12 +1,17 @@
 """
-The embedded store: stdlib sqlite3 on ONE dedicated thread with its own
-connection.  WAL, synchronous=FULL (an ACK means the batch is on disk),
-one transaction per write (BEGIN IMMEDIATE ... COMMIT), executemany.
+The embedded store: stdlib sqlite3.  Writes run on ONE dedicated thread
+with its own connection: WAL, synchronous=FULL (an ACK means the batch is
+on disk), one transaction per write (BEGIN IMMEDIATE ... COMMIT),
+executemany.  Queries run on a small pool of reader threads, each with its
+own read-only connection: under WAL they read a committed snapshot beside
+the writer, so a slow report or CSV export never delays the commit an ACK
+is waiting for.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -18,6 +23,7 @@ from cdrd.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 64 * 1024
+READERS = 2
 
 
 class StoreClosed(Exception):
@@ -28,12 +34,20 @@ class StoreClosed(Exception):
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
 
-    def __init__(self, path: str, reactor, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
+    def __init__(
+        self, path: str, reactor, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, readers: int = READERS
+    ):
         self.path = path
         self.reactor = reactor
         self.busy_timeout_ms = busy_timeout_ms
+        # ":memory:" is one connection's private database: no readers beside it
+        self.readers = readers if path != ":memory:" else 0
         self._pool: ThreadPool | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only in the pool's thread
+        self._read_pool: ThreadPool | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only in the writer thread
+        self._local = threading.local()  # a reader thread's connection
+        self._read_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
         self.schema_version: int | None = None
 
     def __repr__(self):
@@ -49,6 +63,9 @@ class SQLiteStore(SqlStore):
 
         def opened(version):
             self.schema_version = version
+            if self.readers:
+                self._read_pool = ThreadPool(1, self.readers, name=f"cdrd-sqlite-read:{self.path}")
+                self._read_pool.start()
             self._logger.info("store {path} open, schema version {version}", path=self.path, version=version)
 
         def failed(f):
@@ -59,16 +76,19 @@ class SQLiteStore(SqlStore):
         d = deferToThreadPool(self.reactor, self._pool, self._connect)
         return d.addCallbacks(opened, failed)
 
+    def _settings(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+
     def _connect(self) -> int:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal" and self.path != ":memory:":
                 raise sqlite3.OperationalError(f"could not switch {self.path} to WAL (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            conn.execute("PRAGMA temp_store = MEMORY")
+            self._settings(conn)
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -85,6 +105,7 @@ class SQLiteStore(SqlStore):
 
     def close(self):
         pool, self._pool = self._pool, None
+        read_pool, self._read_pool = self._read_pool, None
         if pool is None:
             return defer.succeed(None)
 
@@ -93,21 +114,62 @@ class SQLiteStore(SqlStore):
             if conn is not None:
                 conn.close()
 
+        def stop_readers(result):
+            # joins the reader threads once their queued queries ran: do it
+            # in the reactor's thread pool, not on the reactor
+            if read_pool is None:
+                return result
+            get_pool = getattr(self.reactor, "getThreadPool", None)
+            if get_pool is None:
+                read_pool.stop()
+                self._close_readers()
+                return result
+            d = deferToThreadPool(self.reactor, get_pool(), read_pool.stop)
+            d.addCallback(lambda _: self._close_readers())
+            return d.addCallback(lambda _: result)
+
         d = deferToThreadPool(self.reactor, pool, disconnect)
         # the queued work ran before disconnect (one thread, FIFO); now the
         # thread is idle, so stopping the pool does not wait
         d.addBoth(lambda r: (pool.stop(), r)[1])
+        d.addBoth(stop_readers)
         return d
+
+    def _close_readers(self) -> None:
+        with self._lock:
+            conns, self._read_conns = self._read_conns, []
+        for conn in conns:
+            conn.close()
 
     # -- running SQL in the store thread ---------------------------------------
 
     def _run(self, fn, *args, write: bool):
         if self._pool is None:
             return defer.fail(StoreClosed(f"{self!r} is not open"))
-        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write)
+        if write or self._read_pool is None:
+            return deferToThreadPool(
+                self.reactor, self._pool, self._transaction, fn, args, write, self._writer)
+        return deferToThreadPool(
+            self.reactor, self._read_pool, self._transaction, fn, args, False, self._reader)
 
-    def _transaction(self, fn, args, write):
-        conn = self._conn
+    def _writer(self) -> sqlite3.Connection | None:
+        return self._conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False: closed by _close_readers, in another
+            # thread, once this pool has stopped
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._settings(conn)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._read_conns.append(conn)
+        return conn
+
+    def _transaction(self, fn, args, write, connection):
+        conn = connection()
         if conn is None:
             raise StoreClosed(f"{self!r} is not open")
         cur = conn.cursor()

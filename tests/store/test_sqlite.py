@@ -54,7 +54,7 @@ class TestSQLiteStore(DurableStoreContract):
             def cap(cur):
                 pages = cur.execute("PRAGMA page_count").fetchone()[0]
                 cur.execute(f"PRAGMA max_page_count = {pages}")
-            await store._run(cap, write=False)
+            await store._run(cap, write=True)
         return disk_full
 
 
@@ -120,3 +120,26 @@ def test_open_store_urls(tmp_path):
         open_store("sqlite:", reactor)
     open_store(f"sqlite:{tmp_path}/a/b/c.sqlite", reactor)
     assert (tmp_path / "a" / "b").is_dir()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_query_does_not_hold_up_a_write(path):
+    """Queries have reader threads of their own: an ACK never waits for a report."""
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    gate = threading.Event()
+
+    def slow_count(cur):
+        gate.wait(10)
+        return cur.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    try:
+        query = store._run(slow_count, write=False)
+        result = await store.write(WriteBatch(events=[event(1)]))
+        assert [e.seq for e in result.events] == [1]
+        assert not query.called  # the write committed while the query ran
+        gate.set()
+        assert await query == 1  # its snapshot began after the commit
+    finally:
+        gate.set()
+        await store.close()
