@@ -117,7 +117,9 @@ class _Call:
     pstn_dial: list | None = None
     to: str = ""
     connect: int | None = None
-    hangup: int | None = None  # first hang-up after connect
+    hangup: int | None = None  # first hang-up after connect: the record's Time
+    cdr_end: int | None = None  # first hang-up after connect or after the last join: the CDRs' end
+    joined: bool = False  # a TRANSFER joined another call's leg into this one
     pstn_from: int | None = None  # PSTN_CONNECTED, else PSTN_HOOK_OFF
     pstn_connected: bool = False
     pstn_to: int | None = None
@@ -475,6 +477,8 @@ class CallModel:
         elif kind in HANG_UPS:
             if call.connect is not None and call.hangup is None:
                 call.hangup = time
+            if (call.connect is not None or call.joined) and call.cdr_end is None:
+                call.cdr_end = time
             if kind == "PSTN_HOOK_ON" and call.pstn_to is None:
                 call.pstn_to = time
             if kind == "HOOK_ON":
@@ -580,6 +584,11 @@ class CallModel:
             call.outbound = None
         target.stack.extend(call.stack)
         call.stack = []
+        # rule 3: the joined CDRs end at the first hang-up of the target
+        # after the join; one before it (the far end of X leaving while X's
+        # user consulted) ends none of them.  The record keeps its own Time.
+        target.joined = True
+        target.cdr_end = None
         if call.first_id is not None and (
             target.first_id is None or call.first_id < target.first_id
         ):
@@ -666,7 +675,7 @@ class CallModel:
     def _written(self, call: _Call, time: int, cause: str) -> tuple[Cdr, ...]:
         """Rule 6: the sticky inbound CDR first, then the stack bottom first."""
         dialled = call.dialled_number()
-        end = call.hangup if call.hangup is not None else time
+        end = call.cdr_end if call.cdr_end is not None else time
         written = []
         if call.sticky is not None:
             d = call.sticky

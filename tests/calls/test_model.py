@@ -541,3 +541,21 @@ def test_answer_produces_leg_answers_once():
         ("outbound", "442079460201", "202"),
         ("outbound", "ACCT-202", "07700900123"),
     ]
+
+
+def test_hang_up_on_the_joined_call_before_the_transfer_does_not_cut_its_cdrs():
+    # E5 with the far end of call 79 hanging up before the transfer: the
+    # CDRs end at the first hang-up of 79 after the join (rule 3), the
+    # record's Time at the first hang-up after its Connect (record rule)
+    text = E5.replace(
+        "80 10:31:00.500 HOOK_OFF port=2",
+        "79 10:31:05.000 REMOTE_HOOK_ON\n80 10:31:00.500 HOOK_OFF port=2",
+    )
+    _, out = go(text)
+    e = ends(out)
+    assert [c.line for c in e[79].cdrs] == [
+        "2026-11-22T10:30:04.100Z,3.000,595.900,442079460201,202,442079460201",
+        "2026-11-22T10:31:10.000Z,7.000,530.000,ACCT-202,07700900999,442079460202",
+    ]
+    assert e[79].record.talk == t("10:31:05.000") - t("10:30:04.100")
+    assert e[79].record.end == t("10:40:00.000")
