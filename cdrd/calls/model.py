@@ -114,7 +114,8 @@ class _Call:
     rung: bool = False  # RING: a local phone rang
     dialed: list | None = None  # DIAL digits, in order
     digits_before_answer: int = 0  # how many of `dialed` came before the answer
-    pstn_dial: list | None = None
+    pstn_dial: list | None = None  # PSTN_DIAL digits, in order
+    pstn_before_answer: int = 0  # how many of `pstn_dial` came before the answer
     to: str = ""
     connect: int | None = None
     hangup: int | None = None  # first hang-up after connect: the record's Time
@@ -139,8 +140,9 @@ class _Call:
     stack: list = None  # _Draft, bottom first
 
     def dialled_number(self) -> str:
-        if self.pstn_dial:
-            return "".join(self.pstn_dial)
+        # like DIAL, PSTN_DIAL digits after the answer are DTMF, not the number
+        if self.pstn_before_answer:
+            return "".join(self.pstn_dial[: self.pstn_before_answer])
         if self.digits_before_answer:
             return "".join(self.dialed[: self.digits_before_answer])
         return self.to
@@ -462,6 +464,8 @@ class CallModel:
                 if call.pstn_dial is None:
                     call.pstn_dial = []
                 call.pstn_dial.append(digits)
+                if call.connect is None:
+                    call.pstn_before_answer += 1
             self._ensure_inbound(call, time, out)
             if call.outbound is None and call.connect is None:
                 self._start_outbound(call, time, out, digits or "", pport=pport)

@@ -559,3 +559,24 @@ def test_hang_up_on_the_joined_call_before_the_transfer_does_not_cut_its_cdrs():
     ]
     assert e[79].record.talk == t("10:31:05.000") - t("10:30:04.100")
     assert e[79].record.end == t("10:40:00.000")
+
+
+def test_pstn_dial_after_the_answer_is_dtmf_not_the_billed_number():
+    r, cdrs, _, out = one("""
+8 09:00:00.000 HOOK_OFF port=1
+8 09:00:01.000 PSTN_HOOK_OFF pport=2
+8 09:00:01.500 PSTN_DIAL digits=0207 pport=2
+8 09:00:03.000 RING_BACK
+8 09:00:05.000 TALK
+8 09:00:07.000 PSTN_DIAL digits=1 pport=2
+8 09:00:08.000 PSTN_DIAL digits=# pport=2
+8 09:00:15.000 HOOK_ON port=1
+""")
+    assert r.pstn_dial == "0207, 1, #"  # the record joins them all
+    assert cdrs == [
+        "2026-11-22T09:00:05.000Z,2.000,10.000,442079460201,0207,442079460201"
+    ]
+    (outbound,) = [
+        o.leg for o in out if isinstance(o, LegStart) and o.leg.direction == "outbound"
+    ]
+    assert outbound.dialled == "0207"
