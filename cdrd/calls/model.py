@@ -112,6 +112,7 @@ class _Call:
     rejected: bool = False
     pstn: bool = False
     rung: bool = False  # RING: a local phone rang
+    first_ring: int | None = None  # for a CDR created after the call rang
     dialed: list | None = None  # DIAL digits, in order
     digits_before_answer: int = 0  # how many of `dialed` came before the answer
     pstn_dial: list | None = None  # PSTN_DIAL digits, in order
@@ -301,6 +302,31 @@ class CallModel:
         self._phone_cache[key] = (cui, cli)
         return cui, cli
 
+    def _line(self, gateway: str, pport: int | None):
+        """The LineConfig of a PSTN line, or None."""
+        gc = self._gateway_config(gateway)
+        if gc is None or pport is None:
+            return None
+        return gc.lines.get(pport)
+
+    def _late_sticky(self, call: _Call, cui: str, cli: str) -> None:
+        """
+        The caller's CUI (a carrier line's, or a trusted `cui=`) arrived after
+        its inbound leg was made from a later event, without one: the sticky
+        CDR (rule 4) is made now.  The leg's own values stay as started.
+        """
+        if call.caller_cui is not None or call.sticky is not None or call.hook_off:
+            return
+        call.caller_cui = cui
+        if not call.caller_cli:
+            call.caller_cli = cli
+        d = self._new_draft(call, cui, None, cli)
+        d.ring = call.first_ring
+        if call.connect is not None:
+            d.start = call.connect
+            d.ringing = max(0, call.connect - d.ring) if d.ring is not None else 0
+        call.sticky = d
+
     def _divert_cui(self, gateway: str, port: int | None, by: str) -> str:
         gc = self._gateway_config(gateway)
         if port is not None:
@@ -419,16 +445,15 @@ class CallModel:
             if not call.pstn_cli:
                 call.pstn_cli = cli
             if call.inbound is None:
-                gc = self._gateway_config(call.gateway)
-                lc = (
-                    gc.lines.get(pport)
-                    if gc is not None and pport is not None
-                    else None
-                )
+                lc = self._line(call.gateway, pport)
                 cui = lc.cui if lc is not None else None
                 self._start_inbound(call, time, out, pport=pport, cui=cui, cli=cli)
                 if cui:
                     call.sticky = self._new_draft(call, cui, None, cli)
+            else:
+                lc = self._line(call.gateway, pport)
+                if lc is not None and lc.cui:
+                    self._late_sticky(call, lc.cui, cli)
         elif kind == "CALL_IN":
             call.call_in = True
             cli = fields.get("cli", "")
@@ -437,14 +462,16 @@ class CallModel:
             to = fields.get("to", "")
             if not call.to:
                 call.to = to
+            gc = self._gateway_config(call.gateway)
+            cui = fields.get("cui") if gc is not None and gc.trust_cui else None
             if call.inbound is None:
-                gc = self._gateway_config(call.gateway)
-                cui = fields.get("cui") if gc is not None and gc.trust_cui else None
                 self._start_inbound(
                     call, time, out, cui=cui or None, cli=cli, dialled=to
                 )
                 if cui:
                     call.sticky = self._new_draft(call, cui, None, cli)
+            elif cui:
+                self._late_sticky(call, cui, cli)
             if call.outbound is None:
                 self._start_outbound(call, time, out, to, port=port)
         elif kind == "DIAL":
@@ -472,9 +499,18 @@ class CallModel:
         elif kind in RINGS:
             if kind == "RING":
                 call.rung = True
+            if call.first_ring is None:
+                call.first_ring = time
             self._ring(call, time)
         elif kind == "TALK":
             self._ensure_inbound(call, time, out)
+            if call.outbound is None:
+                # answered with no DIAL (a hotline or auto-dial port, or the
+                # DIAL was lost): the callee's leg, so the caller's CDR is
+                # written (rule 1, dialled empty)
+                self._start_outbound(call, time, out, "")
+                if call.stack and call.stack[-1].ring is None:
+                    call.stack[-1].ring = call.first_ring  # it rang before
             if call.connect is None:
                 call.connect = time
             self._answer(call, time, out)

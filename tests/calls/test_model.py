@@ -580,3 +580,51 @@ def test_pstn_dial_after_the_answer_is_dtmf_not_the_billed_number():
         o.leg for o in out if isinstance(o, LegStart) and o.leg.direction == "outbound"
     ]
     assert outbound.dialled == "0207"
+
+
+def test_answered_call_without_dial_writes_the_callers_cdr():
+    # a hotline / auto-dial port, or a call whose DIAL was lost
+    r, cdrs, _, out = one("""
+3 09:00:00.000 HOOK_OFF port=1
+3 09:00:00.500 RING_BACK
+3 09:00:04.000 TALK
+3 09:00:05.000 DIAL digits=9
+3 09:01:04.000 HOOK_ON port=1
+""")
+    assert (r.notation, r.cause, r.dialed, r.talk) == ("Call out", "", "9", 60_000)
+    assert cdrs == ["2026-11-22T09:00:04.000Z,3.500,60.000,442079460201,,442079460201"]
+    starts = [o.leg for o in out if isinstance(o, LegStart)]
+    assert [(s.direction, s.cui, s.dialled) for s in starts] == [
+        ("inbound", "442079460201", ""),
+        ("outbound", "442079460201", ""),
+    ]
+    answers = [o.leg.direction for o in out if isinstance(o, LegAnswer)]
+    assert answers == ["inbound", "outbound"]
+
+
+def test_pstn_call_in_arriving_late_still_makes_the_sticky_cdr():
+    # the inbound leg came from a fallback event (no CUI); the carrier
+    # line's CUI arrives after it
+    _, cdrs, _, _ = one("""
+9 09:00:00.000 DIAL digits=2252
+9 09:00:00.500 PSTN_CALL_IN cli=0201 pport=1
+9 09:00:01.000 RING_BACK
+9 09:00:03.000 TALK
+9 09:00:13.000 HOOK_ON
+""")
+    assert cdrs == ["2026-11-22T09:00:03.000Z,2.000,10.000,CARRIER-ACME,2252,0201"]
+    # after the answer: the sticky CDR takes the call's answer and first ring
+    _, cdrs, _, _ = one("""
+9 09:00:00.000 RING_BACK
+9 09:00:01.000 TALK
+9 09:00:02.000 PSTN_CALL_IN cli=0201 pport=1
+9 09:00:11.000 HOOK_ON
+""")
+    assert cdrs == ["2026-11-22T09:00:01.000Z,1.000,10.000,CARRIER-ACME,,0201"]
+    # never answered: still written, as rule 4 says
+    _, cdrs, _, _ = one("""
+9 09:00:00.000 DIAL digits=2252
+9 09:00:00.500 PSTN_CALL_IN cli=0201 pport=1
+9 09:00:05.000 HOOK_ON
+""")
+    assert cdrs == ["2026-11-22T09:00:00.000Z,0.000,-cancelled,CARRIER-ACME,2252,0201"]
