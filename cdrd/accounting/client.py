@@ -17,6 +17,7 @@ from collections import deque
 from attrs import define, field
 from pyrad.packet import AccountingResponse, AcctPacket, PacketError, StatusServer
 from twisted.internet import defer
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -83,6 +84,8 @@ class ServerState:
     probe_id: int | None = None
     probe: AcctPacket | None = None
     buffer: int = 0
+    send_errors: int = 0
+    failing: bool = False  # the last write raised: log the next success
 
     def take_id(self) -> int | None:
         return self.free.popleft() if self.free else None
@@ -235,8 +238,31 @@ class RadiusClient:
         req.sent_at = self.clock.seconds()
         req.sends += 1
         server.sent += 1
-        server.transport.write(req.raw, (server.host, server.port))
+        # a refused send (no route, firewall, full buffers) is a lost packet:
+        # the retransmission timer runs all the same
+        self._write(server, req.raw)
         req.timer = self.clock.callLater(req.rt, self._timeout, req)
+
+    def _write(self, server: ServerState, data: bytes) -> None:
+        try:
+            server.transport.write(data, (server.host, server.port))
+        except (OSError, MessageLengthError, InvalidAddressError) as e:
+            server.send_errors += 1
+            if not server.failing:
+                server.failing = True
+                self.log.warn(
+                    "sending to RADIUS server {server} failed: {error};"
+                    " retransmitting as if lost",
+                    server=f"{server.host}:{server.port}",
+                    error=str(e),
+                )
+            return
+        if server.failing:
+            server.failing = False
+            self.log.info(
+                "sending to RADIUS server {server} works again",
+                server=f"{server.host}:{server.port}",
+            )
 
     def _timeout(self, req: Request) -> None:
         req.timer = None
@@ -342,7 +368,7 @@ class RadiusClient:
             )
             server.probe, server.probe_id = pkt, ident
             server.inflight[ident] = "probe"
-            server.transport.write(pkt.RequestPacket(), (server.host, server.port))
+            self._write(server, pkt.RequestPacket())
         self._schedule_probe()
 
     # -- visibility -----------------------------------------------------------
@@ -359,6 +385,7 @@ class RadiusClient:
                 "retransmissions": s.retransmissions,
                 "in_flight": s.requests,
                 "socket_buffer": s.buffer,
+                "send_errors": s.send_errors,
             }
             for i, s in enumerate(self.servers)
         ]

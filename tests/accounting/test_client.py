@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pyrad.packet import StatusServer
@@ -175,3 +178,42 @@ def test_socket_buffers_and_stop():
     assert all(p.open for p in r.ports)
     d = c.stop()
     assert d.called and not any(p.open for p in r.ports)
+
+
+class FailingWrites:
+    """A port whose write raises `errno` while `down` (ENETUNREACH, EPERM,
+    ENOBUFS: what sendto gives when the route, the firewall or the buffers
+    refuse), then passes writes on."""
+
+    def __init__(self, port, error):
+        self.port = port
+        self.error = error
+        self.down = True
+        self.write = port.write
+        port.write = self._write
+
+    def _write(self, data, addr):
+        if self.down:
+            raise OSError(self.error, os.strerror(self.error))
+        return self.write(data, addr)
+
+
+@pytest.mark.parametrize("error", [errno.ENETUNREACH, errno.EPERM, errno.ENOBUFS])
+def test_send_error_is_retransmitted_like_a_loss(error):
+    c, r = make_client(window=1)
+    port = r.ports[0]
+    net = FailingWrites(port, error)
+    done = []
+    c.send(payloads(event=0)[0]).addCallback(done.append)
+    c.send(payloads(event=0, count=2)[1]).addCallback(done.append)
+    assert not port.written and c.in_flight == 1 and len(c.queue) == 1
+    r.advance(2.3)  # the first timeout: still down
+    assert not port.written and c.retransmissions == 1
+    net.down = False
+    r.advance(5)  # the next timeout: sent
+    assert len(port.written) == 1
+    answer(port, port.written[-1][0], SECRET.encode(), D)
+    assert done == [None] and c.in_flight == 1  # the window slot went to the next
+    answer(port, port.written[-1][0], SECRET.encode(), D)
+    assert done == [None, None] and c.pending == 0
+    assert c.status()[0]["send_errors"] == 2

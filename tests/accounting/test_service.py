@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 
@@ -240,3 +241,23 @@ def test_stop_service_waits_briefly_and_flushes():
     r.advance(0)
     r.pump([0.1] * 30)
     assert d.called and not store.items
+
+
+def test_send_errors_at_commit_are_retransmitted():
+    """The outbox reader has moved past the items when sendto fails
+    (ENETUNREACH): the client's retransmission still delivers them."""
+    from tests.accounting.test_client import FailingWrites
+
+    svc, store, r = make(interim=0)
+    svc.startService()
+    net = FailingWrites(r.ports[0], errno.ENETUNREACH)
+    commit(svc, store, examples.e4(), r.seconds() * 1000)
+    assert not r.ports[0].written and svc.status()["in_flight"] == 6
+    net.down = False
+    for _ in range(10):
+        r.advance(1)
+        answer_all(r, svc)
+    r.advance(0)
+    assert not store.items
+    st = svc.status()
+    assert st["in_flight"] == 0 and st["servers"][0]["send_errors"] == 6
