@@ -10,7 +10,7 @@ events; `stale_calls` takes `now` as an argument.  Whatever the events,
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import deque
 
 from attrs import define, frozen
 
@@ -58,8 +58,9 @@ KNOWN_TYPES = frozenset(
     }
 )
 
-#: ended calls remembered per gateway so that late events change nothing
-TOMBSTONES_PER_GATEWAY = 100_000
+#: ended calls remembered per gateway so that late events change nothing:
+#: the last ones of each gateway, so a busy gateway evicts none of another's
+TOMBSTONES_PER_GATEWAY = 1024
 
 
 @frozen
@@ -72,6 +73,21 @@ class OpenCall:
     begin: int
     port: int | None
     pport: int | None = None
+
+
+@define(slots=True)
+class _Tombstones:
+    """The ended calls of one gateway that late events must not reopen."""
+
+    recent: deque  # (boot, ref), the last `cap` ended, oldest first
+    members: set  # what `recent` holds
+    kept: set  # (boot, ref) loaded by recovery: never evicted
+
+    def __contains__(self, key) -> bool:
+        return key in self.members or key in self.kept
+
+    def __len__(self) -> int:
+        return len(self.members | self.kept)
 
 
 @define(slots=True)
@@ -162,7 +178,7 @@ class CallModel:
         self.max_divert_depth = config.server.max_divert_depth
         self._tombstone_cap = tombstones_per_gateway
         self._calls: dict[str, dict[tuple[str, int], _Call]] = {}
-        self._ended: dict[str, OrderedDict] = {}
+        self._ended: dict[str, _Tombstones] = {}
         self._heaps: dict[str, list] = {}  # gateway -> [(first_id, boot, ref)], lazy
         self._applied: dict[str, int] = {}  # gateway -> highest event id applied
         self._phone_cache: dict[tuple[str, int | None], tuple[str, str]] = {}
@@ -219,15 +235,30 @@ class CallModel:
 
     # -- input -----------------------------------------------------------
 
-    def mark_ended(self, gateway: str, boot: str, ref: int) -> None:
-        """A tombstone: later events of this call change nothing."""
+    def tombstones(self, gateway: str) -> int:
+        """How many ended calls of `gateway` are remembered."""
+        ended = self._ended.get(gateway)
+        return len(ended) if ended is not None else 0
+
+    def mark_ended(self, gateway: str, boot: str, ref: int, keep: bool = False) -> None:
+        """
+        A tombstone: later events of this call change nothing.  The last
+        `tombstones_per_gateway` of each gateway are remembered; `keep`
+        (recovery) remembers this one for good.
+        """
         ended = self._ended.get(gateway)
         if ended is None:
-            ended = self._ended[gateway] = OrderedDict()
-        ended[(boot, ref)] = None
-        ended.move_to_end((boot, ref))
-        if len(ended) > self._tombstone_cap:
-            ended.popitem(last=False)
+            ended = self._ended[gateway] = _Tombstones(deque(), set(), set())
+        key = (boot, ref)
+        if keep:
+            ended.kept.add(key)
+            return
+        if key in ended.members:
+            return
+        ended.recent.append(key)
+        ended.members.add(key)
+        if len(ended.recent) > self._tombstone_cap:
+            ended.members.discard(ended.recent.popleft())
 
     def apply(self, event: CallEvent) -> list[ModelOutput]:
         gateway = event.gateway

@@ -14,7 +14,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from cdrd.calls.model import CallModel, OpenCall
+from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
 from cdrd.interfaces import ModelCursor, OutboxItem, WriteBatch
 from cdrd.values import STALE, CallEnd, CallEvent
@@ -56,6 +56,7 @@ class CallService(Service):
         sinks=(),
         replay_page: int = REPLAY_PAGE,
         sweep_interval: float = SWEEP_INTERVAL,
+        tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY,
     ):
         self.config = config
         self.store = store
@@ -65,7 +66,7 @@ class CallService(Service):
         self.replay_page = replay_page
         self.sweep_interval = sweep_interval
         self.stale_after_ms = int(config.server.stale_after * 1000)
-        self.model = CallModel(config)
+        self.model = CallModel(config, tombstones_per_gateway)
         self.recovered: defer.Deferred = defer.Deferred()
         self._recovering = False
         self._early: list = []  # committed events seen while recovering
@@ -147,9 +148,11 @@ class CallService(Service):
                 # a call with events in the replayed range ended at most
                 # stale_after before its first one
                 since = min(now, oldest) - self.stale_after_ms
+                # kept whatever the per-gateway bound: the replay goes over
+                # all of them at once, late events of theirs included
                 for boot, ref in await self.store.ended_calls(gateway, since):
                     if (boot, ref) not in transferred:
-                        self.model.mark_ended(gateway, boot, ref)
+                        self.model.mark_ended(gateway, boot, ref, keep=True)
             after = start - 1
             replayed = 0
             while True:

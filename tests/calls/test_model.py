@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdrd.calls.model import CallModel
+from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel
 from cdrd.values import (
     GATEWAY_RESTART,
     STALE,
@@ -518,6 +518,30 @@ def test_tombstones_are_bounded():
     for ref in range(10):
         model.mark_ended(GW, "b1", ref)
     assert [model.is_ended(GW, "b1", r) for r in range(10)] == [False] * 7 + [True] * 3
+
+
+def test_tombstones_per_gateway_a_busy_gateway_evicts_none_of_another():
+    busy = "9000_020000000001"
+    model = CallModel(example_config())
+    run(model, parse_events(E5))  # ends 79 and 80 on the quiet gateway
+    for ref in range(5000):  # thousands of calls end on a busy one
+        run(model, parse_events(f"{ref} 11:00:00.000 REJECT", busy, first_id=ref + 1))
+    assert model.tombstones(busy) == TOMBSTONES_PER_GATEWAY == 1024
+    assert model.tombstones(GW) == 2
+    # the gateway's late HOOK_ON of the consultation call after its TRANSFER
+    late = parse_events("80 10:40:01.000 HOOK_ON port=2", first_id=100)
+    assert run(model, late) == []
+    assert model.open_calls() == []
+
+
+def test_tombstones_kept_by_recovery_are_not_evicted():
+    model = CallModel(example_config(), tombstones_per_gateway=3)
+    model.mark_ended(GW, "b1", 1, keep=True)
+    for ref in range(100, 110):
+        model.mark_ended(GW, "b1", ref)
+    assert model.is_ended(GW, "b1", 1) and model.is_ended(GW, "b1", 109)
+    assert not model.is_ended(GW, "b1", 100)
+    assert model.tombstones(GW) == 4
 
 
 def test_open_calls_for_the_dashboard():

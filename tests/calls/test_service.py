@@ -63,7 +63,7 @@ def pump(clock, limit=1000):
 class Rig:
     """A cdrd as far as calls go: store, writer, service, sink."""
 
-    def __init__(self, store=None, config=None, clock=None):
+    def __init__(self, store=None, config=None, clock=None, **options):
         self.clock = clock or task.Clock()
         if clock is None:
             self.clock.advance(NOW)
@@ -78,6 +78,7 @@ class Rig:
             self.writer,
             self.clock,
             sinks=[self.sink],
+            **options,
         )
         d = self.service.startService()
         pump(self.clock)
@@ -367,3 +368,28 @@ def test_recovery_after_a_long_pause_keeps_late_events_of_old_calls_ignored():
     assert [c.ref for c in again.service.open_calls()] == [1]
     records, _, _ = again.results()
     assert [r.ref for r in records.values()] == [2]
+
+
+def test_recovery_keeps_every_tombstone_it_loads_beyond_the_per_gateway_bound():
+    # call 1 stays open, so the replay starts at its HOOK_OFF and goes over
+    # five calls that ended before the crash, and late events of each
+    # after all five ended: more than the bound of 2
+    text = "1 09:00:00.000 HOOK_OFF port=1\n"
+    for ref in range(2, 7):
+        text += f"{ref} 09:00:0{ref}.000 HOOK_OFF port=2\n"
+        text += f"{ref} 09:00:0{ref}.500 HOOK_ON port=2\n"
+    for ref in range(2, 7):
+        text += f"{ref} 09:00:10.000 REMOTE_HOOK_ON\n"
+    events = unstamped(parse_events(text))
+    rig = Rig()
+    rig.login()
+    rig.send(events)
+    rig.crash()
+    again = Rig(store=rig.store, clock=rig.clock, tombstones_per_gateway=2)
+    assert [c.ref for c in again.service.open_calls()] == [1], "no ghost calls"
+    again.send(
+        unstamped(parse_events("1 09:01:00.000 HOOK_ON port=1", first_seq=17))
+    )
+    records, _, outbox = again.results()
+    assert sorted(r.ref for r in records.values()) == [1, 2, 3, 4, 5, 6]
+    assert len(outbox) == len(set(outbox))
