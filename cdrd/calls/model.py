@@ -325,12 +325,11 @@ class CallModel:
         pc = gc.ports.get(port) if gc is not None and port is not None else None
         fallback = f"{gateway}-{port if port is not None else 'unknown'}"
         if pc is None:
-            cui = fallback
-            cli = cui
-        else:
-            cui = pc.cui or pc.ddi or pc.exten or pc.name or fallback
-            cli = pc.ddi or pc.exten or cui
-        self._phone_cache[key] = (cui, cli)
+            # not cached: a gateway may name any port number
+            return fallback, fallback
+        cui = pc.cui or pc.ddi or pc.exten or pc.name or fallback
+        cli = pc.ddi or pc.exten or cui
+        self._phone_cache[key] = (cui, cli)  # bounded by the configuration
         return cui, cli
 
     def _line(self, gateway: str, pport: int | None):

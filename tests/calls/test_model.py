@@ -652,3 +652,13 @@ def test_pstn_call_in_arriving_late_still_makes_the_sticky_cdr():
 9 09:00:05.000 HOOK_ON
 """)
     assert cdrs == ["2026-11-22T09:00:00.000Z,0.000,-cancelled,CARRIER-ACME,2252,0201"]
+
+
+def test_phone_cache_holds_configured_ports_only():
+    # a hostile gateway naming every port number grows nothing per port
+    model = CallModel(example_config())
+    for n in range(1, 3001):
+        run(model, parse_events(f"{n} 09:00:00.000 HOOK_OFF port={n * 7}", first_id=n))
+    assert model.open_count() == 3000
+    assert len(model._phone_cache) <= 2  # ports 1 and 2 of the example gateway
+    assert model._phone(GW, 7) == (f"{GW}-7", f"{GW}-7")
