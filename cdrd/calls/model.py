@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 
 from cdrd.config import Config, GatewayConfig
 from cdrd.values import (
@@ -57,6 +57,11 @@ KNOWN_TYPES = frozenset(
         "TRANSFER",
     }
 )
+
+#: the times a product may carry: what rfc3339 renders (1970-01-01 to
+#: 9999-12-31); event times outside are clamped (a gateway clock far out)
+MIN_TIME_MS = 0
+MAX_TIME_MS = 253_402_300_799_999
 
 #: ended calls remembered per gateway so that late events change nothing:
 #: the last ones of each gateway, so a busy gateway evicts none of another's
@@ -262,6 +267,11 @@ class CallModel:
 
     def apply(self, event: CallEvent) -> list[ModelOutput]:
         gateway = event.gateway
+        if not MIN_TIME_MS <= event.time <= MAX_TIME_MS:
+            # every product's time must render (CDR line, record, RADIUS)
+            event = evolve(
+                event, time=min(max(event.time, MIN_TIME_MS), MAX_TIME_MS)
+            )
         if event.id is not None:
             last = self._applied.get(gateway)
             if last is not None and event.id <= last:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel
+import pytest
+from attrs import evolve
+
+from cdrd.calls.model import (
+    MAX_TIME_MS,
+    MIN_TIME_MS,
+    TOMBSTONES_PER_GATEWAY,
+    CallModel,
+)
 from cdrd.values import (
     GATEWAY_RESTART,
     STALE,
@@ -13,6 +21,7 @@ from cdrd.values import (
     LegStop,
     call_id,
     cdr_id,
+    rfc3339,
 )
 from tests.calls.helpers import E1, E4, E5, GW, example_config, parse_events, run, t
 
@@ -662,3 +671,26 @@ def test_phone_cache_holds_configured_ports_only():
     assert model.open_count() == 3000
     assert len(model._phone_cache) <= 2  # ports 1 and 2 of the example gateway
     assert model._phone(GW, 7) == (f"{GW}-7", f"{GW}-7")
+
+
+@pytest.mark.parametrize(
+    "when", [253_402_300_800_000, 10**30, -62_135_596_800_001, -(10**30)]
+)
+def test_times_beyond_year_9999_or_before_1970_never_break_a_product(when):
+    # a gateway clock far out (the gateway room bounds times at ingest; the
+    # model must not depend on it): every time it puts in a product renders
+    events = parse_events(E4)
+    events[5] = evolve(events[5], time=when)  # the TALK
+    events[-1] = evolve(events[-1], time=when + 1)  # the HOOK_ON
+    model = CallModel(example_config())
+    out = run(model, events)
+    (end,) = [o for o in out if isinstance(o, CallEnd)]
+    r = end.record
+    for ms in (r.begin, r.connect, r.end):
+        assert MIN_TIME_MS <= ms <= MAX_TIME_MS
+        rfc3339(ms)
+    for c in end.cdrs:
+        assert c.line.count(",") == 5
+    for o in out:
+        if isinstance(o, (LegStart, LegAnswer, LegStop)):
+            rfc3339(o.time)
