@@ -63,6 +63,7 @@ class Request:
     sent_at: float = 0.0
     retransmitted: bool = False
     sends: int = 0
+    answered: bool = False
 
 
 @define(eq=False)
@@ -73,7 +74,15 @@ class ServerState:
     transport: object = None
     listening: object = None
     inflight: dict = field(factory=dict)  # Identifier -> Request | "probe"
+    # Identifiers not in `inflight`: `free` (never used, or answered), least
+    # recently used first; `held`: replaced by a resend, or left by a
+    # failover, whose answer may still come and still proves delivery
     free: deque = field(factory=lambda: deque(range(256)))
+    held: deque = field(factory=deque)
+    # Identifier -> (Request | "probe", packet): the last packet sent with
+    # it, so that an answer is verified with that packet's authenticator;
+    # kept until the Identifier is taken for another packet
+    last_sent: dict = field(factory=dict)
     timeouts: int = 0  # consecutive, reset by any valid answer
     up: bool | None = None  # None: not known yet
     rtt_ms: float | None = None
@@ -87,13 +96,28 @@ class ServerState:
     send_errors: int = 0
     failing: bool = False  # the last write raised: log the next success
 
-    def take_id(self) -> int | None:
-        return self.free.popleft() if self.free else None
+    def has_id(self) -> bool:
+        return bool(self.free or self.held)
 
-    def release(self, ident: int) -> None:
+    def take_id(self) -> int | None:
+        """An Identifier for a new packet: the least recently used free
+        one; one whose old packet may still be answered only when no other
+        is left.  Answers to its old packet stop counting now."""
+        if self.free:
+            ident = self.free.popleft()
+        elif self.held:
+            ident = self.held.popleft()
+        else:
+            return None
+        self.last_sent.pop(ident, None)
+        return ident
+
+    def release(self, ident: int, answered: bool = True) -> None:
+        """`ident` is no longer its request's current one: answered, or
+        (not `answered`) replaced by a resend or a failover."""
         item = self.inflight.pop(ident, None)
         if item is not None:
-            self.free.append(ident)
+            (self.free if answered else self.held).append(ident)
             if isinstance(item, Request):
                 self.requests -= 1
 
@@ -202,7 +226,7 @@ class RadiusClient:
         return int(self.clock.seconds() * 1000)
 
     def _room(self, server: ServerState) -> bool:
-        return server.requests < self.window and bool(server.free)
+        return server.requests < self.window and server.has_id()
 
     def _dispatch(self) -> None:
         if not self._running or not self.servers:
@@ -220,7 +244,8 @@ class RadiusClient:
         delay = max(0, now_ms - req.payload.event) // 1000
         if req.server != index or req.delay != delay or req.ident is None:
             if req.server is not None and req.ident is not None:
-                self.servers[req.server].release(req.ident)
+                # its answer still proves delivery: held, not free
+                self.servers[req.server].release(req.ident, answered=False)
                 req.ident = None
             if not self._room(server):
                 # the new server's window is full: wait in line (at the front)
@@ -233,6 +258,7 @@ class RadiusClient:
             )
             req.ident, req.server = ident, index
             server.inflight[ident] = req
+            server.last_sent[ident] = (req, req.packet)
             server.requests += 1
         req.rt = retransmission_timeout(req.rt, self.irt, self.mrt, self.rng.uniform(-0.1, 0.1))
         req.sent_at = self.clock.seconds()
@@ -299,17 +325,16 @@ class RadiusClient:
 
     def _received(self, index: int, data: bytes) -> None:
         server = self.servers[index]
-        if len(data) < 20:
+        if len(data) < 20 or data[0] != AccountingResponse:
             return
-        req = server.inflight.get(data[1])
-        if req is None:
-            return  # late answer to a request already answered or resent
-        if data[0] != AccountingResponse:
-            return
-        sent = server.probe if req == "probe" else req.packet
+        ident = data[1]
+        sent = server.last_sent.get(ident)
+        if sent is None:
+            return  # an Identifier reused since, or never ours
+        req, packet = sent
         try:
-            reply = sent.CreateReply(packet=data)
-            valid = sent.VerifyReply(reply, data)
+            reply = packet.CreateReply(packet=data)
+            valid = packet.VerifyReply(reply, data)
         except (PacketError, KeyError, IndexError, ValueError):
             valid = False
         if not valid:
@@ -323,10 +348,15 @@ class RadiusClient:
             server.up = True
         server.answered += 1
         if req == "probe":
-            server.release(data[1])
-            server.probe = None
-            server.probe_id = None
-        else:
+            if server.probe_id == ident:
+                server.release(ident)
+                server.probe = None
+                server.probe_id = None
+        elif not req.answered:
+            # the answer to its current packet, or to an earlier one (a
+            # resend with a new Acct-Delay-Time, or sent before a
+            # failover): either proves delivery
+            req.answered = True
             if req.timer is not None and req.timer.active():
                 req.timer.cancel()
             req.timer = None
@@ -336,7 +366,10 @@ class RadiusClient:
                     sample if server.rtt_ms is None
                     else (1 - RTT_ALPHA) * server.rtt_ms + RTT_ALPHA * sample
                 )
-            server.release(data[1])
+            if req.ident is not None:
+                self.servers[req.server].release(req.ident)
+            else:  # between two servers, waiting at the front for room
+                self.queue.remove(req)
             req.deferred.callback(None)
         if index < self.active:
             self.log.info(
@@ -359,7 +392,8 @@ class RadiusClient:
             return
         for server in self.servers[: self.active]:
             if server.probe_id is not None:
-                server.release(server.probe_id)
+                server.release(server.probe_id, answered=False)
+                server.probe_id = None
             ident = server.take_id()
             if ident is None:
                 continue
@@ -368,6 +402,7 @@ class RadiusClient:
             )
             server.probe, server.probe_id = pkt, ident
             server.inflight[ident] = "probe"
+            server.last_sent[ident] = ("probe", pkt)
             self._write(server, pkt.RequestPacket())
         self._schedule_probe()
 

@@ -99,14 +99,77 @@ def test_changed_delay_is_a_new_identifier_and_authenticator():
     assert first["Acct-Delay-Time"] == [0] and second["Acct-Delay-Time"] == [2]
     assert first.id != second.id
     assert port.written[0][0][4:20] != port.written[1][0][4:20]
-    # the answer to the old Identifier is no longer accepted ...
     done = []
-    answer(port, port.written[0][0], SECRET.encode(), D)
-    assert c.in_flight == 1
-    # ... the one to the new is
     c.servers[0].inflight[second.id].deferred.addCallback(done.append)
     answer(port, port.written[1][0], SECRET.encode(), D)
     assert done == [None] and c.in_flight == 0
+
+
+def test_answer_to_an_earlier_identifier_proves_delivery():
+    """The server answered the first packet late, after the resend with a
+    new Acct-Delay-Time: that answer (verified with the first packet's own
+    authenticator) completes the request; the answer to the resend is then
+    a duplicate, ignored."""
+    c, r = make_client()
+    r.advance(1000)
+    done = []
+    c.send(payloads(event=1000_000)[0]).addCallback(done.append)
+    port = r.ports[0]
+    r.advance(2.3)
+    (old, _), (new, _) = port.written
+    assert old[1] != new[1]
+    # forged with the resend's authenticator under the old Identifier: refused
+    forged = bytearray(old)
+    forged[4:20] = new[4:20]
+    answer(port, bytes(forged), SECRET.encode(), D)
+    assert done == [] and c.in_flight == 1
+    answer(port, old, SECRET.encode(), D)
+    assert done == [None] and c.in_flight == 0 and c.pending == 0
+    answer(port, new, SECRET.encode(), D)
+    assert done == [None]
+    assert not [t for t in r.getDelayedCalls() if t.active()]
+    s = c.status()[0]
+    assert s["answered"] == 2 and s["rtt_ms"] is None  # Karn: no sample
+
+
+def test_identifier_of_a_replaced_packet_is_reused_last():
+    """Until no other Identifier is left, a replaced packet's Identifier is
+    not reused, so its late answer still counts."""
+    c, r = make_client(window=255)
+    r.advance(1000)
+    done = []
+    c.send(payloads(event=1000_000)[0]).addCallback(done.append)
+    port = r.ports[0]
+    r.advance(2.3)  # resent with a new Identifier
+    old = port.written[0][0]
+    # 253 more in flight, one of them answered: they take every other
+    # Identifier first, the answered one included
+    for p in payloads(event=1000_000, count=253):
+        c.send(p)
+    answer(port, port.written[2][0], SECRET.encode(), D)
+    for p in payloads(event=1000_000, count=2):
+        c.send(p)
+    ids = [w[0][1] for w in port.written[2:]]
+    assert old[1] not in ids and len(set(ids)) == 255 - 1
+    assert c.in_flight == 255
+    # the next resend finds no other: the old Identifier is reused, and the
+    # old packet's answer no longer matches (verified against the new one)
+    r.advance(2.5)
+    assert port.written[257][0][1] == old[1]
+    answer(port, old, SECRET.encode(), D)
+    assert done == [] and c.in_flight == 255
+
+
+def test_answer_from_the_server_failed_over_from_counts():
+    c, r = make_client(n=2, failover_after=1)
+    done = []
+    c.send(payloads(event=0)[0]).addCallback(done.append)
+    first, second = r.ports
+    r.advance(2.3)  # fail over: resent to the second
+    assert c.active == 1 and len(second.written) == 1
+    answer(first, first.written[-1][0], SECRET.encode(), D)
+    assert done == [None] and c.pending == 0
+    assert c.status()[0]["state"] == "up"
 
 
 def test_retries_until_answered_doubling_to_the_cap():
