@@ -82,6 +82,19 @@ def _seq_hint(line: bytes) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def seq_hint(line: bytes, limit: int = MAX_LINE) -> int | None:
+    """
+    The ``seq=`` of a raw line that may be broken or too long, for the
+    ``ERR`` that answers it: only its first `limit` bytes are read (a field
+    the cut splits is not), and a seq of 0 is none.
+    """
+    if len(line) > limit:
+        cut = line[:limit]
+        line = cut[: cut.rfind(b" ") + 1]
+    seq = _seq_hint(line)
+    return seq or None
+
+
 def _bad(reason: str, line: bytes) -> BadPacket:
     return BadPacket(reason, _seq_hint(line))
 

@@ -45,6 +45,13 @@ PRINTABLE = re.compile(r"[\x20-\x7e]{1,64}\Z")
 TYPE = re.compile(r"[A-Z][A-Z_]*\Z")
 BOOT = re.compile(r"[0-9A-Za-z_.:-]{1,64}\Z")
 
+#: The range a corrected event time (`t + skew`) must fall in, ms UTC:
+#: 1970-01-01T00:00:00.000Z .. 2106-02-07T06:28:15.999Z.  The narrowest
+#: representation downstream is RADIUS Event-Timestamp (RFC 2869: unsigned
+#: 32-bit seconds since 1970); a time outside it is a malformed `t`.
+EARLIEST_EVENT_TIME = 0
+LATEST_EVENT_TIME = 2**32 * 1000 - 1
+
 #: The type-specific fields of gateway-protocol.md and how each is checked.
 _NUMBER = "number"  # a positive decimal integer
 _TEXT = "text"  # 1..64 bytes of printable ASCII
@@ -76,6 +83,29 @@ _REQUIRED: Mapping[str, tuple[str, ...]] = {
     "DIVERT": ("to", "by"),
     "TRANSFER": ("with",),
 }
+
+
+def visible(text: str) -> str:
+    """
+    `text` with every non-printable character (C0/C1 controls, DEL, format
+    and separator characters such as NUL or U+202E) written as a visible
+    ``\\xNN`` / ``\\uNNNN`` escape: what a client sent may reach the store,
+    a web page and the operator's log, and must be safe in all of them
+    (PostgreSQL refuses NUL in text).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def log_entry(time: int, event: str, peer: str, gateway: str, mac: str, detail: str) -> LogEntry:
+    """A gateway log entry whose texts are safe to store and show (see `visible`)."""
+    return LogEntry(
+        time=time, event=event, peer=visible(peer), gateway=visible(gateway),
+        mac=visible(mac), detail=visible(detail),
+    )
 
 
 def _decimal(value: str, digits: int) -> bool:
@@ -134,7 +164,7 @@ def check_login(msg: Message, nonce: str, config: Config) -> LoginRequest:
     if f.get("proto") is None:
         raise LoginRefused("bad", "missing proto", shown_gw)
     if f["proto"] != "1":
-        raise LoginRefused("proto", f"unsupported protocol {f['proto'][:16]}", shown_gw)
+        raise LoginRefused("proto", f"unsupported protocol {visible(f['proto'][:16])}", shown_gw)
     if not GATEWAY_ID.match(gw):
         raise LoginRefused("bad", "gw must be 1-32 of [0-9A-Za-z_-]")
     if not MAC.match(mac):
@@ -163,7 +193,8 @@ def check_login(msg: Message, nonce: str, config: Config) -> LoginRequest:
         if auth is None:
             raise LoginRefused("auth", "missing auth", gw, mac)
         expected = login_auth(gateway.secret, nonce, before)
-        if not hmac.compare_digest(expected, auth.lower()):
+        # bytes: compare_digest refuses str with non-ASCII characters
+        if not hmac.compare_digest(expected.encode("ascii"), auth.lower().encode("utf-8")):
             raise LoginRefused("auth", "wrong auth", gw, mac)
     return LoginRequest(
         gw=gw,
@@ -196,24 +227,34 @@ def decide_login(
     peer: str,
     tolerance_ms: int,
     relogin: bool,
+    *,
+    received: int | None = None,
+    heard: int | None = None,
 ) -> LoginOutcome:
     """
     The effects of an accepted LOGIN: skew, boot epoch, reboot detection
     (gateway-protocol.md, session rule 10) and the log entries.
 
-    `open_refs` are the call refs still open for the gateway's current boot;
-    `relogin` says an older connection of the gateway is still open.
+    `stored` is what is known of the gateway (the store's row, or this
+    node's live state of it); `open_refs` are the call refs still open for
+    its current boot; `relogin` says an older connection of the gateway is
+    still open.  `received` is when the LOGIN arrived (the skew is measured
+    there, not after the store lookups; default `now`); `heard` is when this
+    node last heard from the gateway (PINGs are kept in memory only): the
+    old boot's calls end at the latest of it and the stored last-heard.
     """
-    skew = clock_skew(now, req.clock, tolerance_ms)
+    skew = clock_skew(now if received is None else received, req.clock, tolerance_ms)
     log: list[LogEntry] = []
 
     def entry(event, detail):
-        log.append(LogEntry(time=now, event=event, peer=peer, gateway=req.gw, mac=req.mac, detail=detail))
+        log.append(log_entry(now, event, peer, req.gw, req.mac, detail))
 
     if relogin:
         entry(RE_LOGIN, f"Gateway[{req.gw}] MAC[{req.mac}] From [{peer}] Re-Login!")
     entry(LOGIN, login_detail(req, peer))
 
+    heard_times = [t for t in (heard, stored.last_heard if stored else None) if t is not None]
+    last_heard = max(heard_times) if heard_times else None
     restart = None
     if stored is None:
         boot = req.boot_token or "r0"
@@ -228,13 +269,12 @@ def decide_login(
         elif open_refs and req.callref < max(open_refs):
             rebooted, why = True, f"callref {req.callref} below open call ref {max(open_refs)}"
         if rebooted:
-            last_heard = stored.last_heard if stored.last_heard is not None else now
             restart = CallEvent(
                 gateway=req.key,
                 seq=None,
                 ref=0,
                 type=GATEWAY_RESTART,
-                time=last_heard,
+                time=last_heard if last_heard is not None else now,
                 received=now,
                 boot=stored.boot,
                 fields={"detail": why},
@@ -255,7 +295,9 @@ def decide_login(
         peer=peer,
         login=now,
         skew_ms=skew,
-        last_heard=now,
+        # never back: an event stamped ahead of the server's clock (within
+        # the clock tolerance) has been heard "at" its own time
+        last_heard=now if last_heard is None or restart is not None else max(now, last_heard),
         online=True,
     )
     return LoginOutcome(state=state, restart=restart, log=tuple(log))
@@ -316,9 +358,14 @@ def parse_event(
     time = now
     if "t" in f:
         try:
-            time = parse_gateway_time(f["t"]) + skew
+            corrected = parse_gateway_time(f["t"]) + skew
         except ValueError:
             problems.append("t is not YYYY-MM-DDTHH:MM:SS[.mmm]")
+        else:
+            if EARLIEST_EVENT_TIME <= corrected <= LATEST_EVENT_TIME:
+                time = corrected
+            else:
+                problems.append("t corrected by the login's clock skew is outside 1970..2106")
     fields = {}
     for key, kind in _FIELDS.items():
         value = f.get(key)

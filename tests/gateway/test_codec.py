@@ -223,3 +223,22 @@ def test_gateway_time_matches_the_reference(text):
             parse_gateway_time(text)
     else:
         assert parse_gateway_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    "line, seq",
+    [
+        (b"EV seq=7 ref=1 type=X", 7),
+        (b"EVENT seq=12 x", 12),
+        (b"EV seq=0 ref=1", None),
+        (b"EV seq=7x ref=1", None),
+        (b"EV seq=8 ref=1 type=DIAL digits=" + b"1" * 2000, 8),
+        # the seq field is cut by the 1024-byte limit: not read
+        (b"EV digits=" + b"1" * 1008 + b" seq=123456", None),
+        (b"EV digits=" + b"1" * 2000 + b" seq=9", None),
+    ],
+)
+def test_seq_hint_reads_the_prefix_only(line, seq):
+    from cdrd.gateway.codec import seq_hint
+
+    assert seq_hint(line) == seq

@@ -195,3 +195,77 @@ def test_bad_packet_meter():
     assert meter.record(NOW + 59_000)  # the 10th within 60 s
     spaced = S.BadPacketMeter()
     assert not any(spaced.record(NOW + i * 7000) for i in range(30))
+
+
+class TestAuditFixes:
+    """Items of the gateway audit: each failed before its fix."""
+
+    def test_non_ascii_auth_is_a_wrong_auth_not_a_crash(self):
+        with pytest.raises(S.LoginRefused) as e:
+            S.check_login(msg(LOGIN + " auth=\u00e9\u00e9"), NONCE, cfg())
+        assert (e.value.code, e.value.reason) == ("auth", "wrong auth")
+
+    def test_unsupported_proto_reason_has_no_control_bytes(self):
+        with pytest.raises(S.LoginRefused) as e:
+            S.check_login(msg(LOGIN.replace("proto=1", "proto=%00%1B%E2%80%AE")), NONCE, cfg())
+        assert e.value.code == "proto"
+        assert e.value.reason == "unsupported protocol \\x00\\x1b\\u202e"
+
+    @pytest.mark.parametrize(
+        "text, shown",
+        [
+            ("plain text, é and 中", "plain text, é and 中"),
+            ("nul\x00here", "nul\\x00here"),
+            ("line\nbreak\r", "line\\nbreak\\r"),
+            ("del\x7f c1\x85 bidi\u202e", "del\\x7f c1\\x85 bidi\\u202e"),
+        ],
+    )
+    def test_visible_escapes_what_cannot_be_shown(self, text, shown):
+        assert S.visible(text) == shown
+
+    def test_log_entry_texts_are_made_visible(self):
+        e = S.log_entry(NOW, S.BAD_PACKET, "1.2.3.4:5", "gw\x00", "", "a\x00b")
+        assert (e.gateway, e.detail) == ("gw\\x00", "a\\x00b")
+
+    def test_skew_is_measured_when_the_login_arrived(self):
+        # the store lookups took 10 s: the gateway's clock was right when it sent LOGIN
+        out = S.decide_login(request(clock=NOW), None, set(), NOW + 10_000, "p", 5000, False,
+                             received=NOW)
+        assert out.state.skew_ms == 0
+        assert out.state.login == NOW + 10_000
+
+    def test_restart_ends_calls_at_the_latest_heard(self):
+        # PINGs kept in memory are newer than the stored last-heard
+        out = S.decide_login(request(callref=3), stored(), {75}, NOW, "p", 5000, False,
+                             heard=NOW - 1000)
+        assert out.restart.time == NOW - 1000
+        older = S.decide_login(request(callref=3), stored(), {75}, NOW, "p", 5000, False,
+                               heard=NOW - 9000)
+        assert older.restart.time == NOW - 5000  # the stored one is later
+
+    def test_last_heard_never_moves_back_at_login(self):
+        # an event stamped 3 s ahead (clock within tolerance) was heard "then"
+        out = S.decide_login(request(), stored(last_heard=NOW + 3000), set(), NOW, "p", 5000, False)
+        assert out.state.last_heard == NOW + 3000
+
+
+class TestEventTimeRange:
+    def ev(self, text, skew=0):
+        return S.parse_event(msg(text), "8200_000C2A020082", "r0", skew, NOW)
+
+    def test_corrected_time_beyond_the_range_is_a_bad_t(self):
+        skew = NOW - 946801058000  # a gateway clock 26 years behind
+        p = self.ev("EV seq=7 ref=1 type=TALK t=9999-12-31T23:59:59.999", skew=skew)
+        assert p.event.time == NOW  # the receive time
+        assert p.seq == 7 and any("outside" in x for x in p.problems)
+
+    def test_corrected_time_before_1970_is_a_bad_t(self):
+        p = self.ev("EV seq=7 ref=1 type=TALK t=1969-12-31T23:59:59.999")
+        assert p.event.time == NOW and p.problems
+
+    def test_edges_of_the_range_are_kept(self):
+        assert self.ev("EV seq=7 ref=1 type=TALK t=1970-01-01T00:00:00").event.time == 0
+        last = self.ev("EV seq=7 ref=1 type=TALK t=2106-02-07T06:28:15.999")
+        assert last.event.time == S.LATEST_EVENT_TIME and not last.problems
+        past = self.ev("EV seq=7 ref=1 type=TALK t=2106-02-07T06:28:16.000")
+        assert past.event.time == NOW and past.problems
