@@ -1,6 +1,14 @@
 """
 Group commit: every WriteBatch submitted in one reactor turn, and all that
 arrive while a transaction is in flight, go to the store in ONE write.
+
+When that write fails, one bad submission must not fail everybody's (a row
+the database refuses, e.g. a NUL in a text column for PostgreSQL): the
+submissions are written again one by one, in order, so that only the bad
+one fails.  A gateway's events must be stored in seq order, so once a
+submission carrying a gateway's events has failed, its later submissions
+queued behind it fail too without being tried (the gateway resends them
+all after its next login, from the last seq stored in order).
 """
 
 from __future__ import annotations
@@ -11,12 +19,33 @@ from attrs import fields
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cdrd.interfaces import WriteBatch, WriteResult
 
 Listener = Callable[[WriteBatch, WriteResult], object]
 
 _FIELDS = [f.name for f in fields(WriteBatch)]
+
+#: DB-API error classes (and cdrd's StoreClosed) that say the store itself
+#: is unavailable (lost connection, full disk, read-only failover), not
+#: that one batch is bad: writing the others one by one would fail alike.
+_UNAVAILABLE = frozenset({"OperationalError", "InternalError", "StoreClosed"})
+
+
+class EarlierWriteFailed(Exception):
+    """Not tried: an earlier submission with events of the same gateway failed."""
+
+
+def _gateways(batch: WriteBatch) -> set[str]:
+    """The gateways whose own (seq-numbered) events the batch carries."""
+    return {e.gateway for e in batch.events if e.seq is not None}
+
+
+def store_unavailable(failure: Failure) -> bool:
+    if failure.check(OSError) is not None:
+        return True
+    return any(c.__name__ in _UNAVAILABLE for c in failure.type.__mro__)
 
 
 def merge_batches(batches) -> WriteBatch:
@@ -113,27 +142,90 @@ class BatchWriter(Service):
         d.addErrback(lambda f: self.log.failure("BatchWriter bookkeeping failed", f))
 
     def _committed(self, result, batch, queue) -> None:
-        self.transactions += 1
         self._done()
+        self._tell(batch, result)
+        for _, d in queue:
+            d.callback(result)
+        self._next()
+
+    def _tell(self, batch, result) -> None:
+        self.transactions += 1
         for fn in list(self._listeners):
             try:
                 fn(batch, result)
             except Exception:
                 self.log.failure("commit listener {listener!r} failed", listener=fn)
-        for _, d in queue:
-            d.callback(result)
-        self._next()
 
     def _failed(self, failure, batch, queue) -> None:
+        self._report(failure, batch, len(queue))
+        if len(queue) == 1:
+            self._done()
+            queue[0][1].errback(failure)
+            self._after_failure(_gateways(queue[0][0]))
+            return
+        d = defer.ensureDeferred(self._one_by_one(queue))
+        d.addCallback(self._after_failure)
+        d.addErrback(lambda f: self.log.failure("BatchWriter bookkeeping failed", f))
+
+    async def _one_by_one(self, queue) -> set[str]:
+        """
+        Write the submissions of a failed transaction again, each alone and
+        in order; returns the gateways whose events failed.
+        """
+        failed: set[str] = set()
+        unavailable: Failure | None = None
+        for batch, d in queue:
+            gateways = _gateways(batch)
+            if unavailable is not None or gateways & failed:
+                failed |= gateways
+                self._inflight_events -= len(batch.events)
+                d.errback(unavailable or Failure(EarlierWriteFailed(
+                    f"an earlier write of gateway {', '.join(sorted(gateways & failed))} failed")))
+                continue
+            try:
+                result = await defer.maybeDeferred(self.store.write, batch)
+            except Exception:
+                f = Failure()
+                self._report(f, batch, 1)
+                failed |= gateways
+                if store_unavailable(f):
+                    unavailable = f  # the store is down: the rest would fail alike
+                self._inflight_events -= len(batch.events)
+                d.errback(f)
+            else:
+                self._inflight_events -= len(batch.events)
+                self._tell(batch, result)
+                d.callback(result)
         self._done()
-        self.log.error(
-            "store write of {events} events, {records} records, {cdrs} CDRs failed: {error}",
-            events=len(batch.events), records=len(batch.records), cdrs=len(batch.cdrs),
-            error=failure.getErrorMessage(),
-        )
-        for _, d in queue:
-            d.errback(failure)
+        return failed
+
+    def _after_failure(self, failed: set[str]) -> None:
+        """Fail the queued submissions with events of the gateways that failed."""
+        if failed:
+            queue, self._queue = self._queue, []
+            keep = []
+            for batch, d in queue:
+                gateways = _gateways(batch)
+                if gateways & failed:
+                    failed |= gateways
+                    self._queued_events -= len(batch.events)
+                    d.errback(EarlierWriteFailed(
+                        f"an earlier write of gateway {', '.join(sorted(gateways & failed))} failed"))
+                else:
+                    keep.append((batch, d))
+            # what the errbacks submitted comes after
+            self._queue = keep + self._queue
         self._next()
+
+    def _report(self, failure, batch, submissions: int) -> None:
+        self.log.error(
+            "store write of {events} events, {log} log entries, {records} records, {cdrs} CDRs"
+            " ({submissions} submissions) failed: {error}{then}",
+            events=len(batch.events), log=len(batch.log), records=len(batch.records),
+            cdrs=len(batch.cdrs), submissions=submissions,
+            error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
+            then="; writing them one by one" if submissions > 1 else "",
+        )
 
     def _done(self) -> None:
         self._inflight = False

@@ -1,0 +1,142 @@
+"""
+The BatchWriter (cdrd/store/writer.py) when a transaction fails: one bad
+submission fails alone, and a gateway's later submissions never commit
+after one of its own failed.  Against a scripted store and a task.Clock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from cdrd.interfaces import WriteBatch
+from cdrd.store.memory import MemoryStore
+from cdrd.store.writer import BatchWriter, EarlierWriteFailed
+from cdrd.values import CallEvent, LogEntry
+
+
+def ev(gateway: str, seq: int | None) -> CallEvent:
+    return CallEvent(gateway=gateway, seq=seq, ref=1, type="HOOK_OFF", time=1, received=1, boot="r0")
+
+
+def batch(gateway: str, *seqs: int, poison: bool = False) -> WriteBatch:
+    log = [LogEntry(time=1, event="Bad Packet", peer="p", detail="POISON" if poison else "ok")]
+    return WriteBatch(events=[ev(gateway, s) for s in seqs], log=log)
+
+
+class ScriptedStore(MemoryStore):
+    """
+    Refuses a transaction holding a POISON log entry; `down` refuses all;
+    `hold` makes writes wait (in `held`) until the test fires them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[WriteBatch] = []
+        self.down = False
+        self.hold = False
+        self.held: list[defer.Deferred] = []
+
+    def write(self, batch):
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append(d)
+            return d.addCallback(lambda _: self._now(batch))
+        return self._now(batch)
+
+    def _now(self, batch):
+        self.writes.append(batch)
+        if self.down:
+            return defer.fail(sqlite3.OperationalError("database or disk is full"))
+        if any(e.detail == "POISON" for e in batch.log):
+            return defer.fail(ValueError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+        return super().write(batch)
+
+
+class Rig:
+    def __init__(self):
+        self.clock = Clock()
+        self.store = ScriptedStore()
+        self.writer = BatchWriter(self.store, self.clock)
+        self.writer.startService()
+        self.committed: list[list[int | None]] = []
+        self.writer.add_listener(lambda b, r: self.committed.append([e.seq for e in r.events]))
+        self.outcomes: dict[str, object] = {}
+
+    def submit(self, name: str, b: WriteBatch) -> defer.Deferred:
+        d = self.writer.submit(b)
+        d.addCallbacks(lambda r: self.outcomes.__setitem__(name, "ok"),
+                       lambda f: self.outcomes.__setitem__(name, f.type))
+        return d
+
+    def settle(self):
+        for _ in range(10):
+            self.clock.advance(0)
+
+
+def test_a_poison_submission_fails_alone():
+    rig = Rig()
+    rig.submit("a", batch("A_1", 1))
+    rig.submit("poison", batch("???", poison=True))
+    rig.submit("b", batch("B_1", 1))
+    rig.settle()
+    assert rig.outcomes == {"a": "ok", "poison": ValueError, "b": "ok"}
+    # the merged transaction, then each alone, in order
+    assert len(rig.store.writes) == 4
+    assert rig.committed == [[1], [1]]  # listeners per commit, in commit order
+    assert rig.writer.pending == 0 and not rig.writer.busy
+
+
+def test_later_submissions_of_the_failed_gateway_fail_untried():
+    rig = Rig()
+    rig.submit("a1", batch("A_1", 1))
+    rig.submit("a2", batch("A_1", 2, poison=True))
+    rig.submit("b", batch("B_1", 1))
+    rig.submit("a3", batch("A_1", 3))
+    rig.settle()
+    assert rig.outcomes == {"a1": "ok", "a2": ValueError, "b": "ok", "a3": EarlierWriteFailed}
+    assert len(rig.store.writes) == 1 + 3  # a3 never reached the store
+    assert [e.seq for e in rig.store._events] == [1, 1]
+
+
+def test_a_failed_transaction_fails_the_gateways_submissions_queued_behind_it():
+    rig = Rig()
+    rig.store.hold = True
+    rig.submit("a2", batch("A_1", 2, poison=True))
+    rig.clock.advance(0)  # a2 alone in flight ...
+    rig.submit("a3", batch("A_1", 3))  # ... these queue behind it
+    rig.submit("b", batch("B_1", 1))
+    rig.store.hold = False
+    rig.store.held.pop().callback(None)
+    rig.settle()
+    assert rig.outcomes == {"a2": ValueError, "a3": EarlierWriteFailed, "b": "ok"}
+    assert [e.gateway for e in rig.store._events] == ["B_1"]
+    # the failure is forgotten once dealt with: the gateway's next login writes again
+    rig.submit("a2-again", batch("A_1", 2))
+    rig.settle()
+    assert rig.outcomes["a2-again"] == "ok"
+
+
+def test_an_unavailable_store_is_not_tried_once_per_submission():
+    rig = Rig()
+    rig.store.down = True
+    for n in range(10):
+        rig.submit(f"g{n}", batch(f"G_{n}", 1))
+    rig.settle()
+    assert set(rig.outcomes.values()) == {sqlite3.OperationalError}
+    assert len(rig.store.writes) == 2  # the merged transaction and one alone
+    rig.store.down = False
+    rig.submit("later", batch("G_0", 2))
+    rig.settle()
+    assert rig.outcomes["later"] == "ok"
+
+
+def test_synthetic_events_do_not_tie_a_gateway():
+    # the call model's STALE events (seq None) are not a gateway's sequence
+    rig = Rig()
+    rig.submit("a", batch("A_1", 1, poison=True))
+    rig.submit("stale", WriteBatch(events=[ev("A_1", None)]))
+    rig.settle()
+    assert rig.outcomes == {"a": ValueError, "stale": "ok"}
