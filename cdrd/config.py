@@ -79,6 +79,9 @@ class ServerConfig:
     clock_tolerance: float = 5.0
     stale_after: float = 86400.0
     max_divert_depth: int = 8
+    # gateway connections open at once (logged in or not); more are refused.
+    # Keep it below the process's open-files limit (systemd LimitNOFILE)
+    max_connections: int = 1000
 
     @property
     def zone(self) -> ZoneInfo:
@@ -248,6 +251,7 @@ def _server(s: _Section) -> ServerConfig:
         clock_tolerance=s.number("clock_tolerance", d.clock_tolerance),
         stale_after=s.number("stale_after", d.stale_after, minimum=60),
         max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth, minimum=1),
+        max_connections=s.integer("max_connections", d.max_connections, minimum=1),
     )
 
 

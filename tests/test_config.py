@@ -17,6 +17,7 @@ def test_defaults_work_out_of_the_box():
     assert c.server.database == "sqlite:var/cdrd.sqlite"
     assert (c.server.idle_timeout, c.server.clock_tolerance, c.server.stale_after) == (90, 5, 86400)
     assert c.server.max_divert_depth == 8 and not c.radius.enabled and c.syslog.target is None
+    assert c.server.max_connections == 1000
 
 
 def test_example_file_loads():
@@ -33,6 +34,7 @@ def test_example_file_loads():
         ({"server": {"timezone": "Mars/Olympus"}}, "server.timezone"),
         ({"server": {"database": "mysql://x"}}, "server.database"),
         ({"server": {"colour": "red"}}, "server.colour"),
+        ({"server": {"max_connections": 0}}, "server.max_connections"),
         ({"radius": {"interim_interval": 59}}, "radius.interim_interval"),
         ({"radius": {"servers": [{"address": "127.0.0.1:1813"}]}}, "radius.servers[0].secret"),
         ({"radius": {"servers": [{"address": "nowhere:x", "secret": "s"}]}}, "radius.servers[0].address"),

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from cdrd.config import Config
 from cdrd.gateway import session as S
-from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line
+from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line, seq_hint
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
 from cdrd.interfaces import WriteBatch
 from cdrd.values import CallEvent, LogEntry, rfc3339
@@ -29,12 +29,30 @@ LOGIN_TIMEOUT = 30.0  # seconds a connection may take to log in
 MAX_QUEUED_LINES = 256  # lines a client may send before its OK arrives
 HIGH_WATER = 20_000  # events waiting for the store: stop reading from gateways
 LOW_WATER = 5_000  # ... and read again below this
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
 
 AWAITING_LOGIN, LOGGING_IN, LOGGED_IN, CLOSING = range(4)
 
 
 def _ms(clock: IReactorTime) -> int:
     return int(clock.seconds() * 1000)
+
+
+def _seq_of(msg) -> int | None:
+    """A message's ``seq=`` where it is a valid one, for the ERR answering it."""
+    value = msg.fields.get("seq")
+    if value is None or not (0 < len(value) <= 18 and value.isascii() and value.isdigit()):
+        return None
+    return int(value) or None
+
+
+class _Refused(Protocol):
+    """cdrd has `server.max_connections` open: say so and close."""
+
+    def connectionMade(self):
+        self.transport.write(format_message(
+            "ERR", {"code": "unavailable", "reason": "too many connections; retry later"}))
+        self.transport.loseConnection()
 
 
 class GatewayFactory(Factory):
@@ -60,9 +78,43 @@ class GatewayFactory(Factory):
         self.open_refs = open_refs
         self.make_nonce = make_nonce
         self._paused: set[GatewayProtocol] = set()
+        self.connections: set[GatewayProtocol] = set()
+        self.stopping = False
+        self._refused = 0  # connections refused since the last log line about it
+        self._refusal_logged: float | None = None
 
     def buildProtocol(self, addr):
+        limit = self.config.server.max_connections
+        if self.stopping or len(self.connections) >= limit:
+            self._refuse(addr, limit)
+            return _Refused()
         return GatewayProtocol(self, addr)
+
+    def _refuse(self, addr, limit: int) -> None:
+        """One log line per minute at most, with the count: a flood must not flood the log."""
+        self._refused += 1
+        now = self.clock.seconds()
+        if self._refusal_logged is not None and now - self._refusal_logged < REFUSAL_LOG_INTERVAL:
+            return
+        self.log.warn(
+            "refused {count} gateway connection(s), the last from {peer}: {why}",
+            count=self._refused,
+            peer=f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}",
+            why="cdrd is stopping" if self.stopping
+            else f"{limit} connections open (server.max_connections)",
+        )
+        self._refused = 0
+        self._refusal_logged = now
+
+    def shutdown(self) -> None:
+        """
+        cdrd is stopping: refuse new connections and close every open one,
+        logging it (Gateway Disconnect) and storing its gateway offline now,
+        while the writer and the store still run.
+        """
+        self.stopping = True
+        for proto in list(self.connections):
+            proto.serverShutdown()
 
     # -- back-pressure: the store is the bottleneck, not memory -------------
 
@@ -80,6 +132,7 @@ class GatewayFactory(Factory):
 
     def forget(self, proto: GatewayProtocol) -> None:
         self._paused.discard(proto)
+        self.connections.discard(proto)
 
     def submit(self, batch: WriteBatch) -> Deferred:
         d = self.writer.submit(batch)
@@ -96,7 +149,7 @@ class GatewayProtocol(Protocol):
 
     def __init__(self, factory: GatewayFactory, addr):
         self.factory = factory
-        self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+        self.peer = S.visible(f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}")
         self.phase = AWAITING_LOGIN
         self.key: str | None = None
         self.gw = "???"
@@ -107,6 +160,7 @@ class GatewayProtocol(Protocol):
         self._timer = None
         self._meter = S.BadPacketMeter()
         self._closed_why: str | None = None  # the log already says why
+        self._finished = False  # the connection's end is logged and stored
         # collected while handling one chunk of data, written as one batch
         self._events: list[CallEvent] = []
         self._log: list[LogEntry] = []
@@ -115,28 +169,59 @@ class GatewayProtocol(Protocol):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self):
+        self.factory.connections.add(self)
         self.nonce = self.factory.make_nonce()
         now = self.now()
         self.send("HELLO", proto="1", nonce=self.nonce, time=rfc3339(now))
         self._timer = self.factory.clock.callLater(LOGIN_TIMEOUT, self._timed_out)
 
     def connectionLost(self, reason):
+        self._finish(self.now(), "connection lost or closed without LOGOUT")
+
+    def serverShutdown(self) -> None:
+        """cdrd is stopping: log the end of this connection, store it, close."""
+        self._finish(self.now(), "cdrd is shutting down")
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _finish(self, now: int, why: str) -> None:
+        """
+        The end of the connection, once: its Gateway Disconnect entry (unless
+        the log already says why it closed) and, if it spoke for its gateway,
+        the gateway offline.  The offline state is stored after the
+        gateway's submissions in flight have settled, with the last seq
+        stored in order, so the store's `last` never runs ahead of it.
+        """
+        if self._finished:
+            return
+        self._finished = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.factory.forget(self)
-        previous, self.phase = self.phase, CLOSING
-        now = self.now()
-        log = []
-        if self._closed_why is None:
-            log.append(self.entry(S.DISCONNECT, "connection lost or closed without LOGOUT", now))
-        state = None
-        if previous in (LOGGED_IN, CLOSING) and self.key is not None:
-            state = self.factory.registry.detach(self.key, self, now)
-        if state is not None:
-            self.log.info("gateway {key} from {peer} went offline", key=self.key, peer=self.peer)
-        if log or state is not None:
-            batch = WriteBatch(log=log, gateways=[state] if state is not None else [])
-            self.factory.submit(batch).addErrback(self._store_failed, "disconnect")
+        self.phase = CLOSING
+        log = [] if self._closed_why is not None else [self.entry(S.DISCONNECT, why, now)]
+        self._closed_why = self._closed_why or S.DISCONNECT
+        self._events, self._ack = [], 0
+        log, self._log = self._log + log, []
+        link = self.link
+        registry = self.factory.registry
+        if link is None or not registry.detach(link, self):
+            if log:
+                self.factory.submit(WriteBatch(log=log)).addErrback(self._store_failed, "disconnect")
+            return
+        self.log.info("gateway {key} from {peer} went offline", key=self.key, peer=self.peer)
+
+        def offline(_=None):
+            # a newer connection that attached meanwhile stored the state already
+            state = [registry.offline_state(link)] if link.connection is None else []
+            d = self.factory.submit(WriteBatch(log=log, gateways=state))
+            d.addErrback(self._store_failed, "disconnect")
+            self._track(d, link)
+
+        if link.pending is not None:
+            link.pending.addCallback(offline)
+        else:
+            offline()
 
     def now(self) -> int:
         return _ms(self.factory.clock)
@@ -154,7 +239,7 @@ class GatewayProtocol(Protocol):
         self.transport.loseConnection()
 
     def entry(self, event: str, detail: str, now: int) -> LogEntry:
-        return LogEntry(time=now, event=event, peer=self.peer, gateway=self.gw, mac=self.mac, detail=detail)
+        return S.log_entry(now, event, self.peer, self.gw, self.mac, detail)
 
     def _timed_out(self):
         now = self.now()
@@ -173,7 +258,7 @@ class GatewayProtocol(Protocol):
         if self.phase == LOGGED_IN:
             self._timer.reset(self.factory.config.server.idle_timeout)
             if self.link is not None:
-                self.link.heard = self.now()
+                self.link.hear(self.now())
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
         for line in lines:
@@ -181,19 +266,20 @@ class GatewayProtocol(Protocol):
                 break
             self.lineReceived(line)
         if self.phase != CLOSING and len(self._buffer) > MAX_LINE + 1:
+            seq = seq_hint(self._buffer)
             self._buffer = b""
-            self.badPacket(f"line longer than {MAX_LINE} bytes", None, close=True)
+            self.badPacket(f"line longer than {MAX_LINE} bytes", seq, close=True)
         self._flush()
 
     def lineReceived(self, line: bytes):
         if self.phase == LOGGING_IN:
             if len(self._queued) >= MAX_QUEUED_LINES:
-                self.badPacket("too many lines before OK", None, close=True)
+                self.badPacket("too many lines before OK", seq_hint(line), close=True)
             else:
                 self._queued.append(line)
             return
         if len(line) > MAX_LINE + (1 if line.endswith(b"\r") else 0):
-            self.badPacket(f"line longer than {MAX_LINE} bytes", None, close=True)
+            self.badPacket(f"line longer than {MAX_LINE} bytes", seq_hint(line), close=True)
             return
         try:
             msg = parse_line(line)
@@ -206,7 +292,7 @@ class GatewayProtocol(Protocol):
             if msg.verb == "LOGIN":
                 self.loginReceived(msg)
             else:
-                self.badPacket(f"expected LOGIN, got {msg.verb}", None)
+                self.badPacket(f"expected LOGIN, got {msg.verb}", _seq_of(msg))
         elif msg.verb == "EV":
             self.eventReceived(msg)
         elif msg.verb == "PING":
@@ -214,9 +300,9 @@ class GatewayProtocol(Protocol):
         elif msg.verb == "LOGOUT":
             self.logoutReceived()
         elif msg.verb == "LOGIN":
-            self.badPacket("already logged in", None)
+            self.badPacket("already logged in", _seq_of(msg))
         else:
-            self.badPacket(f"unknown verb {msg.verb}", None)
+            self.badPacket(f"unknown verb {msg.verb}", _seq_of(msg))
 
     def badPacket(self, reason: str, seq: int | None, close: bool = False):
         now = self.now()
@@ -237,25 +323,34 @@ class GatewayProtocol(Protocol):
     # -- login -------------------------------------------------------------------
 
     def loginReceived(self, msg):
-        now = self.now()
+        received = self.now()  # the skew is measured here, not after the lookups
         try:
             req = S.check_login(msg, self.nonce, self.factory.config)
         except S.LoginRefused as e:
             self.gw, self.mac = e.gateway, e.mac
             self.send("ERR", code=e.code, reason=e.reason)
-            self._log.append(self.entry(S.LOGIN_REJECTED, f"code={e.code} {e.reason}", now))
+            entry = self.entry(S.LOGIN_REJECTED, f"code={e.code} {e.reason}", received)
+            self._log.append(entry)
             self.log.warn(
-                "login of gateway {gw} from {peer} rejected: {code} ({reason})",
-                gw=e.gateway, peer=self.peer, code=e.code, reason=e.reason,
+                "login of gateway {gw} from {peer} rejected: {detail}",
+                gw=entry.gateway, peer=self.peer, detail=entry.detail,
             )
             self.close(S.LOGIN_REJECTED)
             return
         self.phase = LOGGING_IN
         self.gw, self.mac, self.key = req.gw, req.mac, req.key
         self.transport.pauseProducing()
+        registry = self.factory.registry
+        registry.begin_login(req.key)
         d = self.factory.store.gateway(req.key)
         d.addCallback(self._settled, req)
-        d.addCallback(self._loggedIn, req)
+        d.addCallback(self._loggedIn, req, received)
+
+        def ended(result):
+            registry.end_login(req.key)
+            return result
+
+        d.addBoth(ended)
         d.addErrback(self._store_failed, "login")
 
     def _settled(self, stored, req):
@@ -267,12 +362,19 @@ class GatewayProtocol(Protocol):
         link.pending.addBoth(lambda _: waiter.callback(stored))
         return waiter
 
-    def _loggedIn(self, stored, req):
+    def _loggedIn(self, stored, req, received: int):
         if self.phase == CLOSING:
             return
         factory = self.factory
         now = self.now()
-        old = factory.registry.connection(req.key)
+        registry = factory.registry
+        link = registry.get(req.key)
+        heard = None
+        if link is not None:
+            # this node's live view is newer than any read of the store
+            stored = evolve(link.state, last_seq=link.committed)
+            heard = link.heard
+        old = registry.connection(req.key)
         relogin = old is not None and old is not self
         boot = stored.boot if stored is not None else (req.boot_token or "r0")
         outcome = S.decide_login(
@@ -283,12 +385,13 @@ class GatewayProtocol(Protocol):
             self.peer,
             int(factory.config.server.clock_tolerance * 1000),
             relogin,
+            received=received,
+            heard=heard,
         )
         log = list(outcome.log)
         if relogin:
             log.append(old.kickedOut(now))
-        last_stored = stored.last_seq if stored is not None else 0
-        self.link = link = factory.registry.attach(outcome.state, self, last_stored)
+        self.link = link = registry.attach(outcome.state, self)
         link.state = evolve(link.state, last_seq=link.committed)
         batch = WriteBatch(
             events=[outcome.restart] if outcome.restart else [],
@@ -321,14 +424,7 @@ class GatewayProtocol(Protocol):
 
     def kickedOut(self, now: int) -> LogEntry:
         """A newer connection of the same gateway logged in: this one goes."""
-        entry = LogEntry(
-            time=now,
-            event=S.RELOGIN_KICKOUT,
-            peer=self.peer,
-            gateway=self.gw,
-            mac=self.mac,
-            detail=f"Gateway[{self.gw}] from [{self.peer}] Relogin Kickout",
-        )
+        entry = self.entry(S.RELOGIN_KICKOUT, f"Gateway[{self.gw}] from [{self.peer}] Relogin Kickout", now)
         self._events, self._log = [], []
         self.close(S.RELOGIN_KICKOUT)
         return entry
@@ -372,6 +468,9 @@ class GatewayProtocol(Protocol):
         if seq > link.submitted + 1:
             self._log.append(self.entry(S.SEQUENCE_GAP, f"expected seq {link.submitted + 1}, got {seq}", now))
         link.submitted = seq
+        # heard "at" the event's own time when that is later (a clock ahead
+        # within the tolerance): a restart never ends a call before its events
+        link.hear(parsed.event.time)
         self._events.append(parsed.event)
 
     def _flush(self):
@@ -402,15 +501,18 @@ class GatewayProtocol(Protocol):
     def _track(self, d: Deferred, link: GatewayLink) -> Deferred:
         """
         Make `link.pending` fire once `d` has settled (its own callbacks,
-        which update `link.committed`/`link.failed`, run first).
+        which update `link.committed`/`link.failed`, run first); then drop
+        the link if nothing needs it any more.
         """
         settled = Deferred()
         link.pending = settled
+        registry = self.factory.registry
 
         def done(result):
             if link.pending is settled:
                 link.pending = None
             settled.callback(None)
+            registry.release(link.state.key)
             return result
 
         return d.addBoth(done)
@@ -432,11 +534,16 @@ class GatewayProtocol(Protocol):
             link.pending.addCallback(lambda _: self._stored(None, link, 0, ack))
 
     def _store_failed(self, failure, what: str):
-        self.log.failure(
-            "store write failed ({what}) for gateway {gateway} from {peer}",
-            failure, what=what, gateway=self.gw, peer=self.peer,
+        # the writer logged the store's error once per transaction; this
+        # says whom it hit
+        self.log.warn(
+            "store write failed ({what}) for gateway {gateway} from {peer}: {error}",
+            what=what, gateway=self.gw, peer=self.peer,
+            error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
         )
-        if self.link is not None:
+        if what == "events" and self.link is not None:
+            # `committed` stops here until the next login (the writer fails
+            # this gateway's later submissions already queued, too)
             self.link.failed = True
         if self.phase != CLOSING and self.transport is not None:
             self.send("ERR", code="unavailable", reason="store write failed; reconnect and resend")

@@ -2,6 +2,12 @@
 The gateways this node serves: which connection speaks for each, and how
 far its events are stored.  Open calls belong to the gateway (calls.service),
 not to a connection; this registry only decides who talks for a gateway.
+
+A gateway's link lives while a connection speaks for it, while a login of
+it is in progress, and until its last submission has settled; then it is
+dropped (`release`), so memory follows the connections, not every gateway
+ever seen.  What the link knew is in the store by then (last seq stored in
+order, last heard, boot), and the next login reads it from there.
 """
 
 from __future__ import annotations
@@ -28,14 +34,22 @@ class GatewayLink:
     submitted: int = 0
     committed: int = 0
     failed: bool = False
-    pending: Deferred | None = None  # fires when the last submission commits
-    pending_seq: int = 0
-    heard: int | None = field(default=None)  # last event or PING received, ms
+    pending: Deferred | None = None  # fires when the last submission has settled
+    heard: int | None = field(default=None)  # last event (its time) or PING received, ms
+
+    def hear(self, when: int) -> None:
+        """Heard from the gateway at `when` (never moves back)."""
+        if self.heard is None or when > self.heard:
+            self.heard = when
 
 
 class GatewayRegistry:
     def __init__(self):
         self._links: dict[str, GatewayLink] = {}
+        self._logins: dict[str, int] = {}  # key -> logins in progress
+
+    def __len__(self) -> int:
+        return len(self._links)
 
     def get(self, key: str) -> GatewayLink | None:
         return self._links.get(key)
@@ -44,35 +58,58 @@ class GatewayRegistry:
         link = self._links.get(key)
         return link.connection if link else None
 
-    def attach(self, state: GatewayState, connection, last_stored: int) -> GatewayLink:
+    def begin_login(self, key: str) -> None:
+        """A LOGIN of `key` is being looked up: keep its link until it ends."""
+        self._logins[key] = self._logins.get(key, 0) + 1
+
+    def end_login(self, key: str) -> None:
+        left = self._logins.get(key, 0) - 1
+        if left > 0:
+            self._logins[key] = left
+        else:
+            self._logins.pop(key, None)
+        self.release(key)
+
+    def attach(self, state: GatewayState, connection) -> GatewayLink:
         """
-        `connection` now speaks for the gateway.  Returns its link; `last`
-        for the OK is ``link.committed``.
+        `connection` now speaks for the gateway; `state.last_seq` is the
+        highest seq stored in order (the caller waited for the link's
+        pending submissions).  Returns its link; `last` for the OK is
+        ``link.committed``.
         """
         link = self._links.get(state.key)
         if link is None:
-            link = GatewayLink(state=state, submitted=last_stored, committed=last_stored)
+            link = GatewayLink(state=state, submitted=state.last_seq, committed=state.last_seq)
             self._links[state.key] = link
         else:
-            # the caller waited for link.pending: every submission has settled
             if link.failed:
                 link.failed = False  # resend from the last seq stored in order
             else:
-                link.committed = max(link.committed, last_stored)
+                link.committed = max(link.committed, state.last_seq)
             link.submitted = link.committed
             link.state = state
         link.connection = connection
         link.heard = state.last_heard
         return link
 
-    def detach(self, key: str, connection, now: int) -> GatewayState | None:
-        """The connection is gone; returns the gateway's state to store, if it spoke for it."""
-        link = self._links.get(key)
-        if link is None or link.connection is not connection:
-            return None
+    def detach(self, link: GatewayLink, connection) -> bool:
+        """The connection is gone; True if it spoke for the gateway (which is now offline)."""
+        if link.connection is not connection or self._links.get(link.state.key) is not link:
+            return False
         link.connection = None
-        link.state = evolve(link.state, online=False, last_heard=link.heard)
-        return link.state
+        link.state = evolve(link.state, online=False)
+        return True
+
+    def offline_state(self, link: GatewayLink) -> GatewayState:
+        """What to store of a gateway gone offline, once its submissions have settled."""
+        return evolve(link.state, online=False, last_heard=link.heard, last_seq=link.committed)
+
+    def release(self, key: str) -> None:
+        """Drop the link of `key` if nothing needs it any more."""
+        link = self._links.get(key)
+        if link is not None and link.connection is None and link.pending is None \
+                and key not in self._logins:
+            del self._links[key]
 
     def online(self) -> list[GatewayState]:
         return [link.state for link in self._links.values() if link.connection is not None]

@@ -316,3 +316,364 @@ def test_lines_sent_before_ok_are_processed_after_it(h):
     proto.dataReceived((LOGIN + "\nEV seq=1 ref=1 type=HOOK_OFF port=1\n").encode())
     h.settle()
     assert verbs(h.replies(proto)) == ["OK", "ACK"]
+
+
+# -- the audit's items ----------------------------------------------------------
+
+
+class HeldStore(MemoryStore):
+    """write() (and, when asked, gateway()) wait until the test finishes them, like a store thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.hold = False
+        self.hold_reads = False
+        self.waiting = []
+        self.reads = []
+
+    def write(self, batch):
+        if not self.hold:
+            return super().write(batch)
+        d = defer.Deferred()
+        self.waiting.append((batch, d))
+        return d
+
+    def gateway(self, key):
+        if not self.hold_reads:
+            return super().gateway(key)
+        d = defer.Deferred()
+        self.reads.append((key, d))
+        return d
+
+    def finish(self, ok=True):
+        batch, d = self.waiting.pop(0)
+        if ok:
+            d.callback(run(super().write(batch)))
+        else:
+            d.errback(OSError(16, "database is locked"))
+
+    def finish_reads(self):
+        while self.reads:
+            key, d = self.reads.pop(0)
+            d.callback(run(MemoryStore.gateway(self, key)))
+
+    def release(self):
+        self.hold = False
+        while self.waiting:
+            self.finish()
+
+
+def fields(msgs):
+    return [(m.verb, dict(m.fields)) for m in msgs]
+
+
+class TestErrCarriesSeq:
+    def test_unknown_verb(self, h):
+        proto = h.login()
+        h.replies(proto)
+        h.send(proto, "EVENT seq=7 ref=1 type=HOOK_OFF port=1")
+        assert fields(h.replies(proto)) == [
+            ("ERR", {"code": "bad", "seq": "7", "reason": "unknown verb EVENT"})]
+
+    def test_over_long_line(self, h):
+        proto = h.login()
+        h.replies(proto)
+        h.send(proto, "EV seq=8 ref=1 type=DIAL digits=" + "1" * 1100)
+        (err,) = h.replies(proto)
+        assert (err.fields["seq"], err.fields["reason"]) == ("8", "line longer than 1024 bytes")
+        assert [e.detail for e in h.log() if e.event == "Bad Packet"] == [
+            "seq 8: line longer than 1024 bytes"]
+
+    def test_partial_line_over_the_limit(self, h):
+        proto = h.login()
+        h.replies(proto)
+        proto.dataReceived(b"EV seq=9 ref=1 type=DIAL digits=" + b"1" * 1100)
+        (err,) = h.replies(proto)
+        assert err.fields["seq"] == "9" and proto.tr.disconnecting
+
+    def test_event_before_login(self, h):
+        proto = h.connect()
+        h.replies(proto)
+        h.send(proto, "EV seq=9 ref=1 type=HOOK_OFF port=1")
+        assert fields(h.replies(proto)) == [
+            ("ERR", {"code": "bad", "seq": "9", "reason": "expected LOGIN, got EV"})]
+        assert proto.tr.disconnecting
+
+
+def test_login_timeout_is_30_seconds(h):
+    proto = h.connect()
+    h.replies(proto)
+    h.clock.advance(29.9)
+    assert not proto.tr.disconnecting
+    h.clock.advance(0.2)
+    assert proto.tr.disconnecting
+    proto.connectionLost(None)
+    h.settle()
+    assert [(e.event, e.detail) for e in h.log()] == [("Gateway Disconnect", "no LOGIN within 30 s")]
+
+
+def test_half_sent_login_line_times_out_too(h):
+    proto = h.connect()
+    h.replies(proto)
+    proto.dataReceived(LOGIN[:20].encode())  # never completed
+    h.clock.advance(30.1)
+    assert proto.tr.disconnecting
+
+
+def test_non_utf8_before_login_closes(h):
+    proto = h.connect()
+    h.replies(proto)
+    proto.dataReceived(b"LOGIN proto=1 gw=\xff\xfe\n")
+    h.settle()
+    (err,) = h.replies(proto)
+    assert (err.fields["code"], err.fields["reason"]) == ("bad", "not UTF-8")
+    assert proto.tr.disconnecting
+
+
+def test_non_utf8_after_login_is_a_bad_packet_and_the_session_goes_on(h):
+    proto = h.login()
+    h.replies(proto)
+    proto.dataReceived(b"EV seq=1 ref=1 type=DIAL digits=\xc3\x28\n")
+    h.settle()
+    assert fields(h.replies(proto)) == [("ERR", {"code": "bad", "seq": "1", "reason": "not UTF-8"})]
+    h.send(proto, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    assert fields(h.replies(proto)) == [("ACK", {"seq": "1"})]
+    assert not proto.tr.disconnecting
+
+
+def test_non_ascii_auth_is_rejected_with_code_auth():
+    h = Harness(secret="s3cret", allow_unknown=False)
+    proto = h.connect()
+    h.replies(proto)
+    h.send(proto, LOGIN + " auth=\u00e9\u00e9")
+    (err,) = h.replies(proto)
+    assert (err.verb, err.fields["code"]) == ("ERR", "auth")
+    assert proto.tr.disconnecting
+    assert [(e.event, e.detail) for e in h.log()] == [("Login Rejected", "code=auth wrong auth")]
+
+
+def test_every_connection_gets_a_fresh_nonce():
+    h = Harness()
+    h.factory.make_nonce = GatewayFactory(h.config, h.store, h.writer, h.clock).make_nonce
+    nonces = {h.replies(h.connect())[0].fields["nonce"] for _ in range(20)}
+    assert len(nonces) == 20
+    assert all(len(n) == 32 and set(n) <= set("0123456789abcdef") for n in nonces)
+
+
+def test_control_bytes_in_a_rejected_login_are_stored_visibly(h):
+    proto = h.connect()
+    h.replies(proto)
+    h.send(proto, "LOGIN proto=%00 gw=1 mac=000000000001 fxs=0 fxo=0 isdn=0 callref=0 time=2026-11-22T10:00:00")
+    (entry,) = h.log()
+    assert (entry.event, entry.detail) == ("Login Rejected", "code=proto unsupported protocol \\x00")
+
+
+def test_skew_is_measured_at_the_logins_arrival():
+    store = HeldStore()
+    h = Harness(store=store)
+    store.hold_reads = True
+    proto = h.login()  # the gateway's clock is exactly the server's
+    h.clock.advance(10)  # the store lookup takes 10 s
+    store.hold_reads = False
+    store.finish_reads()
+    h.settle()
+    assert verbs(h.replies(proto)) == ["OK"]
+    assert run(store.gateway(KEY)).skew_ms == 0
+
+
+def test_reboot_during_relogin_ends_calls_at_the_last_ping():
+    h = Harness(open_refs=lambda key, boot: {75} if boot == "1" else set())
+    old = h.login(LOGIN + " boot=1")
+    h.replies(old)
+    h.send(old, "EV seq=1 ref=75 type=HOOK_OFF port=1", "EV seq=2 ref=75 type=TALK")
+    for _ in range(20):  # the call talks on for 20 minutes; the gateway PINGs
+        h.clock.advance(60)
+        last_ping = old.now()
+        h.send(old, "PING")
+    h.clock.advance(5)
+    # the gateway rebooted; its old TCP connection is still (half-)open
+    new = h.login(LOGIN + " boot=2")
+    assert verbs(h.replies(new)) == ["OK"]
+    assert old.tr.disconnecting
+    (restart,) = [e for e in h.events() if e.type == "GATEWAY_RESTART"]
+    assert restart.boot == "1" and restart.time == last_ping
+    assert [e.event for e in reversed(h.log())][-4:] == ["Re-Login", "Login", "Gateway Restart", "Relogin Kickout"]
+
+
+def test_restart_never_ends_a_call_before_its_events():
+    # the gateway's clock runs 3 s ahead: within the tolerance, not corrected
+    h = Harness(open_refs=lambda key, boot: {75} if boot == "1" else set())
+    old = h.login(LOGIN + " boot=1")
+    h.send(old, "EV seq=1 ref=75 type=HOOK_OFF port=1 t=2026-11-22T10:00:03.000",
+           "EV seq=2 ref=75 type=TALK t=2026-11-22T10:00:04.000")
+    talk = h.events()[-1]
+    assert talk.time > talk.received
+    h.login(LOGIN + " boot=2")
+    (restart,) = [e for e in h.events() if e.type == "GATEWAY_RESTART"]
+    assert restart.time >= talk.time
+
+
+def test_connection_lost_while_its_login_is_stored_leaves_no_ghost():
+    store = HeldStore()
+    h = Harness(store=store)
+    store.hold = True
+    proto = h.login()  # the login's batch (online) is in flight
+    proto.connectionLost(None)  # the gateway drops before its OK
+    store.release()
+    h.settle()
+    assert h.factory.registry.connection(KEY) is None
+    assert not run(store.gateway(KEY)).online
+    assert [e.event for e in reversed(h.log())] == ["Login", "Gateway Disconnect"]
+    again = h.login()
+    assert verbs(h.replies(again)) == ["OK"]
+    assert [e.event for e in reversed(h.log())][-1] == "Login"  # not a Re-Login
+
+
+def test_failed_batch_fails_the_gateways_later_batches_and_last_stays_exact():
+    store = HeldStore()
+    h = Harness(store=store)
+    seen = []
+    h.writer.add_listener(lambda batch, result: seen.extend(e.seq for e in result.events))
+    proto = h.login()
+    h.replies(proto)
+    h.send(proto, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    assert fields(h.replies(proto)) == [("ACK", {"seq": "1"})]
+    store.hold = True
+    h.send(proto, "EV seq=2 ref=1 type=DIAL digits=1")  # in flight
+    h.send(proto, "EV seq=3 ref=1 type=RING_BACK")  # queued behind it
+    store.finish(ok=False)
+    h.settle()
+    msgs = h.replies(proto)
+    assert "ACK" not in verbs(msgs) and msgs[-1].fields["code"] == "unavailable"
+    proto.connectionLost(None)
+    store.release()
+    h.settle()
+    assert [e.seq for e in h.events()] == [1]  # 3 was never written without 2
+    assert seen == [1]  # nor applied by the call model
+    assert run(store.gateway(KEY)).last_seq == 1
+    # cdrd restarts: a new registry, the store's word only
+    h2 = Harness(store=store)
+    again = h2.login()
+    assert h2.replies(again)[0].fields["last"] == "1"
+
+
+def test_disconnect_does_not_store_a_last_ahead_of_a_failing_write():
+    store = HeldStore()
+    h = Harness(store=store)
+    proto = h.login()
+    h.send(proto, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    store.hold = True
+    h.send(proto, "EV seq=2 ref=1 type=DIAL digits=1")  # in flight ...
+    proto.connectionLost(None)  # ... when the gateway drops
+    h.settle()
+    store.finish(ok=False)
+    store.release()
+    h.settle()
+    state = run(store.gateway(KEY))
+    assert (state.last_seq, state.online) == (1, False)
+
+
+class PoisonStore(MemoryStore):
+    """Refuses any transaction holding an event of `poison` (like a row PostgreSQL rejects)."""
+
+    poison = "9999_000000009999"
+    writes = 0
+
+    def write(self, batch):
+        self.writes += 1
+        if any(e.gateway == self.poison for e in batch.events):
+            return defer.fail(ValueError("A string literal cannot contain NUL (0x00) characters."))
+        return super().write(batch)
+
+
+def test_a_store_failure_of_one_gateway_leaves_the_others_served():
+    store = PoisonStore()
+    h = Harness(store=store)
+    good = h.login()
+    bad = h.login(LOGIN.replace("gw=8200 mac=000C2A020082", "gw=9999 mac=000000009999"))
+    assert verbs(h.replies(good)) == verbs(h.replies(bad)) == ["OK"]
+    # both in the same reactor turn: one group commit
+    good.dataReceived(b"EV seq=1 ref=1 type=HOOK_OFF port=1\n")
+    bad.dataReceived(b"EV seq=1 ref=1 type=HOOK_OFF port=1\n")
+    h.settle()
+    assert fields(h.replies(good)) == [("ACK", {"seq": "1"})]
+    assert h.replies(bad)[-1].fields["code"] == "unavailable" and bad.tr.disconnecting
+    assert not good.tr.disconnecting
+    h.send(good, "EV seq=2 ref=1 type=HOOK_ON")
+    assert fields(h.replies(good)) == [("ACK", {"seq": "2"})]
+    assert [e.seq for e in h.events()] == [1, 2]
+
+
+def test_offline_gateways_do_not_stay_in_memory():
+    h = Harness()
+    for n in range(50):
+        proto = h.login(LOGIN.replace("gw=8200 mac=000C2A020082", f"gw={n} mac={n:012X}"))
+        h.send(proto, "EV seq=1 ref=1 type=HOOK_OFF port=1", "LOGOUT")
+        proto.connectionLost(None)
+        h.settle()
+    assert len(h.factory.registry) == 0
+    assert len(run(h.store.gateways())) == 50
+    # and what a link knew comes back from the store
+    again = h.login(LOGIN.replace("gw=8200 mac=000C2A020082", "gw=7 mac=000000000007"))
+    assert h.replies(again)[0].fields["last"] == "1"
+
+
+def test_relogin_waiting_for_a_write_keeps_the_link():
+    store = HeldStore()
+    h = Harness(store=store)
+    old = h.login()
+    h.send(old, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    store.hold = True
+    h.send(old, "EV seq=2 ref=1 type=RING_BACK")  # in flight
+    new = h.login()  # waits for it
+    old.connectionLost(None)
+    store.release()
+    h.settle()
+    store.release()
+    h.settle()
+    (ok,) = h.replies(new)
+    assert ok.fields["last"] == "2"
+    assert h.factory.registry.connection(KEY) is new
+    assert run(store.gateway(KEY)).online
+
+
+def test_connections_beyond_the_limit_are_refused_and_logged():
+    from twisted.logger import globalLogPublisher
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        h = Harness(max_connections=2)
+        first, second = h.connect(), h.connect()
+        third = h.connect()
+        assert third.tr.value() == b"ERR code=unavailable reason=too%20many%20connections;%20retry%20later\n"
+        assert third.tr.disconnecting
+        h.connect()  # a flood is logged once a minute, not per connection
+        refusals = [e for e in logged if "refused" in e.get("log_format", "")]
+        assert len(refusals) == 1 and refusals[0]["peer"] == "127.0.0.1:2350"
+        first.connectionLost(None)
+        fourth = h.connect()
+        assert h.replies(fourth)[0].verb == "HELLO"
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+
+
+def test_shutdown_logs_every_connection_off_while_the_store_is_open():
+    h = Harness()
+    a = h.login()
+    b = h.login(LOGIN.replace("gw=8200 mac=000C2A020082", "gw=8201 mac=000C2A020083"))
+    h.send(a, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    waiting = h.connect()  # not logged in yet
+    h.factory.shutdown()
+    assert a.tr.disconnecting and b.tr.disconnecting and waiting.tr.disconnecting
+    flushed = h.writer.flushed()
+    h.settle()
+    assert run(flushed) is None
+    assert [g.online for g in run(h.store.gateways())] == [False, False]
+    shut = [e for e in h.log() if e.event == "Gateway Disconnect"]
+    assert len(shut) == 3 and {e.detail for e in shut} == {"cdrd is shutting down"}
+    for proto in (a, b, waiting):
+        proto.connectionLost(None)  # the transports close later: nothing more is written
+    h.settle()
+    assert len(h.log()) == len(shut) + 2  # and the two Logins
+    assert h.connect().tr.disconnecting  # no new connection while stopping
