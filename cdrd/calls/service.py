@@ -17,11 +17,12 @@ from twisted.logger import Logger
 from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
 from cdrd.interfaces import ModelCursor, OutboxItem, WriteBatch
-from cdrd.values import STALE, CallEnd, CallEvent
+from cdrd.values import STALE, CallEnd, CallEvent, ModelOutput
 
 REPLAY_PAGE = 5000
 SWEEP_INTERVAL = 60.0  # seconds between stale sweeps
 RETRY_DELAY = 1.0  # seconds before a failed write of products is retried
+HELD_LIMIT = 10_000  # products a sink could not spool, kept in memory per sink
 
 
 @define
@@ -33,6 +34,26 @@ class _Pending:
 
     def __bool__(self) -> bool:
         return bool(self.products or self.cursors)
+
+
+@define
+class _After:
+    """What a derived transaction leaves the service with once it commits."""
+
+    delivered: dict = field(factory=dict)  # sink name -> products it spooled, in order
+    held: dict = field(factory=dict)  # sink name -> products it refused, in order
+
+
+def _gateway_of(product: ModelOutput) -> str:
+    if isinstance(product, CallEnd):
+        return product.record.gateway
+    return product.leg.gateway
+
+
+def _describe(product: ModelOutput) -> str:
+    if isinstance(product, CallEnd):
+        return f"CallEnd {product.record.id}"
+    return f"{type(product).__name__} {product.leg.id}"
 
 
 class CallService(Service):
@@ -75,6 +96,9 @@ class CallService(Service):
         self._retry = None
         self._sweeper: task.LoopingCall | None = None
         self._stale_sent: set = set()
+        # products a sink's spool() refused, held for it and retried with
+        # every later write (docs/calls.md, "A sink that cannot spool")
+        self._held: dict[str, list] = {}  # sink name -> products, in order
         self._waiters: list[defer.Deferred] = []
         self.written = 0  # derived transactions committed, for tests and status
 
@@ -112,7 +136,14 @@ class CallService(Service):
             self.writer.remove_listener(self._committed)
         except ValueError:
             pass
-        return self.idle()
+        d = self.idle()
+        d.addCallback(self._stopped)
+        return d
+
+    def _stopped(self, _) -> None:
+        held, self._held = self._held, {}
+        for name, products in held.items():
+            self._lost(name, products, "cdrd stopped")
 
     def _now(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -260,45 +291,129 @@ class CallService(Service):
         self._write(pending)
 
     def _write(self, pending: _Pending) -> None:
+        try:
+            batch, after = self._batch(pending, self._now())
+        except Exception:
+            # nothing is lost: the products go back first, no cursor moved
+            self.log.failure(
+                "calls: building the write of {products} products failed;"
+                " retrying in {delay}s",
+                products=len(pending.products),
+                delay=RETRY_DELAY,
+            )
+            self._requeue(pending)
+            return
+        self._inflight = d = self.writer.submit(batch)
+        d.addCallbacks(
+            self._written,
+            self._write_failed,
+            callbackArgs=(pending, after),
+            errbackArgs=(pending,),
+        )
+
+    def _batch(self, pending: _Pending, now: int) -> tuple[WriteBatch, _After]:
+        """
+        The derived transaction of `pending`, and what the service holds
+        once it commits.  Each sink's spool is isolated: one that raises
+        costs nothing to the records, the CDRs or the other sinks.
+        """
         products = pending.products
-        now = self._now()
         records = [p.record for p in products if isinstance(p, CallEnd)]
         cdrs = [c for r in products if isinstance(r, CallEnd) for c in r.cdrs]
         outbox = []
-        if products:
-            for sink in self.sinks:
-                for payload in sink.spool(products, now):
-                    outbox.append(
-                        OutboxItem(sink=sink.name, payload=payload, created=now)
-                    )
+        after = _After()
+        for sink in self.sinks:
+            waiting = self._held.get(sink.name, [])
+            todo = waiting + products if waiting else products
+            if not todo:
+                continue
+            payloads, spooled, refused = self._spool(sink, todo, now, len(waiting))
+            outbox.extend(
+                OutboxItem(sink=sink.name, payload=payload, created=now)
+                for payload in payloads
+            )
+            if spooled:
+                after.delivered[sink.name] = spooled
+            if refused:
+                after.held[sink.name] = refused
         batch = WriteBatch(
             records=records,
             cdrs=cdrs,
             cursors=list(pending.cursors.values()),
             outbox=outbox,
         )
-        self._inflight = d = self.writer.submit(batch)
-        d.addCallbacks(
-            self._written,
-            self._write_failed,
-            callbackArgs=(pending,),
-            errbackArgs=(pending,),
-        )
+        return batch, after
 
-    def _written(self, _result, pending: _Pending) -> None:
+    def _spool(self, sink, products: list, now: int, retried: int):
+        """(payloads, products spooled, products refused) of `sink`."""
+        try:
+            return list(sink.spool(products, now)), products, []
+        except Exception:
+            pass
+        # one by one, to find the products it refuses (spool is per product
+        # for every sink cdrd has: the payloads are the same)
+        payloads, spooled, refused = [], [], []
+        for n, p in enumerate(products):
+            try:
+                got = list(sink.spool([p], now))
+            except Exception:
+                refused.append(p)
+                if n >= retried:  # the held ones were logged when first refused
+                    self.log.failure(
+                        "CDR sink {sink} cannot spool {product} of gateway"
+                        " {gateway}: held for it, retried with every later write",
+                        sink=sink.name,
+                        product=_describe(p),
+                        gateway=_gateway_of(p),
+                    )
+            else:
+                payloads.extend(got)
+                spooled.append(p)
+        return payloads, spooled, refused
+
+    def _written(self, _result, pending: _Pending, after: _After) -> None:
         self._inflight = None
         self.written += 1
-        if pending.products:
-            for sink in self.sinks:
-                try:
-                    sink.committed(pending.products)
-                except Exception:
-                    self.log.failure(
-                        "CDR sink {sink} failed to take committed products",
-                        sink=sink.name,
-                    )
+        self._hold(after)
+        for sink in self.sinks:
+            products = after.delivered.get(sink.name)
+            if not products:
+                continue
+            try:
+                sink.committed(products)
+            except Exception:
+                self.log.failure(
+                    "CDR sink {sink} failed to take committed products",
+                    sink=sink.name,
+                )
         self._flush()
         self._maybe_idle()
+
+    def _hold(self, after: _After) -> None:
+        """What the sinks refused is held, within HELD_LIMIT per sink."""
+        for name, refused in after.held.items():
+            if len(refused) > HELD_LIMIT:
+                shed, refused = refused[:-HELD_LIMIT], refused[-HELD_LIMIT:]
+                self._lost(name, shed, "it holds more than {limit} already")
+            after.held[name] = refused
+        self._held = after.held
+
+    def _lost(self, sink: str, products: list, why: str) -> None:
+        self.log.error(
+            "CDR sink {sink} never got {count} products it could not spool ("
+            + why
+            + "): {first} .. {last}; their records and CDRs are stored",
+            sink=sink,
+            count=len(products),
+            limit=HELD_LIMIT,
+            first=_describe(products[0]),
+            last=_describe(products[-1]),
+            products=[_describe(p) for p in products],
+        )
+
+    def held(self) -> dict[str, int]:
+        """Products each sink could not spool yet (status pages, tests)."""
+        return {name: len(products) for name, products in self._held.items()}
 
     def _write_failed(self, failure, pending: _Pending) -> None:
         self._inflight = None
@@ -308,6 +423,9 @@ class CallService(Service):
             error=failure.getErrorMessage(),
             delay=RETRY_DELAY,
         )
+        self._requeue(pending)
+
+    def _requeue(self, pending: _Pending) -> None:
         # keep the order: this batch goes first, what came since after it
         later, self._pending = self._pending, pending
         pending.products.extend(later.products)

@@ -10,6 +10,7 @@ from attrs import evolve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
+from twisted.logger import capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -63,7 +64,7 @@ def pump(clock, limit=1000):
 class Rig:
     """A cdrd as far as calls go: store, writer, service, sink."""
 
-    def __init__(self, store=None, config=None, clock=None, **options):
+    def __init__(self, store=None, config=None, clock=None, extra_sinks=(), **options):
         self.clock = clock or task.Clock()
         if clock is None:
             self.clock.advance(NOW)
@@ -77,7 +78,7 @@ class Rig:
             self.store,
             self.writer,
             self.clock,
-            sinks=[self.sink],
+            sinks=[self.sink, *extra_sinks],
             **options,
         )
         d = self.service.startService()
@@ -387,9 +388,116 @@ def test_recovery_keeps_every_tombstone_it_loads_beyond_the_per_gateway_bound():
     rig.crash()
     again = Rig(store=rig.store, clock=rig.clock, tombstones_per_gateway=2)
     assert [c.ref for c in again.service.open_calls()] == [1], "no ghost calls"
-    again.send(
-        unstamped(parse_events("1 09:01:00.000 HOOK_ON port=1", first_seq=17))
-    )
+    again.send(unstamped(parse_events("1 09:01:00.000 HOOK_ON port=1", first_seq=17)))
     records, _, outbox = again.results()
     assert sorted(r.ref for r in records.values()) == [1, 2, 3, 4, 5, 6]
     assert len(outbox) == len(set(outbox))
+
+
+# -- a sink that cannot spool a product -----------------------------------------
+
+
+class RefusingSink(RecordingSink):
+    """Cannot render the end of call `refuse` (as a CDR line of a time out of range)."""
+
+    def __init__(self, name="bad", refuse=78):
+        super().__init__(name)
+        self.refuse = refuse
+
+    def spool(self, outputs, now):
+        for o in outputs:
+            if isinstance(o, CallEnd) and o.record.ref == self.refuse:
+                raise ValueError("year 10000 is out of range")
+        return super().spool(outputs, now)
+
+
+def is_refused(payload: bytes) -> bool:
+    return payload.startswith(b"end ") and b"/78 " in payload
+
+
+def outbox_of(store, name):
+    return [i.payload for i in store.outbox(name, 0, 10**9).result]
+
+
+def test_a_sink_that_cannot_spool_a_product_loses_nothing():
+    bad = RefusingSink()
+    store = MemoryStore()
+    rig = Rig(store=store, extra_sinks=[bad])
+    events = unstamped(parse_events(E4 + E5))
+    with capturedLogs() as logs:
+        rig.send(events[:5])
+        rig.send(events[5:], chunk=len(events))  # 78 ends, 79/80 run to their end
+    records, lines, outbox = rig.results()
+    # the records, the CDRs and the other sink's items are all written
+    assert sorted(r.ref for r in records.values()) == [78, 79, 80]
+    assert len(lines) == 4
+    assert outbox == [describe(o).encode() for o in run_model(events)]
+    assert [describe(o).encode() for o in rig.sink.seen] == outbox
+    # the refusing sink has every product but call 78's end, and is told of
+    # those only; the refused one is held for it
+    assert outbox_of(store, "bad") == [p for p in outbox if not is_refused(p)]
+    assert [describe(o).encode() for o in bad.seen] == outbox_of(store, "bad")
+    assert rig.service.held() == {"bad": 1}
+    failures = [e for e in logs if e.get("log_failure") is not None]
+    assert [(e["sink"], e["product"]) for e in failures] == [
+        ("bad", f"CallEnd {GW}/b1/78")
+    ]
+    assert rig.store.cursors().result[GW].applied == len(events)
+    # the sink recovers: the held product goes with the next write, first
+    bad.refuse = None
+    more = unstamped(parse_events("81 10:50:00.000 REJECT", first_seq=len(events) + 1))
+    rig.send(more)
+    held = [p for p in outbox if is_refused(p)]
+    assert outbox_of(store, "bad")[-4:-3] == held  # then 81's Start, Stop, end
+    assert sorted(outbox_of(store, "bad")) == sorted(outbox_of(store, "rec"))
+    assert rig.service.held() == {}
+    assert [describe(o).encode() for o in bad.seen[-4:]] == outbox_of(store, "bad")[-4:]
+
+
+def test_what_a_sink_still_refuses_at_stop_is_logged_as_lost_to_it():
+    bad = RefusingSink()
+    rig = Rig(extra_sinks=[bad])
+    rig.send(unstamped(parse_events(E4)))
+    with capturedLogs() as logs:
+        d = rig.service.stopService()
+        pump(rig.clock)
+    assert d.called
+    (lost,) = [e for e in logs if e.get("sink") == "bad"]
+    assert lost["count"] == 1 and lost["products"] == [f"CallEnd {GW}/b1/78"]
+    assert rig.service.held() == {}
+
+
+def test_a_failure_building_the_write_loses_nothing_and_moves_no_cursor():
+    rig = Rig()
+    events = unstamped(parse_events(E4))
+    broken = [True]
+    real = rig.service._batch
+
+    def batch(pending, now):
+        if broken[0]:
+            raise RuntimeError("cannot build")
+        return real(pending, now)
+
+    rig.service._batch = batch
+    with capturedLogs() as logs:
+        rig.send(events)
+    assert rig.results()[0] == {} and rig.store.cursors().result == {}
+    assert any(e.get("log_failure") is not None for e in logs)
+    broken[0] = False
+    rig.clock.advance(1)
+    pump(rig.clock)
+    records, lines, outbox = rig.results()
+    assert len(records) == 1 and len(lines) == 2
+    assert outbox == [describe(o).encode() for o in run_model(events)]
+    assert rig.store.cursors().result[GW].applied == len(events)
+
+
+def run_model(events):
+    from cdrd.calls.model import CallModel
+
+    model = CallModel(example_config())
+    return [o for e in evolve_ids(events) for o in model.apply(e)]
+
+
+def evolve_ids(events):
+    return [evolve(e, id=n) for n, e in enumerate(events, start=1)]
