@@ -141,7 +141,7 @@ class _Call:
     to: str = ""
     connect: int | None = None
     hangup: int | None = None  # first hang-up after connect: the record's Time
-    cdr_end: int | None = None  # first hang-up after connect or after the last join: the CDRs' end
+    cdr_end: int | None = None  # first hang-up after connect or the last join: CDR end
     joined: bool = False  # a TRANSFER joined another call's leg into this one
     pstn_from: int | None = None  # PSTN_CONNECTED, else PSTN_HOOK_OFF
     pstn_connected: bool = False
@@ -269,9 +269,7 @@ class CallModel:
         gateway = event.gateway
         if not MIN_TIME_MS <= event.time <= MAX_TIME_MS:
             # every product's time must render (CDR line, record, RADIUS)
-            event = evolve(
-                event, time=min(max(event.time, MIN_TIME_MS), MAX_TIME_MS)
-            )
+            event = evolve(event, time=min(max(event.time, MIN_TIME_MS), MAX_TIME_MS))
         if event.id is not None:
             last = self._applied.get(gateway)
             if last is not None and event.id <= last:
