@@ -12,8 +12,8 @@ from attrs import evolve
 from twisted.internet import defer
 from zope.interface import implementer
 
-from cdrd.interfaces import CallPage, IStore, WriteResult
-from cdrd.store.schema import FILTER_NOTATION, log_gateway_match, quarter
+from cdrd.interfaces import CallPage, CallStats, IStore, WriteResult
+from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
 
 
 def _within(t, since, until) -> bool:
@@ -166,6 +166,25 @@ class MemoryStore:
             quarter(r.begin) for r in self._records.values()
             if (gateway is None or r.gateway == gateway) and _within(r.begin, since, until)
         }))
+
+    def call_stats(self, since, until, bucket):
+        sums = {}
+        for r in self._records.values():
+            if not _within(r.begin, since, until):
+                continue
+            key = (r.gateway, r.begin // bucket * bucket)
+            n, a, t, ta, talk = sums.get(key, (0, 0, 0, 0, 0))
+            answered = r.connect is not None
+            attempt = r.notation in ATTEMPT_NOTATIONS
+            sums[key] = (
+                n + 1, a + answered, t + attempt, ta + (attempt and answered),
+                talk + ((r.talk or 0) if attempt and answered else 0),
+            )
+        return defer.succeed([
+            CallStats(gateway=g, start=b, calls=n, answered=a, attempts=t,
+                      attempts_answered=ta, talk=talk)
+            for (g, b), (n, a, t, ta, talk) in sorted(sums.items())
+        ])
 
     def cdrs(self, query):
         out = [

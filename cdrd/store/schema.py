@@ -23,6 +23,10 @@ FILTER_NOTATION = {
     "other": "Other",
 }
 
+#: The notations that count as attempts to reach a party, for ASR and ACD
+#: (Hook On/Off and Other are not attempts).
+ATTEMPT_NOTATIONS = ("Call out", "Call out failed", "Call in", "Call in reject")
+
 QUARTER_MS = 900_000
 
 

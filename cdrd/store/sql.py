@@ -14,8 +14,9 @@ import json
 from attrs import evolve
 from twisted.logger import Logger
 
-from cdrd.interfaces import CallPage, ModelCursor, OutboxItem, WriteResult
+from cdrd.interfaces import CallPage, CallStats, ModelCursor, OutboxItem, WriteResult
 from cdrd.store.schema import (
+    ATTEMPT_NOTATIONS,
     FILTER_NOTATION,
     MIGRATIONS,
     QUARTER_MS,
@@ -354,6 +355,26 @@ class SqlStore:
                 cur, statement, (*gw_params, since, until, *gw_params, until)
             ).fetchall()
             return [int(r[0]) for r in rows]
+        return self._read(q)
+
+    def call_stats(self, since, until, bucket):
+        attempt = f"notation IN ({', '.join('?' * len(ATTEMPT_NOTATIONS))})"
+        statement = (
+            f"SELECT gateway, begin_ms / {int(bucket)} AS b, COUNT(*),"
+            " SUM(CASE WHEN connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN {attempt} THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN COALESCE(talk, 0) ELSE 0 END)"
+            " FROM calls WHERE begin_ms >= ? AND begin_ms < ? GROUP BY gateway, b ORDER BY gateway, b"
+        )
+        params = (*ATTEMPT_NOTATIONS * 3, since, until)
+
+        def q(cur):
+            return [
+                CallStats(gateway=g, start=int(b) * bucket, calls=int(n), answered=int(a),
+                          attempts=int(t), attempts_answered=int(ta), talk=int(talk))
+                for g, b, n, a, t, ta, talk in self._exec(cur, statement, params).fetchall()
+            ]
         return self._read(q)
 
     def cdrs(self, query):

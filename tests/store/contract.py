@@ -20,12 +20,13 @@ from cdrd.interfaces import (
     LogQuery,
     WriteBatch,
 )
-from cdrd.store.schema import FILTER_NOTATION
+from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION
 from tests.store.values import (
     DAY,
     HOUR,
     KEY,
     KEY2,
+    NOTATIONS,
     cdr,
     cursor,
     event,
@@ -245,6 +246,48 @@ class StoreContract:
         assert sorted(await store.ended_calls(KEY, DAY)) == [("b1", 2), ("b2", 3)]
         assert sorted(await store.ended_calls(KEY, 0)) == [("b1", 1), ("b1", 2), ("b2", 3)]
         assert await store.ended_calls(KEY, DAY + 11) == []
+
+    @deferred_test
+    async def test_call_stats_sum_by_gateway_and_bucket(self, store):
+        records = random_records(300)
+        # unanswered ones, and an answered Hook On/Off that is no attempt
+        records += [
+            record(1000 + n, DAY + n * 7 * 60_000, notation=notation, connect=None, talk=None)
+            for n, notation in enumerate(NOTATIONS)
+        ]
+        records.append(record(2000, DAY + 5, notation="Other", talk=1000))
+        await store.write(WriteBatch(records=records))
+
+        def oracle(since, until, bucket):
+            sums = {}
+            for r in records:
+                if since <= r.begin < until:
+                    k = (r.gateway, r.begin // bucket * bucket)
+                    row = sums.setdefault(k, [0, 0, 0, 0, 0])
+                    attempt = r.notation in ATTEMPT_NOTATIONS
+                    answered = r.connect is not None
+                    row[0] += 1
+                    row[1] += answered
+                    row[2] += attempt
+                    row[3] += attempt and answered
+                    row[4] += (r.talk or 0) if attempt and answered else 0
+            return [(g, b, *row) for (g, b), row in sorted(sums.items())]
+
+        for since, until, bucket in [
+            (DAY - 24 * HOUR, DAY + 48 * HOUR, HOUR),
+            (DAY, DAY + 24 * HOUR, HOUR),
+            (DAY + 90 * 60_000, DAY + 5 * HOUR, 900_000),
+            (DAY - 24 * HOUR, DAY + 48 * HOUR, 24 * HOUR),
+            (DAY + 100 * HOUR, DAY + 101 * HOUR, HOUR),
+        ]:
+            got = await store.call_stats(since, until, bucket)
+            assert [(s.gateway, s.start, s.calls, s.answered, s.attempts, s.attempts_answered,
+                     s.talk) for s in got] == oracle(since, until, bucket)
+        # not vacuous
+        day = await store.call_stats(DAY, DAY + 24 * HOUR, 24 * HOUR)
+        assert {s.gateway for s in day} == {KEY, KEY2}
+        assert all(0 < s.attempts_answered <= s.attempts < s.calls for s in day)
+        assert any(s.attempts_answered < s.attempts and 0 < s.talk for s in day)
 
     # -- CDRs -----------------------------------------------------------------
 
