@@ -694,3 +694,17 @@ def test_times_beyond_year_9999_or_before_1970_never_break_a_product(when):
     for o in out:
         if isinstance(o, (LegStart, LegAnswer, LegStop)):
             rfc3339(o.time)
+
+
+def test_default_max_divert_depth_is_8_eight_diverts_nine_cdrs_the_ninth_loops():
+    r, cdrs, _, out = one(divert_chain(8))  # the default config: depth 8
+    assert (r.cause, len(cdrs)) == ("", 9)
+    assert len([o for o in out if isinstance(o, LegStart)]) == 1 + 1 + 8
+    r9, cdrs9, _, out9 = one(divert_chain(9))
+    assert r9.cause == "divert-loop" and r9.notation == "Call out"
+    # the 9th pushes no CDR (the 8th's rang once more before it) ...
+    assert [c.split(",")[3:] for c in cdrs9] == [c.split(",")[3:] for c in cdrs]
+    assert cdrs9[:8] == cdrs[:8]
+    starts9 = [o for o in out9 if isinstance(o, LegStart)]
+    assert len(starts9) == 1 + 1 + 8  # ... and starts no leg
+    assert starts9[-1].leg.dialled == "9007"  # the call carries on with the 8th

@@ -121,10 +121,6 @@ def check_invariants(raws, duplicate_ids):
             assert c.duration is None or c.duration >= 0
             assert (c.duration is None) == (c.status != "")
             assert len(c.line.split("\n")) == 1
-        # the CDRs of a call end together (a divert's share their answer; a
-        # transfer's keep their starts)
-        answered = [c for c in o.cdrs if c.duration]
-        assert len({c.start + c.duration for c in answered}) <= 1
 
     starts = [o.leg.id for o in out if isinstance(o, LegStart)]
     stops = [o.leg.id for o in out if isinstance(o, LegStop)]
@@ -250,3 +246,136 @@ def test_invariants_over_interleaved_calls(calls, order, drop, dup):
                 order.randrange(len(raws) + 1), raws[order.randrange(len(raws))]
             )
     check_invariants(raws, False)
+
+
+# -- transfers: the CDRs of the joined call end together -------------------------
+
+HANG_UPS = ("REMOTE_HOOK_ON", "PSTN_HOOK_ON", "HOOK_ON")
+# what may happen on X (ref 1) before the join, on Y (ref 2) before its
+# TRANSFER, and on X after the join; hang-ups anywhere but HOOK_ON
+x_before_st = st.lists(
+    st.sampled_from(
+        [
+            ("HOLD", {}),
+            ("REMOTE_HOOK_ON", {}),
+            ("PSTN_HOOK_ON", {"pport": "1"}),
+            ("RING_BACK", {}),
+            ("DIAL", {"digits": "5"}),
+            ("RESUME", {}),
+        ]
+    ),
+    max_size=4,
+)
+y_before_st = st.lists(
+    st.sampled_from([("REMOTE_HOOK_ON", {}), ("HOLD", {}), ("DIAL", {"digits": "9"})]),
+    max_size=3,
+)
+x_after_st = st.lists(
+    st.sampled_from(
+        [
+            ("RING_BACK", {}),
+            ("TALK", {}),
+            ("RESUME", {}),
+            ("DIAL", {"digits": "7"}),
+            ("REMOTE_HOOK_ON", {}),
+            ("PSTN_HOOK_ON", {"pport": "1"}),
+        ]
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    x_answered=st.booleans(),
+    y_answered=st.booleans(),
+    y_rings=st.booleans(),
+    role=st.sampled_from([None, "caller"]),
+    x_before=x_before_st,
+    y_before=y_before_st,
+    x_after=x_after_st,
+    late_y=st.integers(-1, 6),
+    order=st.randoms(use_true_random=False),
+    steps=st.lists(st.integers(0, 20_000), min_size=30, max_size=30),
+)
+def test_the_cdrs_of_a_joined_call_end_at_its_first_hang_up_after_the_transfer(
+    x_answered,
+    y_answered,
+    y_rings,
+    role,
+    x_before,
+    y_before,
+    x_after,
+    late_y,
+    order,
+    steps,
+):
+    """
+    E5-like transfers, hang-ups placed anywhere (on X or Y, before the join
+    or after it): every answered CDR of the joined call X ends at X's first
+    hang-up after the TRANSFER event; each keeps the start of its own leg's
+    answer, or takes X's next answer (rule 3).  The oracle reads the events.
+    """
+    x_open = [("HOOK_OFF", {"port": "1"}), ("DIAL", {"digits": "202"})]
+    x_open += [("TALK", {})] if x_answered else []
+    y = [("HOOK_OFF", {"port": "2"}), ("DIAL", {"digits": "07700900999"})]
+    y += [("RING_BACK", {})] if y_rings else []
+    y += [("TALK", {})] if y_answered else []
+    y += y_before
+    y.append(("TRANSFER", {"with": "1", **({"role": role} if role else {})}))
+    # X's events before the join and Y's, interleaved, each in its order
+    script = [(1, k, f) for k, f in x_open]
+    queues = [[(1, k, f) for k, f in x_before], [(2, k, f) for k, f in y]]
+    while any(queues):
+        q = order.choice([q for q in queues if q])
+        script.append(q.pop(0))
+    after = [(1, k, f) for k, f in x_after] + [(1, "HOOK_ON", {"port": "1"})]
+    if late_y >= 0:  # the gateway's HOOK_ON of the consultation call, late
+        after.insert(min(late_y, len(after)), (2, "HOOK_ON", {"port": "2"}))
+    script += after
+    raws = [
+        (kind, ref, "b1", steps[n % len(steps)], fields)
+        for n, (ref, kind, fields) in enumerate(script)
+    ]
+    events, end_time = build(raws)
+    _, out = run_all(events, end_time)
+
+    # the oracle, from the events alone
+    joined = next(n for n, e in enumerate(events) if e.type == "TRANSFER")
+    end = next(
+        e.time for e in events[joined + 1 :] if e.ref == 1 and e.type in HANG_UPS
+    )
+    x_talks = [e.time for e in events if e.ref == 1 and e.type == "TALK"]
+    next_x_talk = [
+        e.time for e in events[joined + 1 :] if e.ref == 1 and e.type == "TALK"
+    ]
+    y_talk = [e.time for e in events if e.ref == 2 and e.type == "TALK"]
+    expected_starts = []  # X's own CDR, then Y's moved in (rule 3)
+    if x_talks:
+        expected_starts.append(x_talks[0])
+    if y_talk:
+        expected_starts.append(y_talk[0])
+    elif next_x_talk:
+        expected_starts.append(next_x_talk[0])
+
+    ends = {o.record.ref: o for o in out if isinstance(o, CallEnd)}
+    assert sorted(ends) == [1, 2]
+    assert ends[2].cdrs == () and ends[2].record.cause == "transferred"
+    cdrs = ends[1].cdrs
+    assert [c.start for c in cdrs] == expected_starts
+    for c in cdrs:
+        assert c.duration == max(0, end - c.start), (
+            "ends at X's first hang-up after the join"
+        )
+    # the record keeps its own rule: the first hang-up after its Connect
+    x = ends[1].record
+    if x_talks:
+        connect = next(
+            n for n, e in enumerate(events) if e.ref == 1 and e.type == "TALK"
+        )
+        hang = next(
+            e.time for e in events[connect + 1 :] if e.ref == 1 and e.type in HANG_UPS
+        )
+        assert x.talk == max(0, hang - events[connect].time)
+    else:
+        assert x.talk is None
