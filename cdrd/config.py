@@ -262,7 +262,9 @@ def check_database_url(url: str, setting: str = "server.database") -> None:
         return
     if url.startswith(("postgresql://", "postgres://")) or url.startswith("memory:"):
         return
-    raise ConfigError(setting, f"{url!r} is not sqlite:PATH or postgresql://...")
+    from cdrd.store import safe_url  # the URL may hold a password
+
+    raise ConfigError(setting, f"{safe_url(url)!r} is not sqlite:PATH or postgresql://...")
 
 
 def _gateways(s: _Section) -> dict[str, GatewayConfig]:

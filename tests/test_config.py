@@ -84,3 +84,33 @@ def test_bad_endpoint_names_the_setting():
     with pytest.raises(C.ConfigError) as e:
         build_config({"config": None, "web-endpoint": "tcp:notaport"})
     assert e.value.setting == "server.web_endpoint"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://cdrd:hunter2@db/cdrd", "postgresql://cdrd:***@db/cdrd"),
+        ("postgresql://cdrd@db:5432/cdrd", "postgresql://cdrd@db:5432/cdrd"),
+        ("postgresql://db/cdrd?user=cdrd&password=hunter2", "postgresql://db/cdrd?user=cdrd&password=***"),
+        ("postgres://u:hunter2@db/x?sslmode=require&sslpassword=k", "postgres://u:***@db/x?sslmode=require&sslpassword=***"),
+        ("postgresql://u:hun?ter2@db/x", "postgresql://u:***@db/x"),  # unencoded: hide more, never less
+        ("host=db password=hunter2 dbname=cdrd", "host=db password=*** dbname=cdrd"),
+        ("host=db password='hun ter2' dbname=cdrd", "host=db password=*** dbname=cdrd"),
+        ("sqlite:var/cdrd.sqlite", "sqlite:var/cdrd.sqlite"),
+    ],
+)
+def test_database_urls_are_shown_without_passwords(url, shown):
+    from cdrd.store import redact, safe_url
+
+    assert safe_url(url) == shown
+    message = redact(f"cannot connect with {url}", url)
+    for secret in ("hunter2", "hun ter2", "hun?ter2"):
+        assert secret not in message
+
+
+def test_a_wrong_database_url_is_not_echoed_with_its_password():
+    with pytest.raises(C.ConfigError) as e:
+        C.parse({"server": {"database": "mysql://root:hunter2@db/cdrd?password=hunter3"}})
+    assert e.value.setting == "server.database"
+    assert "hunter2" not in str(e.value) and "hunter3" not in str(e.value)
+    assert "mysql://root:***@db/cdrd?password=***" in str(e.value)

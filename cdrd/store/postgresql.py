@@ -20,20 +20,13 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from cdrd.interfaces import IStore
+from cdrd.store import safe_url
 from cdrd.store.sql import SqlStore
 from cdrd.store.sqlite import StoreClosed
 
 #: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
 WRITE_LOCK = 0x63647264
 THREADS = 4
-
-
-def _safe(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
 
 
 @implementer(IStore)
@@ -52,7 +45,7 @@ class PostgresStore(SqlStore):
         self.schema_version: int | None = None
 
     def __repr__(self):
-        return f"<PostgresStore {_safe(self._url)}>"
+        return f"<PostgresStore {safe_url(self._url)}>"
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -68,7 +61,7 @@ class PostgresStore(SqlStore):
         def opened(version):
             self.schema_version = version
             self._logger.info("store {url} open, schema version {version}",
-                              url=_safe(self._url), version=version)
+                              url=safe_url(self._url), version=version)
 
         def failed(f):
             pool, self._pool = self._pool, None
