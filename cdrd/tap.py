@@ -5,18 +5,29 @@
 
 Start-up order: open the store, start the writer, recover the call model
 (replay from its cursors), start the outputs, then listen for gateways and
-browsers.  Shut-down runs it backwards: stop listening, let the writer
-commit what is in flight, flush outputs, close the store.
+then browsers.  Nothing listens before that (not even in twistd's
+privileged start): a gateway that logs in the moment cdrd is back must
+find its open calls recovered, or its reboot would go unnoticed.
+
+Shut-down: stop listening, log every gateway connection off and store it
+offline, let the writer commit what is in flight, stop the call model and
+the outputs, commit what they wrote, close the store.
+
+A start that fails (the database unreachable, a port taken) is one log
+line naming the setting, and twistd exits with status 1, so that a
+supervisor (systemd's Restart=on-failure) sees it.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 
 from attrs import evolve
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -67,16 +78,63 @@ def build_config(options) -> C.Config:
 
 
 def check_endpoint(description: str, setting: str) -> None:
-    from twisted.internet.endpoints import _parseServer
-
+    """
+    Build the endpoint as the listener will: that parses the string and,
+    for ``ssl:``, reads the key and certificate files, so a missing or bad
+    file is a config error naming the setting, not a traceback at start.
+    """
     try:
-        _parseServer(description, None)
-    except (ValueError, KeyError, TypeError) as e:
-        raise C.ConfigError(setting, f"{description!r} is not a server endpoint: {e}") from None
+        serverFromString(None, description)
+    except Exception as e:  # any endpoint plugin's error: one line, never swallowed
+        reason = str(e) or type(e).__name__
+        raise C.ConfigError(setting, f"{description!r} is not a usable server endpoint: {reason}") from None
+
+
+class StartupError(Exception):
+    """cdrd cannot start for a reason an operator can act on; the message names the setting."""
+
+
+class Listener(Service):
+    """A server endpoint listening while the service runs; `startService` fires once it listens."""
+
+    def __init__(self, reactor, description: str, factory, setting: str):
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.setting = setting
+        self.port = None
+
+    def privilegedStartService(self):
+        pass  # listen in startService, once cdrd is ready (see CdrdService)
+
+    def startService(self):
+        super().startService()
+        d = serverFromString(self.reactor, self.description).listen(self.factory)
+
+        def listening(port):
+            self.port = port
+
+        def failed(f):
+            raise StartupError(f"{self.setting} {self.description}: {f.getErrorMessage()}")
+
+        return d.addCallbacks(listening, failed)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
 
 
 class CdrdService(MultiService):
-    """Opens the store and recovers state before its children start."""
+    """
+    Opens the store and recovers state before its children start, and
+    stops them in the order that keeps every write's store open.
+
+    Children, in start order: the writer, the call model, the outputs,
+    then the listeners (gateways, web).
+    """
 
     log = Logger()
 
@@ -85,6 +143,17 @@ class CdrdService(MultiService):
         self.config = config
         self.reactor = reactor
         self.ready = defer.Deferred()
+        self.store = None
+        self.writer = None
+        self.calls = None
+        self.gateways = None
+        self.listeners: list[Listener] = []
+
+    def privilegedStartService(self):
+        # No child binds a port here: twistd calls this before startService,
+        # before the store is open.  (Ports below 1024: give the process
+        # CAP_NET_BIND_SERVICE rather than starting it as root.)
+        Service.privilegedStartService(self)
 
     def startService(self):
         Service.startService(self)
@@ -92,9 +161,18 @@ class CdrdService(MultiService):
         d.addCallbacks(self.ready.callback, self._failed)
 
     async def _start(self):
-        await self.store.open()
+        from cdrd.store import redact, safe_url
+
+        url = self.config.server.database
+        try:
+            await self.store.open()
+        except Exception as e:
+            error = redact(str(e).strip() or type(e).__name__, url)
+            raise StartupError(f"server.database {safe_url(url)}: {error}") from None
         await self._mark_offline()
         for child in self:
+            if not self.running:
+                return  # stopped while starting
             result = child.startService()
             if isinstance(result, defer.Deferred):
                 await result
@@ -104,7 +182,7 @@ class CdrdService(MultiService):
             "cdrd started: gateways on {gateways}, web on {web}, store {store}",
             gateways=self.config.server.gateway_endpoint,
             web=self.config.server.web_endpoint,
-            store=_safe_url(self.config.server.database),
+            store=safe_url(self.config.server.database),
         )
 
     async def _mark_offline(self):
@@ -116,27 +194,44 @@ class CdrdService(MultiService):
             await self.store.write(WriteBatch(gateways=stale))
 
     def _failed(self, failure):
-        self.log.failure("cdrd could not start", failure)
+        if failure.check(StartupError):
+            self.log.critical("cdrd could not start: {error}", error=failure.getErrorMessage())
+        else:
+            self.log.failure("cdrd could not start", failure)
         self.ready.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
 
-    @defer.inlineCallbacks
     def stopService(self):
-        yield MultiService.stopService(self)
-        yield self.store.close()
+        Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        async def step(what, fn):
+            try:
+                result = fn()
+                if isinstance(result, defer.Deferred):
+                    await result
+            except Exception:
+                self.log.failure("cdrd stopping: {what} failed", what=what)
+
+        for listener in reversed(self.listeners):
+            if listener.running:
+                await step(f"closing {listener.setting}", listener.stopService)
+        if self.gateways is not None:
+            await step("closing the gateway connections", self.gateways.shutdown)
+        if self.writer is not None and self.writer.running:
+            await step("writing what the gateways sent", self.writer.flushed)
+        others = [c for c in self if c is not self.writer and c not in self.listeners]
+        for child in others:  # the call model first: its last products reach the outputs
+            if child.running:
+                await step(f"stopping {type(child).__name__}", child.stopService)
+        if self.writer is not None and self.writer.running:
+            await step("the last writes", self.writer.stopService)
+        if self.store is not None:
+            await step("closing the store", self.store.close)
 
 
-def _safe_url(url: str) -> str:
-    """A database URL without its password."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
-
-
-def build_service(config: C.Config, reactor) -> CdrdService:
+def build_service(config: C.Config, reactor, store=None) -> CdrdService:
+    """The whole of cdrd; `store` (an IStore, not opened) replaces the one of server.database."""
     from cdrd.calls.service import CallService
     from cdrd.gateway.protocol import GatewayFactory
     from cdrd.store import open_store
@@ -145,8 +240,8 @@ def build_service(config: C.Config, reactor) -> CdrdService:
     from cdrd.web.feed import LiveFeed
 
     root = CdrdService(config, reactor)
-    root.store = store = open_store(config.server.database, reactor)
-    writer = BatchWriter(store, reactor)
+    root.store = store = store if store is not None else open_store(config.server.database, reactor)
+    root.writer = writer = BatchWriter(store, reactor)
     writer.setServiceParent(root)
 
     feed = LiveFeed()
@@ -181,16 +276,28 @@ def build_service(config: C.Config, reactor) -> CdrdService:
     for output in outputs:
         output.setServiceParent(root)
 
-    gateways = GatewayFactory(config, store, writer, reactor, open_refs=calls.open_refs)
+    root.gateways = gateways = GatewayFactory(config, store, writer, reactor, open_refs=calls.open_refs)
     writer.add_listener(lambda batch, result: gateways.committed())
-    strports.service(config.server.gateway_endpoint, gateways).setServiceParent(root)
 
     web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
     site = Site(web.resource())
     site.displayTracebacks = False
-    strports.service(config.server.web_endpoint, site).setServiceParent(root)
-    root.gateways = gateways
+    for description, factory, setting in (
+        (config.server.gateway_endpoint, gateways, "server.gateway_endpoint"),
+        (config.server.web_endpoint, site, "server.web_endpoint"),
+    ):
+        listener = Listener(reactor, description, factory, setting)
+        listener.setServiceParent(root)
+        root.listeners.append(listener)
     return root
+
+
+def _exit_with(status: int) -> None:
+    # twistd has no exit status of its own: at interpreter exit, after it
+    # removed its pidfile and the threads are joined
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def makeService(options) -> CdrdService:
@@ -200,4 +307,11 @@ def makeService(options) -> CdrdService:
     # every row it binds; at the default 5 ms switch interval a busy reactor
     # makes each hand-back wait, and commits (so ACKs) crawl.
     sys.setswitchinterval(0.0005)
-    return build_service(options["cdrd-config"], reactor)
+    service = build_service(options["cdrd-config"], reactor)
+
+    def failed(_):
+        atexit.register(_exit_with, 1)
+        reactor.callWhenRunning(reactor.stop)
+
+    service.ready.addErrback(failed)
+    return service

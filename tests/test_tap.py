@@ -1,0 +1,127 @@
+"""
+cdrd.tap's wiring over a MemoryReactorClock: what listens when, the order
+of shut-down, and endpoints checked at config time.  The same over a real
+twistd process is in tests/integration/test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from cdrd import config as C
+from cdrd.gateway.codec import parse_line
+from cdrd.interfaces import LogQuery
+from cdrd.store.memory import MemoryStore
+from cdrd.store.sqlite import StoreClosed
+from cdrd.tap import build_config, build_service
+
+LOGIN = b"LOGIN proto=1 gw=8200 mac=000C2A020082 fxs=2 fxo=2 isdn=0 callref=74 time=2026-11-22T10:00:00\n"
+
+
+class JournalStore(MemoryStore):
+    """A MemoryStore whose open() and first cursors() (recovery) wait for the test,
+    that refuses writes once closed (as the real ones do), and keeps a journal."""
+
+    def __init__(self):
+        super().__init__()
+        self.opening = defer.Deferred()
+        self.recovering = defer.Deferred()
+        self.journal: list[str] = []
+
+    def open(self):
+        self.journal.append("open")
+        return self.opening.addCallback(lambda _: MemoryStore.open(self))
+
+    def cursors(self):
+        result = MemoryStore.cursors(self).result
+        waiter = defer.Deferred()
+        self.recovering.addCallback(lambda _: waiter.callback(result))
+        return waiter
+
+    def write(self, batch):
+        if not self.opened:
+            self.journal.append("write after close")
+            return defer.fail(StoreClosed("closed"))
+        self.journal.append(f"write {[e.event for e in batch.log]}")
+        return MemoryStore.write(self, batch)
+
+    def close(self):
+        self.journal.append("close")
+        return MemoryStore.close(self)
+
+
+def service(store, **server):
+    config = C.parse({"server": {"database": "memory:", "allow_unknown_gateways": True, **server}})
+    reactor = MemoryReactorClock()
+    return build_service(config, reactor, store=store), reactor
+
+
+def listening(reactor) -> list[int]:
+    return [port for port, *_ in reactor.tcpServers]
+
+
+def test_nothing_listens_before_the_store_is_open_and_the_calls_recovered():
+    store = JournalStore()
+    svc, reactor = service(store)
+    svc.privilegedStartService()  # twistd's first step binds nothing
+    svc.startService()
+    assert listening(reactor) == []
+    store.opening.callback(None)
+    assert listening(reactor) == []  # the call model is still recovering
+    store.recovering.callback(None)
+    reactor.advance(0)
+    assert listening(reactor) == [6510, 8080]  # gateways first, then the web
+    assert svc.ready.called
+
+
+def test_a_store_that_does_not_open_is_one_line_naming_the_setting():
+    store = JournalStore()
+    svc, reactor = service(store)
+    svc.startService()
+    failures = []
+    svc.ready.addErrback(failures.append)
+    store.opening.errback(OSError(111, "Connection refused"))
+    (failure,) = failures
+    assert failure.getErrorMessage() == "server.database memory:: [Errno 111] Connection refused"
+    assert listening(reactor) == []
+
+
+def test_shutdown_logs_gateways_off_before_the_store_closes():
+    store = JournalStore()
+    store.opening.callback(None)
+    store.recovering.callback(None)
+    svc, reactor = service(store)
+    svc.startService()
+    reactor.advance(0)
+    proto = svc.gateways.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2348))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(LOGIN + b"EV seq=1 ref=75 type=HOOK_OFF port=1\n")
+    for _ in range(5):
+        reactor.advance(0.001)
+    assert [parse_line(x).verb for x in transport.value().splitlines()] == ["HELLO", "OK", "ACK"]
+    stopped = svc.stopService()
+    for _ in range(5):
+        reactor.advance(0.001)
+    assert stopped.called
+    assert transport.disconnecting
+    journal = store.journal
+    assert "write after close" not in journal
+    assert journal.index("write ['Gateway Disconnect']") < journal.index("close") == len(journal) - 1
+    (entry,) = [e for e in MemoryStore.log(store, LogQuery()).result if e.event == "Gateway Disconnect"]
+    assert entry.detail == "cdrd is shutting down"
+    assert not MemoryStore.gateways(store).result[0].online
+    proto.connectionLost(None)  # the socket closes later: nothing more is written
+    assert store.journal == journal
+
+
+@pytest.mark.parametrize("setting", ["gateway-endpoint", "web-endpoint"])
+def test_an_ssl_endpoint_without_its_key_file_is_a_config_error(setting, tmp_path):
+    endpoint = f"ssl:6511:privateKey={tmp_path}/key.pem:certKey={tmp_path}/cert.pem"
+    with pytest.raises(C.ConfigError) as e:
+        build_config({"config": None, setting: endpoint})
+    assert e.value.setting == f"server.{setting.replace('-', '_')}"
+    assert "No such file or directory" in str(e.value) and "\n" not in str(e.value)
