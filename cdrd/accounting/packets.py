@@ -28,16 +28,22 @@ from pathlib import Path
 from attrs import frozen
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccountingRequest, AcctPacket
+from pyrad.tools import EncodeAttr
 
 from cdrd.values import Cdr, Leg, LegAnswer, LegStart, LegStop
 
 #: RFC 2865: an attribute holds at most 253 bytes; a vendor attribute (RFC
 #: 2865 section 5.26, with its 6 header bytes) at most 247.
+MAX_VALUE = 253
 MAX_VENDOR_VALUE = 247
 #: FreeRADIUS silently drops a packet over 4096 bytes or with more than 200
-#: attributes; stay clear of both.
+#: attributes (both limits included: tests/accounting/test_freeradius.py
+#: sends packets of exactly 4096 bytes and exactly 200 attributes).
 MAX_PACKET = 4096
 MAX_ATTRIBUTES = 200
+#: The header of a request, and Acct-Delay-Time, added when it is encoded.
+HEADER = 20
+DELAY_SIZE = 6
 
 START, STOP, INTERIM = "Start", "Stop", "Interim-Update"
 
@@ -86,36 +92,57 @@ def terminate_cause(cause: str) -> str:
     return TERMINATE_CAUSES.get(cause, "Service-Unavailable")
 
 
+def _text(value: str, size: int = MAX_VALUE) -> str:
+    """`value` cut to `size` UTF-8 bytes, never inside a character."""
+    if len(value) * 4 <= size or len(value.encode()) <= size:
+        return value
+    return _chunks(value, size)[0]
+
+
+def _integer(value: int | None) -> int | None:
+    """A RADIUS integer (32 bits), or None: a gateway's decimal may be larger."""
+    return value if value is not None and 0 <= value < 1 << 32 else None
+
+
 def leg_attributes(
     leg: Leg, nas_ip: str | None, gateway_address: str | None = None
 ) -> list[tuple[str, object]]:
-    """The attributes every packet of `leg` carries, fixed at its Start."""
+    """
+    The attributes every packet of `leg` carries, fixed at its Start.  A
+    value longer than an attribute holds (253 bytes, 247 for a vendor
+    attribute: only where a gateway sends such numbers) is cut there, the
+    same way in every packet; the CDR lines keep them whole.  An integer
+    over 32 bits is left out.
+    """
     attrs: list[tuple[str, object]] = []
     user = leg.cui or leg.cli
     if user:
-        attrs.append(("User-Name", user))
+        attrs.append(("User-Name", _text(user)))
     if nas_ip:
         if ipaddress.ip_address(nas_ip).version == 6:
             attrs.append(("NAS-IPv6-Address", nas_ip))
         else:
             attrs.append(("NAS-IP-Address", nas_ip))
-    attrs.append(("NAS-Identifier", leg.gateway))
-    if leg.port is not None:
-        attrs += [("NAS-Port", leg.port), ("NAS-Port-Id", f"fxs/{leg.port}")]
-    elif leg.pport is not None:
-        attrs += [("NAS-Port", leg.pport), ("NAS-Port-Id", f"fxo/{leg.pport}")]
-    attrs.append(("Acct-Session-Id", leg.id))
-    attrs.append(("Acct-Multi-Session-Id", leg.call))
+    attrs.append(("NAS-Identifier", _text(leg.gateway)))
+    for number, kind in ((leg.port, "fxs"), (leg.pport, "fxo")):
+        if number is not None:
+            if _integer(number) is not None:
+                attrs.append(("NAS-Port", number))
+            attrs.append(("NAS-Port-Id", _text(f"{kind}/{number}")))
+            break
+    attrs.append(("Acct-Session-Id", _text(leg.id)))
+    attrs.append(("Acct-Multi-Session-Id", _text(leg.call)))
     if leg.cui:
-        attrs.append(("Chargeable-User-Identity", leg.cui))
+        attrs.append(("Chargeable-User-Identity", _text(leg.cui)))
     if leg.cli:
-        attrs.append(("Calling-Station-Id", leg.cli))
+        attrs.append(("Calling-Station-Id", _text(leg.cli)))
     if leg.dialled:
-        attrs.append(("Called-Station-Id", leg.dialled))
+        attrs.append(("Called-Station-Id", _text(leg.dialled)))
     attrs.append(("cdrd-Leg-Direction", leg.direction))
-    attrs.append(("cdrd-Call-Ref", leg.ref))
+    if _integer(leg.ref) is not None:
+        attrs.append(("cdrd-Call-Ref", leg.ref))
     if gateway_address:
-        attrs.append(("cdrd-Gateway-Address", gateway_address[:MAX_VENDOR_VALUE]))
+        attrs.append(("cdrd-Gateway-Address", _text(gateway_address, MAX_VENDOR_VALUE)))
     return attrs
 
 
@@ -135,7 +162,7 @@ def _chunks(text: str, size: int) -> list[str]:
 
 def cdr_attributes(cdr: Cdr, index: int) -> list[tuple[str, object]]:
     """
-    The attributes of the `index`-th CDR (from 1) of a packet: its
+    The attributes of the `index`-th CDR (from 1) of a Stop: its
     cdrd-CDR-Id and cdrd-CDR and, for a line over 247 bytes, the rest in
     cdrd-CDR-Continued values "<index>:<text>".  pyrad (like RADIUS
     servers) keeps the values of one attribute together and in order, so
@@ -150,61 +177,99 @@ def cdr_attributes(cdr: Cdr, index: int) -> list[tuple[str, object]]:
     )
 
 
-def _attr_size(name: str, value: object) -> int:
-    """Encoded size of one attribute (upper bound for the ones cdrd sends)."""
-    if name.startswith("cdrd-"):
-        header = 8  # Vendor-Specific (2) + vendor id (4) + vendor type/length (2)
-    else:
-        header = 2
-    if isinstance(value, int):
-        return header + 4
-    if name == "NAS-IPv6-Address":
-        return header + 16
-    if name == "NAS-IP-Address":
-        return header + 4
-    return header + len(str(value).encode())
+_SIZING: Dictionary | None = None
 
 
-def _packet_size(attrs: Iterable[tuple[str, object]]) -> int:
-    # 20 bytes of header; 6 for Acct-Delay-Time, added at send time
-    return 20 + 6 + sum(_attr_size(n, v) for n, v in attrs)
+def _sizing_dictionary() -> Dictionary:
+    """Sizes do not depend on the vendor number (always 4 bytes)."""
+    global _SIZING
+    if _SIZING is None:
+        _SIZING = load_dictionary(32473)
+    return _SIZING
 
 
-def split_cdrs(
-    base: list[tuple[str, object]], cdrs: Sequence[Cdr]
+def attribute_size(dictionary: Dictionary, name: str, value: object) -> int:
+    """The bytes `name` = `value` takes in a packet, as pyrad encodes it."""
+    key, attr = _attribute(dictionary, name)
+    size = len(_encode_value(attr, value)) + 2
+    return size + 6 if isinstance(key, tuple) else size  # Vendor-Specific
+
+
+def packet_size(dictionary: Dictionary, attrs: Iterable[tuple[str, object]]) -> int:
+    """The size of the request with `attrs`, Acct-Delay-Time included."""
+    return HEADER + DELAY_SIZE + sum(attribute_size(dictionary, n, v) for n, v in attrs)
+
+
+def fits(dictionary: Dictionary, attrs: Sequence[tuple[str, object]]) -> bool:
+    """Whether the request with `attrs` (and Acct-Delay-Time) is within
+    FreeRADIUS's limits."""
+    return (
+        len(attrs) + 1 <= MAX_ATTRIBUTES
+        and packet_size(dictionary, attrs) <= MAX_PACKET
+    )
+
+
+def split_stop(
+    dictionary: Dictionary, fixed: list[tuple[str, object]], cdrs: Sequence[Cdr]
 ) -> list[list[tuple[str, object]]]:
     """
-    The CDR attributes of one Stop, split so each packet stays within
-    FreeRADIUS's limits.  One list per packet; a single list (the common
-    case, and always within call-records.md's limits) means one Stop.
+    The attributes of a Stop (`fixed`: everything but the CDRs) carrying
+    `cdrs`, as one list per packet: one packet where they fit, else
+    several, each with cdrd-CDR-Part "k/m" and each within FreeRADIUS's
+    limits, whatever the CDRs.  A CDR is kept within one packet where it
+    fits in one; a longer one goes on in the next packets' continuations.
+    The n in "<n>:<text>" counts the CDRs of the whole Stop, all parts.
     """
-    # sized with the longest index prefix, numbered per packet afterwards
-    groups = [cdr_attributes(c, 999) for c in cdrs]
-    whole = [a for g in groups for a in g]
-    if _fits(base, whole):
-        return [_numbered(cdrs)]
-    part = [("cdrd-CDR-Part", "999/999")]
-    packets: list[list[Cdr]] = [[]]
-    size: list[tuple[str, object]] = []
-    for cdr, g in zip(cdrs, groups, strict=True):
-        if packets[-1] and not _fits(base + part, size + g):
-            packets.append([])
-            size = []
-        packets[-1].append(cdr)
-        size += g
-    return [_numbered(p) for p in packets]
+    groups = [cdr_attributes(c, n) for n, c in enumerate(cdrs, 1)]
+    whole = fixed + [a for g in groups for a in g]
+    if fits(dictionary, whole):
+        return [whole]
+    digits = 1
+    while True:
+        parts = _fill(dictionary, fixed, groups, len(f"{10**digits - 1}/{10**digits - 1}"))
+        if len(str(len(parts))) <= digits:
+            break
+        digits += 1
+    m = len(parts)
+    return [p + [("cdrd-CDR-Part", f"{k}/{m}")] for k, p in enumerate(parts, 1)]
 
 
-def _numbered(cdrs: Sequence[Cdr]) -> list[tuple[str, object]]:
-    return [a for n, c in enumerate(cdrs, 1) for a in cdr_attributes(c, n)]
-
-
-def _fits(base, extra) -> bool:
-    # +1: Acct-Delay-Time, added at send time (counted in _packet_size)
-    return (
-        _packet_size(base) + sum(_attr_size(n, v) for n, v in extra) <= MAX_PACKET
-        and len(base) + len(extra) + 1 <= MAX_ATTRIBUTES
+def _fill(dictionary, fixed, groups, part_chars: int) -> list[list[tuple[str, object]]]:
+    """Greedy: CDR attributes into packets of at most MAX_PACKET bytes and
+    MAX_ATTRIBUTES attributes, room kept for a cdrd-CDR-Part value of
+    `part_chars` characters."""
+    size_of = attribute_size
+    room_bytes = MAX_PACKET - packet_size(dictionary, fixed) - size_of(
+        dictionary, "cdrd-CDR-Part", "0" * part_chars
     )
+    room_attrs = MAX_ATTRIBUTES - len(fixed) - 2  # Part and Acct-Delay-Time
+    parts: list[list[tuple[str, object]]] = []
+    current: list[tuple[str, object]] = []
+    used = 0
+
+    def add(items):
+        nonlocal current, used
+        need = sum(size_of(dictionary, n, v) for n, v in items)
+        if used + need > room_bytes or len(current) + len(items) > room_attrs:
+            if not current or need > room_bytes or len(items) > room_attrs:
+                # by construction (leg attributes cut to one attribute
+                # each) an empty packet always takes a CDR's first two
+                raise ValueError("a Stop's own attributes leave no room for a CDR")
+            parts.append(current)
+            current, used = [], 0
+        current.extend(items)
+        used += need
+
+    for group in groups:
+        need = sum(size_of(dictionary, n, v) for n, v in group)
+        if need <= room_bytes and len(group) <= room_attrs:
+            add(group)  # whole in one packet: this one or the next
+        else:
+            add(group[:2])  # cdrd-CDR-Id with the first piece of its line
+            for item in group[2:]:
+                add([item])
+    parts.append(current)
+    return [fixed + p for p in parts]
 
 
 # -- payloads -------------------------------------------------------------------
@@ -247,9 +312,17 @@ class Payload:
         )
 
 
+def request_attributes(leg_attrs, status: str, event: int, extra=()) -> list:
+    return [
+        ("Acct-Status-Type", status),
+        *leg_attrs,
+        ("Event-Timestamp", event // 1000),
+        *extra,
+    ]
+
+
 def request(leg_attrs, status: str, event: int, leg: str, extra=()) -> Payload:
-    attrs = [("Acct-Status-Type", status), *leg_attrs, ("Event-Timestamp", event // 1000)]
-    attrs += list(extra)
+    attrs = request_attributes(leg_attrs, status, event, extra)
     return Payload("req", leg, status, event, tuple(attrs))
 
 
@@ -261,15 +334,19 @@ def interim(marker: Payload, now: int) -> Payload:
     )
 
 
-def spool(outputs, now: int, nas_ip: str | None, interims: bool, peers=None) -> list[Payload]:
+def spool(
+    outputs, now: int, nas_ip: str | None, interims: bool, peers=None, dictionary=None
+) -> list[Payload]:
     """
     The payloads for the call model's `outputs`: a Start per LegStart, an
     open marker per LegAnswer (if Interim-Updates are on), and a Stop per
     LegStop (several Stops, numbered with cdrd-CDR-Part, only if its CDRs
     overflow one packet).  CallEnd gives nothing: its CDRs come with the
-    last LegStop.
+    last LegStop.  `dictionary` only sizes the packets (the vendor number
+    does not change a size).
     """
     peers = peers or {}
+    dictionary = dictionary or _sizing_dictionary()
     out: list[Payload] = []
     for o in outputs:
         if isinstance(o, LegStart):
@@ -285,12 +362,9 @@ def spool(outputs, now: int, nas_ip: str | None, interims: bool, peers=None) -> 
                 ("Acct-Session-Time", o.session_ms // 1000),
                 ("Acct-Terminate-Cause", terminate_cause(o.cause)),
             ]
-            parts = split_cdrs(base + common, o.cdrs) if o.cdrs else [[]]
-            for n, cdr_attrs in enumerate(parts, 1):
-                extra = common + cdr_attrs
-                if len(parts) > 1:
-                    extra.append(("cdrd-CDR-Part", f"{n}/{len(parts)}"))
-                out.append(request(base, STOP, o.time, o.leg.id, extra))
+            fixed = request_attributes(base, STOP, o.time, common)
+            for attrs in split_stop(dictionary, fixed, o.cdrs):
+                out.append(Payload("req", o.leg.id, STOP, o.time, tuple(attrs)))
     return out
 
 
@@ -331,8 +405,15 @@ def encode_request(
     pkt = AcctPacket(code=AccountingRequest, id=ident, secret=secret, dict=dictionary)
     for name, value in (*payload.attributes, ("Acct-Delay-Time", delay)):
         key, attr = _attribute(dictionary, name)
-        if isinstance(value, str) and attr.type == "octets":
-            # pyrad reads "0x..." as hex and "65" as one byte: give it hex always
-            value = "0x" + value.encode().hex()
-        OrderedDict.setdefault(pkt, key, []).append(pkt._EncodeValue(attr, value))
+        OrderedDict.setdefault(pkt, key, []).append(_encode_value(attr, value))
     return pkt, pkt.RequestPacket(), delay
+
+
+def _encode_value(attr, value) -> bytes:
+    """pyrad's encoding of one value (`Packet._EncodeValue`)."""
+    if isinstance(value, str) and attr.type == "octets":
+        # pyrad reads "0x..." as hex and "65" as one byte: give it hex always
+        value = "0x" + value.encode().hex()
+    if attr.values.HasForward(value):
+        return attr.values.GetForward(value)
+    return EncodeAttr(attr.type, value)

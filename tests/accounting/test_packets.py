@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from attrs import evolve as attrs_evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -161,3 +162,123 @@ def test_interim_from_marker():
     assert got["Acct-Status-Type"] == ["Interim-Update"]
     assert got["Acct-Session-Time"] == [600]
     assert got["Acct-Session-Id"] == [answer.leg.id]
+
+
+# -- sizes: exact, and every packet within FreeRADIUS's limits ------------------
+
+
+def encoded(payload, dictionary=D):
+    """(bytes, number of attributes) of `payload` as sent."""
+    _, raw, _ = encode_request(dictionary, payload, b"s", 1, payload.event)
+    count, i = 0, 20
+    while i < len(raw):
+        count += 1
+        i += raw[i + 1]
+    return raw, count
+
+
+def assert_within_limits(payloads):
+    for p in payloads:
+        raw, count = encoded(p)
+        assert len(raw) == packets.packet_size(D, p.attributes)  # exact, not estimated
+        assert count == len(p.attributes) + 1  # + Acct-Delay-Time
+        assert len(raw) <= packets.MAX_PACKET and count <= packets.MAX_ATTRIBUTES
+
+
+def reassemble_stops(payloads):
+    """What billing does with a leg's Stop(s): parts in order, continuations
+    appended to the n-th CDR of the whole Stop."""
+    got = [decode(encoded(p)[0], D) for p in payloads]
+    if len(got) > 1:
+        got.sort(key=lambda g: int(g["cdrd-CDR-Part"][0].split("/")[0]))
+        assert [g["cdrd-CDR-Part"][0] for g in got] == [
+            f"{k}/{len(got)}" for k in range(1, len(got) + 1)
+        ]
+    else:
+        assert "cdrd-CDR-Part" not in got[0]
+    lines, ids = [], []
+    for g in got:
+        lines += g.get("cdrd-CDR", [])
+        ids += g.get("cdrd-CDR-Id", [])
+        for value in g.get("cdrd-CDR-Continued", []):
+            n, _, text = value.partition(":")
+            lines[int(n) - 1] += text
+    return lines, ids
+
+
+def test_stop_sizes_are_exact_up_to_4096_bytes():
+    """The audit's Stop (call-records.md's largest, plus a longer transfer
+    chain), grown a digit at a time: every Stop is within 4096 bytes, one
+    packet up to exactly 4096, then two (the old estimate missed
+    Acct-Status-Type and Event-Timestamp and sent 4097 bytes)."""
+    leg, stop = examples.largest_stop()
+    sizes = []
+    for extra in range(0, 1500, 7):
+        cdrs = [
+            attrs_evolve(c, cui=c.cui[:20], dialled=c.dialled[:20] + "7" * (extra // 17 + (i < extra % 17)),
+                         cli=c.cli[:20])
+            for i, c in enumerate(list(stop.cdrs) + [stop.cdrs[0]] * 7)
+        ]
+        ps = spool([LegStop(leg, stop.time, stop.answered, "gateway-restart", tuple(cdrs))],
+                   0, "192.0.2.10", False)
+        assert_within_limits(ps)
+        assert reassemble_stops(ps) == ([c.line for c in cdrs], [c.id for c in cdrs])
+        sizes.append((len(ps), len(encoded(ps[0])[0])))
+    one = [size for n, size in sizes if n == 1]
+    assert max(one) >= packets.MAX_PACKET - 12 and any(n == 2 for n, _ in sizes)
+
+
+def test_exactly_4096_bytes_is_one_packet():
+    """A tenth CDR grown a byte at a time: one packet up to exactly 4096
+    bytes, two from 4097."""
+    leg, stop = examples.largest_stop()
+    seen = []
+    for n in range(0, 2000):
+        cdrs = stop.cdrs[:9] + (attrs_evolve(stop.cdrs[9], dialled="1" * n),)
+        ps = spool([LegStop(leg, stop.time, stop.answered, "", cdrs)], 0, None, False)
+        assert_within_limits(ps)
+        seen.append((len(ps), len(encoded(ps[0])[0])))
+        if len(ps) == 2:
+            break
+    assert seen[-2] == (1, packets.MAX_PACKET) and seen[-1][0] == 2
+
+
+def test_attribute_limit_counts_acct_delay_time():
+    attrs = [("Acct-Status-Type", "Stop")] + [("cdrd-CDR-Continued", "1:x")] * 198
+    assert packets.fits(D, attrs)  # 199 + Acct-Delay-Time = 200
+    assert not packets.fits(D, attrs + [("cdrd-CDR-Continued", "1:x")])
+
+
+def test_a_cdr_larger_than_a_packet_spans_stops():
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
+    big = _cdr(1, "8" * 5000)
+    cdrs = (_cdr(0, "small"), big, _cdr(2, "é" * 3000), _cdr(3, "tail"))
+    ps = spool([LegStop(leg, 5000, 1000, "", cdrs)], 0, None, True)
+    assert len(ps) >= 4
+    assert_within_limits(ps)
+    assert reassemble_stops(ps) == ([c.line for c in cdrs], [c.id for c in cdrs])
+
+
+LONG = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=400)
+
+
+@given(
+    st.builds(
+        Leg,
+        id=LONG.map(lambda s: "g/b/1/" + s), call=LONG, gateway=LONG,
+        ref=st.integers(0, 10**12), direction=st.sampled_from(["inbound", "outbound"]),
+        port=st.none() | st.integers(0, 10**12), cui=LONG, cli=LONG, dialled=LONG,
+    ),
+    st.lists(st.tuples(LONG, st.integers(0, 12000)), max_size=8),
+    st.none() | LONG,
+)
+def test_every_stop_fits_whatever_the_input(leg, texts, peer):
+    """Leg values far over an attribute, CDRs of any length: every packet
+    within 4096 bytes and 200 attributes, every CDR whole."""
+    cdrs = tuple(_cdr(n, text + "9" * pad) for n, (text, pad) in enumerate(texts))
+    outputs = [LegStart(leg, 0), LegAnswer(leg, 1000), LegStop(leg, 5000, 1000, "", cdrs)]
+    ps = spool(outputs, 0, "2001:db8::1", True, peers={leg.gateway: peer})
+    reqs = [p for p in ps if p.kind == "req"]
+    assert_within_limits(reqs)
+    stops = [p for p in reqs if p.status == "Stop"]
+    assert reassemble_stops(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])
