@@ -115,11 +115,16 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
 
 @pytest_twisted.ensureDeferred
 async def test_largest_possible_stop_is_accepted(radius):
-    svc, store = service(config(radius))
-    leg, stop = examples.largest_stop()
+    from cdrd.accounting import packets
     from cdrd.values import LegStart
 
+    svc, store = service(config(radius))
+    leg, stop = examples.largest_stop()
+    svc._peers[leg.gateway] = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
     outputs = [LegStart(leg, stop.answered), stop]
+    (payload,) = [packets.Payload.from_bytes(p) for p in svc.spool([stop], 0)]
+    assert packets.packet_size(svc.dictionary, payload.attributes) == 3542
+    assert len(payload.attributes) + 1 == 38
     svc.startService()
     try:
         spool(svc, store, outputs)
@@ -242,7 +247,7 @@ async def test_oversized_cdrs_arrive_whole_and_own_vendor_number(tmp_path):
     call-records.md's limits) still arrive whole; and an operator's own
     vendor number, set in cdrd's config and on FreeRADIUS's VENDOR line."""
     from cdrd.values import Cdr, Leg, LegStart, LegStop
-    from tests.accounting.test_packets import reassemble
+    from tests.accounting.test_packets import reassemble_records
 
     radius = FreeRadius(tmp_path / "radius", secret=SECRET, vendor=99999)
     radius.start()
@@ -263,16 +268,9 @@ async def test_oversized_cdrs_arrive_whole_and_own_vendor_number(tmp_path):
         await svc.stopService()
         recs = radius.wait_records(lambda r: len(by_status(r, "Stop")) >= 2)
         radius.stop()
-    stops = sorted(by_status(recs, "Stop"), key=lambda r: r["cdrd-CDR-Part"][0])
+    stops = by_status(recs, "Stop")
     assert len(stops) >= 2
-    parts = [r["cdrd-CDR-Part"][0] for r in stops]
-    assert parts == [f"{n}/{len(stops)}" for n in range(1, len(stops) + 1)]
-    lines, ids = [], []
-    for r in stops:
-        lines += reassemble(r)
-        ids += r["cdrd-CDR-Id"]
-    assert lines == [c.line for c in cdrs]
-    assert ids == [c.id for c in cdrs]
+    assert reassemble_records(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])
     assert all(r["Acct-Session-Id"] == ["g/b/9/0"] for r in stops)
 
 
@@ -355,3 +353,103 @@ async def test_worked_examples_through_the_call_model(radius):
     assert causes["8200_000C2A020082/b1/78/1"] == "Port-Unneeded"
     assert causes["8200_000C2A020082/b1/80/0"] == "Port-Unneeded"
     assert causes["8200_000C2A020082/b1/75/0"] == "User-Request"
+
+
+def _send_raw(radius, raw, timeout=1.0):
+    """One datagram to FreeRADIUS; its answer's code, or None if dropped."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(raw, ("127.0.0.1", radius.port))
+        try:
+            return s.recv(4096)[0]
+        except TimeoutError:
+            return None
+
+
+def test_freeradius_limits_are_4096_bytes_and_200_attributes(radius):
+    """The limits packets.py keeps to, measured on the real server: a request
+    of exactly 4096 bytes and one of exactly 200 attributes (Acct-Delay-Time
+    included) are answered and written; one byte or one attribute more and
+    FreeRADIUS drops it without a word."""
+    from cdrd.accounting import packets
+    from cdrd.accounting.packets import Payload, encode_request, load_dictionary
+
+    d = load_dictionary(32473)
+
+    def stop(session, fill):
+        attrs = [("Acct-Status-Type", "Stop"), ("Acct-Session-Id", session),
+                 ("NAS-Identifier", examples.GW), *fill]
+        return Payload("req", session, "Stop", 0, tuple(attrs))
+
+    def raw(payload, ident):
+        return encode_request(d, payload, SECRET.encode(), ident, 0)[1]
+
+    def by_bytes(session, size):
+        fill, left = [], size - packets.packet_size(d, stop(session, []).attributes)
+        while left:
+            n = min(left, 255)  # one vendor attribute: 8 + "1:" + 1..245 bytes
+            if 0 < left - n < 11:
+                n = left - 11  # leave enough for one more
+            fill.append(("cdrd-CDR-Continued", "1:" + "x" * (n - 10)))
+            left -= n
+        p = stop(session, fill)
+        assert packets.packet_size(d, p.attributes) == size
+        return p
+
+    def by_count(session, count):
+        p = stop(session, [("cdrd-CDR-Continued", "1:x")] * (count - 4))
+        assert len(p.attributes) + 1 == count
+        return p
+
+    cases = [
+        (by_bytes("bytes-4096", 4096), 5), (by_bytes("bytes-4097", 4097), None),
+        (by_count("attrs-200", 200), 5), (by_count("attrs-201", 201), None),
+    ]
+    for ident, (payload, want) in enumerate(cases):
+        data = raw(payload, ident)
+        assert _send_raw(radius, data) == want, (payload.leg, len(data))
+    assert len(raw(cases[0][0], 9)) == packets.MAX_PACKET == 4096
+    assert packets.MAX_ATTRIBUTES == 200
+    got = radius.wait_records(lambda r: len(r) >= 2)
+    assert sorted(r["Acct-Session-Id"][0] for r in got) == ["attrs-200", "bytes-4096"]
+    assert len(got[0]["cdrd-CDR-Continued"]) + len(got[1]["cdrd-CDR-Continued"]) > 196
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_5kB_cdr_and_a_call_over_4kB_arrive_whole(radius):
+    """Beyond call-records.md's bounds (a gateway's long dialled number, a
+    long transfer chain): a 5 kB CDR, and a call whose CDRs total over 4 kB,
+    arrive whole in the detail file as numbered Stops, none dropped."""
+    from attrs import evolve
+
+    from cdrd.values import Cdr, Leg, LegStart, LegStop
+    from tests.accounting.test_packets import reassemble_records
+
+    svc, store = service(config(radius, interim_interval=0))
+    leg1 = Leg("g/b/1/1", "g/b/1", examples.GW, 1, "outbound", cui="c", cli="1")
+    big = Cdr("a" * 32, "g/b/1", examples.GW, 0, 0, 1000, "", "c",
+              "0123456789" * 500, "442079460201")
+    leg2 = Leg("g/b/2/1", "g/b/2", examples.GW, 2, "outbound", cui="c", cli="1")
+    chain = tuple(
+        evolve(big, id=f"{n:032x}", call="g/b/2", dialled=f"{n}" + "7" * 300)
+        for n in range(12)
+    )
+    assert len(big.line) > 5000 and sum(len(c.line) for c in chain) > 4096
+    outputs = [
+        LegStart(leg1, 0), LegStop(leg1, 5000, 1000, "", (big,)),
+        LegStart(leg2, 0), LegStop(leg2, 5000, 1000, "", chain),
+    ]
+    svc.startService()
+    try:
+        spool(svc, store, outputs)
+        assert await until(lambda: not store.items)
+    finally:
+        await svc.stopService()
+    recs = radius.wait_records(lambda r: len(r) >= 6)
+    for leg, cdrs in ((leg1, (big,)), (leg2, chain)):
+        stops = [r for r in by_status(recs, "Stop") if r["Acct-Session-Id"] == [leg.id]]
+        assert len(stops) > 1
+        assert reassemble_records(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])
+    assert svc.status()["retransmissions"] == 0  # none dropped, none retried
