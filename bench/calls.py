@@ -10,9 +10,12 @@ call with 100 000 calls open (tracemalloc).
                                     [--batch 200] [--only model|service|memory]
 
 The traffic is cdrd-sim's mix of a small office's day (cdrd.sim.load:
-calls out, failed calls, calls in, PSTN calls), `--concurrent` calls at a
-time per gateway, all gateways' events merged by time and numbered as the
-store would.  Figures go to stdout.
+calls out, failed calls, calls in, PSTN calls) plus a share of diverted
+calls (E4-like, one to three forwards: `--diverted`, default 10 %) and of
+attended transfers (E5-like, two calls joined: `--transferred`, default
+5 %, each counted as its two calls), `--concurrent` calls at a time per
+gateway, all gateways' events merged by time and numbered as the store
+would.  Figures go to stdout.
 """
 
 from __future__ import annotations
@@ -52,40 +55,128 @@ def config_for(keys) -> Config:
     )
 
 
-def traffic(keys, calls_per_gateway: int, concurrent: int, seed: int = 1):
-    """Every gateway's calls, `concurrent` at a time, as CallEvents in time order."""
+def _number(rng: random.Random, prefix: str, length: int) -> str:
+    return prefix + "".join(
+        rng.choice("0123456789") for _ in range(length - len(prefix))
+    )
+
+
+def diverted_call(rng: random.Random, ref: int) -> list[tuple[int, int, str, dict]]:
+    """E4-like: 201 calls 202, forwarded one to three times, answered at the last."""
+    t = 0
+    steps = [(t, ref, "HOOK_OFF", {"port": "1"})]
+    t += rng.randint(1500, 6000)
+    steps.append((t, ref, "DIAL", {"digits": "202"}))
+    for n in range(rng.choice([1, 1, 1, 2, 3])):
+        t += rng.randint(100, 900)
+        steps.append((t, ref, "RING_BACK", {}))
+        t += rng.randint(2000, 20000)
+        by = {"by": "202", "port": "2"} if n == 0 else {"by": _number(rng, "07", 11)}
+        steps.append(
+            (t, ref, "DIVERT", {"to": _number(rng, "07", 11), "cause": "cfnr", **by})
+        )
+    t += rng.randint(100, 900)
+    steps.append((t, ref, "RING_BACK", {}))
+    t += rng.randint(2000, 20000)
+    steps.append((t, ref, "TALK", {}))
+    t += rng.randint(5000, 600000)
+    steps.append((t, ref, "REMOTE_HOOK_ON", {}))
+    t += rng.randint(100, 2000)
+    steps.append((t, ref, "HOOK_ON", {"port": "1"}))
+    return steps
+
+
+def transferred_calls(rng: random.Random, x: int) -> list[tuple[int, int, str, dict]]:
+    """E5-like: 201 calls 202 (ref x); 202 consults (ref x+1) and transfers."""
+    y = x + 1
+    t = 0
+    steps = [(t, x, "HOOK_OFF", {"port": "1"})]
+    t += rng.randint(1500, 6000)
+    steps.append((t, x, "DIAL", {"digits": "202"}))
+    t += rng.randint(100, 900)
+    steps.append((t, x, "RING_BACK", {}))
+    t += rng.randint(2000, 20000)
+    steps.append((t, x, "TALK", {}))
+    t += rng.randint(5000, 120000)
+    steps.append((t, x, "HOLD", {}))
+    t += rng.randint(200, 2000)
+    steps.append((t, y, "HOOK_OFF", {"port": "2"}))
+    t += rng.randint(1500, 6000)
+    steps.append((t, y, "DIAL", {"digits": _number(rng, "07", 11)}))
+    t += rng.randint(100, 900)
+    steps.append((t, y, "RING_BACK", {}))
+    t += rng.randint(2000, 20000)
+    steps.append((t, y, "TALK", {}))
+    t += rng.randint(5000, 120000)
+    role = {"role": "caller"} if rng.random() < 0.2 else {}
+    steps.append((t, y, "TRANSFER", {"with": str(x), **role}))
+    steps.append((t + rng.randint(50, 500), y, "HOOK_ON", {"port": "2"}))  # late
+    t += rng.randint(5000, 600000)
+    steps.append((t, x, "REMOTE_HOOK_ON", {}))
+    steps.append((t + rng.randint(100, 2000), x, "HOOK_ON", {"port": "1"}))
+    steps.sort(key=lambda s: s[0])
+    return steps
+
+
+def traffic(
+    keys,
+    calls_per_gateway: int,
+    concurrent: int,
+    diverted: float = 0.10,
+    transferred: float = 0.05,
+    seed: int = 1,
+):
+    """
+    Every gateway's calls, `concurrent` at a time, as CallEvents in time
+    order, and how many calls (records) they make.
+    """
     rng = random.Random(seed)
     streams = []
+    ncalls = 0
     for key in keys:
         events = []
         lanes = [T0 + rng.randint(0, 60_000) for _ in range(concurrent)]
-        for n in range(calls_per_gateway):
+        ref = n = 0
+        while ref < calls_per_gateway:
             lane = n % concurrent
-            call = make_call(rng, ref=n + 1, end_ms=lanes[lane] + 10**6)
-            first = call[0].t
-            shift = lanes[lane] - first
-            for e in call:
-                events.append((e.t + shift, key, e))
-            lanes[lane] = call[-1].t + shift + rng.randint(100, 5000)
+            n += 1
+            pick = rng.random()
+            if pick < transferred and ref + 2 <= calls_per_gateway:
+                call = transferred_calls(rng, ref + 1)
+                ref += 2
+            elif pick < transferred + diverted:
+                call = diverted_call(rng, ref + 1)
+                ref += 1
+            else:
+                ref += 1
+                call = [
+                    (e.t, e.ref, e.type, dict(e.fields))
+                    for e in make_call(rng, ref=ref, end_ms=10**6)
+                ]
+            shift = lanes[lane] - call[0][0]
+            for t, r, kind, fields in call:
+                events.append((t + shift, key, r, kind, fields))
+            lanes[lane] = call[-1][0] + shift + rng.randint(100, 5000)
+        ncalls += ref
         events.sort(key=lambda x: x[0])
         streams.append(events)
     out = []
     seqs = dict.fromkeys(keys, 0)
-    for t, key, e in heapq.merge(*streams, key=lambda x: x[0]):
+    for t, key, ref, kind, fields in heapq.merge(*streams, key=lambda x: x[0]):
         seqs[key] += 1
         out.append(
             CallEvent(
                 gateway=key,
                 seq=seqs[key],
-                ref=e.ref,
-                type=e.type,
+                ref=ref,
+                type=kind,
                 time=t,
                 received=t,
                 boot="b1",
-                fields=dict(e.fields),
+                fields=fields,
             )
         )
-    return out
+    return out, ncalls
 
 
 def bench_model(events, config, ncalls):
@@ -276,18 +367,34 @@ def main():
     p.add_argument("--database", default="sqlite:/tmp/cdrd-bench-calls.sqlite")
     p.add_argument("--batch", type=int, default=200, help="events per submitted batch")
     p.add_argument("--only", choices=["model", "service", "memory"])
+    p.add_argument(
+        "--diverted", type=float, default=0.10, help="share of diverted calls"
+    )
+    p.add_argument(
+        "--transferred",
+        type=float,
+        default=0.05,
+        help="share of attended transfers (two calls each)",
+    )
     args = p.parse_args()
 
     keys = gateway_keys(args.gateways)
     config = config_for(keys)
     per_gateway = max(1, args.calls // args.gateways)
-    ncalls = per_gateway * args.gateways
     if args.only in (None, "memory"):
         bench_memory(args.open, min(args.gateways, args.open))
     if args.only in (None, "model", "service"):
-        events = traffic(keys, per_gateway, args.concurrent)
+        events, ncalls = traffic(
+            keys, per_gateway, args.concurrent, args.diverted, args.transferred
+        )
+        kinds = {"DIVERT": set(), "TRANSFER": set()}
+        for e in events:
+            if e.type in kinds:
+                kinds[e.type].add((e.gateway, e.ref))
         print(
-            f"traffic: {args.gateways} gateways, {ncalls} calls, {len(events)} events, "
+            f"traffic: {args.gateways} gateways, {ncalls} calls "
+            f"({len(kinds['DIVERT'])} diverted, {len(kinds['TRANSFER'])} transfers "
+            f"joining two calls each), {len(events)} events, "
             f"{args.concurrent} concurrent calls per gateway"
         )
         if args.only in (None, "model"):
