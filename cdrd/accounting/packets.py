@@ -272,6 +272,90 @@ def _fill(dictionary, fixed, groups, part_chars: int) -> list[list[tuple[str, ob
     return [fixed + p for p in parts]
 
 
+_CDR_ATTRIBUTES = frozenset({"cdrd-CDR-Id", "cdrd-CDR", "cdrd-CDR-Continued"})
+
+
+@frozen
+class _StoredCdr:
+    id: str
+    line: str
+
+
+def fit(dictionary: Dictionary, payload: Payload) -> list[Payload]:
+    """
+    `payload` as packets within FreeRADIUS's limits: itself (what spool()
+    makes always fits), or, for a request stored by an older cdrd that
+    estimated sizes, its values cut to one attribute and its CDRs split
+    into numbered Stops as spool() would have.  A stored part of an older
+    split (cdrd-CDR-Part) that does not fit cannot be renumbered: it is
+    returned as it is (its oversized values cut), and the caller logs it.
+    """
+    if payload.kind != "req" or _surely_fits(payload.attributes):
+        return [payload]
+    if fits_exactly(dictionary, payload.attributes):
+        return [payload]
+    fixed, cdrs, continued, part = [], [], [], False
+    for name, value in payload.attributes:
+        if name == "cdrd-CDR-Id":
+            cdrs.append([value, None])
+        elif name == "cdrd-CDR":
+            for pair in cdrs:
+                if pair[1] is None:
+                    pair[1] = value
+                    break
+        elif name == "cdrd-CDR-Continued":
+            continued.append(value)
+        else:
+            part = part or name == "cdrd-CDR-Part"
+            if isinstance(value, str):
+                key, attr = _attribute(dictionary, name)
+                value = _text(value, MAX_VENDOR_VALUE if isinstance(key, tuple) else MAX_VALUE)
+            fixed.append((name, value))
+    lines = [[i, line or ""] for i, line in cdrs]
+    for value in continued:
+        n, _, text = value.partition(":")
+        lines[int(n) - 1][1] += text
+    if part:
+        cut = fixed + [a for n, (i, line) in enumerate(lines, 1)
+                       for a in cdr_attributes(_StoredCdr(i, line), n)]
+        return [Payload("req", payload.leg, payload.status, payload.event, tuple(cut))]
+    stored = [_StoredCdr(i, line) for i, line in lines]
+    return [
+        Payload("req", payload.leg, payload.status, payload.event, tuple(attrs))
+        for attrs in split_stop(dictionary, fixed, stored)
+    ]
+
+
+def _surely_fits(attrs) -> bool:
+    """A cheap bound, true for every request without long values."""
+    if len(attrs) + 1 > MAX_ATTRIBUTES:
+        return False
+    size = HEADER + DELAY_SIZE
+    for _, value in attrs:
+        if isinstance(value, str):
+            n = len(value) if value.isascii() else len(value.encode())
+            if n > MAX_VENDOR_VALUE:
+                return False
+            size += 8 + n
+        else:
+            size += 8 + 16
+    return size <= MAX_PACKET
+
+
+def fits_exactly(dictionary: Dictionary, attrs) -> bool:
+    """Within the limits, and every value within one attribute."""
+    try:
+        for name, value in attrs:
+            key, attr = _attribute(dictionary, name)
+            if len(_encode_value(attr, value)) > (
+                MAX_VENDOR_VALUE if isinstance(key, tuple) else MAX_VALUE
+            ):
+                return False
+        return fits(dictionary, attrs)
+    except ValueError:  # pyrad: a string over 253 bytes
+        return False
+
+
 # -- payloads -------------------------------------------------------------------
 
 

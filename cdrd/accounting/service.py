@@ -218,11 +218,31 @@ class AccountingService(Service):
             return
         if payload.status == STOP:
             self._leg_stopped(payload.leg)
-        self.sent += 1
-        self.client.send(payload).addCallback(self._answered, item.id, payload)
+        parts = packets.fit(self.dictionary, payload)
+        if len(parts) == 1 and parts[0] is payload:
+            self.sent += 1
+            self.client.send(payload).addCallback(self._answered, item.id, payload)
+            return
+        # stored by an older cdrd over FreeRADIUS's limits: sent as the
+        # packets spool() makes now, deleted once all are answered
+        if not packets.fits_exactly(self.dictionary, parts[-1].attributes):
+            self.log.error(
+                "RADIUS outbox item {id} is over FreeRADIUS's limits and cannot be"
+                " split again (a part of an older split): FreeRADIUS will drop it",
+                id=item.id,
+            )
+        self.sent += len(parts)
+        d = defer.gatherResults([self.client.send(p).addCallback(self._count) for p in parts])
+        d.addCallback(self._delivered, item.id, payload)
 
     def _answered(self, _, item_id, payload):
         self.answered += 1
+        self._delivered(None, item_id, payload)
+
+    def _count(self, _):
+        self.answered += 1
+
+    def _delivered(self, _, item_id, payload):
         self._delete(item_id)
         if payload.status == STOP:
             marker = self._open.pop(payload.leg, None)

@@ -261,3 +261,37 @@ def test_send_errors_at_commit_are_retransmitted():
     assert not store.items
     st = svc.status()
     assert st["in_flight"] == 0 and st["servers"][0]["send_errors"] == 6
+
+
+def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
+    """An older cdrd estimated sizes and stored Stops FreeRADIUS drops (one
+    5 kB CDR in one packet, a 300-byte CLI in one attribute): they are sent
+    as the numbered Stops spool() makes now, and deleted once all are
+    answered."""
+    from cdrd.accounting.packets import Payload, spool
+    from tests.accounting.test_packets import reassemble_records
+
+    svc, store, r = make(interim=0)
+    svc.startService()
+    stop = examples.e1()[5]
+    line = "x" * 5000
+    cont = [("cdrd-CDR-Continued", "1:" + line[i:i + 245]) for i in range(247, 5000, 245)]
+    attrs = [a for a in spool([stop], 0, "192.0.2.10", False)[0].attributes
+             if not a[0].startswith("cdrd-CDR")]
+    attrs = [(n, "3" * 300 if n == "Calling-Station-Id" else v) for n, v in attrs]
+    old = Payload("req", stop.leg.id, "Stop", stop.time, tuple(
+        attrs + [("cdrd-CDR-Id", "f" * 32), ("cdrd-CDR", line[:247]), *cont]))
+    assert len(old.to_bytes()) > 5000
+    store.spooled("radius", [old.to_bytes()], created=0)
+    svc._pump()
+    pkts = sent(r)
+    assert len(pkts) == 2 and all(len(raw) <= 4096 for raw, _ in r.ports[0].written)
+    assert reassemble_records(pkts) == ([line], ["f" * 32])
+    assert pkts[0]["Calling-Station-Id"] == ["3" * 253]
+    answer(r.ports[0], r.ports[0].written[0][0], SECRET.encode(), D)
+    r.advance(0)
+    assert len(store.items) == 1  # not before every part is answered
+    answer_all(r, svc)
+    r.advance(0)
+    assert not store.items
+    assert svc.status()["sent"] == svc.status()["answered"] == 2
