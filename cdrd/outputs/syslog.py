@@ -10,10 +10,12 @@ reads the outbox again from the start: no CDR line is lost, some may be sent
 twice (consumers deduplicate on the MSGID, the CDR id).
 
 - Datagram targets (unix, UDP): an item is deleted once the kernel took it.
-- TCP: an item is deleted once it was written to a connection that then
-  stayed up, unpaused, for `confirm_after` seconds.  When a connection drops,
-  what was written and not yet confirmed is sent again, first, on the next
-  one: in order, at least once.
+- TCP: an item is deleted once the collector confirmed it: `confirm_after`
+  seconds after the first write on a connection (or at `max_unconfirmed`
+  lines) the sink half-closes it, and the collector's clean close proves it
+  read every byte (transports.TcpTarget).  A reset, or no close in time,
+  confirms nothing: what was written is sent again, first, on the next
+  connection: in order, at least once.
 - The outbox is bounded at `config.buffer` CDRs: beyond it the oldest unsent
   lines are deleted unsent, counted in status()["dropped"] and logged.
   Syslog is a log; the store and RADIUS are the records of truth.
@@ -52,12 +54,13 @@ class SyslogSink(Service):
 
     #: CDRs read ahead from the outbox, not yet sent.
     window = 1000
-    #: TCP: messages written and not yet confirmed, at most (with
-    #: confirm_after, this bounds the rate: 20 000 / 0.5 s = 40 000 lines/s).
+    #: TCP: messages written on one connection before the collector is asked
+    #: to confirm them (and the most that wait, written, for a confirmation).
     max_unconfirmed = 20_000
     #: Messages sent per reactor turn before yielding to other work.
     turn = 256
-    #: TCP: seconds a written message waits, connection up, before deletion.
+    #: TCP: seconds after a connection's first line before the collector is
+    #: asked to confirm (a line waits about this long before deletion).
     confirm_after = 0.5
     #: Datagram targets: seconds between two turns, so a burst (after an
     #: outage, at start) does not overrun the collector's socket buffer:
@@ -220,15 +223,16 @@ class SyslogSink(Service):
     def target_paused(self):
         pass  # _send checks target.ready
 
+    def target_confirmed(self):
+        # the collector read everything written on the connection that ended
+        while self._unconfirmed:
+            self._delete(self._unconfirmed.popleft()[0])
+
     def target_lost(self, reason):
-        if self._stopping:
-            # a clean close of our own: the transport wrote all it had
-            if reason.check(defer.CancelledError) is None and not self.target.last_error:
-                while self._unconfirmed:
-                    self._delete(self._unconfirmed.popleft()[0])
-            return
         again = [(item_id, entry) for item_id, _, entry in self._unconfirmed]
         self._unconfirmed.clear()
+        if self._stopping:
+            return  # not confirmed: they stay in the outbox for the next start
         self._pending.extendleft(reversed(again))
         self.resent += len(again)
 
@@ -261,7 +265,8 @@ class SyslogSink(Service):
             return
         room = min(self.turn, self.max_unconfirmed - len(self._unconfirmed), len(self._pending))
         if room <= 0:
-            return  # _confirm() pumps again
+            self.target.confirm()  # a full connection: have it confirmed now
+            return
         now = self.clock.seconds()
         chunk = []
         for _ in range(room):
@@ -381,16 +386,12 @@ class SyslogSink(Service):
 
     def _confirm(self):
         self._confirm_call = None
-        if not self.running or not self.target.ready:
+        if not self.running or not self._unconfirmed or not self.target.connected:
             return  # target_ready() schedules it again
-        now = self.clock.seconds()
-        confirmed = 0
-        while self._unconfirmed and now - self._unconfirmed[0][1] >= self.confirm_after:
-            self._delete(self._unconfirmed.popleft()[0])
-            confirmed += 1
-        self._schedule_confirm()
-        if confirmed:
-            self._pump()
+        if self.clock.seconds() - self._unconfirmed[0][1] >= self.confirm_after:
+            self.target.confirm()
+        else:
+            self._schedule_confirm()
 
     # -- the bound -----------------------------------------------------------------------
 
@@ -486,4 +487,6 @@ class SyslogSink(Service):
         }
         if self.target.streaming:
             out["framing"] = self.config.framing
+            out["stalled"] = self.target.stalled
+            out["connections"] = self.target.connections
         return out

@@ -10,8 +10,10 @@ Each target tells its listener (the SyslogSink) what happens:
 
 - ``target_ready()``: messages may be sent (connected, resumed, socket open);
 - ``target_paused()``: TCP only: the transport's buffer is full;
-- ``target_lost(reason)``: TCP only: the connection is gone; what was
-  written but not yet confirmed must be sent again on the next one.
+- ``target_confirmed()``: TCP only: the collector closed its end after
+  ours, so it read everything written on that connection;
+- ``target_lost(reason)``: TCP only: the connection is gone otherwise; what
+  was written and not confirmed must be sent again on the next one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ipaddress
 import random
 import socket
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -239,10 +241,29 @@ class TcpTarget:
     A collector over TCP (RFC 6587), reconnecting with exponential backoff
     (`initial_delay` doubling to `max_delay`, with jitter) for as long as the
     sink runs.
+
+    Plain TCP syslog has no acknowledgement, and the collector's TCP ACK only
+    says that the bytes reached its kernel: a collector that hangs (SIGSTOP,
+    a full disk, a stuck output) and is then killed loses whatever sat unread
+    in its socket.  So the proof of delivery is the end of a connection:
+    `confirm()` half-closes it (a FIN after the last byte), a collector
+    closes its own end once it has read to the end of the stream, and that
+    clean close proves it read every byte (a socket closed with unread data
+    sends a reset, not a FIN).  The listener hears `target_confirmed()`, and
+    the target connects again at once.  A reset, or no close within
+    `close_timeout` (the connection is then aborted), confirms nothing: the
+    lines are sent again on the next connection and `stalled` says why.
     """
 
     streaming = True
     log = Logger()
+
+    #: seconds a collector has to close its end after ours before the
+    #: connection is aborted and its lines count as not delivered
+    close_timeout = 5.0
+    #: seconds stop() waits for that close (then aborts: the lines stay in
+    #: the outbox for the next start)
+    stop_timeout = 2.0
 
     def __init__(
         self,
@@ -268,20 +289,25 @@ class TcpTarget:
             else:
                 endpoint = HostnameEndpoint(reactor, host, port, timeout=10)
         self.endpoint = endpoint
-        policy = backoffPolicy(
+        self._policy = backoffPolicy(
             initialDelay=initial_delay,
             maxDelay=max_delay,
             factor=2.0,
             jitter=jitter if jitter is not None else random.Random().random,
         )
-        # ClientService counts failed attempts from 1: the first retry (after
-        # a lost connection or a failed attempt) waits initial_delay
-        self._policy = lambda attempt: policy(max(0, attempt - 1))
-        self._service: ClientService | None = None
+        self._failures = 0  # in a row: the next retry waits policy(failures - 1)
+        self._running = False
+        self._attempt: defer.Deferred | None = None
+        self._retry = None
         self._protocol: _TcpSyslogProtocol | None = None
-        self._paused_now = False
+        self._closing = False  # we half-closed; waiting for the collector's close
+        self._close_timer = None
+        self._paused_at: float | None = None
+        self._stopped: list[defer.Deferred] = []
         self._listener = None
+        self._stall = ""  # why the collector counts as stalled, "" when it is not
         self.connections = 0
+        self.confirmations = 0
         self.last_error = ""
 
     @property
@@ -290,60 +316,172 @@ class TcpTarget:
 
     @property
     def ready(self) -> bool:
-        return self._protocol is not None and not self._paused_now
+        return self._protocol is not None and self._paused_at is None and not self._closing
+
+    @property
+    def stalled(self) -> str:
+        """Why the collector is not taking lines ("" when it is)."""
+        if self._stall:
+            return self._stall
+        if self._paused_at is not None:
+            waited = self.clock.seconds() - self._paused_at
+            if waited >= self.close_timeout:
+                return f"the collector has not read for {waited:.0f} s"
+        return ""
 
     def start(self, listener) -> None:
         self._listener = listener
-        factory = Factory.forProtocol(lambda: _TcpSyslogProtocol(self))
-        self._service = ClientService(
-            self.endpoint, factory, retryPolicy=self._policy, clock=self.clock
-        )
-        self._service.startService()
+        self._running = True
+        self._connect()
 
     def stop(self) -> defer.Deferred:
-        """Close the connection after what was written (its buffer) went out."""
-        service, self._service = self._service, None
-        if service is None:
+        """
+        Half-close, wait (at most `stop_timeout`) for the collector to close
+        its end (what it confirms is reported), then abort.
+        """
+        self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self._protocol is None:
             return defer.succeed(None)
-        return service.stopService()
+        d = defer.Deferred()
+        self._stopped.append(d)
+        self._half_close(self.stop_timeout)
+        return d
 
     def send(self, data: bytes) -> None:
         self._protocol.transport.write(data)
         return None
 
+    def confirm(self) -> None:
+        """Ask the collector to prove it read everything written so far."""
+        if self._protocol is not None and not self._closing:
+            self._half_close(self.close_timeout)
+
+    # -- connecting ------------------------------------------------------------------
+
+    def _connect(self):
+        self._retry = None
+        if not self._running or self._protocol is not None or self._attempt is not None:
+            return
+        factory = Factory.forProtocol(lambda: _TcpSyslogProtocol(self))
+        self._attempt = d = self.endpoint.connect(factory)
+
+        def failed(reason):
+            self._attempt = None
+            if reason.check(defer.CancelledError) or not self._running:
+                return
+            self.last_error = reason.getErrorMessage()
+            self._retry_later()
+
+        def connected(_):
+            self._attempt = None
+
+        d.addCallbacks(connected, failed)
+
+    def _retry_later(self, delay: float | None = None):
+        if not self._running:
+            return
+        if delay is None:
+            self._failures += 1
+            delay = self._policy(self._failures - 1)
+        self._retry = self.clock.callLater(delay, self._connect)
+
+    def _half_close(self, timeout: float):
+        protocol = self._protocol
+        transport = protocol.transport
+        if self._close_timer is not None and self._close_timer.active():
+            if self._close_timer.getTime() - self.clock.seconds() <= timeout:
+                return
+            self._close_timer.cancel()
+        self._closing = True
+        self._close_timer = self.clock.callLater(timeout, self._not_closed, protocol, timeout)
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:  # a transport that cannot half-close: nothing can be confirmed
+            transport.loseConnection()
+
+    def _not_closed(self, protocol, timeout):
+        self._close_timer = None
+        if protocol is not self._protocol:
+            return
+        self._stall = (
+            f"the collector did not confirm (close its end) within {timeout:g} s"
+        )
+        self.last_error = self._stall
+        self.log.warn(
+            "syslog: {target}: {stall}; aborting the connection, its lines are sent again",
+            target=self.description,
+            stall=self._stall,
+        )
+        protocol.transport.abortConnection()
+
     # -- from the protocol ----------------------------------------------------------
 
     def _connected(self, protocol):
+        if not self._running:
+            protocol.transport.abortConnection()
+            return
         self._protocol = protocol
-        self._paused_now = False
+        self._paused_at = None
+        self._closing = False
         self.connections += 1
-        self.last_error = ""
-        self.log.info("syslog: connected to {target}", target=self.description)
+        if not self._stall:
+            self._failures = 0
+            self.last_error = ""
+        if self.connections == 1 or self._failures:
+            self.log.info("syslog: connected to {target}", target=self.description)
         self._listener.target_ready()
 
     def _lost(self, protocol, reason):
         if protocol is not self._protocol:
             return
+        closing = self._closing
         self._protocol = None
-        self._paused_now = False
+        self._paused_at = None
+        self._closing = False
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         clean = reason.check(error.ConnectionDone) is not None
-        self.last_error = "" if clean else reason.getErrorMessage()
-        self.log.warn(
-            "syslog: connection to {target} lost: {reason}",
-            target=self.description,
-            reason=reason.getErrorMessage(),
-        )
-        self._listener.target_lost(reason)
+        if clean and closing:
+            # the collector read to our FIN and closed: every byte arrived
+            self._stall = ""
+            self._failures = 0
+            self.last_error = ""
+            self.confirmations += 1
+            self._listener.target_confirmed()
+            if self._running:
+                self._retry_later(0)
+        else:
+            if not self._stall:
+                self.last_error = "" if clean else reason.getErrorMessage()
+            if self._running:
+                self.log.warn(
+                    "syslog: connection to {target} lost: {reason}",
+                    target=self.description,
+                    reason=reason.getErrorMessage(),
+                )
+            self._listener.target_lost(reason)
+            self._retry_later()
+        waiting, self._stopped = self._stopped, []
+        for d in waiting:
+            d.callback(None)
 
     def _paused(self, protocol):
-        if protocol is self._protocol:
-            self._paused_now = True
+        if protocol is self._protocol and self._paused_at is None:
+            self._paused_at = self.clock.seconds()
             self._listener.target_paused()
 
     def _resumed(self, protocol):
         if protocol is self._protocol:
-            self._paused_now = False
-            self._listener.target_ready()
+            self._paused_at = None
+            if not self._closing:
+                self._listener.target_ready()
 
 
 def make_target(target: str, reactor, clock):

@@ -250,6 +250,20 @@ def self_fired(d):
 # -- TCP ----------------------------------------------------------------------------
 
 
+class TcpTransport(StringTransport):
+    """A StringTransport that half-closes and aborts as a TCP transport does."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
 def tcp(framing="octet-counting", **kw):
     reactor = MemoryReactorClock()
     target = TcpTarget("127.0.0.1", 6514, reactor, reactor, jitter=lambda: 0)
@@ -261,9 +275,15 @@ def connect(reactor):
     host, port, factory, *_ = reactor.tcpClients[-1]
     assert (host, port) == ("127.0.0.1", 6514)
     protocol = factory.buildProtocol(None)
-    transport = StringTransport()
+    transport = TcpTransport()
     protocol.makeConnection(transport)
     return protocol, transport
+
+
+def collector_closes(protocol, transport):
+    """The collector read to our FIN and closed its end."""
+    assert transport.write_closed
+    protocol.connectionLost(Failure(ConnectionDone()))
 
 
 def frames(data: bytes) -> list[bytes]:
@@ -277,7 +297,7 @@ def frames(data: bytes) -> list[bytes]:
     return out
 
 
-def test_tcp_octet_counting_and_confirmation():
+def test_tcp_octet_counting_and_confirmation_by_the_collectors_close():
     sink, store, target, reactor = tcp()
     sink.startService()
     commit(sink, store, [e1(), e4()])
@@ -289,9 +309,19 @@ def test_tcp_octet_counting_and_confirmation():
     assert len(store.payloads()) == 3  # written, not yet confirmed
     assert sink.status()["in_flight"] == 3
     reactor.advance(sink.confirm_after)
+    assert transport.write_closed and not target.ready  # asks for the proof
+    settle(reactor, 1.0)
+    assert len(store.payloads()) == 3  # the peer's TCP ACK is no proof
+    collector_closes(protocol, transport)
     settle(reactor)
     assert store.payloads() == []
     assert sink.status()["in_flight"] == 0
+    # and the next connection is made at once, for the next lines
+    assert len(reactor.tcpClients) == 2
+    protocol, transport = connect(reactor)
+    commit(sink, store, numbered(0, 2))
+    assert cuis(frames(transport.value())) == ["N0", "N1"]
+    assert sink.status()["connections"] == 2 and sink.status()["stalled"] == ""
 
 
 def test_tcp_lf_framing():
@@ -303,12 +333,67 @@ def test_tcp_lf_framing():
     assert transport.value().endswith(b"\n")
 
 
+def test_tcp_a_reset_confirms_nothing():
+    """The collector was killed with our lines unread in its socket: a reset."""
+    sink, store, target, reactor = tcp()
+    sink.startService()
+    protocol, transport = connect(reactor)
+    commit(sink, store, numbered(0, 3))
+    reactor.advance(sink.confirm_after)
+    protocol.connectionLost(Failure(ConnectionLost()))
+    settle(reactor)
+    assert len(store.payloads()) == 3
+    reactor.advance(0.5)
+    protocol, transport = connect(reactor)
+    assert cuis(frames(transport.value())) == ["N0", "N1", "N2"]
+    assert sink.status()["resent"] == 3
+
+
+def test_tcp_a_stalled_collector_is_aborted_reported_and_backed_off():
+    """It accepts, its kernel ACKs, but it never reads (SIGSTOP)."""
+    sink, store, target, reactor = tcp()
+    sink.startService()
+    protocol, transport = connect(reactor)
+    commit(sink, store, numbered(0, 3))
+    reactor.advance(sink.confirm_after)
+    assert transport.write_closed
+    reactor.advance(target.close_timeout)
+    assert transport.aborted
+    protocol.connectionLost(Failure(ConnectionLost("aborted")))
+    status = sink.status()
+    assert "did not confirm" in status["stalled"] and status["last_error"] == status["stalled"]
+    assert len(store.payloads()) == 3 and status["queued"] == 3
+    # still stalled: each new connection that is not confirmed waits longer
+    delays = []
+    for _ in range(3):
+        before = reactor.seconds()
+        (call,) = [c for c in reactor.getDelayedCalls()
+                   if c.active() and getattr(c.func, "__name__", "") == "_connect"]
+        reactor.advance(call.getTime() - reactor.seconds())
+        protocol, transport = connect(reactor)
+        delays.append(round(reactor.seconds() - before, 2))
+        assert cuis(frames(transport.value())) == ["N0", "N1", "N2"]
+        reactor.advance(sink.confirm_after + target.close_timeout)
+        protocol.connectionLost(Failure(ConnectionLost("aborted")))
+    assert delays == [0.5, 1.0, 2.0]
+    reactor.advance(4.0)
+    protocol, transport = connect(reactor)  # the collector is back
+    reactor.advance(sink.confirm_after)
+    collector_closes(protocol, transport)
+    settle(reactor)
+    assert store.payloads() == [] and sink.status()["stalled"] == ""
+    assert sink.status()["last_error"] == ""
+
+
 def test_tcp_reconnects_with_backoff_and_resends_unconfirmed_first():
     sink, store, target, reactor = tcp()
     sink.startService()
     protocol, transport = connect(reactor)
     commit(sink, store, numbered(0, 4))
-    reactor.advance(sink.confirm_after)  # N0..N3 confirmed
+    reactor.advance(sink.confirm_after)
+    collector_closes(protocol, transport)  # N0..N3 confirmed
+    reactor.advance(0)
+    protocol, transport = connect(reactor)
     commit(sink, store, numbered(4, 3))  # N4..N6 written, unconfirmed
     attempts = len(reactor.tcpClients)
     protocol.connectionLost(Failure(ConnectionLost()))
@@ -332,12 +417,13 @@ def test_tcp_reconnects_with_backoff_and_resends_unconfirmed_first():
     protocol, transport = connect(reactor)
     assert cuis(frames(transport.value())) == [f"N{i}" for i in range(4, 9)]
     reactor.advance(sink.confirm_after)
+    collector_closes(protocol, transport)
     settle(reactor)
     assert store.payloads() == []
     assert sink.status()["resent"] == 3
 
 
-def test_tcp_backpressure_pauses_the_sink():
+def test_tcp_backpressure_pauses_the_sink_and_a_long_pause_is_a_stall():
     sink, store, target, reactor = tcp()
     sink.startService()
     protocol, transport = connect(reactor)
@@ -346,41 +432,76 @@ def test_tcp_backpressure_pauses_the_sink():
     producer.pauseProducing()
     commit(sink, store, numbered(0, 5))
     assert transport.value() == b""
-    reactor.advance(5)
+    assert sink.status()["stalled"] == ""
+    reactor.advance(target.close_timeout)
     assert len(store.payloads()) == 5
+    assert "has not read for 5 s" in sink.status()["stalled"]
     producer.resumeProducing()
+    assert sink.status()["stalled"] == ""
     assert cuis(frames(transport.value())) == [f"N{i}" for i in range(5)]
 
 
-def test_tcp_window_bounds_what_is_unconfirmed():
+def test_tcp_a_connection_carries_at_most_max_unconfirmed():
     sink, store, target, reactor = tcp()
     sink.window = 4
     sink.max_unconfirmed = 10
     sink.startService()
-    protocol, transport = connect(reactor)
     commit(sink, store, numbered(0, 25))
-    settle(reactor)
-    assert len(frames(transport.value())) == 10
-    reactor.advance(sink.confirm_after)
-    settle(reactor)
-    assert len(frames(transport.value())) == 20
-    for _ in range(3):
-        reactor.advance(sink.confirm_after)
+    sent = []
+    for expect in (10, 10, 5):
+        protocol, transport = connect(reactor)
         settle(reactor)
-    assert cuis(frames(transport.value())) == [f"N{i}" for i in range(25)]
+        got = frames(transport.value())
+        assert len(got) == expect
+        sent += got
+        if expect == 10:
+            assert transport.write_closed  # full: confirmed at once, not after 0.5 s
+        else:
+            assert not transport.write_closed
+            reactor.advance(sink.confirm_after)
+        collector_closes(protocol, transport)
+        settle(reactor)
+    assert cuis(sent) == [f"N{i}" for i in range(25)]
     assert store.payloads() == []
 
 
-def test_tcp_clean_stop_confirms_what_was_written():
+def test_tcp_stop_waits_for_the_collectors_confirmation():
     sink, store, target, reactor = tcp()
     sink.startService()
     protocol, transport = connect(reactor)
     commit(sink, store, numbered(0, 3))
     d = sink.stopService()
-    assert transport.disconnecting
-    protocol.connectionLost(Failure(ConnectionDone()))
+    assert transport.write_closed and not self_fired(d)
+    collector_closes(protocol, transport)
     assert self_fired(d)
     assert store.payloads() == []
+    assert len(reactor.tcpClients) == 1  # no new connection once stopped
+
+
+def test_tcp_stop_is_bounded_when_the_collector_is_stalled():
+    sink, store, target, reactor = tcp()
+    sink.startService()
+    protocol, transport = connect(reactor)
+    transport.producer.pauseProducing()  # the collector reads nothing
+    commit(sink, store, numbered(0, 3))
+    transport.producer.resumeProducing()
+    d = sink.stopService()
+    reactor.advance(target.stop_timeout - 0.1)
+    assert not self_fired(d) and not transport.aborted
+    reactor.advance(0.1)
+    assert transport.aborted
+    protocol.connectionLost(Failure(ConnectionLost("aborted")))
+    assert self_fired(d)
+    assert len(store.payloads()) == 3  # unconfirmed: sent at the next start
+
+
+def test_tcp_stop_while_connecting_cancels_the_attempt():
+    sink, store, target, reactor = tcp()
+    sink.startService()
+    d = sink.stopService()
+    assert self_fired(d)
+    reactor.advance(60)
+    assert len(reactor.tcpClients) == 1
 
 
 def test_local_socket_defaults_to_syslog3_format_without_hostname():

@@ -1,8 +1,9 @@
 """
-Unit, hypothesis: whatever the interleaving of commits, refusals, lost and
-paused connections, restarts and time, every CDR line reaches the target in
-written order: exactly once over datagrams, at least once and in order of
-first appearance over TCP, and the outbox ends empty.
+Unit, hypothesis: whatever the interleaving of commits, refusals, lost,
+closed and paused connections, stalled collectors, restarts and time,
+every CDR line reaches the target in written order: exactly once over
+datagrams, at least once and in order of first appearance over TCP, and
+the outbox ends empty.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from cdrd.config import SyslogConfig
@@ -20,7 +21,7 @@ from cdrd.outputs.syslog import SyslogSink
 from cdrd.outputs.transports import TcpTarget
 from tests.outputs.cdrs import numbered
 from tests.outputs.outbox import OutboxStore, Writer
-from tests.outputs.test_sink import FakeDatagramTarget, frames
+from tests.outputs.test_sink import FakeDatagramTarget, TcpTransport, frames
 
 CUI = re.compile(rb",(N\d+),")
 
@@ -82,6 +83,9 @@ tcp_ops = st.lists(
         st.tuples(st.just("commit"), st.integers(1, 40)),
         st.tuples(st.just("connect"), st.just(0)),
         st.tuples(st.just("lose"), st.just(0)),
+        # the collector closes its end: a confirmation after our FIN, else a
+        # close of its own (a restart) that proves nothing
+        st.tuples(st.just("close"), st.just(0)),
         st.tuples(st.just("pause"), st.booleans()),
         st.tuples(st.just("advance"), st.sampled_from([0, 0.3, 1.0, 5.0])),
     ),
@@ -111,18 +115,18 @@ def test_tcp_every_line_at_least_once_in_order(ops):
             return
         attempts = len(reactor.tcpClients)
         protocol = reactor.tcpClients[-1][2].buildProtocol(None)
-        transport = StringTransport()
+        transport = TcpTransport()
         protocol.makeConnection(transport)
         conn = (protocol, transport)
 
-    def lose():
+    def lose(reason=ConnectionLost):
         nonlocal conn
         if conn is None:
             return
         protocol, transport = conn
         received.extend(frames(transport.value()))
         conn = None
-        protocol.connectionLost(Failure(ConnectionLost()))
+        protocol.connectionLost(Failure(reason()))
 
     n = 0
     for op, arg in ops:
@@ -135,17 +139,22 @@ def test_tcp_every_line_at_least_once_in_order(ops):
             connect()
         elif op == "lose":
             lose()
+        elif op == "close":
+            lose(ConnectionDone)
         elif op == "pause" and conn is not None:
             producer = conn[1].producer
             producer.pauseProducing() if arg else producer.resumeProducing()
         elif op == "advance":
             reactor.advance(arg)
-    for _ in range(100):
-        reactor.advance(5.0)
+    for _ in range(100):  # the collector is healthy from now on
+        reactor.advance(1.0)
         connect()
         if conn is not None and conn[1].producer is not None:
             conn[1].producer.resumeProducing()
-    reactor.advance(5.0)
+        if conn is not None and conn[1].write_closed:
+            lose(ConnectionDone)
+        if conn is not None and conn[1].aborted:
+            lose()
     lose()
     seen = cui_order(received)
     first = list(dict.fromkeys(seen))

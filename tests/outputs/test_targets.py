@@ -6,6 +6,7 @@ import errno
 import socket
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer, task
 
 from cdrd.outputs.transports import (
@@ -123,3 +124,45 @@ def test_udp_target_resolves_names_and_retries():
     assert interface == ""
     target.send(b"x")
     assert port.written == [(b"x", ("192.0.2.7", 514))]
+
+
+# -- TCP against a real socket that never reads ----------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_stop_is_bounded_with_a_collector_that_never_reads():
+    """A collector that accepts and then reads nothing (hung): stopService
+    still returns within the stop timeout, and no line counts as delivered."""
+    from twisted.internet import reactor
+
+    from cdrd.config import SyslogConfig
+    from cdrd.outputs.syslog import SyslogSink
+    from tests.outputs.cdrs import numbered
+    from tests.outputs.outbox import OutboxStore, Writer
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    store = OutboxStore()
+    sink = SyslogSink(SyslogConfig(target=f"tcp:127.0.0.1:{port}", hostname="h"),
+                      store, Writer(store), reactor, reactor)
+    sink.startService()
+    try:
+        await task.deferLater(reactor, 0.3, lambda: None)
+        conn, _ = server.accept()
+        outputs = numbered(0, 30_000)
+        store.spooled("syslog", sink.spool(outputs, 0))
+        sink.committed(outputs)
+        await task.deferLater(reactor, 1.5, lambda: None)
+        assert len(store.items) == 30_000  # the kernel took some; none confirmed
+        assert sink.status()["in_flight"] > 0
+        started = reactor.seconds()
+        await sink.stopService()
+        took = reactor.seconds() - started
+        assert took <= sink.target.stop_timeout + 0.5, took
+        assert len(store.items) == 30_000
+    finally:
+        conn.close()
+        server.close()
