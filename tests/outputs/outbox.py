@@ -1,7 +1,9 @@
 """
 An in-process store with the IStore methods the syslog sink calls (outbox,
-outbox_stats, write) and a writer whose submit() writes one batch: the
-outputs tests' store until cdrd.store's MemoryStore/BatchWriter land.
+outbox_stats, write) and a writer whose submit() writes one batch, for the
+unit tests: it answers synchronously and counts reads and writes.  The
+rsyslog integration tests run over cdrd's MemoryStore and BatchWriter (and
+the kill -9 test over SQLite).
 """
 
 from __future__ import annotations
