@@ -1,11 +1,25 @@
 """
-Call-model products for the accounting tests, after call-records.md's
-worked examples (gateway 8200_000C2A020082, times 2026-11-22 UTC).
+Call-model products for the accounting tests: call-records.md's worked
+examples (gateway 8200_000C2A020082, times 2026-11-22 UTC) run through the
+real call model (`cdrd.calls.model.CallModel`), so the tests send what cdrd
+sends.  Only `largest_stop` is made by hand: a shape at the bounds of
+call-records.md that no worked example reaches.
 """
 
 from __future__ import annotations
 
-from cdrd.values import Cdr, Leg, LegAnswer, LegStart, LegStop, call_id, cdr_id, parse_rfc3339
+from cdrd.calls.model import CallModel
+from cdrd.values import (
+    CallEnd,
+    Cdr,
+    Leg,
+    LegStart,
+    LegStop,
+    call_id,
+    cdr_id,
+    parse_rfc3339,
+)
+from tests.calls import helpers
 
 GW = "8200_000C2A020082"
 
@@ -14,57 +28,67 @@ def t(hms: str) -> int:
     return parse_rfc3339(f"2026-11-22T{hms}Z")
 
 
+def outputs(*texts: str) -> list:
+    """The model's products for the events of `texts`, in order."""
+    model = CallModel(helpers.example_config())
+    events = []
+    for text in texts:
+        events += helpers.parse_events(
+            text, first_seq=len(events) + 1, first_id=len(events) + 1
+        )
+    return [o for e in events for o in model.apply(e)]
+
+
 def e1():
-    """E1: 201 calls 2252, answered, 120 s; one CDR."""
-    call = call_id(GW, "b1", 75)
-    inbound = Leg(f"{call}/0", call, GW, 75, "inbound", port=1,
-                  cui="442079460201", cli="442079460201", dialled="2252")
-    outbound = Leg(f"{call}/1", call, GW, 75, "outbound",
-                   cui="442079460201", cli="442079460201", dialled="2252")
-    cdr = Cdr(cdr_id(call, 1), call, GW, t("10:00:07.250"), 4250, 120000, "",
-              "442079460201", "2252", "442079460201")
-    assert cdr.line == "2026-11-22T10:00:07.250Z,4.250,120.000,442079460201,2252,442079460201"
-    return [
-        LegStart(inbound, t("10:00:00.000")),
-        LegStart(outbound, t("10:00:02.500")),
-        LegAnswer(inbound, t("10:00:07.250")),
-        LegAnswer(outbound, t("10:00:07.250")),
-        LegStop(outbound, t("10:02:07.250"), t("10:00:07.250"), ""),
-        LegStop(inbound, t("10:02:07.250"), t("10:00:07.250"), "", (cdr,)),
-    ]
+    """E1: 201 calls 2252, answered, 120 s; one CDR.  Products: Start in,
+    Start out, Answer in, Answer out, Stop in, Stop out (the CDR), CallEnd."""
+    return outputs(helpers.E1)
+
+
+def e2():
+    """E2: busy; no CDR."""
+    return outputs(helpers.E2)
+
+
+def e3():
+    """E3: PSTN call in on a carrier line, never answered; the sticky CDR."""
+    return outputs(helpers.E3)
 
 
 def e4():
-    """E4: 201 calls 202, diverted to 07700900123; two CDRs on the last Stop."""
-    call = call_id(GW, "b1", 78)
-    inbound = Leg(f"{call}/0", call, GW, 78, "inbound", port=1,
-                  cui="442079460201", cli="442079460201", dialled="202")
-    out1 = Leg(f"{call}/1", call, GW, 78, "outbound", port=2,
-               cui="442079460201", cli="442079460201", dialled="202")
-    out2 = Leg(f"{call}/2", call, GW, 78, "outbound",
-               cui="ACCT-202", cli="442079460201", dialled="07700900123")
-    cdrs = (
-        Cdr(cdr_id(call, 1), call, GW, t("10:20:18.000"), 15900, 300000, "",
-            "442079460201", "202", "442079460201"),
-        Cdr(cdr_id(call, 2), call, GW, t("10:20:18.000"), 5000, 300000, "",
-            "ACCT-202", "07700900123", "442079460201"),
-    )
-    return [
-        LegStart(inbound, t("10:20:00.000")),
-        LegStart(out1, t("10:20:02.000")),
-        LegStop(out1, t("10:20:12.100"), None, "replaced"),
-        LegStart(out2, t("10:20:12.100")),
-        LegAnswer(inbound, t("10:20:18.000")),
-        LegAnswer(out2, t("10:20:18.000")),
-        LegStop(out2, t("10:25:18.000"), t("10:20:18.000"), ""),
-        LegStop(inbound, t("10:25:18.200"), t("10:20:18.000"), "", cdrs),
-    ]
+    """E4: 201 calls 202, diverted to 07700900123; two CDRs.  Products:
+    Start in, Start out1, Stop out1 (replaced), Start out2, Answer in,
+    Answer out2, Stop in, Stop out2 (the CDRs), CallEnd."""
+    return outputs(helpers.E4)
+
+
+def e5():
+    """E5: attended transfer (calls 79 and 80); two CDRs of call 79."""
+    return outputs(helpers.E5)
+
+
+def all_examples():
+    return outputs(helpers.E1, helpers.E2, helpers.E3, helpers.E4, helpers.E5)
+
+
+def legs(products) -> set[str]:
+    return {o.leg.id for o in products if isinstance(o, LegStart)}
+
+
+def cdr_stop(products) -> LegStop:
+    """The (first) LegStop that carries CDRs."""
+    return next(o for o in products if isinstance(o, LegStop) and o.cdrs)
+
+
+def cdr_lines(products) -> list[str]:
+    return [c.line for o in products if isinstance(o, CallEnd) for c in o.cdrs]
 
 
 def largest_stop():
     """
-    The largest Stop call-records.md allows: a sticky inbound CDR and a stack
-    of 1 + 8 diverts, every field 64 bytes, status words as long as causes get.
+    The largest Stop call-records.md's bounds allow: a sticky inbound CDR
+    and a stack of 1 + 8 diverts, every configured field 64 bytes, status
+    words as long as causes get.
     """
     call = call_id(GW, "b" * 64, 4294967295)
     big = "9" * 64

@@ -200,16 +200,11 @@ class FreeRadius:
                 out.append(p.read_text(errors="replace")[-4000:])
         return "\n".join(out)
 
-    def records(self, raw: bool = False) -> list[dict[str, list[str]]]:
-        """
-        The detail file as a list of requests: attribute -> values, in order.
-        Unless `raw`, retransmissions that both reached the server (a slow
-        answer under load: delivery is at least once) are counted once.
-        """
+    def records(self) -> list[dict[str, list[str]]]:
+        """Every request in the detail file, in order, duplicates included."""
         if not self.detail_path.exists():
             return []
-        records = parse_detail(self.detail_path.read_text(errors="replace"))
-        return records if raw else unique(records)
+        return parse_detail(self.detail_path.read_text(errors="replace"))
 
     def wait_records(self, predicate, timeout: float = 20.0) -> list[dict[str, list[str]]]:
         deadline = time.monotonic() + timeout
@@ -220,18 +215,46 @@ class FreeRadius:
             time.sleep(0.05)
 
 
-def unique(records):
-    """One record per request: a retransmission differs only in Acct-Delay-Time."""
-    seen, out = set(), []
+#: What is not part of a request's identity: Acct-Delay-Time changes at every
+#: resend; FreeRADIUS adds the rest.
+RESEND_FIELDS = frozenset({"Acct-Delay-Time", "Timestamp", "Acct-Unique-Session-Id"})
+
+
+def request_key(record) -> tuple:
+    """One accounting request: (Acct-Session-Id, status, Event-Timestamp,
+    cdrd-CDR-Part)."""
+    return tuple(
+        (record.get(name) or [None])[0]
+        for name in ("Acct-Session-Id", "Acct-Status-Type", "Event-Timestamp", "cdrd-CDR-Part")
+    )
+
+
+def distinct(records) -> dict[tuple, dict[str, list[str]]]:
+    """request_key -> its first record, in order."""
+    out: dict[tuple, dict[str, list[str]]] = {}
     for r in records:
-        key = tuple(
-            (k, tuple(v)) for k, v in r.items()
-            if k not in ("Acct-Delay-Time", "Timestamp", "Acct-Unique-Session-Id")
-        )
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
+        out.setdefault(request_key(r), r)
     return out
+
+
+def duplicates(records, retransmissions: int) -> int:
+    """
+    How many records repeat a request, checked to be what at-least-once
+    allows: a retransmission that reached the server too (identical but for
+    Acct-Delay-Time), at most one per retransmission cdrd made.
+    """
+    first = distinct(records)
+    extra = 0
+    for r in records:
+        original = first[request_key(r)]
+        if r is original:
+            continue
+        extra += 1
+        same = {k: v for k, v in r.items() if k not in RESEND_FIELDS}
+        assert same == {k: v for k, v in original.items() if k not in RESEND_FIELDS}, (
+            "a duplicate that is not a retransmission", r, original)
+    assert extra <= retransmissions, (extra, retransmissions)
+    return extra
 
 
 def parse_detail(text: str) -> list[dict[str, list[str]]]:

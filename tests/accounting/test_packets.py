@@ -21,7 +21,7 @@ def test_vendor_number_is_rewritten_for_pyrad():
     d = load_dictionary(12345)
     assert d.vendors.GetForward("cdrd") == 12345
     assert d.attributes["cdrd-CDR"].vendor == "cdrd"
-    p = spool(examples.e1()[-1:], 0, None, True)[0]
+    p = spool([examples.cdr_stop(examples.e1())], 0, None, True)[0]
     _, raw, _ = encode_request(d, p, b"s", 1, 0)
     # Vendor-Specific (26) carries the configured number
     assert (12345).to_bytes(4, "big") in raw
@@ -86,7 +86,8 @@ def test_terminate_causes():
 
 
 def test_stop_carries_session_time_and_cdrs_in_order():
-    stop = examples.e4()[-1]
+    stop = examples.cdr_stop(examples.e4())
+    assert len(stop.cdrs) == 2
     p = spool([stop], 0, None, True)[0]
     got = decode(encode_request(D, p, b"s", 1, stop.time)[1], D)
     assert got["Acct-Session-Time"] == [300]
