@@ -16,9 +16,14 @@ from twisted.logger import Logger
 
 from cdrd.interfaces import CallPage, CallStats, ModelCursor, OutboxItem, WriteResult
 from cdrd.store.schema import (
+    ALL_GATEWAYS,
     ATTEMPT_NOTATIONS,
+    FILTER_COLUMN,
     FILTER_NOTATION,
+    HOUR_COLUMNS,
+    HOUR_MS,
     MIGRATIONS,
+    NOTATION_COLUMNS,
     QUARTER_MS,
     SCHEMA_VERSION_DDL,
     SchemaTooNew,
@@ -122,6 +127,21 @@ class _Where:
         return " WHERE " + " AND ".join(self.terms) if self.terms else ""
 
 
+def _hours(since, until):
+    """
+    Split [since, until) (None: open) into the whole hours that call_hours
+    answers, (h1, h2) or None, and the edges before and after them that the
+    calls table answers.
+    """
+    since = 0 if since is None else since
+    until = 2**62 if until is None else until
+    h1 = -(-since // HOUR_MS) * HOUR_MS
+    h2 = until // HOUR_MS * HOUR_MS
+    if h1 >= h2:
+        return None, [(since, until)] if since < until else []
+    return (h1, h2), [(a, b) for a, b in ((since, h1), (h2, until)) if a < b]
+
+
 class SqlStore:
     """
     IStore over SQL.  Subclasses provide ``dialect``, ``_run(fn, *args,
@@ -204,11 +224,14 @@ class SqlStore:
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
                 [_gateway_row(g) for g in batch.gateways],
             )
-        self._many(
-            cur,
-            f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)}) ON CONFLICT DO NOTHING",
-            [_record_row(r) for r in batch.records],
-        )
+        if batch.records:
+            new = self._new_records(cur, batch.records)
+            self._many(
+                cur,
+                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
+                [_record_row(r) for r in new],
+            )
+            self._count_hours(cur, new)
         self._many(
             cur,
             f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 10)}) ON CONFLICT DO NOTHING",
@@ -230,6 +253,51 @@ class SqlStore:
             cur, "DELETE FROM outbox WHERE sink = ? AND id = ?", [tuple(p) for p in batch.outbox_done]
         )
         return WriteResult(events=tuple(inserted))
+
+    def _new_records(self, cur, records) -> list:
+        """The records not stored yet (a record is stored once), first of each id."""
+        fresh = {}
+        for r in records:
+            fresh.setdefault(r.id, r)
+        ids = list(fresh)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            for (stored,) in self._exec(cur, f"SELECT id FROM calls WHERE id IN ({marks})", chunk):
+                del fresh[stored]
+        return list(fresh.values())
+
+    def _count_hours(self, cur, records) -> None:
+        sums: dict[tuple[str, int], list[int]] = {}
+        index = {c: i for i, c in enumerate(HOUR_COLUMNS)}
+        for r in records:
+            hour = r.begin // HOUR_MS * HOUR_MS
+            answered = r.connect is not None
+            attempt = r.notation in ATTEMPT_NOTATIONS
+            for gateway in (r.gateway, ALL_GATEWAYS):
+                row = sums.get((gateway, hour))
+                if row is None:
+                    row = sums[(gateway, hour)] = [0] * len(HOUR_COLUMNS)
+                row[0] += 1
+                row[1] += r.pstn
+                column = NOTATION_COLUMNS.get(r.notation)
+                if column is not None:
+                    row[index[column]] += 1
+                row[index["answered"]] += answered
+                if attempt:
+                    row[index["attempts"]] += 1
+                    if answered:
+                        row[index["attempts_answered"]] += 1
+                        row[index["talk"]] += r.talk or 0
+        columns = ", ".join(HOUR_COLUMNS)
+        adds = ", ".join(f"{c} = call_hours.{c} + excluded.{c}" for c in HOUR_COLUMNS)
+        self._many(
+            cur,
+            f"INSERT INTO call_hours (gateway, hour, {columns})"
+            f" VALUES ({', '.join('?' * (2 + len(HOUR_COLUMNS)))})"
+            f" ON CONFLICT (gateway, hour) DO UPDATE SET {adds}",
+            [(g, h, *row) for (g, h), row in sums.items()],
+        )
 
     # -- queries ---------------------------------------------------------------
 
@@ -296,7 +364,7 @@ class SqlStore:
         return self._read(q)
 
     def calls(self, query):
-        if query.filter != "all" and query.filter != "pstn" and query.filter not in FILTER_NOTATION:
+        if query.filter not in FILTER_COLUMN:
             from twisted.internet import defer
 
             return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
@@ -313,13 +381,10 @@ class SqlStore:
         filtered_where = " AND ".join([*where.terms, match])
 
         def q(cur):
-            # one index-only pass counts both
-            total, filtered = self._exec(
-                cur,
-                f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {match} THEN 1 ELSE 0 END), 0)"
-                f" FROM calls{where.sql}",
-                (*match_params, *where.params),
-            ).fetchone()
+            total, filtered = self._call_counts(
+                cur, query.gateway, query.since, query.until, FILTER_COLUMN[query.filter],
+                match, match_params,
+            )
             records = ()
             if query.limit > 0 and query.offset < filtered:
                 # page ids from the index, then only those rows
@@ -333,6 +398,34 @@ class SqlStore:
                 records = tuple(_record(r) for r in rows)
             return CallPage(total=int(total), filtered=int(filtered), records=records)
         return self._read(q)
+
+    def _call_counts(self, cur, gateway, since, until, column, match, match_params):
+        """(total, filtered): whole hours from call_hours, the rest from the index."""
+        whole, edges = _hours(since, until)
+        total = filtered = 0
+        if whole is not None:
+            row = self._exec(
+                cur,
+                f"SELECT COALESCE(SUM(calls), 0), COALESCE(SUM({column}), 0) FROM call_hours"
+                " WHERE gateway = ? AND hour >= ? AND hour < ?",
+                (ALL_GATEWAYS if gateway is None else gateway, *whole),
+            ).fetchone()
+            total, filtered = int(row[0]), int(row[1])
+        for a, b in edges:
+            where = _Where()
+            if gateway is not None:
+                where.add("gateway = ?", gateway)
+            where.range("begin_ms", a, b)
+            # one index-only pass counts both
+            row = self._exec(
+                cur,
+                f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {match} THEN 1 ELSE 0 END), 0)"
+                f" FROM calls{where.sql}",
+                (*match_params, *where.params),
+            ).fetchone()
+            total += int(row[0])
+            filtered += int(row[1])
+        return total, filtered
 
     def call_quarters(self, gateway, since, until):
         # A skip-scan: one index seek per quarter hour that has a call.
@@ -358,22 +451,43 @@ class SqlStore:
         return self._read(q)
 
     def call_stats(self, since, until, bucket):
+        bucket = int(bucket)
         attempt = f"notation IN ({', '.join('?' * len(ATTEMPT_NOTATIONS))})"
-        statement = (
-            f"SELECT gateway, begin_ms / {int(bucket)} AS b, COUNT(*),"
+        from_calls = (
+            f"SELECT gateway, begin_ms / {bucket} AS b, COUNT(*),"
             " SUM(CASE WHEN connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
             f" SUM(CASE WHEN {attempt} THEN 1 ELSE 0 END),"
             f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
             f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN COALESCE(talk, 0) ELSE 0 END)"
-            " FROM calls WHERE begin_ms >= ? AND begin_ms < ? GROUP BY gateway, b ORDER BY gateway, b"
+            " FROM calls WHERE begin_ms >= ? AND begin_ms < ? GROUP BY gateway, b"
         )
-        params = (*ATTEMPT_NOTATIONS * 3, since, until)
+        from_hours = (
+            f"SELECT gateway, hour / {bucket} AS b, SUM(calls), SUM(answered), SUM(attempts),"
+            " SUM(attempts_answered), SUM(talk) FROM call_hours"
+            " WHERE gateway <> ? AND hour >= ? AND hour < ? GROUP BY gateway, b"
+        )
+        if bucket % HOUR_MS == 0:
+            whole, edges = _hours(since, until)
+        else:
+            whole, edges = None, [(since, until)]
 
         def q(cur):
+            sums: dict[tuple[str, int], list[int]] = {}
+
+            def add(rows):
+                for g, b, *counts in rows:
+                    row = sums.setdefault((g, int(b) * bucket), [0] * 5)
+                    for i, n in enumerate(counts):
+                        row[i] += int(n or 0)
+
+            if whole is not None:
+                add(self._exec(cur, from_hours, (ALL_GATEWAYS, *whole)).fetchall())
+            for a, b in edges:
+                add(self._exec(cur, from_calls, (*ATTEMPT_NOTATIONS * 3, a, b)).fetchall())
             return [
-                CallStats(gateway=g, start=int(b) * bucket, calls=int(n), answered=int(a),
-                          attempts=int(t), attempts_answered=int(ta), talk=int(talk))
-                for g, b, n, a, t, ta, talk in self._exec(cur, statement, params).fetchall()
+                CallStats(gateway=g, start=b, calls=n, answered=a, attempts=t,
+                          attempts_answered=ta, talk=talk)
+                for (g, b), (n, a, t, ta, talk) in sorted(sums.items())
             ]
         return self._read(q)
 

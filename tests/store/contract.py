@@ -209,6 +209,31 @@ class StoreContract:
             assert 0 < filtered < len(records), flt
 
     @deferred_test
+    async def test_calls_counts_over_ranges_not_on_whole_hours(self, store):
+        """Days of a zone at +05:30 or +05:45, minutes, years: counts stay exact."""
+        records = random_records(400)
+        await store.write(WriteBatch(records=records))
+        await store.write(WriteBatch(records=records[:50]))  # replayed: counted once
+        minute = 60_000
+        for since, until in [
+            (DAY - 330 * minute, DAY + 24 * HOUR - 330 * minute),
+            (DAY - 345 * minute, DAY + 48 * HOUR - 345 * minute),
+            (DAY + 7 * minute, DAY + 59 * minute),
+            (DAY + 30 * minute, DAY + 90 * minute),
+            (None, DAY + 30 * minute),
+            (DAY + 30 * minute, None),
+            (DAY - 1, DAY + 1),
+            (None, None),
+        ]:
+            for flt in CALL_FILTERS:
+                for gateway in (None, KEY2):
+                    q = CallQuery(gateway=gateway, since=since, until=until, filter=flt, limit=3)
+                    total, filtered, expected = oracle_calls(records, q)
+                    page = await store.calls(q)
+                    assert (page.total, page.filtered, list(page.records)) == (
+                        total, filtered, expected), q
+
+    @deferred_test
     async def test_calls_boundaries_and_tie_order(self, store):
         a = record(2, DAY, notation="Call in")
         b = record(1, DAY, notation="Call in")  # same begin: id order

@@ -10,12 +10,18 @@ import pytest_twisted
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
-from cdrd.interfaces import EventQuery, WriteBatch
+from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, WriteBatch
 from cdrd.store import open_store
-from cdrd.store.schema import MIGRATIONS, SchemaTooNew
+from cdrd.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION_DDL,
+    SchemaTooNew,
+    migration_statements,
+)
+from cdrd.store.sql import CALL_COLS, _record_row
 from cdrd.store.sqlite import SQLiteStore
-from tests.store.contract import DurableStoreContract
-from tests.store.values import event
+from tests.store.contract import DurableStoreContract, oracle_calls
+from tests.store.values import DAY, HOUR, event, random_records
 
 
 @pytest.fixture
@@ -142,4 +148,34 @@ async def test_a_slow_query_does_not_hold_up_a_write(path):
         assert await query == 1  # its snapshot began after the commit
     finally:
         gate.set()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_2_counts_the_records_of_a_version_1_database(path):
+    """call_hours is filled from the records already stored when it arrives."""
+    records = random_records(500)
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_VERSION_DDL)
+    for statement in migration_statements("sqlite", 0):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.executemany(
+        f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
+        [_record_row(r) for r in records],
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        assert store.schema_version == len(MIGRATIONS) >= 2
+        for flt in CALL_FILTERS:
+            q = CallQuery(since=DAY - 24 * HOUR, until=DAY + 48 * HOUR, filter=flt, limit=0)
+            total, filtered, _ = oracle_calls(records, q)
+            page = await store.calls(q)
+            assert (page.total, page.filtered) == (total, filtered) and total == 500
+        stats = await store.call_stats(DAY - 24 * HOUR, DAY + 48 * HOUR, 24 * HOUR)
+        assert sum(s.calls for s in stats) == 500
+    finally:
         await store.close()
