@@ -1,0 +1,308 @@
+"""
+Report benchmark: how long the report pages and the JSON API take over a
+big store (ten million call records by default), measured over HTTP
+against a real cdrd.
+
+    .venv/bin/python bench/report.py [--records 10000000] [--gateways 100]
+                                     [--days 365] [--repeat 15]
+                                     [--database sqlite|postgresql]
+                                     [--path var/bench/report-10M.sqlite]
+
+The store is filled once (SQLite: a file under var/bench/, reused by later
+runs with the same parameters; PostgreSQL: a database cdrd_bench_report_N,
+kept likewise) with records spread over --days days ending today, on
+--gateways gateways, about one CDR per two records.  Then
+``twistd -n cdrd`` serves it on loopback and each query is timed
+--repeat times after one warm-up request; p50, p95 and max are printed in
+milliseconds.  Every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ingest import ROOT, start_cdrd, stop  # noqa: E402
+
+from cdrd.store.schema import MIGRATIONS, migration_statements  # noqa: E402
+
+DAY_MS = 86_400_000
+NOTATIONS = [  # (notation, weight, answered)
+    ("Call out", 45, True),
+    ("Call in", 30, True),
+    ("Call out failed", 15, False),
+    ("Call in reject", 4, False),
+    ("Hook On/Off", 4, False),
+    ("Other", 2, False),
+]
+CHUNK = 200_000
+
+
+def gateway_keys(n: int) -> list[str]:
+    return [f"{8200 + i}_000C2A{i:06X}" for i in range(n)]
+
+
+def records(args, today_ms: int):
+    """Rows of the calls table and of the cdrs table, in chunks, begin increasing."""
+    rng = random.Random(7)
+    keys = gateway_keys(args.gateways)
+    first = today_ms - (args.days - 1) * DAY_MS
+    span = args.days * DAY_MS
+    choices = [n for n, w, _ in NOTATIONS for _ in range(w)]
+    answered = {n for n, _, a in NOTATIONS if a}
+    step = span / args.records
+    calls, cdrs = [], []
+    for i in range(args.records):
+        begin = int(first + i * step + rng.random() * step)
+        key = keys[rng.randrange(len(keys))]
+        notation = rng.choice(choices)
+        pstn = int(rng.random() < 0.2)
+        ref = i + 1
+        call_id = f"{key}/b1/{ref}"
+        talk = rng.randint(5_000, 600_000) if notation in answered else None
+        connect = begin + rng.randint(2_000, 20_000) if talk is not None else None
+        end = (connect + talk) if talk is not None else begin + rng.randint(1_000, 30_000)
+        dialed = f"0{rng.randint(1_000_000_000, 9_999_999_999)}"
+        cli = f"44207946{rng.randint(0, 9999):04d}"
+        cause = "" if talk is not None else rng.choice(["busy", "cancelled", "failed", "rejected"])
+        calls.append((
+            call_id, key, "b1", ref, 1 + (i % 2), 1 if pstn else None, notation, pstn, dialed,
+            begin, connect, end, talk, dialed if pstn else "", (talk if pstn else None), cli,
+            cli if pstn else "", cause,
+        ))
+        if talk is not None and rng.random() < 0.75:
+            cdrs.append((
+                f"{i:032x}", call_id, key, connect, rng.randint(0, 20_000), talk, "",
+                f"ACCT-{rng.randint(1, 5000)}", dialed, cli,
+            ))
+        if len(calls) == CHUNK:
+            yield calls, cdrs
+            calls, cdrs = [], []
+    if calls:
+        yield calls, cdrs
+
+
+CALL_INSERT = (
+    "INSERT INTO calls (id, gateway, boot, ref, port, pport, notation, pstn, dialed, begin_ms,"
+    " connect_ms, end_ms, talk, pstn_dial, pstn_time, cli, pstn_cli, cause)"
+    " VALUES (" + ", ".join("?" * 18) + ")"
+)
+CDR_INSERT = (
+    "INSERT INTO cdrs (id, call, gateway, start, ringing, duration, status, cui, dialled, cli)"
+    " VALUES (" + ", ".join("?" * 10) + ")"
+)
+
+
+def schema(dialect: str) -> tuple[list[str], list[str]]:
+    """cdrd's schema as its migrations make it: (the tables, then what runs
+    after the rows are in: the indexes and the summaries filled from them)."""
+    statements = [s for i in range(len(MIGRATIONS)) for s in migration_statements(dialect, i)]
+    after = [s for s in statements if s.lstrip().upper().startswith(("CREATE INDEX", "INSERT"))]
+    return [s for s in statements if s not in after], after
+
+
+def fill_sqlite(path: Path, args, today_ms: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")  # bench data: rebuilt if lost
+    conn.execute("PRAGMA cache_size = -1048576")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    tables, indexes = schema("sqlite")
+    for statement in tables:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+    done = 0
+    for calls, cdrs in records(args, today_ms):
+        conn.executemany(CALL_INSERT, calls)
+        conn.executemany(CDR_INSERT, cdrs)
+        done += len(calls)
+        print(f"  {done:,} records", end="\r", flush=True)
+    print("\n  indexing ...", flush=True)
+    for statement in indexes:  # built once, sorted, after the rows: much faster
+        conn.execute(statement)
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    print()
+
+
+def fill_postgres(url: str, args, today_ms: int) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            tables, indexes = schema("postgresql")
+            for statement in tables:
+                cur.execute(statement)
+            cur.execute("INSERT INTO schema_version VALUES (%s)", (len(MIGRATIONS),))
+            done = 0
+            for calls, cdrs in records(args, today_ms):
+                with cur.copy(
+                    "COPY calls (id, gateway, boot, ref, port, pport, notation, pstn, dialed,"
+                    " begin_ms, connect_ms, end_ms, talk, pstn_dial, pstn_time, cli, pstn_cli,"
+                    " cause) FROM STDIN"
+                ) as copy:
+                    for row in calls:
+                        copy.write_row(row)
+                with cur.copy(
+                    "COPY cdrs (id, call, gateway, start, ringing, duration, status, cui,"
+                    " dialled, cli) FROM STDIN"
+                ) as copy:
+                    for row in cdrs:
+                        copy.write_row(row)
+                done += len(calls)
+                print(f"  {done:,} records", end="\r", flush=True)
+            print("\n  indexing ...", flush=True)
+            for statement in indexes:
+                cur.execute(statement)
+            cur.execute("ANALYZE")
+    print()
+
+
+def postgres_store(args) -> str:
+    import psycopg
+
+    name = f"cdrd_bench_report_{args.records}_{args.gateways}_{args.days}"
+    server = "postgresql://postgres@127.0.0.1:5432"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and args.rebuild:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            exists = None
+        if not exists:
+            conn.execute(f"CREATE DATABASE {name}")
+    url = f"{server}/{name}"
+    if not exists:
+        print(f"filling PostgreSQL database {name} ...")
+        t = time.monotonic()
+        fill_postgres(url, args, today_midnight())
+        print(f"  filled in {time.monotonic() - t:.0f} s")
+    return url
+
+
+def sqlite_store(args) -> str:
+    path = Path(args.path or ROOT / "var" / "bench" /
+                f"report-{args.records}-{args.gateways}-{args.days}.sqlite")
+    if path.exists() and args.rebuild:
+        for p in path.parent.glob(path.name + "*"):
+            p.unlink()
+    if not path.exists():
+        print(f"filling {path} ...")
+        t = time.monotonic()
+        try:
+            fill_sqlite(path, args, today_midnight())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        print(f"  filled in {time.monotonic() - t:.0f} s, {path.stat().st_size / 2**30:.1f} GiB")
+    return f"sqlite:{path}"
+
+
+def today_midnight() -> int:
+    now = datetime.now(UTC)
+    return int(datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def timed(url: str, repeat: int) -> tuple[list[float], int]:
+    def get() -> int:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return len(r.read())
+
+    size = get()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        get()
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times), size
+
+
+def queries(args) -> list[tuple[str, str]]:
+    today = datetime.now(UTC).date()
+    day = (today - timedelta(days=2)).isoformat()
+    month_from = (today - timedelta(days=30)).isoformat()
+    g = gateway_keys(args.gateways)[3]
+    per_gw_day = args.records // args.gateways // args.days
+    all_day = args.records // args.days
+    return [
+        (f"report, one gateway, one day (~{per_gw_day} records)",
+         f"/report?gateway={g}&from={day}&to={day}"),
+        ("API calls, one gateway, one day", f"/api/calls?gateway={g}&from={day}&to={day}"),
+        ("API calls, one gateway, one day, Call Out Failed",
+         f"/api/calls?gateway={g}&from={day}&to={day}&filter=out-failed"),
+        (f"API calls, all gateways, one day (~{all_day} records)",
+         f"/api/calls?from={day}&to={day}"),
+        ("API calls, all gateways, one day, last page",
+         f"/api/calls?from={day}&to={day}&limit=100&offset={max(0, all_day - 100)}"),
+        ("API calls, one gateway, 31 days, Only PSTN",
+         f"/api/calls?gateway={g}&from={month_from}&to={day}&filter=pstn"),
+        ("API calls, all gateways, 31 days",
+         f"/api/calls?from={month_from}&to={day}"),
+        ("API calls, everything (no dates)", "/api/calls"),
+        ("calendar of a month, one gateway", f"/api/calendar?gateway={g}&month={day[:7]}"),
+        ("calendar of a month, all gateways", f"/api/calendar?month={day[:7]}"),
+        ("CDRs, one gateway, one day", f"/api/cdrs?gateway={g}&from={day}&to={day}"),
+        ("CDR page, one CUI, 31 days", f"/cdrs?cui=ACCT-42&from={month_from}&to={day}"),
+        ("API CDRs, all gateways, 31 days", f"/api/cdrs?from={month_from}&to={day}"),
+        ("API CDRs, everything (no dates)", "/api/cdrs"),
+        ("dashboard (last 24 h, all gateways)", "/"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="cdrd report benchmark on a big store")
+    p.add_argument("--records", type=int, default=10_000_000)
+    p.add_argument("--gateways", type=int, default=100)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--path", help="the SQLite file (default var/bench/report-N-G-D.sqlite)")
+    p.add_argument("--rebuild", action="store_true", help="fill the store again")
+    args = p.parse_args(argv)
+
+    database = postgres_store(args) if args.database == "postgresql" else sqlite_store(args)
+    with tempfile.TemporaryDirectory(prefix="cdrd-bench-report-") as tmpdir:
+        tmp = Path(tmpdir)
+        cdrd = None
+        try:
+            cdrd, _ = start_cdrd(tmp, database)
+            web = _web_port(tmp)
+            print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
+                  f" {args.database}; {args.repeat} requests each (ms)")
+            print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
+            for name, path in queries(args):
+                times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
+                p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+                print(f"{name:<58} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
+                      f" {size:>9,}")
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+            print(f"FAILED: {e}")
+            return 1
+        finally:
+            stop(cdrd)
+    return 0
+
+
+def _web_port(tmp: Path) -> int:
+    for line in (tmp / "cdrd.toml").read_text().splitlines():
+        if line.startswith("web_endpoint"):
+            return int(line.split(":")[1])
+    raise RuntimeError("no web_endpoint in the bench config")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
