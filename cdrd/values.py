@@ -243,10 +243,20 @@ def cdr_id(call: str, number: int) -> str:
 # -- text at the edges --------------------------------------------------------
 
 
+#: 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
+MAX_MS = 253_402_300_799_999
+
+
 def rfc3339(ms: int) -> str:
-    """`2026-11-22T10:00:07.250Z`: the server's and the CDR's time format."""
+    """`2026-11-22T10:00:07.250Z`: the server's and the CDR's time format.
+
+    Total: ingest and the call model keep times within 1970..9999; a time
+    outside is written as the nearest end of that range, never an error
+    (an error here would lose the batch of products being written)."""
+    ms = min(max(ms, 0), MAX_MS)
     dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+            f"{dt.second:02d}.{ms % 1000:03d}Z")
 
 
 def parse_rfc3339(text: str) -> int:
