@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, LogQuery
 from cdrd.web import pages
 from cdrd.web.auth import guard
-from cdrd.web.feed import LiveFeed, Subscriber
+from cdrd.web.feed import LiveFeed, Replay, Subscriber
 from cdrd.web.query import (
     FILTER_LABELS,
     BadParameter,
@@ -54,8 +54,8 @@ from cdrd.web.render import (
 EXPORT_CHUNK = 1000
 #: an export never runs away with the server: at most this many rows
 EXPORT_MAX = 1_000_000
-#: events replayed to a live page that reconnects
-REPLAY_MAX = 1000
+#: stored events sent per reactor turn to a stream that resumes
+REPLAY_PAGE = 500
 HEARTBEAT = 15.0  # seconds between SSE comments: keeps proxies and NATs open
 DASHBOARD_HOURS = 24
 DASHBOARD_MAX_RECORDS = 20_000
@@ -95,7 +95,7 @@ class WebApp:
         self.clocks = Clocks(self.zone)
         self._heartbeat = None
         self._producers: set[Subscriber] = set()
-        self._rendered: tuple[object, bytes] | None = None
+        self._rendered: dict[Callable, tuple[object, bytes]] = {}
 
     def resource(self):
         """The whole site, behind Basic auth when users are configured."""
@@ -320,13 +320,18 @@ class WebApp:
     @app.route("/api/events/stream", methods=["GET"])
     def api_events_stream(self, request):
         gateway = parse_gateway(arg(request, "gateway"))
-        return self._stream(request, gateway)
+        return self._stream(request, gateway, event_json_sse)
 
     @app.route("/gateways/<string:key>/events/stream", methods=["GET"])
     def gateway_events_stream(self, request, key):
-        return self._stream(request, parse_gateway(key))
+        return self._stream(request, parse_gateway(key), fmt_event)
 
-    def _stream(self, request, gateway: str | None):
+    def _stream(self, request, gateway: str | None, render):
+        """
+        Server-sent events of one gateway (or all), resuming after `after`
+        or Last-Event-ID; `render(event, clocks)` makes one message (the
+        API's JSON or the live page's row).
+        """
         if self.feed is None:
             raise BadParameter("live events are not available (no feed)")
         after = request.getHeader(b"last-event-id") or arg(request, "after")
@@ -334,9 +339,7 @@ class WebApp:
         if after:
             if isinstance(after, bytes):
                 after = after.decode("latin-1")
-            after_id = parse_int(after, "after", 0, 0, 2**62)
-        if after_id is not None and gateway is None:
-            raise BadParameter("after: needs a gateway")
+            after_id = parse_int(after.strip(), "after", 0, 0, 2**62)
 
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -346,12 +349,13 @@ class WebApp:
             kind, value = item
             if kind != "event":
                 return None
-            # the feed hands one event to every subscriber in turn: render it once
-            cached = self._rendered
+            # the feed hands one event to every subscriber in turn: render it
+            # once per format
+            cached = self._rendered.get(render)
             if cached is not None and cached[0] is value:
                 return cached[1]
-            data = fmt_event(value, self.clocks)
-            self._rendered = (value, data)
+            data = render(value, self.clocks)
+            self._rendered[render] = (value, data)
             return data
 
         done: Deferred = Deferred(lambda d: sub.finish())
@@ -372,22 +376,21 @@ class WebApp:
         request.write(b"retry: 3000\n: connected\n\n")
         self._beat_if_needed()
         if after_id is not None:
-            sub.hold()
-            self.store.events_after(gateway, after_id, REPLAY_MAX).addCallbacks(
-                lambda events: self._replayed(sub, events, after_id),
-                lambda f: (
-                    self.log.failure("live feed replay failed", f),
-                    sub.finish(),
-                ),
-            )
+            self._resume(sub, gateway, after_id, render)
         return done
 
-    def _replayed(self, sub, events, after_id):
-        last = after_id
-        for e in events:
-            sub.send(fmt_event(e, self.clocks))
-            last = max(last, e.id or 0)
-        sub.release(lambda item: item[0] != "event" or (item[1].id or 0) > last)
+    def _resume(self, sub, gateway, after_id, render):
+        """Replay what the browser missed (every gateway's, for `gateway` None)."""
+        replay = Replay(
+            sub,
+            [gateway] if gateway is not None else self.gateway_keys,
+            after_id,
+            self.store.events_after,
+            lambda e: render(e, self.clocks),
+            self.clock,
+        )
+        replay.page = REPLAY_PAGE
+        replay.start()
 
     def _beat_if_needed(self):
         from twisted.internet.task import LoopingCall
@@ -616,4 +619,10 @@ def sse(kind: str, data: dict, event_id: int | None = None) -> bytes:
 
 
 def fmt_event(event, clocks: Clocks) -> bytes:
+    """The live page's message: the row as shown (local time, text)."""
     return sse("event", event_row(event, clocks), event.id)
+
+
+def event_json_sse(event, clocks: Clocks) -> bytes:
+    """The API stream's message: the event as /api/events has it (RFC 3339 UTC)."""
+    return sse("event", event_json(event), event.id)

@@ -29,7 +29,11 @@
     var source = new EventSource(url);
     function show(text, cls) { if (state) { state.textContent = text; state.className = "live " + cls; } }
     source.onopen = function () { show("live", "on"); };
-    source.onerror = function () { show("reconnecting…", "connecting"); };
+    source.onerror = function () {
+      // a refused stream (400, 401, not an event stream) is final for EventSource
+      if (source.readyState === EventSource.CLOSED) show("live updates stopped: reload the page", "off");
+      else show("reconnecting…", "connecting");
+    };
     source.addEventListener("event", function (msg) {
       var ev = JSON.parse(msg.data);
       if (body.querySelector('tr[data-id="' + CSS.escape(String(ev.id)) + '"]')) return;
