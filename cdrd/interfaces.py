@@ -171,6 +171,16 @@ class IStore(Interface):
     def close():
         """Finish what is in flight and disconnect.  Deferred[None]."""
 
+    def activate(on_lost=None, poll=None):
+        """
+        After open(): Deferred[None] firing once this process is the one cdrd
+        that writes to the store.  SQLite: one process per file (a second
+        fails with StoreInUse).  PostgreSQL: active/standby; a standby waits
+        here, polling every `poll` s; an active node that loses its lock can
+        no longer commit (NotActive) and `on_lost()` is called.
+        Memory: at once.
+        """
+
     def write(batch):
         """Apply a WriteBatch in one durable transaction.  Deferred[WriteResult]."""
 

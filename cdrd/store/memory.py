@@ -52,6 +52,9 @@ class MemoryStore:
         self.opened = False
         return defer.succeed(None)
 
+    def activate(self, on_lost=None, poll=None):
+        return defer.succeed(None)
+
     # -- the one way in ----------------------------------------------------
 
     def write(self, batch):

@@ -10,6 +10,8 @@ is waiting for.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 
@@ -30,6 +32,10 @@ class StoreClosed(Exception):
     """The store is not open."""
 
 
+class StoreInUse(Exception):
+    """Another cdrd process writes to this SQLite file."""
+
+
 @implementer(IStore)
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
@@ -48,10 +54,34 @@ class SQLiteStore(SqlStore):
         self._local = threading.local()  # a reader thread's connection
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._active_fd: int | None = None
         self.schema_version: int | None = None
 
     def __repr__(self):
         return f"<SQLiteStore {self.path!r}>"
+
+    def activate(self, on_lost=None, poll=None):
+        """
+        One SQLite file serves one cdrd: an exclusive lock on ``PATH.lock``,
+        held until close (the kernel drops it when the process dies, kill -9
+        included).  A second cdrd on the same file fails at once with
+        StoreInUse; there is no standby on SQLite.
+        """
+        if self.path == ":memory:" or self._active_fd is not None:
+            return defer.succeed(None)
+        lock_path = f"{self.path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            return defer.fail(StoreInUse(
+                f"{self.path} is in use by another cdrd (pid {holder}, lock {lock_path})"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._active_fd = fd
+        return defer.succeed(None)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -107,6 +137,7 @@ class SQLiteStore(SqlStore):
         pool, self._pool = self._pool, None
         read_pool, self._read_pool = self._read_pool, None
         if pool is None:
+            self._release()
             return defer.succeed(None)
 
         def disconnect():
@@ -133,7 +164,14 @@ class SQLiteStore(SqlStore):
         # thread is idle, so stopping the pool does not wait
         d.addBoth(lambda r: (pool.stop(), r)[1])
         d.addBoth(stop_readers)
+        # the last write has committed: now another cdrd may take the file
+        d.addBoth(lambda r: (self._release(), r)[1])
         return d
+
+    def _release(self) -> None:
+        fd, self._active_fd = self._active_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _close_readers(self) -> None:
         with self._lock:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -19,7 +22,7 @@ from cdrd.store.schema import (
     migration_statements,
 )
 from cdrd.store.sql import CALL_COLS, _record_row
-from cdrd.store.sqlite import SQLiteStore
+from cdrd.store.sqlite import SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, oracle_calls
 from tests.store.values import DAY, HOUR, event, random_records
 
@@ -178,4 +181,53 @@ async def test_migration_2_counts_the_records_of_a_version_1_database(path):
         stats = await store.call_stats(DAY - 24 * HOUR, DAY + 48 * HOUR, 24 * HOUR)
         assert sum(s.calls for s in stats) == 500
     finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_cdrd_per_file(path):
+    """A second store on the same file is refused until the first closes."""
+    first = SQLiteStore(str(path), reactor)
+    await first.open()
+    await first.activate()
+    second = SQLiteStore(str(path), reactor)
+    await second.open()
+    try:
+        with pytest.raises(StoreInUse, match=f"pid {os.getpid()}"):
+            await second.activate()
+        await first.close()
+        await second.activate()
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_cdrd_leaves_no_lock_behind(path):
+    """The kernel drops the lock with the process, kill -9 included."""
+    code = (
+        "import sys\n"
+        "from twisted.internet import defer, task\n"
+        "from cdrd.store.sqlite import SQLiteStore\n"
+        "async def main(reactor):\n"
+        f"    store = SQLiteStore({str(path)!r}, reactor)\n"
+        "    await store.open()\n"
+        "    await store.activate()\n"
+        "    print('active', flush=True)\n"
+        "    await task.deferLater(reactor, 60, lambda: None)\n"
+        "task.react(lambda r: defer.ensureDeferred(main(r)))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    store = SQLiteStore(str(path), reactor)
+    try:
+        assert proc.stdout.readline() == b"active\n"
+        await store.open()
+        with pytest.raises(StoreInUse, match=f"pid {proc.pid}"):
+            await store.activate()
+        proc.kill()
+        proc.wait(10)
+        await store.activate()
+    finally:
+        proc.kill()
+        proc.wait(10)
         await store.close()
