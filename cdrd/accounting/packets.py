@@ -12,6 +12,9 @@ Payload kinds:
 - ``"open"``: a marker, never sent: the leg was answered and wants
   Interim-Updates until its Stop (how the set of answered open legs
   survives a restart; see docs/accounting.md).
+- ``"dial"``: a note, never sent: the number the caller of an inbound leg
+  dialled first, learnt after its Start; its Interim-Updates and Stop
+  carry it as Called-Station-Id (see docs/accounting.md).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ HEADER = 20
 DELAY_SIZE = 6
 
 START, STOP, INTERIM = "Start", "Stop", "Interim-Update"
+#: Payload kinds that are never sent.
+OPEN, DIAL = "open", "dial"
 
 _HERE = Path(__file__).resolve()
 DEFAULT_DICTIONARIES = _HERE.parents[2] / "dictionaries"
@@ -210,7 +215,10 @@ def fits(dictionary: Dictionary, attrs: Sequence[tuple[str, object]]) -> bool:
 
 
 def split_stop(
-    dictionary: Dictionary, fixed: list[tuple[str, object]], cdrs: Sequence[Cdr]
+    dictionary: Dictionary,
+    fixed: list[tuple[str, object]],
+    cdrs: Sequence[Cdr],
+    reserve: Sequence[tuple[str, object]] = (),
 ) -> list[list[tuple[str, object]]]:
     """
     The attributes of a Stop (`fixed`: everything but the CDRs) carrying
@@ -219,25 +227,27 @@ def split_stop(
     limits, whatever the CDRs.  A CDR is kept within one packet where it
     fits in one; a longer one goes on in the next packets' continuations.
     The n in "<n>:<text>" counts the CDRs of the whole Stop, all parts.
+    Room is kept in every packet for the attributes `reserve` (added when
+    sent).
     """
     groups = [cdr_attributes(c, n) for n, c in enumerate(cdrs, 1)]
-    whole = fixed + [a for g in groups for a in g]
-    if fits(dictionary, whole):
-        return [whole]
+    sized = fixed + list(reserve)
+    if fits(dictionary, sized + [a for g in groups for a in g]):
+        return [fixed + [a for g in groups for a in g]]
     digits = 1
     while True:
-        parts = _fill(dictionary, fixed, groups, len(f"{10**digits - 1}/{10**digits - 1}"))
+        parts = _fill(dictionary, sized, groups, len(f"{10**digits - 1}/{10**digits - 1}"))
         if len(str(len(parts))) <= digits:
             break
         digits += 1
     m = len(parts)
-    return [p + [("cdrd-CDR-Part", f"{k}/{m}")] for k, p in enumerate(parts, 1)]
+    return [fixed + p + [("cdrd-CDR-Part", f"{k}/{m}")] for k, p in enumerate(parts, 1)]
 
 
 def _fill(dictionary, fixed, groups, part_chars: int) -> list[list[tuple[str, object]]]:
     """Greedy: CDR attributes into packets of at most MAX_PACKET bytes and
-    MAX_ATTRIBUTES attributes, room kept for a cdrd-CDR-Part value of
-    `part_chars` characters."""
+    MAX_ATTRIBUTES attributes with `fixed`, room kept for a cdrd-CDR-Part
+    value of `part_chars` characters; the CDR attributes of each packet."""
     size_of = attribute_size
     room_bytes = MAX_PACKET - packet_size(dictionary, fixed) - size_of(
         dictionary, "cdrd-CDR-Part", "0" * part_chars
@@ -269,7 +279,7 @@ def _fill(dictionary, fixed, groups, part_chars: int) -> list[list[tuple[str, ob
             for item in group[2:]:
                 add([item])
     parts.append(current)
-    return [fixed + p for p in parts]
+    return parts
 
 
 _CDR_ATTRIBUTES = frozenset({"cdrd-CDR-Id", "cdrd-CDR", "cdrd-CDR-Continued"})
@@ -363,7 +373,7 @@ def fits_exactly(dictionary: Dictionary, attrs) -> bool:
 class Payload:
     """A request (or an open-leg marker) as stored in the outbox."""
 
-    kind: str  # "req" | "open"
+    kind: str  # "req" | "open" | "dial"
     leg: str  # the leg's id
     status: str  # Start, Interim-Update, Stop ("" for a marker)
     event: int  # ms UTC of the event that caused it
@@ -432,14 +442,22 @@ def spool(
     peers = peers or {}
     dictionary = dictionary or _sizing_dictionary()
     out: list[Payload] = []
+    inbound_dialled = {
+        o.leg.call for o in outputs
+        if isinstance(o, LegStart) and o.leg.direction == "inbound" and o.leg.dialled
+    }
     for o in outputs:
         if isinstance(o, LegStart):
             base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
             out.append(request(base, START, o.time, o.leg.id))
+            if _first_outbound(o.leg) and o.leg.call not in inbound_dialled:
+                # the caller's leg started before anything was dialled
+                number = (("Called-Station-Id", _text(o.leg.dialled)),)
+                out.append(Payload(DIAL, inbound_leg(o.leg.call), "", o.time, number))
         elif isinstance(o, LegAnswer):
             if interims:
                 base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
-                out.append(Payload("open", o.leg.id, "", o.time, tuple(base), answered=o.time))
+                out.append(Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time))
         elif isinstance(o, LegStop):
             base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
             common = [
@@ -447,9 +465,42 @@ def spool(
                 ("Acct-Terminate-Cause", terminate_cause(o.cause)),
             ]
             fixed = request_attributes(base, STOP, o.time, common)
-            for attrs in split_stop(dictionary, fixed, o.cdrs):
+            reserve = CALLED_RESERVE if called_later(o.leg) else ()
+            for attrs in split_stop(dictionary, fixed, o.cdrs, reserve):
                 out.append(Payload("req", o.leg.id, STOP, o.time, tuple(attrs)))
     return out
+
+
+#: Room kept in an inbound leg's Stop for the Called-Station-Id of a note.
+CALLED_RESERVE = (("Called-Station-Id", "0" * MAX_VALUE),)
+
+
+def inbound_leg(call: str) -> str:
+    """The id of a call's inbound leg (docs/architecture.md: n = 0)."""
+    return f"{call}/0"
+
+
+def _first_outbound(leg: Leg) -> bool:
+    return leg.direction == "outbound" and bool(leg.dialled) and leg.id == f"{leg.call}/1"
+
+
+def called_later(leg: Leg) -> bool:
+    """An inbound leg whose Called-Station-Id may come from a note."""
+    return leg.direction == "inbound" and not leg.dialled
+
+
+def with_called(payload: Payload, number: str) -> Payload:
+    """`payload` with Called-Station-Id `number`, unless it has one."""
+    attrs = payload.attributes
+    if any(n == "Called-Station-Id" for n, _ in attrs):
+        return payload
+    at = next(
+        (i for i, (n, _) in enumerate(attrs) if n.startswith("cdrd-") or n == "Event-Timestamp"),
+        len(attrs),
+    )
+    attrs = (*attrs[:at], ("Called-Station-Id", number), *attrs[at:])
+    return Payload(payload.kind, payload.leg, payload.status, payload.event, attrs,
+                   payload.answered)
 
 
 # -- the wire ---------------------------------------------------------------------

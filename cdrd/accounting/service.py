@@ -74,6 +74,11 @@ class AccountingService(Service):
         self._open: dict[str, tuple[int, Payload]] = {}  # leg -> (marker id, marker)
         self._timers: dict[str, object] = {}
         self._stopped: OrderedDict[str, None] = OrderedDict()
+        # inbound legs' first dialled numbers, from "dial" notes: the note's
+        # outbox id until the Stop is answered, the number a while longer
+        # (the later parts of a Stop split in several)
+        self._notes: dict[str, int] = {}
+        self._dialled: OrderedDict[str, str] = OrderedDict()
         self._done: list[int] = []
         self._deleting: defer.Deferred | None = None
         self._flush_call = None
@@ -205,7 +210,7 @@ class AccountingService(Service):
             # kept in the outbox for an operator: a swallowed item is lost data
             self.log.error("unreadable RADIUS outbox item {id}", id=item.id)
             return
-        if payload.kind == "open":
+        if payload.kind == packets.OPEN:
             if payload.leg in self._stopped:
                 self._delete(item.id)
                 return
@@ -213,11 +218,19 @@ class AccountingService(Service):
             if self._caught_up:
                 self._schedule_interim(payload.leg)
             return
+        if payload.kind == packets.DIAL:
+            # kept until the leg's Stop is answered, even if it is stopped
+            self._notes[payload.leg] = item.id
+            self._remember(self._dialled, payload.leg, payload.attributes[0][1])
+            return
         if payload.status == INTERIM and payload.leg in self._stopped:
             self._delete(item.id)  # its Stop is already on its way
             return
         if payload.status == STOP:
             self._leg_stopped(payload.leg)
+        number = self._dialled.get(payload.leg)
+        if number is not None:
+            payload = packets.with_called(payload, number)
         parts = packets.fit(self.dictionary, payload)
         if len(parts) == 1 and parts[0] is payload:
             self.sent += 1
@@ -245,9 +258,13 @@ class AccountingService(Service):
     def _delivered(self, _, item_id, payload):
         self._delete(item_id)
         if payload.status == STOP:
+            # in the same deletion batch as the Stop: none outlives it
             marker = self._open.pop(payload.leg, None)
             if marker is not None:
                 self._delete(marker[0])
+            note = self._notes.pop(payload.leg, None)
+            if note is not None:
+                self._delete(note)
         # read again in pages, not one item per answer
         if self.client.pending <= self.read_ahead // 2:
             self._pump()
@@ -289,10 +306,14 @@ class AccountingService(Service):
 
     # -- Interim-Updates --------------------------------------------------------------
 
+    @staticmethod
+    def _remember(memory: OrderedDict, key, value=None):
+        memory[key] = value
+        while len(memory) > STOPPED_MEMORY:
+            memory.popitem(last=False)
+
     def _leg_stopped(self, leg):
-        self._stopped[leg] = None
-        while len(self._stopped) > STOPPED_MEMORY:
-            self._stopped.popitem(last=False)
+        self._remember(self._stopped, leg)
         call = self._timers.pop(leg, None)
         if call is not None and call.active():
             call.cancel()
@@ -316,6 +337,9 @@ class AccountingService(Service):
             return
         now = self._now()
         payload = packets.interim(marker[1], now)
+        number = self._dialled.get(leg)
+        if number is not None:
+            payload = packets.with_called(payload, number)
         d = defer.maybeDeferred(
             self.writer.submit,
             WriteBatch(outbox=[OutboxItem(SINK, payload.to_bytes(), created=now)]),
@@ -361,7 +385,7 @@ class AccountingService(Service):
         """JSON-able: what the web page and the metrics show."""
         now = self._now()
         depth, oldest_created = self._stats  # at most 5 s old, 1 s after deletions
-        depth = max(0, (depth or 0) - len(self._open), self.client.pending)
+        depth = max(0, (depth or 0) - len(self._open) - len(self._notes), self.client.pending)
         oldest = self.client.oldest_event()
         if oldest is None and depth and oldest_created is not None:
             oldest = oldest_created

@@ -105,6 +105,8 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
     assert e1_in["Chargeable-User-Identity"] == ["0x" + b"442079460201".hex()]
     assert e1_in["Calling-Station-Id"] == ["442079460201"]
     assert "Called-Station-Id" not in e1_in  # started off hook, nothing dialled yet
+    e1_in_stop = next(r for r in stops if r["Acct-Session-Id"] == [e1_in["Acct-Session-Id"][0]])
+    assert e1_in_stop["Called-Station-Id"] == ["2252"]  # the first number it dialled
     assert e1_in["Acct-Multi-Session-Id"] == ["8200_000C2A020082/b1/75"]
     assert e1_in["cdrd-Leg-Direction"] == ["inbound"]
     assert e1_in["cdrd-Call-Ref"] == ["75"]
@@ -233,7 +235,7 @@ def test_server_down_kill_9_restart_then_server_up(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         killed_at = time.time()
-        assert outbox_depth() == 10  # nothing answered, nothing lost
+        assert outbox_depth() == 12  # nothing answered, nothing lost (10 + 2 numbers)
         proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL)
         procs.append(proc)
         time.sleep(1.0)
@@ -374,6 +376,11 @@ async def test_worked_examples_through_the_call_model(radius):
     assert e3_in["User-Name"] == ["CARRIER-ACME"]
     assert e3_in["NAS-Port-Id"] == ["fxo/1"]
     assert e3_in["Calling-Station-Id"] == ["02071234567"]
+    # every inbound leg's Stop carries the number its caller dialled first
+    called = {r["Acct-Session-Id"][0].split("/", 2)[2]: r.get("Called-Station-Id")
+              for r in by_status(recs, "Stop") if r["cdrd-Leg-Direction"] == ["inbound"]}
+    assert called == {"75/0": ["2252"], "76/0": ["2253"], "77/0": ["2252"],
+                      "78/0": ["202"], "79/0": ["202"], "80/0": ["07700900999"]}
     # E2 busy, E4 divert, E5 transfer: the Stops' causes
     causes = {r["Acct-Session-Id"][0]: r["Acct-Terminate-Cause"][0]
               for r in by_status(recs, "Stop")}

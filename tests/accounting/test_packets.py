@@ -31,7 +31,8 @@ def test_vendor_number_is_rewritten_for_pyrad():
 def test_payload_round_trip_and_event_time():
     outputs = examples.e1()
     ps = spool(outputs, 0, "192.0.2.10", True)
-    assert [p.kind for p in ps] == ["req", "req", "open", "open", "req", "req"]
+    # Start in, Start out + the number the caller dialled, answers, Stops
+    assert [p.kind for p in ps] == ["req", "req", "dial", "open", "open", "req", "req"]
     for p in ps:
         assert Payload.from_bytes(p.to_bytes()) == p
         json.loads(p.to_bytes())
@@ -40,7 +41,7 @@ def test_payload_round_trip_and_event_time():
 
 def test_no_interim_markers_when_interims_are_off():
     ps = spool(examples.e1(), 0, None, False)
-    assert all(p.kind == "req" for p in ps) and len(ps) == 4
+    assert [p.kind for p in ps] == ["req", "req", "dial", "req", "req"]
 
 
 def test_start_attributes_and_delay():
@@ -271,5 +272,8 @@ def test_every_stop_fits_whatever_the_input(leg, texts, peer):
     ps = spool(outputs, 0, "2001:db8::1", True, peers={leg.gateway: peer})
     reqs = [p for p in ps if p.kind == "req"]
     assert_within_limits(reqs)
+    if packets.called_later(leg):
+        # room for the longest first dialled number a note can add
+        assert_within_limits([packets.with_called(p, "9" * 253) for p in reqs])
     stops = [p for p in reqs if p.status == "Stop"]
     assert reassemble_stops(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])

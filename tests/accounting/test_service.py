@@ -83,8 +83,8 @@ def test_spool_is_pure_json_payloads():
     svc, _, _ = make()
     outputs = examples.e1()
     a, b = svc.spool(outputs, 0), svc.spool(outputs, 0)
-    assert a == b and len(a) == 6
-    assert [json.loads(p)["s"] for p in a] == ["Start", "Start", "", "", "Stop", "Stop"]
+    assert a == b and len(a) == 7
+    assert [json.loads(p)["s"] for p in a] == ["Start", "Start", "", "", "", "Stop", "Stop"]
 
 
 def test_spool_uses_gateway_address():
@@ -101,18 +101,18 @@ def test_sent_after_commit_deleted_only_after_verified_answer():
     svc.startService()
     outputs = examples.e4()
     commit(svc, store, outputs, r.seconds() * 1000)
-    assert len(store.items) == 6
+    assert len(store.items) == 7  # 6 requests and the inbound leg's number
     pkts = sent(r)
     assert [p["Acct-Status-Type"][0] for p in pkts] == ["Start", "Start", "Stop", "Start", "Stop", "Stop"]
     port = r.ports[0]
     answer(port, port.written[0][0], b"wrong", D)
     r.advance(0)
-    assert len(store.items) == 6
+    assert len(store.items) == 7
     assert answer_all(r, svc) == 6
     r.advance(0)  # deletions are batched per reactor turn
     assert not store.items
     deletions = [w for w in store.writes if w.outbox_done]
-    assert len(deletions) == 1 and len(deletions[0].outbox_done) == 6
+    assert len(deletions) == 1 and len(deletions[0].outbox_done) == 7
     st = svc.status()
     assert st["spool_depth"] == 0 and st["sent"] == st["answered"] == 6
     json.dumps(st)
@@ -125,7 +125,7 @@ def test_restart_resends_what_was_not_answered():
     port = r.ports[0]
     answer(port, port.written[0][0], SECRET.encode(), D)  # only the first Start
     r.advance(0)
-    assert len(store.items) == 3
+    assert len(store.items) == 4  # 3 requests, the inbound leg's number
     crash(r)  # no stopService; a new process reads the same store
     r.advance(300)
     svc2, _, _ = make(store=store, interim=0, reactor=r)
@@ -153,7 +153,7 @@ def test_interim_updates_while_answered_until_stop():
     commit(svc, store, outputs[:4], now)  # starts and answers
     answer_all(r, svc)
     r.advance(0)
-    assert len(store.items) == 2  # the two open-leg markers stay
+    assert len(store.items) == 3  # the open-leg markers and the number stay
     assert svc.status()["open_legs"] == 2 and svc.status()["spool_depth"] == 0
     r.pump([1] * 70)  # answered at 10:00:07.250 (clock 10:00:00): first interim at +60 s
     got = interims(r)
@@ -296,3 +296,54 @@ def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
     r.advance(0)
     assert not store.items
     assert svc.status()["sent"] == svc.status()["answered"] == 2
+
+
+def called(pkts, leg_suffix, status):
+    return [p.get("Called-Station-Id") for p in pkts
+            if p["Acct-Session-Id"][0].endswith(leg_suffix)
+            and p["Acct-Status-Type"] == [status]]
+
+
+def test_inbound_leg_carries_the_first_dialled_number_once_known():
+    """E1: the phone's leg starts at HOOK_OFF, before the DIAL: its Start has
+    no Called-Station-Id, its Interim-Updates and Stop carry 2252 (the
+    number it dialled first), also after a restart; the number's outbox
+    item goes with the answered Stop."""
+    svc, store, r = make(interim=60)
+    svc.startService()
+    outputs = examples.e1()
+    commit(svc, store, outputs[:4], examples.t("10:00:07.250"))
+    answer_all(r, svc)
+    r.advance(0)
+    crash(r)  # restart before the first interim
+    svc, _, _ = make(store=store, interim=60, reactor=r)
+    svc.startService()
+    r.pump([1] * 70)
+    answer_all(r, svc)
+    commit(svc, store, outputs[4:], r.seconds() * 1000)
+    answer_all(r, svc)
+    r.advance(0)
+    pkts = [decode(raw, D) for port in r.ports for raw, _ in port.written]
+    assert called(pkts, "/75/0", "Start") == [None]
+    assert called(pkts, "/75/0", "Interim-Update") == [["2252"]]
+    assert called(pkts, "/75/0", "Stop") == [["2252"]]
+    assert called(pkts, "/75/1", "Stop") == [["2252"]]  # its own, from its Start
+    assert not store.items
+    r.advance(1)  # the outbox statistics, refreshed after deletions
+    assert svc.status()["spool_depth"] == 0
+
+
+def test_pstn_caller_gets_the_number_call_in_has_its_own():
+    svc, store, r = make(interim=0)
+    svc.startService()
+    commit(svc, store, examples.e3(), r.seconds() * 1000)
+    answer_all(r, svc)
+    assert called(sent(r), "/77/0", "Stop") == [["2252"]]
+    call_in = examples.outputs(
+        "81 10:50:00.000 CALL_IN cli=02071234567 to=201 port=1\n"
+        "81 10:50:05.000 HOOK_ON port=1"
+    )
+    payloads = svc.spool(call_in, 0)
+    assert not [p for p in payloads if b'"k":"dial"' in p]  # its Start has it
+    commit(svc, store, call_in, r.seconds() * 1000)
+    assert called(sent(r), "/81/0", "Start") == [["201"]]
