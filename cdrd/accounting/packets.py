@@ -28,12 +28,12 @@ from collections.abc import Iterable, Sequence
 from io import StringIO
 from pathlib import Path
 
-from attrs import frozen
+from attrs import evolve, frozen
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccountingRequest, AcctPacket
 from pyrad.tools import EncodeAttr
 
-from cdrd.values import Cdr, Leg, LegAnswer, LegStart, LegStop
+from cdrd.values import CallEnd, Cdr, Leg, LegAnswer, LegStart, LegStop
 
 #: RFC 2865: an attribute holds at most 253 bytes; a vendor attribute (RFC
 #: 2865 section 5.26, with its 6 header bytes) at most 247.
@@ -441,12 +441,13 @@ def spool(
     """
     peers = peers or {}
     dictionary = dictionary or _sizing_dictionary()
+    ends = _call_ends(outputs)
     out: list[Payload] = []
     inbound_dialled = {
         o.leg.call for o in outputs
         if isinstance(o, LegStart) and o.leg.direction == "inbound" and o.leg.dialled
     }
-    for o in outputs:
+    for i, o in enumerate(outputs):
         if isinstance(o, LegStart):
             base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
             out.append(request(base, START, o.time, o.leg.id))
@@ -459,7 +460,12 @@ def spool(
                 base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
                 out.append(Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time))
         elif isinstance(o, LegStop):
-            base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
+            leg = o.leg
+            if i in ends and ends[i] != leg.call:
+                # a leg moved into this call by a transfer: its Stop (with
+                # the call's CDRs, if last) is booked to the call it ended in
+                leg = evolve(leg, call=ends[i])
+            base = leg_attributes(leg, nas_ip, peers.get(o.leg.gateway))
             common = [
                 ("Acct-Session-Time", o.session_ms // 1000),
                 ("Acct-Terminate-Cause", terminate_cause(o.cause)),
@@ -469,6 +475,32 @@ def spool(
             for attrs in split_stop(dictionary, fixed, o.cdrs, reserve):
                 out.append(Payload("req", o.leg.id, STOP, o.time, tuple(attrs)))
     return out
+
+
+def _call_ends(outputs) -> dict[int, str]:
+    """
+    Index of each LegStop written by a call's end -> that call's id.  The
+    model writes a call's end as the LegStops of the legs it then has
+    (inbound first; the same time and cause) directly followed by its
+    CallEnd; a Stop of a leg replaced by a transfer comes before them with
+    its own cause.
+    """
+    ends: dict[int, str] = {}
+    for i, o in enumerate(outputs):
+        if not isinstance(o, CallEnd):
+            continue
+        j = i - 1
+        first = outputs[j] if j >= 0 else None
+        while (
+            j >= 0
+            and i - j <= 2
+            and isinstance(outputs[j], LegStop)
+            and outputs[j].time == o.record.end
+            and outputs[j].cause == first.cause
+        ):
+            ends[j] = o.record.id
+            j -= 1
+    return ends
 
 
 #: Room kept in an inbound leg's Stop for the Called-Station-Id of a note.

@@ -364,6 +364,18 @@ async def test_worked_examples_through_the_call_model(radius):
             last_stops[o.leg.id] = [c.line for c in o.cdrs]
     got = {r["Acct-Session-Id"][0]: r["cdrd-CDR"] for r in recs if "cdrd-CDR" in r}
     assert got == last_stops
+    # billing grouping CDRs by Acct-Multi-Session-Id books each to its call
+    # (E5: call 79's CDRs ride on 80/1, a leg the transfer moved into 79)
+    from cdrd.values import CallEnd
+
+    by_call = {}
+    for r in recs:
+        by_call.setdefault(r["Acct-Multi-Session-Id"][0], []).extend(r.get("cdrd-CDR", []))
+    assert {k: v for k, v in by_call.items() if v} == {
+        o.record.id: [c.line for c in o.cdrs] for o in outputs
+        if isinstance(o, CallEnd) and o.cdrs
+    }
+    assert got["8200_000C2A020082/b1/80/1"] == by_call["8200_000C2A020082/b1/79"]
     # (FreeRADIUS's threads may write the calls' Stops in any order)
     assert sorted(line for lines in got.values() for line in lines) == sorted(cdr_lines)
     assert got["8200_000C2A020082/b1/75/1"] == [

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cdrd.accounting import packets
 from cdrd.accounting.packets import Payload, encode_request, load_dictionary, spool
-from cdrd.values import Cdr, Leg, LegAnswer, LegStart, LegStop
+from cdrd.values import CallEnd, Cdr, Leg, LegAnswer, LegStart, LegStop
 from tests.accounting import examples
 from tests.accounting.fakes import decode
 
@@ -277,3 +277,44 @@ def test_every_stop_fits_whatever_the_input(leg, texts, peer):
         assert_within_limits([packets.with_called(p, "9" * 253) for p in reqs])
     stops = [p for p in reqs if p.status == "Stop"]
     assert reassemble_stops(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])
+
+
+def multi_sessions(payloads):
+    return {
+        (p.leg.split("/", 2)[2], p.status): dict(p.attributes)["Acct-Multi-Session-Id"]
+        .split("/", 2)[2]
+        for p in payloads if p.kind == "req"
+    }
+
+
+def test_cdrs_of_a_transfer_are_booked_to_their_call():
+    """E5: 202's consultation call 80 is joined into call 79 by the
+    transfer; its leg 80/1 ends with call 79 and carries 79's CDRs: that
+    Stop has Acct-Multi-Session-Id 79, so billing grouping on it books the
+    CDRs to call 79.  The leg's Start and Interims stay with call 80."""
+    outputs = examples.e5()
+    ps = spool(outputs, 0, None, True)
+    got = multi_sessions(ps)
+    assert got[("80/1", "Start")] == "80"
+    assert got[("80/1", "Stop")] == "79"
+    assert got[("80/0", "Stop")] == "80" and got[("79/1", "Stop")] == "79"
+    (cdr_stop,) = [p for p in ps if any(n == "cdrd-CDR" for n, _ in p.attributes)]
+    assert cdr_stop.leg.endswith("/80/1")
+    assert dict(cdr_stop.attributes)["Acct-Multi-Session-Id"] == "8200_000C2A020082/b1/79"
+    call_end = next(o for o in outputs if isinstance(o, CallEnd) and o.cdrs)
+    assert call_end.record.id == "8200_000C2A020082/b1/79"
+    assert [c.line for c in call_end.cdrs] == [
+        "2026-11-22T10:30:04.100Z,3.000,595.900,442079460201,202,442079460201",
+        "2026-11-22T10:31:10.000Z,7.000,530.000,ACCT-202,07700900999,442079460202",
+    ]
+
+
+def test_caller_transferred_leg_is_booked_to_the_call_it_ends_in():
+    from tests.calls import helpers
+
+    outputs = examples.outputs(helpers.E5.replace("TRANSFER with=79", "TRANSFER with=79 role=caller"))
+    got = multi_sessions(spool(outputs, 0, None, True))
+    # 80/1 replaced 79's caller leg 79/0 (which ends then, with call 79)
+    assert got[("79/0", "Stop")] == "79"
+    assert got[("80/1", "Stop")] == "79" and got[("79/1", "Stop")] == "79"
+    assert got[("80/0", "Stop")] == "80"
