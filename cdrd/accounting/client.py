@@ -213,15 +213,6 @@ class RadiusClient:
         self._dispatch()
         return req.deferred
 
-    def oldest_event(self) -> int | None:
-        """ms UTC of the oldest event among the requests not answered yet."""
-        events = [r.payload.event for r in self.queue]
-        events += [
-            r.payload.event for s in self.servers for r in s.inflight.values()
-            if isinstance(r, Request)
-        ]
-        return min(events, default=None)
-
     def _now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 

@@ -78,6 +78,8 @@ class AccountingService(Service):
         # outbox id until the Stop is answered, the number a while longer
         # (the later parts of a Stop split in several)
         self._notes: dict[str, int] = {}
+        # outbox id -> stored (ms) of each request read and not yet answered
+        self._unanswered: dict[int, int] = {}
         self._dialled: OrderedDict[str, str] = OrderedDict()
         self._done: list[int] = []
         self._deleting: defer.Deferred | None = None
@@ -133,6 +135,7 @@ class AccountingService(Service):
             self._loops.append(loop)
         self._after = 0
         self._caught_up = False
+        self._unanswered.clear()
         self._pump()
 
     @defer.inlineCallbacks
@@ -231,6 +234,7 @@ class AccountingService(Service):
         number = self._dialled.get(payload.leg)
         if number is not None:
             payload = packets.with_called(payload, number)
+        self._unanswered[item.id] = item.created
         parts = packets.fit(self.dictionary, payload)
         if len(parts) == 1 and parts[0] is payload:
             self.sent += 1
@@ -256,6 +260,7 @@ class AccountingService(Service):
         self.answered += 1
 
     def _delivered(self, _, item_id, payload):
+        self._unanswered.pop(item_id, None)
         self._delete(item_id)
         if payload.status == STOP:
             # in the same deletion batch as the Stop: none outlives it
@@ -384,11 +389,11 @@ class AccountingService(Service):
     def status(self) -> dict:
         """JSON-able: what the web page and the metrics show."""
         now = self._now()
-        depth, oldest_created = self._stats  # at most 5 s old, 1 s after deletions
+        depth, _ = self._stats  # at most 5 s old, 1 s after deletions
         depth = max(0, (depth or 0) - len(self._open) - len(self._notes), self.client.pending)
-        oldest = self.client.oldest_event()
-        if oldest is None and depth and oldest_created is not None:
-            oldest = oldest_created
+        # the outbox is read in order, so the oldest request not answered
+        # is one read already (markers and notes are no requests)
+        oldest = min(self._unanswered.values(), default=None)
         return {
             "enabled": self.config.enabled,
             "spool_depth": depth,

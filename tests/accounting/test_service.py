@@ -347,3 +347,26 @@ def test_pstn_caller_gets_the_number_call_in_has_its_own():
     assert not [p for p in payloads if b'"k":"dial"' in p]  # its Start has it
     commit(svc, store, call_in, r.seconds() * 1000)
     assert called(sent(r), "/81/0", "Start") == [["201"]]
+
+
+def test_oldest_age_is_time_since_the_oldest_unanswered_request_was_stored():
+    """One definition: seconds since the oldest request not yet answered
+    was stored in the outbox.  Not its event's age (Acct-Delay-Time says
+    that), and open-leg markers and dial notes, however old, are no
+    requests."""
+    svc, store, r = make(interim=600)
+    svc.startService()
+    outputs = examples.e1()
+    commit(svc, store, outputs[:4], examples.t("10:00:00.000"))  # starts, answers
+    answer_all(r, svc)
+    r.advance(500)  # the legs are up for 500 s: their markers are that old
+    st = svc.status()
+    assert len(store.items) == 3 and st["open_legs"] == 2
+    assert st["spool_depth"] == 0 and st["oldest_age"] == 0.0
+    # the Stops of a call that ended minutes ago (its events' time), stored
+    # now, unanswered for 7 s
+    assert outputs[4].time < r.seconds() * 1000 - 300_000
+    commit(svc, store, outputs[4:], int(r.seconds() * 1000))
+    r.advance(7)
+    st = svc.status()
+    assert st["spool_depth"] == 2 and st["oldest_age"] == 7.0
