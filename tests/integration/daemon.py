@@ -28,23 +28,32 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, extra_config: str = "", database: str | None = None):
+    """
+    `extra_config` is appended to the config file (tables after [server]);
+    `server` adds lines to [server]; `gateway_endpoint` replaces the
+    loopback TCP listener (its port is still `gateway_port`).
+    """
+
+    def __init__(self, tmp: Path, extra_config: str = "", database: str | None = None,
+                 server: str = "", gateway_endpoint: str | None = None):
         self.tmp = tmp
         self.gateway_port = free_port()
         self.web_port = free_port()
         self.database = database or f"sqlite:{tmp / 'cdrd.sqlite'}"
         self.config = tmp / "cdrd.toml"
+        endpoint = gateway_endpoint or f"tcp:{self.gateway_port}:interface=127.0.0.1"
         self.config.write_text(
             "[server]\n"
-            f'gateway_endpoint = "tcp:{self.gateway_port}:interface=127.0.0.1"\n'
+            f'gateway_endpoint = "{endpoint.format(port=self.gateway_port)}"\n'
             f'web_endpoint = "tcp:{self.web_port}:interface=127.0.0.1"\n'
             f'database = "{self.database}"\n'
-            "allow_unknown_gateways = true\n" + extra_config
+            "allow_unknown_gateways = true\n" + server + extra_config
         )
         self.proc: subprocess.Popen | None = None
         self.logfile = tmp / "twistd.log"
 
-    def start(self, timeout: float = 20.0) -> Daemon:
+    def spawn(self) -> Daemon:
+        """Start the process; do not wait for anything."""
         self.proc = subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", f"--logfile={self.logfile}", "cdrd",
              "--config", str(self.config)],
@@ -52,6 +61,13 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
