@@ -9,6 +9,7 @@ cdrd has stopped.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -94,7 +95,11 @@ def test_load_across_a_kill_9_and_restart_is_resent_and_stored_once(tmp_path):
     )
     try:
         time.sleep(2.5)
-        daemon.kill9()  # events in flight are lost with it, unacknowledged
+        # freeze it first, so that events are surely in flight (sent, not
+        # acknowledged) when it dies: they are lost with it and resent
+        daemon.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        daemon.kill9()
         time.sleep(1.0)
         daemon.start()
         out, err = run.communicate(timeout=150)
