@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 CONFIG ?= etc/cdrd.toml
 
 # Debian packages the integration tests start as real peers.
-SYSTEM_PACKAGES := freeradius freeradius-utils rsyslog chromium
+SYSTEM_PACKAGES := freeradius freeradius-utils rsyslog chromium postgresql
 
-.PHONY: run test unit integration venv system-deps bench clean
+.PHONY: run test unit integration venv system-deps postgresql bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,24 @@ system-deps:
 	fi
 	@# the tests start their own FreeRADIUS and rsyslog; the distribution's must not hold their ports
 	-@systemctl disable --now freeradius rsyslog >/dev/null 2>&1 || true
+	@$(MAKE) --no-print-directory postgresql
+
+# The PostgreSQL tests need a server on 127.0.0.1:5432 that lets user
+# postgres in without a password from loopback (trust).  On a test machine
+# without one: start Debian's cluster (no systemd needed) and add the trust
+# line for 127.0.0.1 at the top of its pg_hba.conf.
+PG_CHECK := psql -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atqc 'SELECT 1'
+postgresql:
+	@if $(PG_CHECK) >/dev/null 2>&1; then exit 0; fi; \
+	ver=$$(pg_lsclusters -h 2>/dev/null | awk '$$2 == "main" && $$3 == 5432 {print $$1; exit}'); \
+	if [ -z "$$ver" ]; then echo "no PostgreSQL cluster 'main' on port 5432 (pg_lsclusters)"; exit 1; fi; \
+	hba=/etc/postgresql/$$ver/main/pg_hba.conf; \
+	grep -Eq '^host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust' $$hba \
+	  || sed -i '1i host all all 127.0.0.1/32 trust  # added by cdrd make test' $$hba; \
+	if pg_isready -q -h 127.0.0.1 -p 5432; then pg_ctlcluster --skip-systemctl-redirect $$ver main reload; \
+	else pg_ctlcluster --skip-systemctl-redirect $$ver main start; fi; \
+	for i in $$(seq 30); do $(PG_CHECK) >/dev/null 2>&1 && exit 0; sleep 1; done; \
+	echo "PostgreSQL does not let postgres in on 127.0.0.1:5432"; exit 1
 
 run: venv
 	mkdir -p var

@@ -27,6 +27,32 @@ def test_example_file_loads():
     assert gw.lines[1].cui == "CARRIER-ACME"
 
 
+def test_example_file_lists_every_setting_with_its_default():
+    import re
+
+    text = (ROOT / "etc" / "cdrd.toml").read_text()
+    loaded = C.load(str(ROOT / "etc" / "cdrd.toml"))
+    sections = {
+        "server": C.ServerConfig, 'gateways."8200_000C2A020082"': C.GatewayConfig,
+        "radius": C.RadiusConfig, "syslog": C.SyslogConfig, "web": C.WebConfig,
+    }
+    not_default = {("server", "allow_unknown_gateways"), ("gateways", "ports"), ("gateways", "lines")}
+    for section, cls in sections.items():
+        body = re.split(r"\n\[(?!\[)", text.split(f"\n[{section}]", 1)[1], maxsplit=1)[0]
+        for a in cls.__attrs_attrs__:
+            if a.name == "key":
+                continue
+            found = re.search(rf"^(# )?(\[\[radius\.)?{a.name}\b", body, re.MULTILINE)
+            assert found, f"{section}.{a.name} is not in etc/cdrd.toml"
+            name = section.split(".")[0]
+            if found.group(1) is None and (name, a.name) not in not_default:
+                if name == "gateways":
+                    value, default = getattr(loaded.gateway("8200_000C2A020082"), a.name), a.default
+                else:
+                    value, default = getattr(getattr(loaded, name), a.name), getattr(cls(), a.name)
+                assert value == default, f"{section}.{a.name} is not its default"
+
+
 @pytest.mark.parametrize(
     "data, setting",
     [
