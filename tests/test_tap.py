@@ -125,3 +125,73 @@ def test_an_ssl_endpoint_without_its_key_file_is_a_config_error(setting, tmp_pat
         build_config({"config": None, setting: endpoint})
     assert e.value.setting == f"server.{setting.replace('-', '_')}"
     assert "No such file or directory" in str(e.value) and "\n" not in str(e.value)
+
+
+class UDPMemoryReactor(MemoryReactorClock):
+    """A MemoryReactorClock that also takes UDP ports (the RADIUS client's); writes are kept."""
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        from twisted.internet.address import IPv4Address as Address
+
+        class Port:
+            written = []
+
+            def write(self, data, addr):
+                self.written.append((data, addr))
+
+            def stopListening(self):
+                return None
+
+            def getHost(self):
+                return Address("UDP", interface or "0.0.0.0", 40000)
+
+        transport = Port()
+        protocol.makeConnection(transport)
+        return transport
+
+
+def test_no_secret_of_the_config_reaches_any_log_event():
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from cdrd.gateway.codec import login_auth
+    from cdrd.web.auth import hash_password
+
+    secrets = ["Db-Pass-4711", "Db-Query-4712", "Gw-Secret-4713", "Radius-Secret-4714"]
+    web_hash = hash_password("Web-Pass-4715", n=2, r=1, p=1)
+    secrets += ["Web-Pass-4715", web_hash]
+    config = C.parse({
+        "server": {"database": "postgresql://cdrd:Db-Pass-4711@db.example/cdrd?password=Db-Query-4712"},
+        "gateways": {"8200_000C2A020082": {"secret": "Gw-Secret-4713"}},
+        "radius": {"servers": [{"address": "127.0.0.1:1813", "secret": "Radius-Secret-4714"}]},
+        "web": {"users": {"admin": web_hash}},
+    })
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        store = JournalStore()
+        store.opening.callback(None)
+        store.recovering.callback(None)
+        reactor = UDPMemoryReactor()
+        svc = build_service(config, reactor, store=store)
+        svc.startService()
+        reactor.advance(0)
+        for auth_secret in ("Gw-Secret-4713", "wrong"):
+            proto = svc.gateways.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2348))
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            nonce = parse_line(transport.value().splitlines()[0]).fields["nonce"]
+            line = LOGIN.rstrip(b"\n").decode()
+            proto.dataReceived(f"{line} auth={login_auth(auth_secret, nonce, line)}\n".encode())
+            proto.dataReceived(b"EV seq=1 ref=75 type=HOOK_OFF port=1\n")
+            reactor.advance(0.01)
+        svc.stopService()
+        reactor.advance(1)
+        reactor.advance(10)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("logged in" in e.get("log_format", "") for e in events)
+    assert any("cdrd started" in e.get("log_format", "") for e in events)
+    for event in events:
+        text = repr(event) + (formatEvent(event) or "")
+        for secret in secrets:
+            assert secret not in text, event
