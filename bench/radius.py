@@ -1,28 +1,37 @@
 """
 Accounting requests per second answered by a real FreeRADIUS: radclient
 (freeradius-utils) against cdrd's spool, the same N distinct
-Accounting-Requests, the same server, the same run.
+Accounting-Requests, the same server, the same number in flight.
 
-    .venv/bin/python -m bench.radius [-n 20000] [--parallel 32] [--window 128]
+    .venv/bin/python -m bench.radius [-n 20000] [--window 128] [--rounds 3]
+                                     [--database memory:|sqlite:{tmp}/b.sqlite]
+                                     [--profile FILE]
 
 radclient reads a file of N distinct packets and sends each once (-c 1),
---parallel at a time (its -p; 32 is its default).  cdrd's side is the
-AccountingService delivering the same N payloads from the store's outbox
-(MemoryStore by default, --database sqlite:{tmp}/b.sqlite for the embedded
-one; stored before the clock starts) through the BatchWriter, until every
-one is answered and its deletion committed: the rate includes building,
-verifying and the batched deletions.  FreeRADIUS writes
-every request to its detail file in both runs.
+`--window` at a time (its -p).  cdrd's side is the AccountingService with
+`[radius] window` = `--window`, delivering the same N payloads from the
+store's outbox (stored before the clock starts) through the BatchWriter,
+until every one is answered and its deletion committed: the rate includes
+building, verifying and the batched deletions.  The two alternate for
+`--rounds` rounds on one FreeRADIUS, which writes every request to its
+detail file; the file is read back at the end and every round of each
+must be there: N distinct requests (Acct-Session-Id), duplicates counted.
+`--profile FILE` runs cdrd's rounds under cProfile, writes the stats to
+FILE and prints the top of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +61,10 @@ def attributes(i: int, run: str) -> list[tuple[str, object]]:
     ]
 
 
-def radclient_file(path: Path, n: int) -> None:
+def radclient_file(path: Path, n: int, run: str) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            for name, value in attributes(i, "radclient"):
+            for name, value in attributes(i, run):
                 if name == "Event-Timestamp":
                     value = str(value)
                 elif isinstance(value, str) and name != "Acct-Status-Type":
@@ -64,9 +73,9 @@ def radclient_file(path: Path, n: int) -> None:
             f.write("Acct-Delay-Time = 0\n\n")
 
 
-def run_radclient(radius: FreeRadius, n: int, parallel: int, tmp: Path) -> float:
-    packets = tmp / "packets.txt"
-    radclient_file(packets, n)
+def run_radclient(radius: FreeRadius, n: int, parallel: int, tmp: Path, run: str) -> float:
+    packets = tmp / f"{run}.txt"
+    radclient_file(packets, n, run)
     cmd = [
         shutil.which("radclient") or "/usr/bin/radclient",
         "-f", str(packets), "-c", "1", "-p", str(parallel), "-q", "-s",
@@ -81,7 +90,24 @@ def run_radclient(radius: FreeRadius, n: int, parallel: int, tmp: Path) -> float
     return elapsed
 
 
-def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[float, dict]:
+def run_cdrd(radius: FreeRadius, n: int, window: int, database: str, run: str,
+             profile: cProfile.Profile | None) -> tuple[float, dict]:
+    """One round on a fresh reactor-driven service; the reactor is run and
+    stopped once per round (twisted's global reactor cannot restart), so
+    each round is a subprocess."""
+    cmd = [sys.executable, "-m", "bench.radius", "--cdrd-round",
+           str(radius.port), str(n), str(window), database, run]
+    if profile is not None:
+        cmd.append(str(profile))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"cdrd round failed:\n{out.stdout}\n{out.stderr}")
+    elapsed, retransmissions, rtt = out.stdout.split()
+    return float(elapsed), {"retransmissions": int(retransmissions), "rtt_ms": rtt}
+
+
+def cdrd_round(port: int, n: int, window: int, database: str, run: str,
+               profile_path: str | None) -> None:
     from twisted.internet import defer, reactor
 
     from cdrd.accounting.packets import Payload
@@ -95,23 +121,21 @@ def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[fl
     writer = BatchWriter(store, reactor)
     now = int(time.time() * 1000)
     payloads = [
-        Payload("req", f"leg{i}", "Start", now, tuple(attributes(i, "cdrd"))).to_bytes()
+        Payload("req", f"leg{i}", "Start", now, tuple(attributes(i, run))).to_bytes()
         for i in range(n)
     ]
-
-    def depth():
-        return store.outbox_stats("radius")
     cfg = RadiusConfig(
-        servers=(RadiusServer("127.0.0.1", radius.port, SECRET),),
+        servers=(RadiusServer("127.0.0.1", port, SECRET),),
         interim_interval=0, window=window,
     )
     svc = AccountingService(cfg, store, writer, reactor, reactor)
     result: dict = {}
+    profile = cProfile.Profile() if profile_path else None
 
     def check():
         # answered = deleted from the outbox (in the store, committed)
         if svc.answered >= n and not writer.busy and svc._deleting is None and not svc._done:
-            depth().addCallback(finished)
+            store.outbox_stats("radius").addCallback(finished)
         else:
             reactor.callLater(0.002, check)
 
@@ -120,6 +144,8 @@ def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[fl
             reactor.callLater(0.002, check)
             return
         result["elapsed"] = time.perf_counter() - result["start"]
+        if profile is not None:
+            profile.disable()
         result["status"] = svc.status()
         svc.stopService().addBoth(lambda _: store.close()).addBoth(lambda _: reactor.stop())
 
@@ -127,6 +153,8 @@ def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[fl
     def begin():
         yield store.open()
         yield store.write(WriteBatch(outbox=[OutboxItem("radius", p, now) for p in payloads]))
+        if profile is not None:
+            profile.enable()
         result["start"] = time.perf_counter()
         svc.startService()
         check()
@@ -135,41 +163,92 @@ def run_cdrd(radius: FreeRadius, n: int, window: int, database: str) -> tuple[fl
     reactor.callLater(600, reactor.stop)
     reactor.run()
     if "elapsed" not in result:
-        raise SystemExit(f"cdrd did not finish: {len(store.items)} left")
-    return result["elapsed"], result["status"]
+        raise SystemExit("cdrd did not finish")
+    if profile is not None:
+        profile.dump_stats(profile_path)
+    status = result["status"]
+    sys.stdout.write(
+        f"{result['elapsed']} {status['retransmissions']} {status['servers'][0]['rtt_ms']}\n"
+    )
+
+
+def detail_counts(records, runs) -> dict[str, tuple[int, int]]:
+    """run -> (records, distinct Acct-Session-Ids) in the detail file."""
+    total: Counter = Counter()
+    sessions: dict[str, set] = {run: set() for run in runs}
+    for r in records:
+        session = r.get("Acct-Session-Id", [""])[0]
+        run = session.split("/")[1] if session.count("/") >= 2 else ""
+        if run in sessions:
+            total[run] += 1
+            sessions[run].add(session)
+    return {run: (total[run], len(sessions[run])) for run in runs}
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cdrd-round"]:
+        port, n, window, database, run, *profile = argv[1:]
+        cdrd_round(int(port), int(n), int(window), database, run, profile[0] if profile else None)
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=20000, help="distinct requests (default 20000)")
-    ap.add_argument("--parallel", type=int, default=32, help="radclient -p (default 32)")
-    ap.add_argument("--window", type=int, default=128, help="cdrd [radius] window")
+    ap.add_argument("--window", type=int, default=128,
+                    help="requests in flight: cdrd's [radius] window and radclient -p (default 128)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each, alternating (default 3)")
     ap.add_argument("--database", default="memory:",
-                    help="cdrd's store: memory: (default) or sqlite:PATH, postgresql://...")
+                    help="cdrd's store: memory: (default) or sqlite:PATH ({tmp} = a temp dir)")
+    ap.add_argument("--profile", help="cProfile cdrd's rounds into this file")
     args = ap.parse_args(argv)
+    rates: dict[str, list[float]] = {"radclient": [], "cdrd": []}
+    runs = []
     with tempfile.TemporaryDirectory(prefix="cdrd-bench-") as d:
         tmp = Path(d)
         radius = FreeRadius(tmp / "radius", secret=SECRET)
         radius.start()
         try:
-            t_radclient = run_radclient(radius, args.n, args.parallel, tmp)
-            database = args.database.replace("{tmp}", str(tmp))
-            t_cdrd, status = run_cdrd(radius, args.n, args.window, database)
+            for k in range(args.rounds):
+                run = f"radclient{k}"
+                t = run_radclient(radius, args.n, args.window, tmp, run)
+                rates["radclient"].append(args.n / t)
+                runs.append(run)
+                sys.stdout.write(f"round {k}: radclient -c 1 -p {args.window}: {t:.2f} s, "
+                                 f"{args.n / t:,.0f} req/s\n")
+                run = f"cdrd{k}"
+                database = args.database.replace("{tmp}", str(tmp)).replace(
+                    "b.sqlite", f"b{k}.sqlite")
+                profile = f"{args.profile}.{k}" if args.profile else None
+                t, status = run_cdrd(radius, args.n, args.window, database, run, profile)
+                rates["cdrd"].append(args.n / t)
+                runs.append(run)
+                sys.stdout.write(
+                    f"round {k}: cdrd window {args.window} ({args.database}): {t:.2f} s, "
+                    f"{args.n / t:,.0f} req/s (retransmissions {status['retransmissions']}, "
+                    f"rtt {status['rtt_ms']} ms)\n")
+                sys.stdout.flush()
             time.sleep(0.5)
             records = radius.records()
         finally:
             radius.stop()
-    got = {r["Acct-Session-Id"][0].split("/")[1] for r in records}
-    count = len(records)
-    r_rate, c_rate = args.n / t_radclient, args.n / t_cdrd
+    counts = detail_counts(records, runs)
+    missing = [run for run in runs if counts[run][1] != args.n]
+    total = sum(c[0] for c in counts.values())
     sys.stdout.write(
-        f"FreeRADIUS {radius.address}, {args.n} distinct Accounting-Requests each\n"
-        f"radclient -c 1 -p {args.parallel}: {t_radclient:.2f} s, {r_rate:,.0f} req/s\n"
-        f"cdrd window {args.window} ({args.database}): {t_cdrd:.2f} s, {c_rate:,.0f} req/s"
-        f" (retransmissions {status['retransmissions']}, rtt {status['servers'][0]['rtt_ms']} ms)\n"
-        f"cdrd / radclient: {c_rate / r_rate:.2f}\n"
-        f"detail file: {count} requests, runs {sorted(got)}\n"
+        f"detail file: {total} records for {len(runs)} runs of {args.n}: "
+        + ", ".join(f"{run} {c[1]} distinct/{c[0]}" for run, c in counts.items())
+        + ("; ALL ARRIVED\n" if not missing else f"; MISSING in {missing}\n")
     )
+    r_med, c_med = statistics.median(rates["radclient"]), statistics.median(rates["cdrd"])
+    sys.stdout.write(
+        f"median of {args.rounds}: radclient {r_med:,.0f} req/s, cdrd {c_med:,.0f} req/s, "
+        f"cdrd / radclient {c_med / r_med:.2f}\n"
+    )
+    if args.profile:
+        stats = pstats.Stats(*(f"{args.profile}.{k}" for k in range(args.rounds)))
+        stats.dump_stats(args.profile)
+        stats.sort_stats("tottime").print_stats(25)
+    if missing:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
