@@ -10,6 +10,8 @@ and deletes what it answered.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import socket
 from collections import deque
@@ -21,7 +23,7 @@ from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from cdrd.accounting.packets import Payload, encode_request
+from cdrd.accounting.packets import Payload, encode_attributes, request_bytes, sent_packet
 
 #: SO_RCVBUF / SO_SNDBUF asked for each socket: a whole window of the largest
 #: packets (255 x 4096 bytes) with room to spare, so a burst is not dropped.
@@ -55,7 +57,7 @@ class Request:
     deferred: defer.Deferred
     server: int | None = None  # index of the server it was last sent to
     ident: int | None = None
-    packet: AcctPacket | None = None
+    body: bytes | None = None  # its attributes, encoded once
     raw: bytes = b""
     delay: int | None = None
     rt: float | None = None
@@ -79,9 +81,9 @@ class ServerState:
     # failover, whose answer may still come and still proves delivery
     free: deque = field(factory=lambda: deque(range(256)))
     held: deque = field(factory=deque)
-    # Identifier -> (Request | "probe", packet): the last packet sent with
-    # it, so that an answer is verified with that packet's authenticator;
-    # kept until the Identifier is taken for another packet
+    # Identifier -> (Request, its bytes) or ("probe", packet): the last
+    # packet sent with it, so that an answer is verified with that packet's
+    # authenticator; kept until the Identifier is taken for another packet
     last_sent: dict = field(factory=dict)
     timeouts: int = 0  # consecutive, reset by any valid answer
     up: bool | None = None  # None: not known yet
@@ -207,8 +209,9 @@ class RadiusClient:
         """Requests not answered yet: queued and in flight."""
         return len(self.queue) + self.in_flight
 
-    def send(self, payload: Payload) -> defer.Deferred:
-        req = Request(payload=payload, deferred=defer.Deferred())
+    def send(self, payload: Payload, body: bytes | None = None) -> defer.Deferred:
+        """`body`: `encode_attributes` of the payload, if the caller has it."""
+        req = Request(payload=payload, deferred=defer.Deferred(), body=body)
         self.queue.append(req)
         self._dispatch()
         return req.deferred
@@ -244,12 +247,13 @@ class RadiusClient:
                 self.queue.appendleft(req)
                 return
             ident = server.take_id()
-            req.packet, req.raw, req.delay = encode_request(
-                self.dictionary, req.payload, server.secret, ident, now_ms
-            )
+            if req.body is None:
+                req.body = encode_attributes(self.dictionary, req.payload.attributes)
+            req.raw = request_bytes(req.body, ident, server.secret, delay)
+            req.delay = delay
             req.ident, req.server = ident, index
             server.inflight[ident] = req
-            server.last_sent[ident] = (req, req.packet)
+            server.last_sent[ident] = (req, req.raw)
             server.requests += 1
         req.rt = retransmission_timeout(req.rt, self.irt, self.mrt, self.rng.uniform(-0.1, 0.1))
         req.sent_at = self.clock.seconds()
@@ -323,11 +327,20 @@ class RadiusClient:
         if sent is None:
             return  # an Identifier reused since, or never ours
         req, packet = sent
-        try:
-            reply = packet.CreateReply(packet=data)
-            valid = packet.VerifyReply(reply, data)
-        except (PacketError, KeyError, IndexError, ValueError):
-            valid = False
+        if req != "probe" and len(data) == 20 and data[2:4] == b"\x00\x14":
+            # no attributes (FreeRADIUS's usual answer): only the Response
+            # Authenticator to check (RFC 2866 section 3)
+            valid = hmac.compare_digest(
+                data[4:20], hashlib.md5(data[:4] + packet[4:20] + server.secret).digest()
+            )
+        else:
+            try:
+                if req != "probe":
+                    packet = sent_packet(self.dictionary, packet, server.secret)
+                reply = packet.CreateReply(packet=data)
+                valid = packet.VerifyReply(reply, data)
+            except (PacketError, KeyError, IndexError, ValueError):
+                valid = False
         if not valid:
             self.log.warn(
                 "invalid Accounting-Response from {server} (wrong secret?)",

@@ -37,6 +37,8 @@ STOPPED_MEMORY = 100_000
 #: Seconds between refreshes of the outbox statistics and gateway addresses.
 STATS_INTERVAL = 5.0
 PEERS_INTERVAL = 60.0
+#: Requests the service reads from the outbox ahead of sending them.
+READ_AHEAD = 1024
 #: Seconds stopService waits for answers to what is in flight.
 STOP_GRACE = 2.0
 
@@ -66,10 +68,13 @@ class AccountingService(Service):
             failover_after=config.failover_after,
             rng=rng,
         )
-        self.read_ahead = 2 * self.client.window
+        # requests read from the outbox before their turn: a page is read
+        # when half of them are answered (fewer, larger reads)
+        self.read_ahead = max(READ_AHEAD, 2 * self.client.window)
         self._after = 0  # highest outbox id read
         self._reading = False
         self._again = False
+        self._exhausted = False
         self._caught_up = False
         self._open: dict[str, tuple[int, Payload]] = {}  # leg -> (marker id, marker)
         self._timers: dict[str, object] = {}
@@ -114,7 +119,7 @@ class AccountingService(Service):
         for o in outputs:
             if isinstance(o, LegStop):
                 self._leg_stopped(o.leg.id)
-        self._pump()
+        self._more()
 
     # -- service ------------------------------------------------------------------
 
@@ -136,7 +141,7 @@ class AccountingService(Service):
         self._after = 0
         self._caught_up = False
         self._unanswered.clear()
-        self._pump()
+        self._more()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -174,6 +179,11 @@ class AccountingService(Service):
 
     # -- reading the outbox ---------------------------------------------------------
 
+    def _more(self):
+        """Something was added to the outbox: read on."""
+        self._exhausted = False
+        self._pump()
+
     def _pump(self):
         if not self.running or not self.config.enabled:
             return
@@ -196,7 +206,11 @@ class AccountingService(Service):
             self._handle(item)
         if len(items) >= limit or self._again:
             self._pump()
-        elif not self._caught_up:
+            return
+        # read to the end: what is added later comes with committed() or
+        # an Interim-Update, not with answers
+        self._exhausted = True
+        if not self._caught_up:
             self._caught_up = True
             for leg in list(self._open):
                 self._schedule_interim(leg)
@@ -235,11 +249,12 @@ class AccountingService(Service):
         if number is not None:
             payload = packets.with_called(payload, number)
         self._unanswered[item.id] = item.created
-        parts = packets.fit(self.dictionary, payload)
-        if len(parts) == 1 and parts[0] is payload:
+        body = packets.encode_within_limits(self.dictionary, payload)
+        if body is not None:  # always, but for an older cdrd's items
             self.sent += 1
-            self.client.send(payload).addCallback(self._answered, item.id, payload)
+            self.client.send(payload, body).addCallback(self._answered, item.id, payload)
             return
+        parts = packets.fit(self.dictionary, payload)
         # stored by an older cdrd over FreeRADIUS's limits: sent as the
         # packets spool() makes now, deleted once all are answered
         if not packets.fits_exactly(self.dictionary, parts[-1].attributes):
@@ -271,7 +286,7 @@ class AccountingService(Service):
             if note is not None:
                 self._delete(note)
         # read again in pages, not one item per answer
-        if self.client.pending <= self.read_ahead // 2:
+        if not self._exhausted and self.client.pending <= self.read_ahead // 2:
             self._pump()
 
     # -- deleting what was answered --------------------------------------------------
@@ -350,7 +365,7 @@ class AccountingService(Service):
             WriteBatch(outbox=[OutboxItem(SINK, payload.to_bytes(), created=now)]),
         )
         d.addCallbacks(
-            lambda _: self._pump(),
+            lambda _: self._more(),
             lambda f: self.log.failure("storing an Interim-Update failed", f),
         )
         self._schedule_interim(leg)
