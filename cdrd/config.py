@@ -9,7 +9,6 @@ Secrets are ``repr=False`` so they never reach a log.
 from __future__ import annotations
 
 import ipaddress
-
 import re
 import tomllib
 from collections.abc import Mapping

@@ -644,7 +644,7 @@ def test_connections_beyond_the_limit_are_refused_and_logged():
     globalLogPublisher.addObserver(logged.append)
     try:
         h = Harness(max_connections=2)
-        first, second = h.connect(), h.connect()
+        first, _ = h.connect(), h.connect()
         third = h.connect()
         assert third.tr.value() == b"ERR code=unavailable reason=too%20many%20connections;%20retry%20later\n"
         assert third.tr.disconnecting

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.daemon import TWISTD, ROOT, Daemon, GatewayClient
+from tests.integration.daemon import ROOT, TWISTD, Daemon, GatewayClient
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
+
 import pytest
 
 from cdrd.gateway.codec import format_message, parse_line
