@@ -370,3 +370,25 @@ def test_oldest_age_is_time_since_the_oldest_unanswered_request_was_stored():
     r.advance(7)
     st = svc.status()
     assert st["spool_depth"] == 2 and st["oldest_age"] == 7.0
+
+
+def test_outbox_is_read_in_pages_not_per_answer():
+    """2000 requests in the outbox: a handful of reads (pages of up to
+    512), none per answer once the outbox has been read to its end."""
+    from cdrd.accounting.packets import Payload
+
+    svc, store, r = make(interim=0)
+    reads = []
+    outbox = store.outbox
+    store.outbox = lambda sink, after, limit: reads.append(limit) or outbox(sink, after, limit)
+    p = Payload.from_bytes(svc.spool(examples.e1()[:1], 0)[0])
+    store.spooled("radius", [Payload("req", f"leg{i}", p.status, p.event, p.attributes).to_bytes()
+                             for i in range(2000)], created=0)
+    svc.startService()
+    for _ in range(100):
+        if not store.items:
+            break
+        answer_all(r, svc)
+        r.advance(0)
+    assert not store.items
+    assert len(reads) <= 6, reads
