@@ -99,7 +99,9 @@ class WebApp:
 
     def resource(self):
         """The whole site, behind Basic auth when users are configured."""
-        return guard(self.app.resource(), self.config.web.users, self.config.web.realm)
+        return guard(
+            self.app.resource(), self.config.web.users, self.config.web.realm, self.clock
+        )
 
     # -- helpers ---------------------------------------------------------------
 

@@ -84,6 +84,7 @@ ROUTES = [
     "/log",
     "/cdrs",
     "/cdrs.csv",
+    "/gateways",
     f"/gateways/{F.GW}/events",
     "/api/gateways",
     "/api/calls",
@@ -91,16 +92,22 @@ ROUTES = [
     "/api/events",
     "/api/cdrs",
     "/api/status",
+    "/api/calendar",
+    "/api/accounting",
     "/static/cdrd.css",
+]
+STREAMS = [  # they stay open: only the refusal is checked
     "/api/events/stream",
-    "/nothing",
+    f"/gateways/{F.GW}/events/stream",
 ]
 
 
 @pytest_twisted.ensureDeferred
 async def test_every_route_needs_a_user_when_users_are_configured(make_site):
-    site = await make_site(users={"ops": HASH})
-    for path in ROUTES:
+    site = await make_site(
+        users={"ops": HASH}, status={"radius": lambda: {"spool_depth": 0}}
+    )
+    for path in ROUTES + STREAMS + ["/nothing"]:
         r, body = await site.get(path)
         assert r.code == 401, path
         assert r.headers.getRawHeaders("www-authenticate") == [
@@ -108,11 +115,20 @@ async def test_every_route_needs_a_user_when_users_are_configured(make_site):
         ]
         r, _ = await site.get(path, headers=basic("ops", "wrong"))
         assert r.code == 401, path
-    for path in ROUTES[:-2]:  # the stream stays open; /nothing is 404
+        site.clock.advance(6)  # within the failure budget
+    for path in ROUTES:
         r, _ = await site.get(path, headers=basic("ops", "s3cret pass"))
         assert r.code == 200, path
     r, _ = await site.get("/nothing", headers=basic("ops", "s3cret pass"))
     assert r.code == 404
+    from tests.web.test_feed import Connection
+
+    header = b"Authorization: " + basic("ops", "s3cret pass")["Authorization"].encode()
+    for path in STREAMS:
+        c = Connection(site, path, header + b"\r\n")
+        head = c.transport.value()
+        assert b"200 OK" in head and b"text/event-stream" in head, path
+        c.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -161,3 +177,164 @@ def test_config_takes_cdrd_passwd_hashes():
     assert config.web.users == {"ops": HASH} and config.web.realm == "carrier ops"
     with pytest.raises(C.ConfigError):
         C.parse({"web": {"realm": 'a"b'}})
+
+
+# -- scrypt off the reactor, failures throttled ------------------------------------
+
+
+REAL_HASH = auth.hash_password("s3cret pass")  # the real work factor (~45 ms)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_never_stall_the_reactor(make_site, monkeypatch):
+    """Ten bad passwords at once (~450 ms of scrypt): scrypt never runs on
+    the reactor's thread, and the reactor keeps turning, as gateway ingest
+    needs (a synchronous check stalled it 450-950 ms here)."""
+    import threading
+    import time
+
+    from treq.testing import StubTreq
+    from twisted.internet import reactor, task
+
+    from cdrd.web.app import WebApp
+
+    scrypt_threads = []
+    real = auth._scrypt
+
+    def spy(*args, **kw):
+        scrypt_threads.append(threading.get_ident())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(auth, "_scrypt", spy)
+    site = await make_site()
+    web = WebApp(F.config(users={"ops": REAL_HASH}), site.store, reactor)
+    http = StubTreq(web.resource())
+    scrypt_threads.clear()  # the dummy hash made at start
+    gaps, last = [], [time.monotonic()]
+
+    def tick():
+        now = time.monotonic()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    ticker = task.LoopingCall(tick)
+    ticker.start(0.005)
+    try:
+        codes = []
+        for i in range(10):
+            d = http.get("http://127.0.0.1/api/gateways", headers=basic("ops", f"guess{i}"))
+            d.addCallback(lambda r: codes.append(r.code))
+        for _ in range(500):
+            http.flush()
+            if len(codes) == 10:
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        await task.deferLater(reactor, 0.02, lambda: None)  # a tick after the last
+    finally:
+        ticker.stop()
+    assert codes == [401] * 10
+    assert len(scrypt_threads) == 10
+    assert threading.get_ident() not in scrypt_threads
+    # generous: a busy test machine has its own pauses
+    assert max(gaps) < 0.3, f"the reactor stalled {max(gaps) * 1000:.0f} ms"
+
+
+def test_scrypt_runs_in_threads_at_most_one_at_once():
+    import threading
+
+    from twisted.internet import defer
+
+    running, most, threads, held = [0], [0], set(), []
+
+    def run_in_thread(f, *args):
+        d = defer.Deferred()
+
+        def go():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.get_ident())
+            result = f(*args)
+            running[0] -= 1
+            d.callback(result)
+
+        held.append(go)
+        return d
+
+    checker = auth.BasicAuthChecker({"ops": HASH}, run_in_thread=run_in_thread, queue=3)
+    header = basic("ops", "nope")["Authorization"].encode()
+    results = [checker.check_later(header, f"192.0.2.{i}") for i in range(5)]
+    assert len(held) == 1  # one at once (one core); the others wait for it
+    refused = []
+    results[4].addErrback(lambda f: refused.append(f.value))
+    assert isinstance(refused[0], auth.TooMany)  # 1 running + 3 waiting: full
+    while held:
+        held.pop(0)()
+    assert most[0] == 1 and checker.checked == 4
+
+
+def test_failures_are_throttled_per_client_address():
+    from twisted.internet import task
+
+    clock = task.Clock()
+    checker = auth.BasicAuthChecker({"ops": HASH}, clock=clock, burst=3, refill=6)
+    bad = basic("ops", "nope")["Authorization"].encode()
+    good = basic("ops", "s3cret pass")["Authorization"].encode()
+
+    def outcome(header, peer):
+        result = []
+        checker.check_later(header, peer).addBoth(result.append)
+        return result[0]
+
+    assert outcome(good, "198.51.100.1") == "ops"  # remembered from now on
+    for _ in range(3):
+        assert outcome(bad, "192.0.2.1") is None
+    too_many = outcome(bad, "192.0.2.1")
+    assert too_many.check(auth.TooMany) and too_many.value.retry_after == 6
+    assert checker.checked == 4 and checker.refused == 1  # no scrypt spent
+    assert outcome(bad, "192.0.2.2") is None  # others are not held back
+    assert outcome(good, "192.0.2.1") == "ops"  # a remembered user still gets in
+    clock.advance(6)
+    assert outcome(bad, "192.0.2.1") is None  # one more try per 6 s
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_throttled_client_gets_429_with_retry_after(make_site):
+    site = await make_site(users={"ops": HASH})
+    for _ in range(10):
+        r, _ = await site.get("/api/gateways", headers=basic("ops", "wrong"))
+        assert r.code == 401
+    r, body = await site.get("/api/gateways", headers=basic("ops", "wrong"))
+    assert r.code == 429 and r.headers.getRawHeaders("retry-after") == ["6"]
+    site.clock.advance(6)
+    r, _ = await site.get("/api/gateways", headers=basic("ops", "s3cret pass"))
+    assert r.code == 200
+
+
+@pytest.mark.parametrize(
+    "n, r, p",
+    [(2**20, 8, 1), (2**15, 32, 1), (2**14, 8, 16)],
+)
+def test_a_hash_beyond_the_cost_bound_fails_closed_and_logs(n, r, p):
+    from twisted.logger import globalLogPublisher
+
+    good = HASH.split("$")
+    big = "$".join(["scrypt", str(n), str(r), str(p), good[4], good[5]])
+    with pytest.raises(ValueError, match="cost too high"):
+        auth.parse_hash(big)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert auth.verify_password("s3cret pass", big, "ops") is False
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (e,) = [e for e in events if "cannot be checked" in e.get("log_format", "")]
+    assert e["user"] == "ops" and "s3cret" not in str(e)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_hash_in_the_config_is_a_401_not_a_500(make_site):
+    good = HASH.split("$")
+    big = "$".join(["scrypt", str(2**20), "8", "1", good[4], good[5]])
+    site = await make_site(users={"ops": big})  # config.py lets it through today
+    r, _ = await site.get("/api/gateways", headers=basic("ops", "s3cret pass"))
+    assert r.code == 401
