@@ -22,7 +22,9 @@ from string import Template
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, LogQuery
 from cdrd.web import pages
@@ -463,19 +465,24 @@ class WebApp:
         s = parse_search(request, self.zone, default_day=self.today())
         name = f"cdr-report-{s.gateway or 'all'}-{s.day_from}-{s.day_to}-{s.filter}.csv"
         self._download_headers(request, name)
-        # streamed chunk by chunk: a big export never sits in memory whole
-        request.write(_csv_row(REPORT_COLUMNS + ("Gateway", "Begin (UTC)", "End (UTC)", "Call ID")))
+        export = Export(request)
+        # streamed chunk by chunk, at the pace the client reads: a big export
+        # never sits in memory whole, and stops when the client goes
+        head = REPORT_COLUMNS + ("Gateway", "Begin (UTC)", "End (UTC)", "Call ID")
+        await export.write(_csv_row(head))
         n = 0
-        while n < EXPORT_MAX:
+        while n < EXPORT_MAX and not export.gone:
             page = await self.store.calls(self._call_query(s, limit=EXPORT_CHUNK, offset=n))
             rows = []
             for r in page.records:
                 n += 1
                 cells = report_cells(n, r, self.clocks)
-                rows.append(_csv_row(cells + (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id)))
-            request.write(b"".join(rows))
+                utc = (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id)
+                rows.append(_csv_row(tuple(map(spreadsheet_safe, cells)) + utc))
+            await export.write(b"".join(rows))
             if not page.records or n >= page.filtered:
                 break
+        export.done()
         return None
 
     @app.route("/gateways/<string:key>/events", methods=["GET"])
@@ -550,15 +557,19 @@ class WebApp:
     async def cdrs_csv(self, request):
         s = parse_search(request, self.zone, default_day=self.today())
         self._download_headers(request, f"cdrs-{s.gateway or 'all'}-{s.day_from}-{s.day_to}.csv")
+        export = Export(request)
+        # the billing feed: the FireBrick lines byte for byte (never altered
+        # for spreadsheets, see docs/web.md), at the pace the client reads
         offset = 0
-        while offset < EXPORT_MAX:
+        while offset < EXPORT_MAX and not export.gone:
             total, page = await self.store.cdrs(
                 self._cdr_query(s, limit=EXPORT_CHUNK, offset=offset)
             )
-            request.write("".join(c.line + "\r\n" for c in page).encode("utf-8"))
+            await export.write("".join(c.line + "\r\n" for c in page).encode("utf-8"))
             offset += len(page)
             if not page or offset >= total:
                 break
+        export.done()
         return None
 
     # -- page helpers ----------------------------------------------------------------
@@ -606,6 +617,61 @@ class WebApp:
             gateway, day_start_ms(month, self.zone), day_start_ms(nxt, self.zone)
         )
         return {local_day(q, self.zone) for q in quarters}
+
+
+@implementer(IPushProducer)
+class Export:
+    """
+    Paces a streamed download to its client: a producer of the request's
+    connection, so `write` waits while the client's socket pushes back, and
+    `gone` turns true (and waits end) once the client left.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.paused = False
+        self.gone = False
+        self._waiting: Deferred | None = None
+        request.registerProducer(self, True)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self._wake()
+
+    def stopProducing(self):
+        self.gone = True
+        self._wake()
+
+    def _wake(self):
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        self.request.write(data)
+        while self.paused and not self.gone:
+            self._waiting = Deferred()
+            await self._waiting
+
+    def done(self):
+        if not self.gone:
+            self.request.unregisterProducer()
+
+
+#: what a spreadsheet takes for a formula at the start of a cell (OWASP)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A report cell that a spreadsheet shows as text, never runs: one that
+    starts like a formula gets a leading ' (OWASP "CSV injection")."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _csv_row(cells) -> bytes:

