@@ -73,30 +73,61 @@ def radclient_file(path: Path, n: int, run: str) -> None:
             f.write("Acct-Delay-Time = 0\n\n")
 
 
-def run_radclient(radius: FreeRadius, n: int, parallel: int, tmp: Path, run: str) -> float:
+def run_radclient(
+    radius: FreeRadius, n: int, parallel: int, tmp: Path, run: str
+) -> float:
     packets = tmp / f"{run}.txt"
     radclient_file(packets, n, run)
     cmd = [
         shutil.which("radclient") or "/usr/bin/radclient",
-        "-f", str(packets), "-c", "1", "-p", str(parallel), "-q", "-s",
-        "-t", "5", "-r", "3",
-        radius.address, "acct", SECRET,
+        "-f",
+        str(packets),
+        "-c",
+        "1",
+        "-p",
+        str(parallel),
+        "-q",
+        "-s",
+        "-t",
+        "5",
+        "-r",
+        "3",
+        radius.address,
+        "acct",
+        SECRET,
     ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
-        raise SystemExit(f"radclient failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        raise SystemExit(
+            f"radclient failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+        )
     return elapsed
 
 
-def run_cdrd(radius: FreeRadius, n: int, window: int, database: str, run: str,
-             profile: cProfile.Profile | None) -> tuple[float, dict]:
+def run_cdrd(
+    radius: FreeRadius,
+    n: int,
+    window: int,
+    database: str,
+    run: str,
+    profile: cProfile.Profile | None,
+) -> tuple[float, dict]:
     """One round on a fresh reactor-driven service; the reactor is run and
     stopped once per round (twisted's global reactor cannot restart), so
     each round is a subprocess."""
-    cmd = [sys.executable, "-m", "bench.radius", "--cdrd-round",
-           str(radius.port), str(n), str(window), database, run]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.radius",
+        "--cdrd-round",
+        str(radius.port),
+        str(n),
+        str(window),
+        database,
+        run,
+    ]
     if profile is not None:
         cmd.append(str(profile))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -106,8 +137,9 @@ def run_cdrd(radius: FreeRadius, n: int, window: int, database: str, run: str,
     return float(elapsed), {"retransmissions": int(retransmissions), "rtt_ms": rtt}
 
 
-def cdrd_round(port: int, n: int, window: int, database: str, run: str,
-               profile_path: str | None) -> None:
+def cdrd_round(
+    port: int, n: int, window: int, database: str, run: str, profile_path: str | None
+) -> None:
     from twisted.internet import defer, reactor
 
     from cdrd.accounting.packets import Payload
@@ -126,7 +158,8 @@ def cdrd_round(port: int, n: int, window: int, database: str, run: str,
     ]
     cfg = RadiusConfig(
         servers=(RadiusServer("127.0.0.1", port, SECRET),),
-        interim_interval=0, window=window,
+        interim_interval=0,
+        window=window,
     )
     svc = AccountingService(cfg, store, writer, reactor, reactor)
     result: dict = {}
@@ -134,7 +167,12 @@ def cdrd_round(port: int, n: int, window: int, database: str, run: str,
 
     def check():
         # answered = deleted from the outbox (in the store, committed)
-        if svc.answered >= n and not writer.busy and svc._deleting is None and not svc._done:
+        if (
+            svc.answered >= n
+            and not writer.busy
+            and svc._deleting is None
+            and not svc._done
+        ):
             store.outbox_stats("radius").addCallback(finished)
         else:
             reactor.callLater(0.002, check)
@@ -147,12 +185,16 @@ def cdrd_round(port: int, n: int, window: int, database: str, run: str,
         if profile is not None:
             profile.disable()
         result["status"] = svc.status()
-        svc.stopService().addBoth(lambda _: store.close()).addBoth(lambda _: reactor.stop())
+        svc.stopService().addBoth(lambda _: store.close()).addBoth(
+            lambda _: reactor.stop()
+        )
 
     @defer.inlineCallbacks
     def begin():
         yield store.open()
-        yield store.write(WriteBatch(outbox=[OutboxItem("radius", p, now) for p in payloads]))
+        yield store.write(
+            WriteBatch(outbox=[OutboxItem("radius", p, now) for p in payloads])
+        )
         if profile is not None:
             profile.enable()
         result["start"] = time.perf_counter()
@@ -168,7 +210,8 @@ def cdrd_round(port: int, n: int, window: int, database: str, run: str,
         profile.dump_stats(profile_path)
     status = result["status"]
     sys.stdout.write(
-        f"{result['elapsed']} {status['retransmissions']} {status['servers'][0]['rtt_ms']}\n"
+        f"{result['elapsed']} {status['retransmissions']}"
+        f" {status['servers'][0]['rtt_ms']}\n"
     )
 
 
@@ -189,15 +232,33 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--cdrd-round"]:
         port, n, window, database, run, *profile = argv[1:]
-        cdrd_round(int(port), int(n), int(window), database, run, profile[0] if profile else None)
+        cdrd_round(
+            int(port),
+            int(n),
+            int(window),
+            database,
+            run,
+            profile[0] if profile else None,
+        )
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=20000, help="distinct requests (default 20000)")
-    ap.add_argument("--window", type=int, default=128,
-                    help="requests in flight: cdrd's [radius] window and radclient -p (default 128)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of each, alternating (default 3)")
-    ap.add_argument("--database", default="memory:",
-                    help="cdrd's store: memory: (default) or sqlite:PATH ({tmp} = a temp dir)")
+    ap.add_argument(
+        "-n", type=int, default=20000, help="distinct requests (default 20000)"
+    )
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=128,
+        help="in flight: cdrd's [radius] window and radclient -p (default 128)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="rounds of each, alternating (default 3)"
+    )
+    ap.add_argument(
+        "--database",
+        default="memory:",
+        help="cdrd's store: memory: (default) or sqlite:PATH ({tmp} = a temp dir)",
+    )
     ap.add_argument("--profile", help="cProfile cdrd's rounds into this file")
     args = ap.parse_args(argv)
     rates: dict[str, list[float]] = {"radclient": [], "cdrd": []}
@@ -212,19 +273,26 @@ def main(argv=None) -> None:
                 t = run_radclient(radius, args.n, args.window, tmp, run)
                 rates["radclient"].append(args.n / t)
                 runs.append(run)
-                sys.stdout.write(f"round {k}: radclient -c 1 -p {args.window}: {t:.2f} s, "
-                                 f"{args.n / t:,.0f} req/s\n")
+                sys.stdout.write(
+                    f"round {k}: radclient -c 1 -p {args.window}: {t:.2f} s, "
+                    f"{args.n / t:,.0f} req/s\n"
+                )
                 run = f"cdrd{k}"
                 database = args.database.replace("{tmp}", str(tmp)).replace(
-                    "b.sqlite", f"b{k}.sqlite")
+                    "b.sqlite", f"b{k}.sqlite"
+                )
                 profile = f"{args.profile}.{k}" if args.profile else None
-                t, status = run_cdrd(radius, args.n, args.window, database, run, profile)
+                t, status = run_cdrd(
+                    radius, args.n, args.window, database, run, profile
+                )
                 rates["cdrd"].append(args.n / t)
                 runs.append(run)
                 sys.stdout.write(
-                    f"round {k}: cdrd window {args.window} ({args.database}): {t:.2f} s, "
-                    f"{args.n / t:,.0f} req/s (retransmissions {status['retransmissions']}, "
-                    f"rtt {status['rtt_ms']} ms)\n")
+                    f"round {k}: cdrd window {args.window} ({args.database}):"
+                    f" {t:.2f} s, {args.n / t:,.0f} req/s"
+                    f" (retransmissions {status['retransmissions']}, "
+                    f"rtt {status['rtt_ms']} ms)\n"
+                )
                 sys.stdout.flush()
             time.sleep(0.5)
             records = radius.records()
@@ -238,9 +306,13 @@ def main(argv=None) -> None:
         + ", ".join(f"{run} {c[1]} distinct/{c[0]}" for run, c in counts.items())
         + ("; ALL ARRIVED\n" if not missing else f"; MISSING in {missing}\n")
     )
-    r_med, c_med = statistics.median(rates["radclient"]), statistics.median(rates["cdrd"])
+    r_med, c_med = (
+        statistics.median(rates["radclient"]),
+        statistics.median(rates["cdrd"]),
+    )
     sys.stdout.write(
-        f"median of {args.rounds}: radclient {r_med:,.0f} req/s, cdrd {c_med:,.0f} req/s, "
+        f"median of {args.rounds}: radclient {r_med:,.0f} req/s,"
+        f" cdrd {c_med:,.0f} req/s, "
         f"cdrd / radclient {c_med / r_med:.2f}\n"
     )
     if args.profile:

@@ -23,7 +23,12 @@ from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from cdrd.accounting.packets import Payload, encode_attributes, request_bytes, sent_packet
+from cdrd.accounting.packets import (
+    Payload,
+    encode_attributes,
+    request_bytes,
+    sent_packet,
+)
 
 #: SO_RCVBUF / SO_SNDBUF asked for each socket: a whole window of the largest
 #: packets (255 x 4096 bytes) with room to spare, so a burst is not dropped.
@@ -152,7 +157,8 @@ class RadiusClient:
         probe_interval: float = PROBE_INTERVAL,
     ):
         self.servers = [
-            ServerState(host=s.host, port=s.port, secret=s.secret.encode()) for s in servers
+            ServerState(host=s.host, port=s.port, secret=s.secret.encode())
+            for s in servers
         ]
         self.dictionary = dictionary
         self.clock = clock
@@ -176,7 +182,9 @@ class RadiusClient:
             interface = "::" if ":" in s.host else "0.0.0.0"
             if s.host.startswith("127.") or s.host == "::1":
                 interface = s.host if ":" in s.host else "127.0.0.1"
-            s.listening = self.reactor.listenUDP(0, _ServerProtocol(self, i), interface=interface)
+            s.listening = self.reactor.listenUDP(
+                0, _ServerProtocol(self, i), interface=interface
+            )
             s.transport = s.listening
             s.buffer = _size_buffers(s.listening)
         self._running = True
@@ -189,7 +197,11 @@ class RadiusClient:
         ds = []
         for s in self.servers:
             for req in list(s.inflight.values()):
-                if isinstance(req, Request) and req.timer is not None and req.timer.active():
+                if (
+                    isinstance(req, Request)
+                    and req.timer is not None
+                    and req.timer.active()
+                ):
                     req.timer.cancel()
             if s.listening is not None:
                 d = s.listening.stopListening()
@@ -255,7 +267,9 @@ class RadiusClient:
             server.inflight[ident] = req
             server.last_sent[ident] = (req, req.raw)
             server.requests += 1
-        req.rt = retransmission_timeout(req.rt, self.irt, self.mrt, self.rng.uniform(-0.1, 0.1))
+        req.rt = retransmission_timeout(
+            req.rt, self.irt, self.mrt, self.rng.uniform(-0.1, 0.1)
+        )
         req.sent_at = self.clock.seconds()
         req.sends += 1
         server.sent += 1
@@ -331,7 +345,8 @@ class RadiusClient:
             # no attributes (FreeRADIUS's usual answer): only the Response
             # Authenticator to check (RFC 2866 section 3)
             valid = hmac.compare_digest(
-                data[4:20], hashlib.md5(data[:4] + packet[4:20] + server.secret).digest()
+                data[4:20],
+                hashlib.md5(data[:4] + packet[4:20] + server.secret).digest(),
             )
         else:
             try:
@@ -367,7 +382,8 @@ class RadiusClient:
             if not req.retransmitted:  # Karn: only unambiguous samples
                 sample = (self.clock.seconds() - req.sent_at) * 1000
                 server.rtt_ms = (
-                    sample if server.rtt_ms is None
+                    sample
+                    if server.rtt_ms is None
                     else (1 - RTT_ALPHA) * server.rtt_ms + RTT_ALPHA * sample
                 )
             if req.ident is not None:

@@ -74,7 +74,9 @@ def load_dictionary(vendor: int, path: str | os.PathLike | None = None) -> Dicti
     for line in text.splitlines():
         tokens = line.split("#", 1)[0].split()
         if tokens[:2] == ["VENDOR", "cdrd"] and len(tokens) >= 3:
-            line = f"VENDOR\tcdrd\t{vendor}" + (" " + " ".join(tokens[3:]) if tokens[3:] else "")
+            line = f"VENDOR\tcdrd\t{vendor}" + (
+                " " + " ".join(tokens[3:]) if tokens[3:] else ""
+            )
         lines.append(line)
     return Dictionary(str(base / "dictionary"), StringIO("\n".join(lines) + "\n"))
 
@@ -178,10 +180,9 @@ def cdr_attributes(cdr: Cdr, index: int) -> list[tuple[str, object]]:
     first, *rest = _chunks(cdr.line, MAX_VENDOR_VALUE)
     prefix = f"{index}:"
     more = _chunks("".join(rest), MAX_VENDOR_VALUE - len(prefix)) if rest else []
-    return (
-        [("cdrd-CDR-Id", cdr.id), ("cdrd-CDR", first)]
-        + [("cdrd-CDR-Continued", prefix + part) for part in more]
-    )
+    return [("cdrd-CDR-Id", cdr.id), ("cdrd-CDR", first)] + [
+        ("cdrd-CDR-Continued", prefix + part) for part in more
+    ]
 
 
 _SIZING: Dictionary | None = None
@@ -238,7 +239,9 @@ def split_stop(
         return [fixed + [a for g in groups for a in g]]
     digits = 1
     while True:
-        parts = _fill(dictionary, sized, groups, len(f"{10**digits - 1}/{10**digits - 1}"))
+        parts = _fill(
+            dictionary, sized, groups, len(f"{10**digits - 1}/{10**digits - 1}")
+        )
         if len(str(len(parts))) <= digits:
             break
         digits += 1
@@ -251,8 +254,10 @@ def _fill(dictionary, fixed, groups, part_chars: int) -> list[list[tuple[str, ob
     MAX_ATTRIBUTES attributes with `fixed`, room kept for a cdrd-CDR-Part
     value of `part_chars` characters; the CDR attributes of each packet."""
     size_of = attribute_size
-    room_bytes = MAX_PACKET - packet_size(dictionary, fixed) - size_of(
-        dictionary, "cdrd-CDR-Part", "0" * part_chars
+    room_bytes = (
+        MAX_PACKET
+        - packet_size(dictionary, fixed)
+        - size_of(dictionary, "cdrd-CDR-Part", "0" * part_chars)
     )
     room_attrs = MAX_ATTRIBUTES - len(fixed) - 2  # Part and Acct-Delay-Time
     parts: list[list[tuple[str, object]]] = []
@@ -321,15 +326,20 @@ def fit(dictionary: Dictionary, payload: Payload) -> list[Payload]:
             part = part or name == "cdrd-CDR-Part"
             if isinstance(value, str):
                 key, attr = _attribute(dictionary, name)
-                value = _text(value, MAX_VENDOR_VALUE if isinstance(key, tuple) else MAX_VALUE)
+                value = _text(
+                    value, MAX_VENDOR_VALUE if isinstance(key, tuple) else MAX_VALUE
+                )
             fixed.append((name, value))
     lines = [[i, line or ""] for i, line in cdrs]
     for value in continued:
         n, _, text = value.partition(":")
         lines[int(n) - 1][1] += text
     if part:
-        cut = fixed + [a for n, (i, line) in enumerate(lines, 1)
-                       for a in cdr_attributes(_StoredCdr(i, line), n)]
+        cut = fixed + [
+            a
+            for n, (i, line) in enumerate(lines, 1)
+            for a in cdr_attributes(_StoredCdr(i, line), n)
+        ]
         return [Payload("req", payload.leg, payload.status, payload.event, tuple(cut))]
     stored = [_StoredCdr(i, line) for i, line in lines]
     return [
@@ -457,7 +467,8 @@ def spool(
     ends = _call_ends(outputs)
     out: list[Payload] = []
     inbound_dialled = {
-        o.leg.call for o in outputs
+        o.leg.call
+        for o in outputs
         if isinstance(o, LegStart) and o.leg.direction == "inbound" and o.leg.dialled
     }
     for i, o in enumerate(outputs):
@@ -471,7 +482,9 @@ def spool(
         elif isinstance(o, LegAnswer):
             if interims:
                 base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
-                out.append(Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time))
+                out.append(
+                    Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time)
+                )
         elif isinstance(o, LegStop):
             leg = o.leg
             if i in ends and ends[i] != leg.call:
@@ -526,7 +539,9 @@ def inbound_leg(call: str) -> str:
 
 
 def _first_outbound(leg: Leg) -> bool:
-    return leg.direction == "outbound" and bool(leg.dialled) and leg.id == f"{leg.call}/1"
+    return (
+        leg.direction == "outbound" and bool(leg.dialled) and leg.id == f"{leg.call}/1"
+    )
 
 
 def called_later(leg: Leg) -> bool:
@@ -540,12 +555,22 @@ def with_called(payload: Payload, number: str) -> Payload:
     if any(n == "Called-Station-Id" for n, _ in attrs):
         return payload
     at = next(
-        (i for i, (n, _) in enumerate(attrs) if n.startswith("cdrd-") or n == "Event-Timestamp"),
+        (
+            i
+            for i, (n, _) in enumerate(attrs)
+            if n.startswith("cdrd-") or n == "Event-Timestamp"
+        ),
         len(attrs),
     )
     attrs = (*attrs[:at], ("Called-Station-Id", number), *attrs[at:])
-    return Payload(payload.kind, payload.leg, payload.status, payload.event, attrs,
-                   payload.answered)
+    return Payload(
+        payload.kind,
+        payload.leg,
+        payload.status,
+        payload.event,
+        attrs,
+        payload.answered,
+    )
 
 
 # -- the wire ---------------------------------------------------------------------
@@ -640,7 +665,10 @@ def sent_packet(dictionary: Dictionary, raw: bytes, secret: bytes) -> AcctPacket
     """What pyrad needs to verify an answer to `raw` (`CreateReply`,
     `VerifyReply`): its Identifier and Request Authenticator."""
     return AcctPacket(
-        code=AccountingRequest, id=raw[1], secret=secret, authenticator=raw[4:20],
+        code=AccountingRequest,
+        id=raw[1],
+        secret=secret,
+        authenticator=raw[4:20],
         dict=dictionary,
     )
 
@@ -655,7 +683,9 @@ def encode_request(
     and calls `request_bytes` at each transmission.
     """
     delay = max(0, now_ms - payload.event) // 1000
-    raw = request_bytes(encode_attributes(dictionary, payload.attributes), ident, secret, delay)
+    raw = request_bytes(
+        encode_attributes(dictionary, payload.attributes), ident, secret, delay
+    )
     return sent_packet(dictionary, raw, secret), raw, delay
 
 

@@ -50,7 +50,9 @@ class AccountingService(Service):
     name = SINK
     log = Logger()
 
-    def __init__(self, config, store, writer, clock, reactor, dictionary_path=None, rng=None):
+    def __init__(
+        self, config, store, writer, clock, reactor, dictionary_path=None, rng=None
+    ):
         self.config = config
         self.store = store
         self.writer = writer
@@ -131,7 +133,10 @@ class AccountingService(Service):
         if hasattr(self.writer, "add_listener"):
             # a gateway's address is committed (LOGIN) before any of its calls
             self.writer.add_listener(self._writer_committed)
-        for interval, f in ((STATS_INTERVAL, self._refresh_stats), (PEERS_INTERVAL, self._refresh_peers)):
+        for interval, f in (
+            (STATS_INTERVAL, self._refresh_stats),
+            (PEERS_INTERVAL, self._refresh_peers),
+        ):
             loop = task.LoopingCall(f)
             loop.clock = self.clock
             loop.start(interval, now=True).addErrback(
@@ -252,7 +257,9 @@ class AccountingService(Service):
         body = packets.encode_within_limits(self.dictionary, payload)
         if body is not None:  # always, but for an older cdrd's items
             self.sent += 1
-            self.client.send(payload, body).addCallback(self._answered, item.id, payload)
+            self.client.send(payload, body).addCallback(
+                self._answered, item.id, payload
+            )
             return
         parts = packets.fit(self.dictionary, payload)
         # stored by an older cdrd over FreeRADIUS's limits: sent as the
@@ -264,7 +271,9 @@ class AccountingService(Service):
                 id=item.id,
             )
         self.sent += len(parts)
-        d = defer.gatherResults([self.client.send(p).addCallback(self._count) for p in parts])
+        d = defer.gatherResults(
+            [self.client.send(p).addCallback(self._count) for p in parts]
+        )
         d.addCallback(self._delivered, item.id, payload)
 
     def _answered(self, _, item_id, payload):
@@ -343,7 +352,12 @@ class AccountingService(Service):
 
     def _schedule_interim(self, leg):
         interval = self.config.interim_interval * 1000
-        if interval <= 0 or leg not in self._open or leg in self._timers or not self.running:
+        if (
+            interval <= 0
+            or leg not in self._open
+            or leg in self._timers
+            or not self.running
+        ):
             return
         answered = self._open[leg][1].answered or 0
         now = self._now()
@@ -374,7 +388,9 @@ class AccountingService(Service):
 
     def _stats_soon(self):
         """Refresh the outbox statistics after deletions, at most once a second."""
-        if not self.running or (self._stats_call is not None and self._stats_call.active()):
+        if not self.running or (
+            self._stats_call is not None and self._stats_call.active()
+        ):
             return
         wait = max(0.0, self._stats_at + 1.0 - self.clock.seconds())
         self._stats_call = self.clock.callLater(wait, self._refresh_stats)
@@ -405,7 +421,9 @@ class AccountingService(Service):
         """JSON-able: what the web page and the metrics show."""
         now = self._now()
         depth, _ = self._stats  # at most 5 s old, 1 s after deletions
-        depth = max(0, (depth or 0) - len(self._open) - len(self._notes), self.client.pending)
+        depth = max(
+            0, (depth or 0) - len(self._open) - len(self._notes), self.client.pending
+        )
         # the outbox is read in order, so the oldest request not answered
         # is one read already (markers and notes are no requests)
         oldest = min(self._unanswered.values(), default=None)

@@ -92,11 +92,30 @@ def largest_stop():
     """
     call = call_id(GW, "b" * 64, 4294967295)
     big = "9" * 64
-    leg = Leg(f"{call}/0", call, GW, 4294967295, "inbound", pport=1,
-              cui="C" * 64, cli=big, dialled=big)
+    leg = Leg(
+        f"{call}/0",
+        call,
+        GW,
+        4294967295,
+        "inbound",
+        pport=1,
+        cui="C" * 64,
+        cli=big,
+        dialled=big,
+    )
     cdrs = tuple(
-        Cdr(cdr_id(call, n), call, GW, t("10:00:00.000"), 999999999, 999999999999, "",
-            "C" * 64, big, big)
+        Cdr(
+            cdr_id(call, n),
+            call,
+            GW,
+            t("10:00:00.000"),
+            999999999,
+            999999999999,
+            "",
+            "C" * 64,
+            big,
+            big,
+        )
         for n in range(10)
     )
     return leg, LegStop(leg, t("23:59:59.999"), t("10:00:00.000"), "", cdrs)

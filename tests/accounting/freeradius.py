@@ -111,8 +111,13 @@ server default {{
 class FreeRadius:
     """One FreeRADIUS process; `start()` waits until it answers."""
 
-    def __init__(self, directory: Path, secret: str = "testing123", port: int | None = None,
-                 vendor: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        secret: str = "testing123",
+        port: int | None = None,
+        vendor: int | None = None,
+    ):
         self.dir = Path(directory)
         self.secret = secret
         self.port = port or free_udp_port()
@@ -137,12 +142,15 @@ class FreeRadius:
         if self.vendor is not None:
             # what the operator does for their own number: edit the VENDOR line
             cdrd_dict = re.sub(
-                r"^VENDOR\s+cdrd\s+\d+", f"VENDOR\t\tcdrd\t\t\t\t{self.vendor}",
-                cdrd_dict, flags=re.M,
+                r"^VENDOR\s+cdrd\s+\d+",
+                f"VENDOR\t\tcdrd\t\t\t\t{self.vendor}",
+                cdrd_dict,
+                flags=re.M,
             )
         (self.dir / "dictionary.cdrd").write_text(cdrd_dict)
         (self.dir / "dictionary").write_text(
-            f"$INCLUDE /usr/share/freeradius/dictionary\n$INCLUDE {self.dir}/dictionary.cdrd\n"
+            "$INCLUDE /usr/share/freeradius/dictionary\n"
+            f"$INCLUDE {self.dir}/dictionary.cdrd\n"
         )
 
     def start(self, timeout: float = 20.0) -> None:
@@ -150,7 +158,9 @@ class FreeRadius:
         log = open(self.dir / "log" / "stdout.log", "ab")
         self.proc = subprocess.Popen(
             [FREERADIUS, "-f", "-d", str(self.dir), "-n", "radiusd"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -163,7 +173,9 @@ class FreeRadius:
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"freeradius did not answer in {timeout}s:\n{self.log_text()}")
+        raise RuntimeError(
+            f"freeradius did not answer in {timeout}s:\n{self.log_text()}"
+        )
 
     def ping(self) -> bool:
         """One Status-Server, answered within 0.3 s."""
@@ -171,8 +183,12 @@ class FreeRadius:
 
         from cdrd.accounting.packets import load_dictionary
 
-        pkt = AcctPacket(code=StatusServer, id=1, secret=self.secret.encode(),
-                         dict=load_dictionary(self.vendor or 32473))
+        pkt = AcctPacket(
+            code=StatusServer,
+            id=1,
+            secret=self.secret.encode(),
+            dict=load_dictionary(self.vendor or 32473),
+        )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.3)
             s.sendto(pkt.RequestPacket(), ("127.0.0.1", self.port))
@@ -206,7 +222,9 @@ class FreeRadius:
             return []
         return parse_detail(self.detail_path.read_text(errors="replace"))
 
-    def wait_records(self, predicate, timeout: float = 20.0) -> list[dict[str, list[str]]]:
+    def wait_records(
+        self, predicate, timeout: float = 20.0
+    ) -> list[dict[str, list[str]]]:
         deadline = time.monotonic() + timeout
         while True:
             recs = self.records()
@@ -225,7 +243,12 @@ def request_key(record) -> tuple:
     cdrd-CDR-Part)."""
     return tuple(
         (record.get(name) or [None])[0]
-        for name in ("Acct-Session-Id", "Acct-Status-Type", "Event-Timestamp", "cdrd-CDR-Part")
+        for name in (
+            "Acct-Session-Id",
+            "Acct-Status-Type",
+            "Event-Timestamp",
+            "cdrd-CDR-Part",
+        )
     )
 
 
@@ -252,7 +275,10 @@ def duplicates(records, retransmissions: int) -> int:
         extra += 1
         same = {k: v for k, v in r.items() if k not in RESEND_FIELDS}
         assert same == {k: v for k, v in original.items() if k not in RESEND_FIELDS}, (
-            "a duplicate that is not a retransmission", r, original)
+            "a duplicate that is not a retransmission",
+            r,
+            original,
+        )
     assert extra <= retransmissions, (extra, retransmissions)
     return extra
 

@@ -53,7 +53,9 @@ class OutboxStore:
 
     def spooled(self, sink, payloads, created=0):
         """What the CallService does: store a sink's payloads in one batch."""
-        return self.write(WriteBatch(outbox=[OutboxItem(sink, p, created) for p in payloads]))
+        return self.write(
+            WriteBatch(outbox=[OutboxItem(sink, p, created) for p in payloads])
+        )
 
 
 class Writer:
@@ -62,5 +64,3 @@ class Writer:
 
     def submit(self, batch):
         return self.store.write(batch)
-
-

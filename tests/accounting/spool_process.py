@@ -31,17 +31,21 @@ def run(argv):
     writer.startService()
     cfg = RadiusConfig(
         servers=(RadiusServer("127.0.0.1", port, secret),),
-        nas_ip="192.0.2.10", interim_interval=0,
-        initial_timeout=0.5, max_timeout=2.0,
+        nas_ip="192.0.2.10",
+        interim_interval=0,
+        initial_timeout=0.5,
+        max_timeout=2.0,
     )
     svc = AccountingService(cfg, store, writer, reactor, reactor)
     svc.startService()
     if "--spool" in argv:
         outputs = examples.e1() + examples.e4()
         now = int(reactor.seconds() * 1000)
-        yield writer.submit(WriteBatch(
-            outbox=[OutboxItem("radius", p, now) for p in svc.spool(outputs, now)]
-        ))
+        yield writer.submit(
+            WriteBatch(
+                outbox=[OutboxItem("radius", p, now) for p in svc.spool(outputs, now)]
+            )
+        )
         svc.committed(outputs)
         sys.stdout.write("spooled\n")
         sys.stdout.flush()

@@ -41,8 +41,17 @@ def test_rfc5080_timeouts(rands):
 def make_client(n=1, window=128, failover_after=3, irt=2.0):
     reactor = FakeReactor()
     servers = [RadiusServer("127.0.0.1", 1813 + i, SECRET) for i in range(n)]
-    c = RadiusClient(servers, D, reactor, reactor, window=window, initial_timeout=irt,
-                     max_timeout=16.0, failover_after=failover_after, rng=random.Random(1))
+    c = RadiusClient(
+        servers,
+        D,
+        reactor,
+        reactor,
+        window=window,
+        initial_timeout=irt,
+        max_timeout=16.0,
+        failover_after=failover_after,
+        rng=random.Random(1),
+    )
     c.start()
     return c, reactor
 

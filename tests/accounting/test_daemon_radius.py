@@ -55,11 +55,25 @@ def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
     daemon.start()
     try:
         replay = subprocess.run(
-            [sys.executable, "-m", "cdrd.sim.cli", "replay",
-             "--server", f"tcp:127.0.0.1:{daemon.gateway_port}",
-             "--gw", "8200", "--mac", "000C2A020082", "--date", "2026-11-22",
-             "example:e4"],
-            cwd=ROOT, env=environment(), capture_output=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "cdrd.sim.cli",
+                "replay",
+                "--server",
+                f"tcp:127.0.0.1:{daemon.gateway_port}",
+                "--gw",
+                "8200",
+                "--mac",
+                "000C2A020082",
+                "--date",
+                "2026-11-22",
+                "example:e4",
+            ],
+            cwd=ROOT,
+            env=environment(),
+            capture_output=True,
+            timeout=60,
         )
         assert replay.returncode == 0, replay.stdout + replay.stderr
         # the call ended and is spooled; cdrd retransmits into the void
@@ -75,11 +89,15 @@ def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
         up = time.time()  # nothing can reach FreeRADIUS before this
         radius.start()
         recs = radius.wait_records(
-            lambda r: any(line in x.get("cdrd-CDR", []) for x in r for line in E4_CDRS[-1:]),
+            lambda r: any(
+                line in x.get("cdrd-CDR", []) for x in r for line in E4_CDRS[-1:]
+            ),
             timeout=30,
         )
-        daemon.wait_for(lambda: daemon.api("/api/accounting")["spool_depth"] == 0,
-                        what="empty spool")
+        daemon.wait_for(
+            lambda: daemon.api("/api/accounting")["spool_depth"] == 0,
+            what="empty spool",
+        )
         retransmissions = daemon.api("/api/accounting")["retransmissions"]
         recs = radius.records()
     finally:
@@ -90,7 +108,9 @@ def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
     first = distinct(recs)
     legs = {k[0] for k in first}
     assert len(legs) == 3 and len(first) == 6
-    assert {(k[0], k[1]) for k in first} == {(leg, s) for leg in legs for s in ("Start", "Stop")}
+    assert {(k[0], k[1]) for k in first} == {
+        (leg, s) for leg in legs for s in ("Start", "Stop")
+    }
     duplicates(recs, retransmissions)
     with_cdrs = [r for r in first.values() if "cdrd-CDR" in r]
     assert len(with_cdrs) == 1 and with_cdrs[0]["cdrd-CDR"] == E4_CDRS

@@ -9,9 +9,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from cdrd.accounting.packets import Payload
 from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
-from cdrd.accounting.packets import Payload
 from tests.accounting import examples
 from tests.accounting.freeradius import FreeRadius, distinct, duplicates
 from tests.accounting.outbox import OutboxStore, Writer
@@ -97,7 +97,9 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
     assert len(starts) == 5 and len(stops) == 5, recs
     assert not by_status(recs, "Interim-Update")
 
-    e1_in = next(r for r in starts if r["Acct-Session-Id"] == ['8200_000C2A020082/b1/75/0'])
+    e1_in = next(
+        r for r in starts if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/75/0"]
+    )
     assert e1_in["NAS-Identifier"] == ["8200_000C2A020082"]
     assert e1_in["NAS-IP-Address"] == ["192.0.2.10"]
     assert e1_in["NAS-Port"] == ["1"] and e1_in["NAS-Port-Id"] == ["fxs/1"]
@@ -105,7 +107,9 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
     assert e1_in["Chargeable-User-Identity"] == ["0x" + b"442079460201".hex()]
     assert e1_in["Calling-Station-Id"] == ["442079460201"]
     assert "Called-Station-Id" not in e1_in  # started off hook, nothing dialled yet
-    e1_in_stop = next(r for r in stops if r["Acct-Session-Id"] == [e1_in["Acct-Session-Id"][0]])
+    e1_in_stop = next(
+        r for r in stops if r["Acct-Session-Id"] == [e1_in["Acct-Session-Id"][0]]
+    )
     assert e1_in_stop["Called-Station-Id"] == ["2252"]  # the first number it dialled
     assert e1_in["Acct-Multi-Session-Id"] == ["8200_000C2A020082/b1/75"]
     assert e1_in["cdrd-Leg-Direction"] == ["inbound"]
@@ -117,7 +121,8 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
     # the only packets with CDRs: the Stop of each call's last leg
     with_cdrs = [r for r in recs if "cdrd-CDR" in r]
     assert [r["Acct-Session-Id"] for r in with_cdrs] == [
-        ["8200_000C2A020082/b1/75/1"], ["8200_000C2A020082/b1/78/2"]
+        ["8200_000C2A020082/b1/75/1"],
+        ["8200_000C2A020082/b1/78/2"],
     ]
     e1_stop, e4_stop = with_cdrs
     assert e1_stop["cdrd-CDR"] == [
@@ -130,7 +135,9 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
         "2026-11-22T10:20:18.000Z,5.000,300.000,ACCT-202,07700900123,442079460201",
     ]
     assert len(e4_stop["cdrd-CDR-Id"]) == 2
-    replaced = next(r for r in stops if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/78/1"])
+    replaced = next(
+        r for r in stops if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/78/1"]
+    )
     assert replaced["Acct-Terminate-Cause"] == ["Port-Unneeded"]
     assert replaced["Acct-Session-Time"] == ["0"]
     st = svc.status()
@@ -168,8 +175,16 @@ async def test_failover_to_second_server_and_back(tmp_path):
     first = FreeRadius(tmp_path / "first", secret=SECRET)  # down at first
     second = FreeRadius(tmp_path / "second", secret=SECRET)
     second.start()
-    svc, store = service(config(first, second, initial_timeout=0.2, max_timeout=1.0,
-                                failover_after=2, interim_interval=0))
+    svc, store = service(
+        config(
+            first,
+            second,
+            initial_timeout=0.2,
+            max_timeout=1.0,
+            failover_after=2,
+            interim_interval=0,
+        )
+    )
     svc.client.probe_interval = 0.5
     svc.startService()
     try:
@@ -218,12 +233,21 @@ def test_server_down_kill_9_restart_then_server_up(tmp_path):
     radius = FreeRadius(tmp_path / "radius", secret=SECRET)  # not started yet
     db = tmp_path / "cdrd.sqlite"
     root = DICTIONARIES.parent
-    cmd = [sys.executable, "-m", "tests.accounting.spool_process", str(db),
-           str(radius.port), SECRET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.accounting.spool_process",
+        str(db),
+        str(radius.port),
+        SECRET,
+    ]
 
     def outbox_depth():
         with sqlite3.connect(db) as c:
-            tables = [r[0] for r in c.execute("select name from sqlite_master where type='table'")]
+            tables = [
+                r[0]
+                for r in c.execute("select name from sqlite_master where type='table'")
+            ]
             table = next(t for t in tables if "outbox" in t)
             return c.execute(f"select count(*) from {table}").fetchone()[0]
 
@@ -253,18 +277,24 @@ def test_server_down_kill_9_restart_then_server_up(tmp_path):
     recs = radius.records()
     outputs = examples.e1() + examples.e4()
     keys = {(k[0], k[1]) for k in distinct(recs)}
-    assert keys == {(leg, kind) for leg in examples.legs(outputs) for kind in ("Start", "Stop")}
+    assert keys == {
+        (leg, kind) for leg in examples.legs(outputs) for kind in ("Start", "Stop")
+    }
     assert len(distinct(recs)) == 10
     # the retransmissions of a killed process cannot be counted: at most one
     # resend per request reached the server, and only as a true resend
     duplicates(recs, retransmissions=10)
     got = {k[0]: r["cdrd-CDR"] for k, r in distinct(recs).items() if "cdrd-CDR" in r}
-    want = {o.leg.id: [c.line for c in o.cdrs] for o in outputs
-            if isinstance(o, LegStop) and o.cdrs}
+    want = {
+        o.leg.id: [c.line for c in o.cdrs]
+        for o in outputs
+        if isinstance(o, LegStop) and o.cdrs
+    }
     assert got == want and sum(map(len, got.values())) == 3
     # Acct-Delay-Time counts from the event (hours before the test ran)
     first_start = next(
-        r for r in by_status(recs, "Start")
+        r
+        for r in by_status(recs, "Start")
         if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/75/0"]
     )
     event = examples.t("10:00:00.000") // 1000
@@ -284,8 +314,18 @@ async def test_oversized_cdrs_arrive_whole_and_own_vendor_number(tmp_path):
     svc, store = service(config(radius, vendor=99999, interim_interval=0))
     leg = Leg("g/b/9/0", "g/b/9", examples.GW, 9, "inbound", port=1, cui="c", cli="1")
     cdrs = tuple(
-        Cdr(f"{n:032x}", "g/b/9", examples.GW, 0, 0, 1000, "",
-            f'"quoted, {n}" ' + "x" * (150 + n), "2252", "1" * 64)
+        Cdr(
+            f"{n:032x}",
+            "g/b/9",
+            examples.GW,
+            0,
+            0,
+            1000,
+            "",
+            f'"quoted, {n}" ' + "x" * (150 + n),
+            "2252",
+            "1" * 64,
+        )
         for n in range(20)
     )
     assert all(len(c.line.encode()) > 247 for c in cdrs)
@@ -316,8 +356,9 @@ async def test_interim_updates_reach_freeradius(radius):
     svc.startService()
     try:
         spool(svc, store, [LegStart(leg, now - 500), LegAnswer(leg, now)])
-        assert await until(lambda: len(by_status(radius.records(), "Interim-Update")) >= 2,
-                           timeout=10)
+        assert await until(
+            lambda: len(by_status(radius.records(), "Interim-Update")) >= 2, timeout=10
+        )
         spool(svc, store, [LegStop(leg, now + 2500, now, "")])
         assert await until(lambda: not store.items)
     finally:
@@ -330,7 +371,10 @@ async def test_interim_updates_reach_freeradius(radius):
     # committed (2 s, or 3 s on a slow machine), each once
     interims = by_status(recs, "Interim-Update")
     assert kinds == ["Start"] + ["Interim-Update"] * len(interims) + ["Stop"]
-    assert [r["Acct-Session-Time"] for r in interims] in ([["1"], ["2"]], [["1"], ["2"], ["3"]])
+    assert [r["Acct-Session-Time"] for r in interims] in (
+        [["1"], ["2"]],
+        [["1"], ["2"], ["3"]],
+    )
     assert by_status(recs, "Stop")[0]["Acct-Session-Time"] == ["2"]
 
 
@@ -370,32 +414,51 @@ async def test_worked_examples_through_the_call_model(radius):
 
     by_call = {}
     for r in recs:
-        by_call.setdefault(r["Acct-Multi-Session-Id"][0], []).extend(r.get("cdrd-CDR", []))
+        by_call.setdefault(r["Acct-Multi-Session-Id"][0], []).extend(
+            r.get("cdrd-CDR", [])
+        )
     assert {k: v for k, v in by_call.items() if v} == {
-        o.record.id: [c.line for c in o.cdrs] for o in outputs
+        o.record.id: [c.line for c in o.cdrs]
+        for o in outputs
         if isinstance(o, CallEnd) and o.cdrs
     }
     assert got["8200_000C2A020082/b1/80/1"] == by_call["8200_000C2A020082/b1/79"]
     # (FreeRADIUS's threads may write the calls' Stops in any order)
     assert sorted(line for lines in got.values() for line in lines) == sorted(cdr_lines)
     assert got["8200_000C2A020082/b1/75/1"] == [
-        "2026-11-22T10:00:07.250Z,4.250,120.000,442079460201,2252,442079460201"]
+        "2026-11-22T10:00:07.250Z,4.250,120.000,442079460201,2252,442079460201"
+    ]
     assert got["8200_000C2A020082/b1/77/1"] == [
-        "2026-11-22T10:10:00.000Z,18.000,-cancelled,CARRIER-ACME,2252,02071234567"]
+        "2026-11-22T10:10:00.000Z,18.000,-cancelled,CARRIER-ACME,2252,02071234567"
+    ]
     # E3's inbound leg: a carrier line with a CUI
-    e3_in = next(r for r in by_status(recs, "Start")
-                 if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/77/0"])
+    e3_in = next(
+        r
+        for r in by_status(recs, "Start")
+        if r["Acct-Session-Id"] == ["8200_000C2A020082/b1/77/0"]
+    )
     assert e3_in["User-Name"] == ["CARRIER-ACME"]
     assert e3_in["NAS-Port-Id"] == ["fxo/1"]
     assert e3_in["Calling-Station-Id"] == ["02071234567"]
     # every inbound leg's Stop carries the number its caller dialled first
-    called = {r["Acct-Session-Id"][0].split("/", 2)[2]: r.get("Called-Station-Id")
-              for r in by_status(recs, "Stop") if r["cdrd-Leg-Direction"] == ["inbound"]}
-    assert called == {"75/0": ["2252"], "76/0": ["2253"], "77/0": ["2252"],
-                      "78/0": ["202"], "79/0": ["202"], "80/0": ["07700900999"]}
+    called = {
+        r["Acct-Session-Id"][0].split("/", 2)[2]: r.get("Called-Station-Id")
+        for r in by_status(recs, "Stop")
+        if r["cdrd-Leg-Direction"] == ["inbound"]
+    }
+    assert called == {
+        "75/0": ["2252"],
+        "76/0": ["2253"],
+        "77/0": ["2252"],
+        "78/0": ["202"],
+        "79/0": ["202"],
+        "80/0": ["07700900999"],
+    }
     # E2 busy, E4 divert, E5 transfer: the Stops' causes
-    causes = {r["Acct-Session-Id"][0]: r["Acct-Terminate-Cause"][0]
-              for r in by_status(recs, "Stop")}
+    causes = {
+        r["Acct-Session-Id"][0]: r["Acct-Terminate-Cause"][0]
+        for r in by_status(recs, "Stop")
+    }
     assert causes["8200_000C2A020082/b1/76/1"] == "Service-Unavailable"
     assert causes["8200_000C2A020082/b1/78/1"] == "Port-Unneeded"
     assert causes["8200_000C2A020082/b1/80/0"] == "Port-Unneeded"
@@ -426,8 +489,12 @@ def test_freeradius_limits_are_4096_bytes_and_200_attributes(radius):
     d = load_dictionary(32473)
 
     def stop(session, fill):
-        attrs = [("Acct-Status-Type", "Stop"), ("Acct-Session-Id", session),
-                 ("NAS-Identifier", examples.GW), *fill]
+        attrs = [
+            ("Acct-Status-Type", "Stop"),
+            ("Acct-Session-Id", session),
+            ("NAS-Identifier", examples.GW),
+            *fill,
+        ]
         return Payload("req", session, "Stop", 0, tuple(attrs))
 
     def raw(payload, ident):
@@ -451,8 +518,10 @@ def test_freeradius_limits_are_4096_bytes_and_200_attributes(radius):
         return p
 
     cases = [
-        (by_bytes("bytes-4096", 4096), 5), (by_bytes("bytes-4097", 4097), None),
-        (by_count("attrs-200", 200), 5), (by_count("attrs-201", 201), None),
+        (by_bytes("bytes-4096", 4096), 5),
+        (by_bytes("bytes-4097", 4097), None),
+        (by_count("attrs-200", 200), 5),
+        (by_count("attrs-201", 201), None),
     ]
     for ident, (payload, want) in enumerate(cases):
         data = raw(payload, ident)
@@ -476,8 +545,18 @@ async def test_a_5kB_cdr_and_a_call_over_4kB_arrive_whole(radius):
 
     svc, store = service(config(radius, interim_interval=0))
     leg1 = Leg("g/b/1/1", "g/b/1", examples.GW, 1, "outbound", cui="c", cli="1")
-    big = Cdr("a" * 32, "g/b/1", examples.GW, 0, 0, 1000, "", "c",
-              "0123456789" * 500, "442079460201")
+    big = Cdr(
+        "a" * 32,
+        "g/b/1",
+        examples.GW,
+        0,
+        0,
+        1000,
+        "",
+        "c",
+        "0123456789" * 500,
+        "442079460201",
+    )
     leg2 = Leg("g/b/2/1", "g/b/2", examples.GW, 2, "outbound", cui="c", cli="1")
     chain = tuple(
         evolve(big, id=f"{n:032x}", call="g/b/2", dialled=f"{n}" + "7" * 300)
@@ -485,8 +564,10 @@ async def test_a_5kB_cdr_and_a_call_over_4kB_arrive_whole(radius):
     )
     assert len(big.line) > 5000 and sum(len(c.line) for c in chain) > 4096
     outputs = [
-        LegStart(leg1, 0), LegStop(leg1, 5000, 1000, "", (big,)),
-        LegStart(leg2, 0), LegStop(leg2, 5000, 1000, "", chain),
+        LegStart(leg1, 0),
+        LegStop(leg1, 5000, 1000, "", (big,)),
+        LegStart(leg2, 0),
+        LegStop(leg2, 5000, 1000, "", chain),
     ]
     svc.startService()
     try:
@@ -498,5 +579,8 @@ async def test_a_5kB_cdr_and_a_call_over_4kB_arrive_whole(radius):
     for leg, cdrs in ((leg1, (big,)), (leg2, chain)):
         stops = [r for r in by_status(recs, "Stop") if r["Acct-Session-Id"] == [leg.id]]
         assert len(stops) > 1
-        assert reassemble_records(stops) == ([c.line for c in cdrs], [c.id for c in cdrs])
+        assert reassemble_records(stops) == (
+            [c.line for c in cdrs],
+            [c.id for c in cdrs],
+        )
     assert svc.status()["retransmissions"] == 0  # none dropped, none retried

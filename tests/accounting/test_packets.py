@@ -80,7 +80,13 @@ def test_user_name_falls_back_to_cli_and_fxo_port():
 def test_terminate_causes():
     tc = packets.terminate_cause
     assert tc("") == tc("cancelled") == "User-Request"
-    assert tc("busy") == tc("failed") == tc("rejected") == tc("no-route") == "Service-Unavailable"
+    assert (
+        tc("busy")
+        == tc("failed")
+        == tc("rejected")
+        == tc("no-route")
+        == "Service-Unavailable"
+    )
     assert tc("replaced") == "Port-Unneeded"
     assert tc("gateway-restart") == "NAS-Reboot"
     assert tc("stale") == "Lost-Service"
@@ -125,10 +131,17 @@ def test_too_many_cdrs_split_into_numbered_stops():
     assert lines == [c.line for c in cdrs]
 
 
-@given(st.lists(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200),
-    min_size=1, max_size=12,
-))
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs",)),
+            min_size=1,
+            max_size=200,
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_long_lines_arrive_whole_in_continuations(texts):
     leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
     cdrs = tuple(_cdr(n, text) for n, text in enumerate(texts))
@@ -207,12 +220,20 @@ def test_stop_sizes_are_exact_up_to_4096_bytes():
     sizes = []
     for extra in range(0, 1500, 7):
         cdrs = [
-            attrs_evolve(c, cui=c.cui[:20], dialled=c.dialled[:20] + "7" * (extra // 17 + (i < extra % 17)),
-                         cli=c.cli[:20])
+            attrs_evolve(
+                c,
+                cui=c.cui[:20],
+                dialled=c.dialled[:20] + "7" * (extra // 17 + (i < extra % 17)),
+                cli=c.cli[:20],
+            )
             for i, c in enumerate(list(stop.cdrs) + [stop.cdrs[0]] * 7)
         ]
-        ps = spool([LegStop(leg, stop.time, stop.answered, "gateway-restart", tuple(cdrs))],
-                   0, "192.0.2.10", False)
+        ps = spool(
+            [LegStop(leg, stop.time, stop.answered, "gateway-restart", tuple(cdrs))],
+            0,
+            "192.0.2.10",
+            False,
+        )
         assert_within_limits(ps)
         assert reassemble_stops(ps) == ([c.line for c in cdrs], [c.id for c in cdrs])
         sizes.append((len(ps), len(encoded(ps[0])[0])))
@@ -257,9 +278,15 @@ LONG = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40
 @given(
     st.builds(
         Leg,
-        id=LONG.map(lambda s: "g/b/1/" + s), call=LONG, gateway=LONG,
-        ref=st.integers(0, 10**12), direction=st.sampled_from(["inbound", "outbound"]),
-        port=st.none() | st.integers(0, 10**12), cui=LONG, cli=LONG, dialled=LONG,
+        id=LONG.map(lambda s: "g/b/1/" + s),
+        call=LONG,
+        gateway=LONG,
+        ref=st.integers(0, 10**12),
+        direction=st.sampled_from(["inbound", "outbound"]),
+        port=st.none() | st.integers(0, 10**12),
+        cui=LONG,
+        cli=LONG,
+        dialled=LONG,
     ),
     st.lists(st.tuples(LONG, st.integers(0, 12000)), max_size=8),
     st.none() | LONG,
@@ -268,7 +295,11 @@ def test_every_stop_fits_whatever_the_input(leg, texts, peer):
     """Leg values far over an attribute, CDRs of any length: every packet
     within 4096 bytes and 200 attributes, every CDR whole."""
     cdrs = tuple(_cdr(n, text + "9" * pad) for n, (text, pad) in enumerate(texts))
-    outputs = [LegStart(leg, 0), LegAnswer(leg, 1000), LegStop(leg, 5000, 1000, "", cdrs)]
+    outputs = [
+        LegStart(leg, 0),
+        LegAnswer(leg, 1000),
+        LegStop(leg, 5000, 1000, "", cdrs),
+    ]
     ps = spool(outputs, 0, "2001:db8::1", True, peers={leg.gateway: peer})
     reqs = [p for p in ps if p.kind == "req"]
     assert_within_limits(reqs)
@@ -281,9 +312,11 @@ def test_every_stop_fits_whatever_the_input(leg, texts, peer):
 
 def multi_sessions(payloads):
     return {
-        (p.leg.split("/", 2)[2], p.status): dict(p.attributes)["Acct-Multi-Session-Id"]
-        .split("/", 2)[2]
-        for p in payloads if p.kind == "req"
+        (p.leg.split("/", 2)[2], p.status): dict(p.attributes)[
+            "Acct-Multi-Session-Id"
+        ].split("/", 2)[2]
+        for p in payloads
+        if p.kind == "req"
     }
 
 
@@ -300,7 +333,9 @@ def test_cdrs_of_a_transfer_are_booked_to_their_call():
     assert got[("80/0", "Stop")] == "80" and got[("79/1", "Stop")] == "79"
     (cdr_stop,) = [p for p in ps if any(n == "cdrd-CDR" for n, _ in p.attributes)]
     assert cdr_stop.leg.endswith("/80/1")
-    assert dict(cdr_stop.attributes)["Acct-Multi-Session-Id"] == "8200_000C2A020082/b1/79"
+    assert (
+        dict(cdr_stop.attributes)["Acct-Multi-Session-Id"] == "8200_000C2A020082/b1/79"
+    )
     call_end = next(o for o in outputs if isinstance(o, CallEnd) and o.cdrs)
     assert call_end.record.id == "8200_000C2A020082/b1/79"
     assert [c.line for c in call_end.cdrs] == [
@@ -312,7 +347,9 @@ def test_cdrs_of_a_transfer_are_booked_to_their_call():
 def test_caller_transferred_leg_is_booked_to_the_call_it_ends_in():
     from tests.calls import helpers
 
-    outputs = examples.outputs(helpers.E5.replace("TRANSFER with=79", "TRANSFER with=79 role=caller"))
+    outputs = examples.outputs(
+        helpers.E5.replace("TRANSFER with=79", "TRANSFER with=79 role=caller")
+    )
     got = multi_sessions(spool(outputs, 0, None, True))
     # 80/1 replaced 79's caller leg 79/0 (which ends then, with call 79)
     assert got[("79/0", "Stop")] == "79"
@@ -336,9 +373,15 @@ def pyrad_request(dictionary, payload, secret, ident, delay):
 @given(
     st.builds(
         Leg,
-        id=LONG.map(lambda s: "g/b/1/" + s[:60]), call=st.just("g/b/1"), gateway=st.text(max_size=60),
-        ref=st.integers(0, 2**32 - 1), direction=st.sampled_from(["inbound", "outbound"]),
-        port=st.none() | st.integers(0, 2**32 - 1), cui=LONG, cli=LONG, dialled=LONG,
+        id=LONG.map(lambda s: "g/b/1/" + s[:60]),
+        call=st.just("g/b/1"),
+        gateway=st.text(max_size=60),
+        ref=st.integers(0, 2**32 - 1),
+        direction=st.sampled_from(["inbound", "outbound"]),
+        port=st.none() | st.integers(0, 2**32 - 1),
+        cui=LONG,
+        cli=LONG,
+        dialled=LONG,
     ),
     st.lists(LONG, max_size=4),
     st.integers(0, 255),
@@ -354,7 +397,9 @@ def test_encoding_is_pyrads_byte_for_byte(leg, texts, ident, delay, nas_ip):
     for p in spool(outputs, 0, nas_ip, True):
         if p.kind != "req":
             continue
-        raw = packets.request_bytes(packets.encode_attributes(d, p.attributes), ident, b"k3y", delay)
+        raw = packets.request_bytes(
+            packets.encode_attributes(d, p.attributes), ident, b"k3y", delay
+        )
         assert raw == pyrad_request(d, p, b"k3y", ident, delay)
         pkt = packets.sent_packet(d, raw, b"k3y")
         reply = pkt.CreateReply()

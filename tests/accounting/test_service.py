@@ -28,9 +28,13 @@ def make(store=None, interim=600, reactor=None, **kw):
     store = store or OutboxStore()
     cfg = RadiusConfig(
         servers=(RadiusServer("127.0.0.1", 1813, SECRET),),
-        interim_interval=interim, nas_ip="192.0.2.10", **kw,
+        interim_interval=interim,
+        nas_ip="192.0.2.10",
+        **kw,
     )
-    svc = AccountingService(cfg, store, Writer(store), reactor, reactor, rng=random.Random(2))
+    svc = AccountingService(
+        cfg, store, Writer(store), reactor, reactor, rng=random.Random(2)
+    )
     return svc, store, reactor
 
 
@@ -84,13 +88,24 @@ def test_spool_is_pure_json_payloads():
     outputs = examples.e1()
     a, b = svc.spool(outputs, 0), svc.spool(outputs, 0)
     assert a == b and len(a) == 7
-    assert [json.loads(p)["s"] for p in a] == ["Start", "Start", "", "", "", "Stop", "Stop"]
+    assert [json.loads(p)["s"] for p in a] == [
+        "Start",
+        "Start",
+        "",
+        "",
+        "",
+        "Stop",
+        "Stop",
+    ]
 
 
 def test_spool_uses_gateway_address():
     svc, store, r = make()
-    store.gateway_states = [GatewayState("8200_000C2A020082", "8200", "000C2A020082",
-                                         peer="198.51.100.7:40000")]
+    store.gateway_states = [
+        GatewayState(
+            "8200_000C2A020082", "8200", "000C2A020082", peer="198.51.100.7:40000"
+        )
+    ]
     svc.startService()
     payload = svc.spool(examples.e1()[:1], 0)[0]
     assert ["cdrd-Gateway-Address", "198.51.100.7:40000"] in json.loads(payload)["a"]
@@ -103,7 +118,14 @@ def test_sent_after_commit_deleted_only_after_verified_answer():
     commit(svc, store, outputs, r.seconds() * 1000)
     assert len(store.items) == 7  # 6 requests and the inbound leg's number
     pkts = sent(r)
-    assert [p["Acct-Status-Type"][0] for p in pkts] == ["Start", "Start", "Stop", "Start", "Stop", "Stop"]
+    assert [p["Acct-Status-Type"][0] for p in pkts] == [
+        "Start",
+        "Start",
+        "Stop",
+        "Start",
+        "Stop",
+        "Stop",
+    ]
     port = r.ports[0]
     answer(port, port.written[0][0], b"wrong", D)
     r.advance(0)
@@ -136,8 +158,14 @@ def test_restart_resends_what_was_not_answered():
     assert kinds == [("Start", "1"), ("Stop", "0"), ("Stop", "1")]
     # whole seconds from the event (ms) to this transmission, 10:05:00.000
     now = int(r.seconds() * 1000)
-    events = [examples.t("10:00:02.500"), examples.t("10:02:07.250"), examples.t("10:02:07.250")]
-    assert [p["Acct-Delay-Time"][0] for p in pkts] == [(now - e) // 1000 for e in events]
+    events = [
+        examples.t("10:00:02.500"),
+        examples.t("10:02:07.250"),
+        examples.t("10:02:07.250"),
+    ]
+    assert [p["Acct-Delay-Time"][0] for p in pkts] == [
+        (now - e) // 1000 for e in events
+    ]
     assert [p["Acct-Delay-Time"][0] for p in pkts] == [297, 172, 172]
     assert pkts[-1]["cdrd-CDR"] == [examples.cdr_stop(examples.e1()).cdrs[0].line]
     answer_all(r, svc2)
@@ -155,12 +183,16 @@ def test_interim_updates_while_answered_until_stop():
     r.advance(0)
     assert len(store.items) == 3  # the open-leg markers and the number stay
     assert svc.status()["open_legs"] == 2 and svc.status()["spool_depth"] == 0
-    r.pump([1] * 70)  # answered at 10:00:07.250 (clock 10:00:00): first interim at +60 s
+    r.pump(
+        [1] * 70
+    )  # answered at 10:00:07.250 (clock 10:00:00): first interim at +60 s
     got = interims(r)
     assert len(got) == 2
     assert all(p["Acct-Session-Time"] == [60] for p in got)
     # stored before sent
-    assert any(w.outbox and b'"Interim-Update"' in w.outbox[0].payload for w in store.writes)
+    assert any(
+        w.outbox and b'"Interim-Update"' in w.outbox[0].payload for w in store.writes
+    )
     answer_all(r, svc)
     r.pump([1] * 60)
     got = interims(r)
@@ -201,6 +233,7 @@ def test_interim_after_stop_is_dropped():
     commit(svc, store, outputs[4:], r.seconds() * 1000)
     from cdrd.accounting import packets
     from cdrd.interfaces import OutboxItem, WriteBatch
+
     marker = next(m for m in svc._open.values())[1]
     late = packets.interim(marker, r.seconds() * 1000)
     store.write(WriteBatch(outbox=[OutboxItem("radius", late.to_bytes(), 0)]))
@@ -276,12 +309,22 @@ def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
     svc.startService()
     stop = examples.e1()[5]
     line = "x" * 5000
-    cont = [("cdrd-CDR-Continued", "1:" + line[i:i + 245]) for i in range(247, 5000, 245)]
-    attrs = [a for a in spool([stop], 0, "192.0.2.10", False)[0].attributes
-             if not a[0].startswith("cdrd-CDR")]
+    cont = [
+        ("cdrd-CDR-Continued", "1:" + line[i : i + 245]) for i in range(247, 5000, 245)
+    ]
+    attrs = [
+        a
+        for a in spool([stop], 0, "192.0.2.10", False)[0].attributes
+        if not a[0].startswith("cdrd-CDR")
+    ]
     attrs = [(n, "3" * 300 if n == "Calling-Station-Id" else v) for n, v in attrs]
-    old = Payload("req", stop.leg.id, "Stop", stop.time, tuple(
-        attrs + [("cdrd-CDR-Id", "f" * 32), ("cdrd-CDR", line[:247]), *cont]))
+    old = Payload(
+        "req",
+        stop.leg.id,
+        "Stop",
+        stop.time,
+        tuple(attrs + [("cdrd-CDR-Id", "f" * 32), ("cdrd-CDR", line[:247]), *cont]),
+    )
     assert len(old.to_bytes()) > 5000
     store.spooled("radius", [old.to_bytes()], created=0)
     svc._pump()
@@ -299,9 +342,12 @@ def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
 
 
 def called(pkts, leg_suffix, status):
-    return [p.get("Called-Station-Id") for p in pkts
-            if p["Acct-Session-Id"][0].endswith(leg_suffix)
-            and p["Acct-Status-Type"] == [status]]
+    return [
+        p.get("Called-Station-Id")
+        for p in pkts
+        if p["Acct-Session-Id"][0].endswith(leg_suffix)
+        and p["Acct-Status-Type"] == [status]
+    ]
 
 
 def test_inbound_leg_carries_the_first_dialled_number_once_known():
@@ -380,10 +426,18 @@ def test_outbox_is_read_in_pages_not_per_answer():
     svc, store, r = make(interim=0)
     reads = []
     outbox = store.outbox
-    store.outbox = lambda sink, after, limit: reads.append(limit) or outbox(sink, after, limit)
+    store.outbox = lambda sink, after, limit: (
+        reads.append(limit) or outbox(sink, after, limit)
+    )
     p = Payload.from_bytes(svc.spool(examples.e1()[:1], 0)[0])
-    store.spooled("radius", [Payload("req", f"leg{i}", p.status, p.event, p.attributes).to_bytes()
-                             for i in range(2000)], created=0)
+    store.spooled(
+        "radius",
+        [
+            Payload("req", f"leg{i}", p.status, p.event, p.attributes).to_bytes()
+            for i in range(2000)
+        ],
+        created=0,
+    )
     svc.startService()
     for _ in range(100):
         if not store.items:

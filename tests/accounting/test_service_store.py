@@ -22,8 +22,11 @@ SECRET = "sekrit"
 
 
 def make(store, reactor, interim=60):
-    cfg = RadiusConfig(servers=(RadiusServer("127.0.0.1", 1813, SECRET),),
-                       interim_interval=interim, nas_ip="192.0.2.10")
+    cfg = RadiusConfig(
+        servers=(RadiusServer("127.0.0.1", 1813, SECRET),),
+        interim_interval=interim,
+        nas_ip="192.0.2.10",
+    )
     writer = BatchWriter(store, reactor)
     svc = AccountingService(cfg, store, writer, reactor, reactor, rng=random.Random(3))
     return svc, writer
@@ -34,10 +37,14 @@ def outbox(store):
 
 
 def commit(svc, writer, reactor, outputs):
-    """What the CallService does: one transaction with the payloads, then committed()."""
+    """What the CallService does: one transaction with the payloads, then
+    committed()."""
     now = int(reactor.seconds() * 1000)
-    d = writer.submit(WriteBatch(outbox=[OutboxItem("radius", p, now)
-                                         for p in svc.spool(outputs, now)]))
+    d = writer.submit(
+        WriteBatch(
+            outbox=[OutboxItem("radius", p, now) for p in svc.spool(outputs, now)]
+        )
+    )
     reactor.advance(0)
     assert d.called
     svc.committed(outputs)
@@ -64,7 +71,9 @@ def test_memory_store_and_batch_writer_end_to_end():
     answer_current(r, svc)
     r.advance(0)
     r.advance(0)
-    assert [i.payload[:12] for i in outbox(store)] == [b'{"k":"dial",'] + [b'{"k":"open",'] * 2
+    assert [i.payload[:12] for i in outbox(store)] == [b'{"k":"dial",'] + [
+        b'{"k":"open",'
+    ] * 2
     assert store.outbox_stats("radius").result[0] == 3
 
     # kill -9 and restart: the open legs come back from the store
@@ -95,7 +104,9 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 STEPS = st.lists(
-    st.sampled_from(["answer", "drop", "tick", "crash", "commit"]), min_size=1, max_size=40
+    st.sampled_from(["answer", "drop", "tick", "crash", "commit"]),
+    min_size=1,
+    max_size=40,
 )
 
 
@@ -128,8 +139,11 @@ def test_every_request_is_delivered_through_losses_and_crashes(steps, seed):
         if step == "commit" and pending:
             outputs = pending.pop(0)
             commit(svc, writer, r, outputs)
-            spooled |= {(o.leg.id, type(o).__name__[3:]) for o in outputs
-                        if type(o).__name__ in ("LegStart", "LegStop")}
+            spooled |= {
+                (o.leg.id, type(o).__name__[3:])
+                for o in outputs
+                if type(o).__name__ in ("LegStart", "LegStop")
+            }
         elif step == "answer":
             answer_some()
         elif step == "drop":
@@ -144,8 +158,11 @@ def test_every_request_is_delivered_through_losses_and_crashes(steps, seed):
     while pending:
         outputs = pending.pop(0)
         commit(svc, writer, r, outputs)
-        spooled |= {(o.leg.id, type(o).__name__[3:]) for o in outputs
-                    if type(o).__name__ in ("LegStart", "LegStop")}
+        spooled |= {
+            (o.leg.id, type(o).__name__[3:])
+            for o in outputs
+            if type(o).__name__ in ("LegStart", "LegStop")
+        }
     for _ in range(200):  # the server comes back for good
         if not outbox(store):
             break
@@ -165,8 +182,15 @@ def test_gateway_address_from_the_committed_login():
     svc, writer = make(store, r)
     svc.startService()
     assert "cdrd-Gateway-Address" not in str(svc.spool(examples.e1()[:1], 0))
-    writer.submit(WriteBatch(gateways=[GatewayState(
-        examples.GW, "8200", "000C2A020082", peer="198.51.100.7:40000")]))
+    writer.submit(
+        WriteBatch(
+            gateways=[
+                GatewayState(
+                    examples.GW, "8200", "000C2A020082", peer="198.51.100.7:40000"
+                )
+            ]
+        )
+    )
     r.advance(0)
     payload = svc.spool(examples.e1()[:1], 0)[0]
     assert b'["cdrd-Gateway-Address","198.51.100.7:40000"]' in payload
