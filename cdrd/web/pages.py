@@ -58,12 +58,20 @@ def _gateway_select(keys, current, name="gateway", all_label="All gateways") -> 
 
 
 def _table(head, rows_html: str, cls="grid", tbody_id="") -> str:
+    """A table that scrolls in its box on a wide screen; with class `stack`
+    each row becomes a card of labelled values on a phone (cdrd.css)."""
     th = "".join(f"<th>{esc(h)}</th>" for h in head)
     tid = f' id="{tbody_id}"' if tbody_id else ""
     return (
         f'<div class="scroll"><table class="{cls}"><thead><tr>{th}</tr></thead>'
         f"<tbody{tid}>{rows_html}</tbody></table></div>"
     )
+
+
+def _td(label: str, html: str, cls: str = "") -> str:
+    """A cell that names its column (`data-label`: the phone's card layout)."""
+    c = f' class="{cls}"' if cls else ""
+    return f'<td data-label="{esc(label)}"{c}>{html}</td>'
 
 
 def _pager(path, params, offset, limit, shown, total) -> str:
@@ -178,46 +186,34 @@ def report(
         f'<a class="btn" id="csv" href="{link("/report.csv", **params)}">Export CSV</a>'
         f'<a class="btn ghost" href="{link("/api/calls", **params, offset=s.offset or None)}">JSON</a></div>'
     )
+    cell_class = {
+        "Cause": "cause",
+        "Dialed": "num",
+        "Caller ID": "num",
+        "PSTN Caller ID": "num",
+        "PSTN Dial": "num",
+    }
+    every_gateway = s.gateway is None and rows
+    head = columns + ("Gateway",) if every_gateway else columns
     body = []
-    for cells in rows:
+    for cells, g in zip(rows, gateways or [None] * len(rows), strict=True):
         tds = []
         for col, value in zip(columns, cells, strict=True):
-            cls = {
-                "Notation": "notation",
-                "Cause": "cause",
-                "Dialed": "num",
-                "Caller ID": "num",
-                "PSTN Caller ID": "num",
-                "PSTN Dial": "num",
-            }.get(col, "")
             if col == "Notation":
                 kind = value.lower().replace(" ", "-").replace("/", "-")
-                tds.append(
-                    f'<td><span class="tag {esc(kind)}">{esc(value)}</span></td>'
-                )
+                tds.append(_td(col, f'<span class="tag {esc(kind)}">{esc(value)}</span>'))
             else:
-                tds.append(
-                    f'<td class="{cls}">{esc(value)}</td>'
-                    if cls
-                    else f"<td>{esc(value)}</td>"
-                )
+                tds.append(_td(col, esc(value), cell_class.get(col, "")))
+        if every_gateway:
+            # every gateway at once: say whose call each row is
+            href = link("/report", **{**params, "gateway": g})
+            tds.append(_td("Gateway", f'<a href="{href}">{esc(g)}</a>'))
         body.append("<tr>" + "".join(tds) + "</tr>")
     if not body:
         body.append(
             f'<tr class="empty"><td colspan="{len(columns)}">No records for this search.</td></tr>'
         )
-    head = columns
-    if s.gateway is None and rows:
-        # every gateway at once: say whose call each row is
-        head = columns + ("Gateway",)
-        body = [
-            b.replace(
-                "</tr>",
-                f'<td><a href="{link("/report", **{**params, "gateway": g})}">{esc(g)}</a></td></tr>',
-            )
-            for b, g in zip(body, gateways, strict=True)
-        ]
-    table = _table(head, "".join(body), tbody_id="records")
+    table = _table(head, "".join(body), cls="grid stack report", tbody_id="records")
     pager = _pager("/report", params, s.offset, s.limit, len(rows), result.filtered)
     title = f"{s.gateway or 'All gateways'} · {s.day_from}" + (
         f" – {s.day_to}" if s.day_to != s.day_from else ""
@@ -261,10 +257,8 @@ def event_tr(row: dict) -> str:
         row["pport"],
     )
     tds = "".join(
-        f'<td class="ev-type {esc(str(v)).lower()}">{esc(v)}</td>'
-        if i == 3
-        else f"<td>{esc(v)}</td>"
-        for i, v in enumerate(cells)
+        _td(label, esc(v), f"ev-type {esc(str(v)).lower()}" if label == "Event" else "")
+        for label, v in zip(EVENT_COLUMNS, cells, strict=True)
     )
     return f'<tr data-id="{esc(row["id"])}">{tds}</tr>'
 
@@ -303,7 +297,7 @@ def live_events(*, key, state, rows, after, live, keys) -> str:
   <a class="btn ghost" href="{link("/report", gateway=key)}">Report</a>
   <a class="btn ghost" href="{link("/log", gateway=key)}">Log</a></div>
 <div id="stream" data-url="{stream}" data-after="{int(after)}"></div>
-{_table(EVENT_COLUMNS, body, cls="grid events", tbody_id="events")}
+{_table(EVENT_COLUMNS, body, cls="grid stack events", tbody_id="events")}
 <p class="muted">Newest first: the latest stored events, then each new one as it is stored.</p>"""
 
 
@@ -338,9 +332,14 @@ def gateway_log(*, search, entries, more, clocks, keys) -> str:
     for e in entries:
         kind = esc(e.event.lower().replace(" ", "-"))
         rows.append(
-            f"<tr><td>{esc(clocks.datetime(e.time))}</td><td>{esc(e.gateway)}</td><td>{esc(e.mac)}</td>"
-            f'<td>{esc(e.peer)}</td><td><span class="tag log {kind}">{esc(e.event)}</span></td>'
-            f'<td class="detail">{esc(e.detail)}</td></tr>'
+            "<tr>"
+            + _td("Time", esc(clocks.datetime(e.time)))
+            + _td("Gateway", esc(e.gateway))
+            + _td("MAC", esc(e.mac))
+            + _td("Peer", esc(e.peer))
+            + _td("Event", f'<span class="tag log {kind}">{esc(e.event)}</span>')
+            + _td("Detail", esc(e.detail), "detail")
+            + "</tr>"
         )
     if not rows:
         rows.append(
@@ -349,6 +348,7 @@ def gateway_log(*, search, entries, more, clocks, keys) -> str:
     table = _table(
         ("Time", "Gateway", "MAC", "Peer", "Event", "Detail"),
         "".join(rows),
+        cls="grid stack log",
         tbody_id="log",
     )
     pager = _pager(
@@ -385,31 +385,27 @@ def cdrs(*, search, total, cdrs, clocks, keys) -> str:
     rows = []
     for i, c in enumerate(cdrs):
         duration = hhmmss(c.duration) if c.duration is not None else ""
-        status = esc(c.status) if c.status else "answered"
         rows.append(
-            f"<tr><td>{s.offset + i + 1}</td><td>{esc(clocks.datetime(c.start))}</td>"
-            f"<td>{c.ringing / 1000:.3f}</td><td>{esc(duration)}</td><td>{status}</td>"
-            f'<td class="num">{esc(c.cui)}</td><td class="num">{esc(c.dialled)}</td><td class="num">{esc(c.cli)}</td>'
-            f'<td>{esc(c.gateway)}</td><td class="line"><code>{esc(c.line)}</code></td></tr>'
+            "<tr>"
+            + _td("#", str(s.offset + i + 1))
+            + _td("Start", esc(clocks.datetime(c.start)))
+            + _td("FireBrick line", f"<code>{esc(c.line)}</code>", "line")
+            + _td("Status", esc(c.status) if c.status else "answered",
+                  "cause" if c.status else "")
+            + _td("Duration", esc(duration))
+            + _td("Gateway", esc(c.gateway))
+            + "</tr>"
         )
     if not rows:
         rows.append(
-            '<tr class="empty"><td colspan="10">No CDRs for this search.</td></tr>'
+            '<tr class="empty"><td colspan="6">No CDRs for this search.</td></tr>'
         )
+    # the line is what billing reads: it comes first and is never cut off
+    # (its fields, ringing, duration, CUI, dialled and CLI, are in it)
     table = _table(
-        (
-            "#",
-            "Start",
-            "Ringing s",
-            "Duration",
-            "Status",
-            "CUI",
-            "Dialled",
-            "CLI",
-            "Gateway",
-            "FireBrick line",
-        ),
+        ("#", "Start", "FireBrick line", "Status", "Duration", "Gateway"),
         "".join(rows),
+        cls="grid stack cdrs",
         tbody_id="cdrs",
     )
     actions = (
@@ -433,6 +429,8 @@ def _asr_acd(records) -> tuple[int, int, str, str]:
 
 
 def _chart(records, since: int, hours: int, clocks) -> str:
+    """Calls per hour: a wide chart, and a narrow one for phones (the wide
+    one's labels would shrink to 5 px there); CSS shows one of them."""
     answered = [0] * hours
     other = [0] * hours
     for r in records:
@@ -444,40 +442,57 @@ def _chart(records, since: int, hours: int, clocks) -> str:
                 other[h] += 1
     top = max([a + o for a, o in zip(answered, other, strict=True)] + [2])
     top += top % 2  # even, so the middle grid line is a whole number of calls
-    W, H, pad, bottom = 720, 180, 28, 22
+    wide = _chart_svg(answered, other, top, since, clocks, "wide", 720, 180, 3, 11)
+    narrow = _chart_svg(answered, other, top, since, clocks, "narrow", 360, 170, 6, 13)
+    legend = '<p class="legend"><span class="key ans"></span> answered <span class="key other"></span> not answered</p>'
+    return wide + narrow + legend
+
+
+def _chart_svg(answered, other, top, since, clocks, cls, W, H, every, font) -> str:
+    hours = len(answered)
+    pad, bottom = 2.6 * font, 2 * font
     bw = (W - pad) / hours
     parts = [
-        f'<svg class="chart" viewBox="0 0 {W} {H + bottom}" role="img" aria-label="calls per hour, last {hours} hours">'
+        f'<svg class="chart {cls}" viewBox="0 0 {W} {H + bottom:.0f}" role="img" '
+        f'aria-label="calls per hour, last {hours} hours">'
     ]
     for frac in (0, 0.5, 1):
         y = H - frac * (H - 10)
         parts.append(
-            f'<line x1="{pad}" x2="{W}" y1="{y:.1f}" y2="{y:.1f}" class="grid-line"/>'
+            f'<line x1="{pad:.0f}" x2="{W}" y1="{y:.1f}" y2="{y:.1f}" class="grid-line"/>'
         )
         parts.append(
-            f'<text x="{pad - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">{int(top * frac)}</text>'
+            f'<text x="{pad - 4:.0f}" y="{y + font / 3:.1f}" class="axis" font-size="{font}" '
+            f'text-anchor="end">{int(top * frac)}</text>'
         )
+    gap = min(4, bw / 4)
     for h in range(hours):
-        x = pad + h * bw + 2
+        x = pad + h * bw + gap / 2
         a_h = answered[h] / top * (H - 10)
         o_h = other[h] / top * (H - 10)
         label = clocks.time(since + h * 3_600_000)[:5]
         tip = f"{label}: {answered[h] + other[h]} calls, {answered[h]} answered"
         parts.append(f"<g><title>{esc(tip)}</title>")
         parts.append(
-            f'<rect class="bar-other" x="{x:.1f}" y="{H - o_h - a_h:.1f}" width="{bw - 4:.1f}" height="{o_h:.1f}"/>'
+            f'<rect class="bar-other" x="{x:.1f}" y="{H - o_h - a_h:.1f}" width="{bw - gap:.1f}" height="{o_h:.1f}"/>'
         )
         parts.append(
-            f'<rect class="bar-ans" x="{x:.1f}" y="{H - a_h:.1f}" width="{bw - 4:.1f}" height="{a_h:.1f}"/>'
+            f'<rect class="bar-ans" x="{x:.1f}" y="{H - a_h:.1f}" width="{bw - gap:.1f}" height="{a_h:.1f}"/>'
         )
         parts.append("</g>")
-        if h % 3 == 0:
+        if h % every == 0:
             parts.append(
-                f'<text x="{x + (bw - 4) / 2:.1f}" y="{H + 16}" class="axis" text-anchor="middle">{label}</text>'
+                f'<text x="{x + (bw - gap) / 2:.1f}" y="{H + 1.4 * font:.0f}" class="axis" '
+                f'font-size="{font}" text-anchor="middle">{label}</text>'
             )
     parts.append("</svg>")
-    legend = '<p class="legend"><span class="key ans"></span> answered <span class="key other"></span> not answered</p>'
-    return "".join(parts) + legend
+    return "".join(parts)
+
+
+# -- outputs ------------------------------------------------------------------
+#: an unsent RADIUS request older than this is a warning, then a problem
+RADIUS_BEHIND_S = 60
+RADIUS_LATE_S = 600
 
 
 def _status_value(value) -> str:
@@ -493,11 +508,142 @@ def _status_value(value) -> str:
 
 
 def _status_table(name: str, status: dict) -> str:
+    """An output cdrd has no page for: its status as it is."""
     rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{_status_value(v)}</td></tr>"
         for k, v in sorted(status.items())
     )
     return f'<div class="card output"><h3>{esc(name)}</h3><table class="kv">{rows}</table></div>'
+
+
+_STATE = {"ok": "on", "warn": "warn", "bad": "off"}
+
+
+def _figure(label: str, value, level: str = "", note: str = "", fid: str = "") -> str:
+    cls = f"figure {level}".strip()
+    ident = f' id="{fid}"' if fid else ""
+    small = f"<small>{esc(note)}</small>" if note else ""
+    return f'<div class="{cls}"{ident}><span>{esc(label)}</span><b>{esc(value)}</b>{small}</div>'
+
+
+def _output_card(key, title, subtitle, level, state, figures, extra="") -> str:
+    problems = "" if level == "ok" else f" {level}"
+    return (
+        f'<section class="card output{problems}" id="output-{esc(key)}">'
+        f'<h3>{esc(title)} <span class="pill {_STATE[level]}">{esc(state)}</span></h3>'
+        f'<p class="muted target">{esc(subtitle)}</p>'
+        f'<div class="figures">{"".join(figures)}</div>{extra}</section>'
+    )
+
+
+def _broken(key, title, status) -> str:
+    return _output_card(
+        key, title, "its status could not be read", "bad", "unknown",
+        [_figure("Error", status.get("error", "?"), "bad")],
+    )
+
+
+def _radius_card(st: dict) -> str:
+    """RADIUS accounting as an operator reads it: is it delivering, how far
+    behind is it, and which server answers how fast."""
+    if "error" in st:
+        return _broken("radius", "RADIUS accounting", st)
+    servers = st.get("servers") or []
+    depth = st.get("spool_depth", 0) or 0
+    age = st.get("oldest_age", 0.0) or 0.0
+    down = [s for s in servers if s.get("state") == "down"]
+    active = next((s for s in servers if s.get("active")), None)
+    if servers and len(down) == len(servers):
+        level, state = "bad", "no server answers"
+    elif depth and age >= RADIUS_LATE_S:
+        level, state = "bad", "behind"
+    elif active is not None and active.get("state") == "down":
+        level, state = "warn", "failing over"
+    elif down or (depth and age >= RADIUS_BEHIND_S):
+        level, state = "warn", "behind" if depth and age >= RADIUS_BEHIND_S else "a server is down"
+    else:
+        level, state = "ok", "delivering"
+    age_level = ("bad" if age >= RADIUS_LATE_S else "warn" if age >= RADIUS_BEHIND_S else "") if depth else ""
+    figures = [
+        _figure("Spool depth", depth, "warn" if depth and age_level else "",
+                "requests waiting", "radius-depth"),
+        _figure("Oldest unsent", hhmmss(int(age * 1000)) if depth else "–", age_level,
+                "age", "radius-age"),
+        _figure("Retransmissions", st.get("retransmissions", 0), "", "in all"),
+        _figure("In flight", st.get("in_flight", 0), "", f"{st.get('open_legs', 0)} open legs"),
+        _figure("Answered", st.get("answered", 0), "", f"of {st.get('sent', 0)} sent"),
+    ]
+    rows = []
+    for srv in servers:
+        state_s = srv.get("state", "unknown")
+        pill = {"up": "on", "down": "off"}.get(state_s, "warn")
+        rtt = srv.get("rtt_ms")
+        errors = srv.get("send_errors", 0)
+        rows.append(
+            "<tr>"
+            + _td("Server", esc(srv.get("address", "")) + (" <b>(active)</b>" if srv.get("active") else ""))
+            + _td("State", f'<span class="pill {pill}">{esc(state_s)}</span>')
+            + _td("Round trip", "–" if rtt is None else f"{rtt:.1f} ms")
+            + _td("Answered", f"{srv.get('answered', 0)} / {srv.get('sent', 0)}")
+            + _td("Retrans.", esc(srv.get("retransmissions", 0)))
+            + _td("Send errors", esc(errors), "cause" if errors else "")
+            + "</tr>"
+        )
+    table = (
+        _table(("Server", "State", "Round trip", "Answered", "Retrans.", "Send errors"),
+               "".join(rows), cls="grid stack servers", tbody_id="radius-servers")
+        if rows else '<p class="muted">No server configured.</p>'
+    )
+    subtitle = f"interim every {st.get('interim_interval', '?')} s"
+    return _output_card("radius", "RADIUS accounting", subtitle, level, state, figures, table)
+
+
+def _syslog_card(st: dict) -> str:
+    """Syslog: connected or not, stalled, how much waits, what was lost."""
+    if "error" in st:
+        return _broken("syslog", "Syslog", st)
+    queued = st.get("queued", 0) or 0
+    dropped = st.get("dropped", 0) or 0
+    stalled = st.get("stalled") or ""
+    error = st.get("last_error") or ""
+    connected = bool(st.get("connected"))
+    if not connected:
+        level, state = "bad", "not connected"
+    elif stalled:
+        level, state = "bad", "stalled"
+    elif dropped or error:
+        level, state = "warn", "lost lines" if dropped else "errors"
+    else:
+        level, state = "ok", "delivering"
+    buffer = st.get("buffer") or 0
+    figures = [
+        _figure("Connected", "yes" if connected else "no", "" if connected else "bad",
+                "", "syslog-connected"),
+        _figure("Queued", queued, "warn" if buffer and queued > buffer // 10 else "",
+                f"of {buffer} kept" if buffer else "", "syslog-queued"),
+        _figure("Dropped", dropped, "bad" if dropped else "", "never sent", "syslog-dropped"),
+        _figure("Sent", st.get("sent", 0), "", f"{st.get('resent', 0)} resent"),
+    ]
+    extra = ""
+    if stalled or error:
+        text = stalled or error
+        extra = f'<p class="problem" id="syslog-problem">{esc(text)}</p>'
+    fmt = st.get("format", "")
+    framing = f", {st['framing']}" if st.get("framing") else ""
+    subtitle = f"{st.get('target', '')} · {fmt}{framing} · {st.get('facility', '')}"
+    return _output_card("syslog", "Syslog", subtitle, level, state, figures, extra)
+
+
+def _outputs(outputs: dict) -> str:
+    cards = []
+    for name, st in outputs.items():
+        if name == "radius":
+            cards.append(_radius_card(st))
+        elif name == "syslog":
+            cards.append(_syslog_card(st))
+        else:
+            cards.append(_status_table(name, st))
+    return "".join(cards)
 
 
 def dashboard(
@@ -559,10 +705,20 @@ def dashboard(
             ports = f"{g.fxs}/{g.fxo}/{g.isdn}"
             skew = f"{g.skew_ms / 1000:+.1f} s" if g.skew_ms else "0"
         rows.append(
-            f'<tr><td><a href="/gateways/{esc(k)}/events">{esc(k)}</a></td><td>{status}</td><td>{peer}</td>'
-            f"<td>{login}</td><td>{heard}</td><td>{ports}</td><td>{skew}</td>"
-            f"<td>{open_by_gw.get(k, 0)}</td><td>{len(by_gw.get(k, ()))}</td><td>{g_asr}</td><td>{g_acd}</td>"
-            f'<td><a href="{link("/report", gateway=k)}">report</a> · <a href="{link("/log", gateway=k)}">log</a></td></tr>'
+            "<tr>"
+            + _td("Gateway", f'<a href="/gateways/{esc(k)}/events">{esc(k)}</a>')
+            + _td("Status", status)
+            + _td("Peer", peer)
+            + _td("Last login", login)
+            + _td("Last heard", heard)
+            + _td("FXS/FXO/ISDN", ports)
+            + _td("Clock skew", skew)
+            + _td("Open", str(open_by_gw.get(k, 0)))
+            + _td(f"Calls {hours} h", str(len(by_gw.get(k, ()))))
+            + _td("ASR", g_asr)
+            + _td("ACD", g_acd)
+            + _td("", f'<a href="{link("/report", gateway=k)}">report</a> · <a href="{link("/log", gateway=k)}">log</a>', "links")
+            + "</tr>"
         )
     if not rows:
         rows.append(
@@ -584,16 +740,23 @@ def dashboard(
             "",
         ),
         "".join(rows),
+        cls="grid stack gateways",
         tbody_id="gateways",
     )
     if open_calls:
         oc = "".join(
-            f"<tr><td>{esc(c.gateway)}</td><td>{esc(c.ref)}</td><td>{esc('' if c.port is None else c.port)}</td>"
-            f"<td>{esc(clocks.datetime(c.begin))}</td><td>{hhmmss(now - c.begin)}</td></tr>"
+            "<tr>"
+            + _td("Gateway", esc(c.gateway))
+            + _td("Call-Ref", esc(c.ref))
+            + _td("Port", esc("" if c.port is None else c.port))
+            + _td("Begin", esc(clocks.datetime(c.begin)))
+            + _td("Age", hhmmss(now - c.begin))
+            + "</tr>"
             for c in open_calls[:50]
         )
         open_html = _table(
-            ("Gateway", "Call-Ref", "Port", "Begin", "Age"), oc, tbody_id="open-calls"
+            ("Gateway", "Call-Ref", "Port", "Begin", "Age"), oc,
+            cls="grid stack", tbody_id="open-calls",
         )
         if len(open_calls) > 50:
             open_html += f'<p class="muted">and {len(open_calls) - 50} more</p>'
@@ -601,7 +764,7 @@ def dashboard(
         open_html = '<p class="muted">Open calls are not available.</p>'
     else:
         open_html = '<p class="muted">No call in progress.</p>'
-    outs = "".join(_status_table(n, s) for n, s in outputs.items())
+    outs = _outputs(outputs)
     outs_html = f'<h2>Outputs</h2><div class="outputs">{outs}</div>' if outs else ""
     note = (
         ""

@@ -1,10 +1,13 @@
 """
 A real cdrd web endpoint for the browser tests, in its own process:
 
-    python -m tests.web.serve PORTFILE
+    python -m tests.web.serve PORTFILE [--users] [--outputs]
 
 Serves WebApp on 127.0.0.1 (a free port, written to PORTFILE) over the
-fixture day stored in SQLite (next to PORTFILE), with a LiveFeed.  ``POST /_test/event?ref=N&type=T&digits=D``
+fixture day stored in SQLite (next to PORTFILE), with a LiveFeed.
+`--users`: behind Basic auth, user "ops", password "s3cret pass".
+`--outputs`: a RADIUS and a syslog status on the dashboard (one server
+down, a backlog; syslog stalled), as cdrd's outputs report them.  ``POST /_test/event?ref=N&type=T&digits=D``
 stores one event of the fixture gateway and tells the feed, exactly as the
 BatchWriter's commit listener does in cdrd.
 """
@@ -22,6 +25,7 @@ from zope.interface import implementer
 
 from cdrd.interfaces import WriteBatch
 from cdrd.values import CallEvent
+from cdrd.web import auth
 from cdrd.web.app import WebApp
 from cdrd.web.feed import LiveFeed
 from tests.web import fixtures as F
@@ -87,6 +91,30 @@ class TestRoot:
         self.store.write(WriteBatch(events=(event,))).addCallback(stored)
 
 
+USER, PASSWORD = "ops", "s3cret pass"
+
+RADIUS = {
+    "enabled": True, "spool_depth": 37, "oldest_age": 95.5, "in_flight": 5, "queued": 32,
+    "open_legs": 3, "sent": 18_412, "answered": 18_375, "retransmissions": 61,
+    "interim_interval": 600, "vendor": 32473,
+    "servers": [
+        {"address": "192.0.2.10:1813", "active": False, "state": "down", "rtt_ms": None,
+         "sent": 1203, "answered": 1180, "retransmissions": 57, "in_flight": 0,
+         "socket_buffer": 212992, "send_errors": 3},
+        {"address": "192.0.2.11:1813", "active": True, "state": "up", "rtt_ms": 2.71,
+         "sent": 17_209, "answered": 17_195, "retransmissions": 4, "in_flight": 5,
+         "socket_buffer": 212992, "send_errors": 0},
+    ],
+}
+SYSLOG = {
+    "target": "tcp:192.0.2.20:514", "format": "rfc5424", "facility": "local0",
+    "connected": True, "queued": 1840, "in_flight": 1840, "sent": 52_310, "resent": 1840,
+    "dropped": 0, "buffer": 100_000, "last_error": "", "framing": "octet-counting",
+    "stalled": "the collector did not confirm (close its end) within 5 s",
+    "connections": 412,
+}
+
+
 async def serve(reactor, portfile):
     # cdrd's default store, in the test's private directory
     store = make_store(f"sqlite:{os.path.dirname(portfile)}/cdrd.sqlite", reactor)
@@ -95,7 +123,15 @@ async def serve(reactor, portfile):
     await store.write(F.batch())
     feed = LiveFeed()
     clock = FixtureClock(reactor, F.t("13:00:00") / 1000)
-    web = WebApp(F.config(), store, clock, feed=feed)
+    users = (
+        {USER: auth.hash_password(PASSWORD, n=2**4, r=1, p=1)}
+        if "--users" in sys.argv else None
+    )
+    status = (
+        {"radius": lambda: RADIUS, "syslog": lambda: SYSLOG}
+        if "--outputs" in sys.argv else None
+    )
+    web = WebApp(F.config(users=users), store, clock, feed=feed, status=status)
     site = Site(TestRoot(web.resource(), store, feed, clock))
     port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         site

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.web import fixtures as F
+from tests.web import serve
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +33,11 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextmanager
+def serving(tmp_path_factory, *flags):
     portfile = tmp_path_factory.mktemp("web") / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.web.serve", str(portfile)],
+        [sys.executable, "-m", "tests.web.serve", str(portfile), *flags],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -60,6 +62,26 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server_with_outputs(tmp_path_factory):
+    """The dashboard with a RADIUS and a syslog status (problems included)."""
+    with serving(tmp_path_factory, "--outputs") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server_with_users(tmp_path_factory):
+    """Behind HTTP Basic auth (serve.USER / serve.PASSWORD)."""
+    with serving(tmp_path_factory, "--users") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser():
     assert os.path.exists(CHROMIUM), "Debian's chromium is not installed"
     from playwright.sync_api import sync_playwright
@@ -70,16 +92,40 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def watched(context, allowed=()):
+    """A page whose JavaScript errors and CSP violations fail the test
+    (`allowed`: console texts a test provokes on purpose)."""
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on(
+        "console",
+        lambda m: m.type == "error"
+        and not any(a in m.text for a in allowed)
+        and errors.append(m.text),
+    )
+    page.errors = errors
+    return page
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = watched(context)
     yield page
     context.close()
-    assert not errors, f"browser errors: {errors}"
+    assert not page.errors, f"browser errors: {page.errors}"
+
+
+@pytest.fixture
+def phone(browser):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    page = watched(context)
+    yield page
+    context.close()
+    assert not page.errors, f"browser errors: {page.errors}"
 
 
 def shot(page, name):
@@ -187,21 +233,162 @@ def test_dashboard_log_and_cdrs(server, page):
     shot(page, "cdrs")
 
 
-def test_readable_on_a_phone(server, browser):
-    context = browser.new_context(
-        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+def card(row) -> dict:
+    """What a row shows as a card: {label: text} of its visible cells."""
+    return row.evaluate(
+        """tr => Object.fromEntries([...tr.cells]
+            .filter(td => getComputedStyle(td).display !== 'none')
+            .map(td => [td.dataset.label, td.innerText]))"""
     )
-    page = context.new_page()
+
+
+def no_sideways_scroll(page, width):
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, f"{page.url} is {scroll} px wide"
+
+
+def test_readable_on_a_phone(server, phone):
+    """Every page at 390 px: the page never scrolls sideways; wide tables
+    become a card per row with each value labelled, empty ones left out."""
+    for name, path, tbody in (
+        ("report", "/report", "records"),
+        ("dashboard", "/", "gateways"),
+        ("live-events", f"/gateways/{F.GW}/events", "events"),
+        ("log", "/log", "log"),
+        ("cdrs", "/cdrs", "cdrs"),
+        ("gateways", "/gateways", None),
+    ):
+        phone.goto(server + path)
+        no_sideways_scroll(phone, 390)
+        if tbody:
+            assert not phone.locator(f"#{tbody}").locator("xpath=..").locator(
+                "thead").is_visible()
+            first = phone.locator(f"#{tbody} tr").first
+            box = first.bounding_box()
+            assert box["width"] <= 372, (name, box)  # a card, not a wide row
+            label = first.locator("td").first.evaluate(
+                "td => getComputedStyle(td, '::before').content")
+            assert label not in ("none", "normal", '""'), (name, label)
+        shot(phone, f"phone-{name}")
+
+    # the report's card says what matters: every filled field, labelled
+    phone.goto(f"{server}/report?gateway={F.GW}")
+    shown = card(phone.locator("#records tr").first)
+    assert shown["Call-Ref"] == "75" and shown["Notation"] == "Call out"
+    assert shown["Dialed"] == "2252, 3" and shown["End"] == "10:02:07"
+    assert "PSTN Dial" not in shown  # empty: left out
+    # the dashboard: every gateway column is there, and the chart is legible
+    phone.goto(f"{server}/")
+    gw = card(phone.locator("#gateways tr").first)
+    assert gw["Last login"] == "2026-11-22 08:00:00" and gw["ASR"] == "40%"
+    assert gw["Open"] == "0" and gw["ACD"] == "00:02:27"
+    assert phone.locator("svg.chart.wide").is_hidden()
+    label = phone.locator("svg.chart.narrow text.axis").first
+    height = label.bounding_box()["height"]
+    assert height >= 11, f"chart labels are {height:.1f} px tall"
+    # the live page: a new event arrives as a card too
+    phone.goto(f"{server}/gateways/{F.GW}/events")
+    phone.wait_for_selector("#live.on", timeout=10_000)
+    new_id = phone.request.post(
+        f"{server}/_test/event?ref=93&type=RING_BACK&port=2").text()
+    row = phone.locator(f'#events tr[data-id="{new_id}"]')
+    row.wait_for(timeout=10_000)
+    shown = card(row)
+    assert shown["Event"] == "RING_BACK" and shown["#"] == "2", shown
+    no_sideways_scroll(phone, 390)
+
+
+def test_cdrs_line_visible_at_1280(server, page):
+    """Billing's column, the FireBrick line, is whole without scrolling."""
+    page.goto(f"{server}/cdrs?from=2026-11-20&to=2026-11-22")
+    box = page.locator(".scroll").first
+    assert box.evaluate("b => b.scrollWidth <= b.clientWidth")
+    for cell in page.locator("#cdrs td.line").all():
+        right = cell.bounding_box()["x"] + cell.bounding_box()["width"]
+        assert right <= 1280 - 16, right
+        assert cell.evaluate("td => td.scrollWidth <= td.clientWidth")
+    assert page.locator("#cdrs td.line").first.inner_text() in (
+        F.E1_CDR.line, F.E3_CDR.line, F.GW2_CDR.line)
+
+
+def test_report_has_no_empty_band_at_1280(server, page):
+    page.goto(f"{server}/report")
+    counts = page.locator(".counts").bounding_box()
+    table = page.locator(".scroll").first.bounding_box()
+    gap = table["y"] - (counts["y"] + counts["height"])
+    assert gap <= 40, f"{gap:.0f} px of nothing between the counts and the table"
+
+
+def test_dashboard_shows_the_outputs_as_an_operator_needs(server_with_outputs, page):
+    page.goto(f"{server_with_outputs}/")
+    radius = page.locator("#output-radius")
+    syslog = page.locator("#output-syslog")
+    assert radius.locator("h3 .pill").inner_text() == "behind"
+    assert "warn" in radius.get_attribute("class")
+    assert page.locator("#radius-age b").inner_text() == "00:01:35"
+    assert "warn" in page.locator("#radius-age").get_attribute("class")
+    servers = page.locator("#radius-servers tr")
+    assert servers.count() == 2
+    assert "down" in servers.nth(0).inner_text() and "2.7 ms" in servers.nth(1).inner_text()
+    assert syslog.locator("h3 .pill").inner_text() == "stalled"
+    assert "bad" in syslog.get_attribute("class")
+    assert "did not confirm" in page.locator("#syslog-problem").inner_text()
+    # problems are coloured: the stalled card's border is the "bad" red
+    border = syslog.evaluate("s => getComputedStyle(s).borderTopColor")
+    assert border == "rgb(179, 38, 30)", border
+    page.locator("h2", has_text="Outputs").scroll_into_view_if_needed()
+    shot(page, "dashboard-outputs")
+
+
+def test_dashboard_outputs_on_a_phone(server_with_outputs, phone):
+    phone.goto(f"{server_with_outputs}/")
+    no_sideways_scroll(phone, 390)
+    assert phone.locator("#output-syslog h3 .pill").inner_text() == "stalled"
+    shot(phone, "phone-dashboard-outputs")
+
+
+def test_live_badge_says_when_the_stream_is_refused_for_good(server, browser):
+    """A 401 or 400 ends an EventSource for good: no "reconnecting…" forever."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = watched(context, allowed=("401",))
     try:
-        for name, path in (
-            ("report", "/report"),
-            ("dashboard", "/"),
-            ("live-events", f"/gateways/{F.GW}/events"),
-        ):
-            page.goto(server + path)
-            # the page itself does not scroll sideways: wide tables scroll in their box
-            width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"{path} is {width} px wide on a phone"
-            shot(page, f"phone-{name}")
+        page.route("**/events/stream*", lambda route: route.fulfill(
+            status=401, body="authentication required\n", content_type="text/plain"))
+        page.goto(f"{server}/gateways/{F.GW}/events")
+        page.wait_for_selector("#live.off", timeout=10_000)
+        assert page.locator("#live").inner_text() == "live updates stopped: reload the page"
+        assert not page.errors, page.errors
+    finally:
+        context.close()
+
+
+def test_behind_basic_auth_the_live_page_streams(server_with_users, browser):
+    """Every request, the EventSource's too, carries the browser's
+    credentials: the live page goes live and shows a new event."""
+    url = server_with_users
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        anonymous = context.new_page()
+        for path in ("/report", f"/gateways/{F.GW}/events/stream", "/static/cdrd.js"):
+            assert anonymous.request.get(url + path).status == 401, path
+    finally:
+        context.close()
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": serve.USER, "password": serve.PASSWORD},
+    )
+    page = watched(context)
+    try:
+        r = page.goto(f"{url}/gateways/{F.GW}/events")
+        assert r.status == 200
+        page.wait_for_selector("#live.on", timeout=10_000)
+        new_id = page.request.post(f"{url}/_test/event?ref=94&type=DIAL&digits=555").text()
+        row = page.locator(f'#events tr[data-id="{new_id}"]')
+        row.wait_for(timeout=10_000)
+        assert row.locator("td:nth-child(5)").inner_text() == "555"
+        page.goto(f"{url}/report")
+        assert page.locator("#total").inner_text() == "8"
+        shot(page, "auth-live-events")
+        assert not page.errors, page.errors
     finally:
         context.close()

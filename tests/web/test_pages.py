@@ -24,7 +24,8 @@ async def test_report_opens_on_today_in_the_zone(make_site):
     assert 'Total Record Count <b id="total">8</b>' in html
     assert 'Filter Record Count <b id="filtered">8</b>' in html
     # Begin of E1 (10:00:00Z) in Kolkata, talk time as HH:MM:SS
-    assert "<td>15:30:00</td>" in html and "<td>00:02:00</td>" in html
+    assert '<td data-label="Begin">15:30:00</td>' in html
+    assert '<td data-label="Time">00:02:00</td>' in html
     for label in (
         "All",
         "Call In",
@@ -100,7 +101,8 @@ async def test_report_paging(make_site):
     html = text(body)
     assert "4–6 of 7" in html
     assert "offset=6" in html and "Previous</a>" in html
-    assert html.count("<tr><td>") == 3 and "<td>4</td><td>81</td>" in html
+    assert html.count('<tr><td data-label="#">') == 3
+    assert '<td data-label="#">4</td><td data-label="Call-Ref">81</td>' in html
 
 
 @pytest_twisted.ensureDeferred
@@ -193,7 +195,7 @@ async def test_dashboard(make_site):
     from tests.web.test_api import Calls
 
     site = await make_site(
-        calls=Calls(), status={"radius": lambda: {"depth": 3, "state": "failing-over"}}
+        calls=Calls(), status={"csv": lambda: {"directory": "var/cdrs", "written": 3}}
     )
     _, body = await site.get("/")
     html = text(body)
@@ -204,7 +206,8 @@ async def test_dashboard(make_site):
     )
     assert "2026-11-22 08:00:00" in html  # last login
     assert "<b>50%</b>" in html  # 3 answered of 6 attempts in the last 24 h
-    assert "<svg" in html and "failing-over" in html and "<h3>radius</h3>" in html
+    assert '<svg class="chart wide"' in html and '<svg class="chart narrow"' in html
+    assert "<h3>csv</h3>" in html and "var/cdrs" in html  # an output without a card of its own
     assert "00:01:00" in html  # the open call's age
 
 
@@ -219,6 +222,82 @@ async def test_static_files_and_security_headers(make_site):
         assert r.code == 404, bad
     r, _ = await site.get("/report")
     assert "script-src 'self'" in r.headers.getRawHeaders("content-security-policy")[0]
+
+
+# -- the outputs on the dashboard ------------------------------------------------
+
+RADIUS_OK = {
+    "enabled": True, "spool_depth": 0, "oldest_age": 0.0, "in_flight": 0, "queued": 0,
+    "open_legs": 2, "sent": 120, "answered": 120, "retransmissions": 4,
+    "interim_interval": 600, "vendor": 32473,
+    "servers": [
+        {"address": "192.0.2.10:1813", "active": True, "state": "up", "rtt_ms": 1.234,
+         "sent": 120, "answered": 120, "retransmissions": 4, "in_flight": 0,
+         "socket_buffer": 212992, "send_errors": 0},
+        {"address": "192.0.2.11:1813", "active": False, "state": "unknown", "rtt_ms": None,
+         "sent": 0, "answered": 0, "retransmissions": 0, "in_flight": 0,
+         "socket_buffer": 212992, "send_errors": 0},
+    ],
+}
+SYSLOG_OK = {
+    "target": "tcp:192.0.2.20:514", "format": "rfc5424", "facility": "local0",
+    "connected": True, "queued": 0, "in_flight": 3, "sent": 4000, "resent": 0,
+    "dropped": 0, "buffer": 100000, "last_error": "", "framing": "octet-counting",
+    "stalled": "", "connections": 12,
+}
+
+
+def output_card(html, key):
+    start = html.index(f'id="output-{key}"')
+    return html[html.rindex("<section", 0, start):html.index("</section>", start)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_outputs_healthy(make_site):
+    site = await make_site(status={"radius": lambda: RADIUS_OK, "syslog": lambda: SYSLOG_OK})
+    _, body = await site.get("/")
+    html = text(body)
+    radius, syslog = output_card(html, "radius"), output_card(html, "syslog")
+    assert 'class="card output"' in radius and ">delivering</span>" in radius
+    assert "192.0.2.10:1813 <b>(active)</b>" in radius and "1.2 ms" in radius
+    assert '<span class="pill on">up</span>' in radius and ">unknown</span>" in radius
+    assert "Retransmissions</span><b>4</b>" in radius
+    assert 'class="card output"' in syslog and ">delivering</span>" in syslog
+    assert "tcp:192.0.2.20:514 · rfc5424, octet-counting · local0" in syslog
+    assert 'id="syslog-problem"' not in syslog
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_outputs_problems_stand_out(make_site):
+    radius = {
+        **RADIUS_OK,
+        "spool_depth": 1523,
+        "oldest_age": 3725.4,
+        "servers": [
+            {**RADIUS_OK["servers"][0], "state": "down", "send_errors": 7},
+            {**RADIUS_OK["servers"][1], "state": "down"},
+        ],
+    }
+    syslog = {
+        **SYSLOG_OK, "queued": 20000, "dropped": 12,
+        "stalled": "the collector did not confirm (close its end) within 5 s",
+    }
+    site = await make_site(status={"radius": lambda: radius, "syslog": lambda: syslog})
+    _, body = await site.get("/")
+    html = text(body)
+    r, s = output_card(html, "radius"), output_card(html, "syslog")
+    assert 'class="card output bad"' in r and "no server answers" in r
+    assert 'class="figure bad" id="radius-age"><span>Oldest unsent</span><b>01:02:05</b>' in r
+    assert 'id="radius-depth"><span>Spool depth</span><b>1523</b>' in r
+    assert '<td data-label="Send errors" class="cause">7</td>' in r
+    assert 'class="card output bad"' in s and ">stalled</span>" in s
+    assert 'class="figure bad" id="syslog-dropped"><span>Dropped</span><b>12</b>' in s
+    assert "did not confirm (close its end) within 5 s</p>" in s
+    # a status that fails is shown as such, not as a broken page
+    site = await make_site(status={"syslog": lambda: 1 / 0})
+    _, body = await site.get("/")
+    s = output_card(text(body), "syslog")
+    assert "could not be read" in s and "ZeroDivisionError" in s
 
 
 # -- CSV: formulas, back-pressure ---------------------------------------------------

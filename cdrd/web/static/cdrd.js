@@ -3,9 +3,13 @@
   "use strict";
   var MAX_ROWS = 500;
 
-  function cell(text, cls) {
+  // the column names, as the server's rows carry them (the phone's cards show them)
+  var LABELS = ["Time", "Call-Ref", "#", "Event", "Dialed", "Caller-ID", "Info", "P-Port"];
+
+  function cell(text, label, cls) {
     var td = document.createElement("td");
     td.textContent = text === null || text === undefined ? "" : String(text);
+    td.dataset.label = label;
     if (cls) td.className = cls;
     return td;
   }
@@ -14,9 +18,9 @@
     var tr = document.createElement("tr");
     tr.dataset.id = ev.id;
     tr.className = "new";
-    [ev.time, ev.ref, ev.port].forEach(function (v) { tr.appendChild(cell(v)); });
-    tr.appendChild(cell(ev.type, "ev-type " + String(ev.type).toLowerCase()));
-    [ev.digits, ev.cli, ev.info, ev.pport].forEach(function (v) { tr.appendChild(cell(v)); });
+    [ev.time, ev.ref, ev.port, ev.type, ev.digits, ev.cli, ev.info, ev.pport].forEach(function (v, i) {
+      tr.appendChild(cell(v, LABELS[i], i === 3 ? "ev-type " + String(v).toLowerCase() : ""));
+    });
     return tr;
   }
 
