@@ -37,6 +37,7 @@ class MemoryStore:
         self._cdrs = {}  # id -> Cdr, written order
         self._cursors = {}
         self._outbox = {}  # sink -> {id: OutboxItem}, ids increasing
+        self._outbox_ids = {}  # sink -> ids in order, deleted ones included until compacted
         self._next_event = 1
         self._next_log = 1
         self._next_outbox = 1
@@ -102,6 +103,7 @@ class MemoryStore:
             self._cursors[c.gateway] = c
         for item in outbox:
             self._outbox.setdefault(item.sink, {})[item.id] = item
+            self._outbox_ids.setdefault(item.sink, []).append(item.id)
         self._next_outbox = next_outbox
         for sink, item_id in batch.outbox_done:
             self._outbox.get(sink, {}).pop(item_id, None)
@@ -209,12 +211,17 @@ class MemoryStore:
         ])
 
     def outbox(self, sink, after_id, limit):
-        # ids increase in insertion order, and dicts keep that order
+        items = self._outbox.get(sink, {})
+        ids = self._outbox_ids.get(sink, [])
+        if len(ids) > 2 * len(items) + 64:
+            ids[:] = [i for i in ids if i in items]  # drop the deleted ones
         out = []
-        for item_id, item in self._outbox.get(sink, {}).items():
+        # a page costs its own length, not the outbox's
+        for k in range(bisect.bisect_right(ids, after_id), len(ids)):
             if len(out) >= limit:
                 break
-            if item_id > after_id:
+            item = items.get(ids[k])
+            if item is not None:
                 out.append(item)
         return defer.succeed(out)
 
