@@ -98,6 +98,9 @@ class CallQuery:
     filter: str = "all"
     limit: int = 100
     offset: int = 0
+    #: keyset paging (exports): only records after this (begin, id) in the
+    #: page order; `total` and `filtered` still count the whole search
+    after: tuple[int, str] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
 
 
 @frozen
@@ -133,6 +136,9 @@ class CdrQuery:
     call: str | None = None
     limit: int = 100
     offset: int = 0
+    #: keyset paging (exports): only CDRs written after the CDR of this id;
+    #: the total still counts the whole search
+    after: str | None = None
 
 
 @frozen
@@ -197,7 +203,8 @@ class IStore(Interface):
         """Deferred[list[CallEvent]] for an EventQuery."""
 
     def events_after(gateway, after_id, limit):
-        """Replay: Deferred[list[CallEvent]] of `gateway` with id > after_id, by id."""
+        """Replay: Deferred[list[CallEvent]] of `gateway` (None: every
+        gateway) with id > after_id, by id."""
 
     def calls(query):
         """Deferred[CallPage] for a CallQuery, ordered by begin then id."""

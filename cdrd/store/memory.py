@@ -143,7 +143,7 @@ class MemoryStore:
         for e in self._events[start:]:
             if len(out) >= limit:
                 break
-            if e.gateway == gateway:
+            if gateway is None or e.gateway == gateway:
                 out.append(e)
         return defer.succeed(out)
 
@@ -163,7 +163,10 @@ class MemoryStore:
         else:
             return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
         chosen.sort(key=lambda r: (r.begin, r.id))
-        page = tuple(chosen[query.offset:query.offset + query.limit])
+        page = chosen
+        if query.after is not None:
+            page = [r for r in chosen if (r.begin, r.id) > query.after]
+        page = tuple(page[query.offset:query.offset + query.limit])
         return defer.succeed(CallPage(total=len(base), filtered=len(chosen), records=page))
 
     def call_quarters(self, gateway, since, until):
@@ -199,7 +202,11 @@ class MemoryStore:
             and (query.call is None or c.call == query.call)
             and _within(c.start, query.since, query.until)
         ]
-        return defer.succeed((len(out), out[query.offset:query.offset + query.limit]))
+        page = out
+        if query.after is not None and query.after in self._cdrs:
+            written = {cdr_id: n for n, cdr_id in enumerate(self._cdrs)}
+            page = [c for c in out if written[c.id] > written[query.after]]
+        return defer.succeed((len(out), page[query.offset:query.offset + query.limit]))
 
     def cursors(self):
         return defer.succeed(dict(self._cursors))

@@ -354,11 +354,16 @@ class SqlStore:
         return self._read(q)
 
     def events_after(self, gateway, after_id, limit):
+        where = _Where()
+        if gateway is not None:
+            where.add("gateway = ?", gateway)
+        where.add("id > ?", after_id)
+
         def q(cur):
             rows = self._exec(
                 cur,
-                f"SELECT {EVENT_COLS} FROM events WHERE gateway = ? AND id > ? ORDER BY id LIMIT ?",
-                (gateway, after_id, limit),
+                f"SELECT {EVENT_COLS} FROM events{where.sql} ORDER BY id LIMIT ?",
+                (*where.params, limit),
             ).fetchall()
             return [_event(r) for r in rows]
         return self._read(q)
@@ -378,7 +383,12 @@ class SqlStore:
             match, match_params = "pstn = 1", ()
         else:
             match, match_params = "notation = ?", (FILTER_NOTATION[query.filter],)
-        filtered_where = " AND ".join([*where.terms, match])
+        page_terms, page_params = [*where.terms, match], [*where.params, *match_params]
+        if query.after is not None:
+            begin, after_id = query.after
+            page_terms.append("(begin_ms > ? OR (begin_ms = ? AND id > ?))")
+            page_params += [begin, begin, after_id]
+        filtered_where = " AND ".join(page_terms)
 
         def q(cur):
             total, filtered = self._call_counts(
@@ -393,7 +403,7 @@ class SqlStore:
                     f"SELECT {CALL_COLS} FROM calls WHERE id IN ("
                     f" SELECT id FROM calls WHERE {filtered_where}"
                     f" ORDER BY begin_ms, id LIMIT ? OFFSET ?) ORDER BY begin_ms, id",
-                    (*where.params, *match_params, query.limit, query.offset),
+                    (*page_params, query.limit, query.offset),
                 ).fetchall()
                 records = tuple(_record(r) for r in rows)
             return CallPage(total=int(total), filtered=int(filtered), records=records)
@@ -500,6 +510,10 @@ class SqlStore:
         if query.call is not None:
             where.add("call = ?", query.call)
         where.range("start", query.since, query.until)
+        page_where = _Where()
+        page_where.terms, page_where.params = list(where.terms), list(where.params)
+        if query.after is not None:
+            page_where.add("seq > COALESCE((SELECT seq FROM cdrs WHERE id = ?), 0)", query.after)
 
         def q(cur):
             total = self._exec(cur, f"SELECT COUNT(*) FROM cdrs{where.sql}", where.params).fetchone()[0]
@@ -508,8 +522,8 @@ class SqlStore:
                 rows = self._exec(
                     cur,
                     f"SELECT {CDR_COLS} FROM cdrs WHERE seq IN ("
-                    f" SELECT seq FROM cdrs{where.sql} ORDER BY seq LIMIT ? OFFSET ?) ORDER BY seq",
-                    (*where.params, query.limit, query.offset),
+                    f" SELECT seq FROM cdrs{page_where.sql} ORDER BY seq LIMIT ? OFFSET ?) ORDER BY seq",
+                    (*page_where.params, query.limit, query.offset),
                 ).fetchall()
                 page = [_cdr(r) for r in rows]
             return int(total), page

@@ -124,6 +124,9 @@ class StoreContract:
         assert [e.seq for e in await store.events_after(KEY, 0, 100)] == [1, 2, 3, 4, 5]
         assert [e.seq for e in await store.events_after(KEY2, 0, 100)] == [1]
         assert await store.events_after(KEY, ids[4], 100) == []
+        # every gateway
+        assert [(e.gateway, e.seq) for e in await store.events_after(None, ids[3], 100)] == [
+            (KEY, 5), (KEY2, 1)]
 
     # -- gateway log ----------------------------------------------------------
 
@@ -234,6 +237,24 @@ class StoreContract:
                         total, filtered, expected), q
 
     @deferred_test
+    async def test_calls_keyset_pages_walk_the_search_once(self, store):
+        records = random_records(300)
+        await store.write(WriteBatch(records=records))
+        for flt in ("all", "pstn", "out"):
+            q = CallQuery(gateway=KEY, since=DAY - 24 * HOUR, until=DAY + 48 * HOUR, filter=flt, limit=7)
+            total, filtered, _ = oracle_calls(records, evolve(q, limit=1000))
+            seen, after = [], None
+            while True:
+                page = await store.calls(evolve(q, after=after))
+                assert (page.total, page.filtered) == (total, filtered)
+                if not page.records:
+                    break
+                seen += page.records
+                after = (page.records[-1].begin, page.records[-1].id)
+            assert seen == oracle_calls(records, evolve(q, limit=1000))[2]
+            assert len(seen) == filtered > 7
+
+    @deferred_test
     async def test_calls_boundaries_and_tie_order(self, store):
         a = record(2, DAY, notation="Call in")
         b = record(1, DAY, notation="Call in")  # same begin: id order
@@ -335,6 +356,11 @@ class StoreContract:
         assert await store.cdrs(CdrQuery(limit=1, offset=1)) == (3, [b])
         assert await store.cdrs(CdrQuery(cui="nobody")) == (0, [])
         assert (await store.cdrs(CdrQuery(cui="ACCT-2")))[1][0].line.endswith(",-busy,ACCT-2,2252,201")
+        # keyset paging in written order; the total counts the whole search
+        assert await store.cdrs(CdrQuery(after=a.id)) == (3, [b, c])
+        assert await store.cdrs(CdrQuery(after=b.id, limit=5)) == (3, [c])
+        assert await store.cdrs(CdrQuery(cui="ACCT-1", after=a.id)) == (2, [c])
+        assert await store.cdrs(CdrQuery(after=c.id)) == (3, [])
 
     # -- outbox ---------------------------------------------------------------
 
