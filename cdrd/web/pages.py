@@ -25,7 +25,6 @@ NAV = (
 )
 
 #: notations counted as call attempts for ASR (Hook On/Off and Other are not)
-ATTEMPTS = {"Call out", "Call out failed", "Call in", "Call in reject"}
 
 
 def nav(current: str) -> str:
@@ -419,27 +418,25 @@ def cdrs(*, search, total, cdrs, clocks, keys) -> str:
 # -- the dashboard -------------------------------------------------------------------
 
 
-def _asr_acd(records) -> tuple[int, int, str, str]:
-    attempts = [r for r in records if r.notation in ATTEMPTS]
-    answered = [r for r in attempts if r.connect is not None]
-    asr = f"{100 * len(answered) / len(attempts):.0f}%" if attempts else "–"
-    talk = [r.talk or 0 for r in answered]
-    acd = hhmmss(sum(talk) // len(talk)) if talk else "–"
-    return len(attempts), len(answered), asr, acd
+def _asr_acd(stats) -> tuple[int, int, str, str]:
+    """ASR and ACD over CallStats: answered attempts / attempts, mean talk."""
+    attempts = sum(s.attempts for s in stats)
+    answered = sum(s.attempts_answered for s in stats)
+    asr = f"{100 * answered / attempts:.0f}%" if attempts else "–"
+    acd = hhmmss(sum(s.talk for s in stats) // answered) if answered else "–"
+    return attempts, answered, asr, acd
 
 
-def _chart(records, since: int, hours: int, clocks) -> str:
+def _chart(stats, since: int, hours: int, clocks) -> str:
     """Calls per hour: a wide chart, and a narrow one for phones (the wide
     one's labels would shrink to 5 px there); CSS shows one of them."""
     answered = [0] * hours
     other = [0] * hours
-    for r in records:
-        h = (r.begin - since) // 3_600_000
+    for st in stats:
+        h = (st.start - since) // 3_600_000
         if 0 <= h < hours:
-            if r.connect is not None:
-                answered[h] += 1
-            else:
-                other[h] += 1
+            answered[h] += st.answered
+            other[h] += st.calls - st.answered
     top = max([a + o for a, o in zip(answered, other, strict=True)] + [2])
     top += top % 2  # even, so the middle grid line is a whole number of calls
     wide = _chart_svg(answered, other, top, since, clocks, "wide", 720, 180, 3, 11)
@@ -653,28 +650,28 @@ def dashboard(
     gateways,
     configured,
     open_calls,
-    records,
-    complete,
+    stats,
     since,
     hours,
     outputs,
 ) -> str:
+    """`stats`: CallStats per gateway and hour of the last `hours` hours."""
     by_gw = defaultdict(list)
-    for r in records:
-        by_gw[r.gateway].append(r)
+    for st in stats:
+        by_gw[st.gateway].append(st)
     open_by_gw = defaultdict(int)
     for c in open_calls or ():
         open_by_gw[c.gateway] += 1
     states = {g.key: g for g in gateways}
     keys = sorted(set(states) | set(configured))
     online = sum(1 for g in gateways if g.online)
-    attempts, answered, asr, acd = _asr_acd(records)
+    attempts, answered, asr, acd = _asr_acd(stats)
 
     cards = f"""
 <div class="cards">
   <div class="card stat"><span>Gateways online</span><b id="online">{online}</b><small>of {len(keys)}</small></div>
   <div class="card stat"><span>Open calls</span><b id="open">{"–" if open_calls is None else len(open_calls)}</b><small>now</small></div>
-  <div class="card stat"><span>Calls</span><b>{len(records)}{"" if complete else "+"}</b><small>last {hours} h</small></div>
+  <div class="card stat"><span>Calls</span><b>{sum(st.calls for st in stats)}</b><small>last {hours} h</small></div>
   <div class="card stat"><span>ASR</span><b>{asr}</b><small>{answered} of {attempts} attempts</small></div>
   <div class="card stat"><span>ACD</span><b>{acd}</b><small>per answered call</small></div>
 </div>"""
@@ -714,7 +711,7 @@ def dashboard(
             + _td("FXS/FXO/ISDN", ports)
             + _td("Clock skew", skew)
             + _td("Open", str(open_by_gw.get(k, 0)))
-            + _td(f"Calls {hours} h", str(len(by_gw.get(k, ()))))
+            + _td(f"Calls {hours} h", str(sum(st.calls for st in by_gw.get(k, ()))))
             + _td("ASR", g_asr)
             + _td("ACD", g_acd)
             + _td("", f'<a href="{link("/report", gateway=k)}">report</a> · <a href="{link("/log", gateway=k)}">log</a>', "links")
@@ -766,18 +763,13 @@ def dashboard(
         open_html = '<p class="muted">No call in progress.</p>'
     outs = _outputs(outputs)
     outs_html = f'<h2>Outputs</h2><div class="outputs">{outs}</div>' if outs else ""
-    note = (
-        ""
-        if complete
-        else '<p class="muted">Busy day: figures are from the first records only.</p>'
-    )
     return f"""
 <h1>Dashboard <small>{esc(clocks.datetime(now))}</small></h1>
 {cards}
 <h2>Gateways</h2>
 {gw_table}
 <div class="two">
-  <section class="card"><h2>Calls per hour</h2>{_chart(records, since, hours, clocks)}{note}</section>
+  <section class="card"><h2>Calls per hour</h2>{_chart(stats, since, hours, clocks)}</section>
   <section class="card"><h2>Open calls</h2>{open_html}</section>
 </div>
 {outs_html}"""
