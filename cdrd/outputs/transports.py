@@ -306,13 +306,16 @@ class TcpTarget:
         self._stopped: list[defer.Deferred] = []
         self._listener = None
         self._stall = ""  # why the collector counts as stalled, "" when it is not
+        # closed cleanly to confirm, reconnecting at once: still "connected"
+        # for the operator (a status must not flicker at every confirmation)
+        self._between = False
         self.connections = 0
         self.confirmations = 0
         self.last_error = ""
 
     @property
     def connected(self) -> bool:
-        return self._protocol is not None
+        return self._protocol is not None or self._between
 
     @property
     def ready(self) -> bool:
@@ -340,6 +343,7 @@ class TcpTarget:
         its end (what it confirms is reported), then abort.
         """
         self._running = False
+        self._between = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -372,6 +376,7 @@ class TcpTarget:
 
         def failed(reason):
             self._attempt = None
+            self._between = False
             if reason.check(defer.CancelledError) or not self._running:
                 return
             self.last_error = reason.getErrorMessage()
@@ -427,6 +432,7 @@ class TcpTarget:
             protocol.transport.abortConnection()
             return
         self._protocol = protocol
+        self._between = False
         self._paused_at = None
         self._closing = False
         self.connections += 1
@@ -454,6 +460,7 @@ class TcpTarget:
             self._failures = 0
             self.last_error = ""
             self.confirmations += 1
+            self._between = self._running
             self._listener.target_confirmed()
             if self._running:
                 self._retry_later(0)

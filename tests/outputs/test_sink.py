@@ -316,6 +316,8 @@ def test_tcp_octet_counting_and_confirmation_by_the_collectors_close():
     settle(reactor)
     assert store.payloads() == []
     assert sink.status()["in_flight"] == 0
+    # a confirmation is no outage: the status does not flicker to disconnected
+    assert sink.status()["connected"] is True
     # and the next connection is made at once, for the next lines
     assert len(reactor.tcpClients) == 2
     protocol, transport = connect(reactor)
