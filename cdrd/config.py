@@ -137,12 +137,18 @@ class WebConfig:
 
 
 @frozen
+class CsvConfig:
+    directory: str | None = None  # None: off; else cdrs-YYYY-MM-DD.csv files there
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     gateways: Mapping[str, GatewayConfig] = field(factory=dict)
     radius: RadiusConfig = field(factory=RadiusConfig)
     syslog: SyslogConfig = field(factory=SyslogConfig)
     web: WebConfig = field(factory=WebConfig)
+    csv: CsvConfig = field(factory=CsvConfig)
 
     def gateway(self, key: str) -> GatewayConfig | None:
         return self.gateways.get(key)
@@ -220,13 +226,14 @@ def _kind_name(kind) -> str:
 
 def parse(data: Mapping[str, Any]) -> Config:
     root = _Section("", dict(data))
-    root.unknown({"server", "gateways", "radius", "syslog", "web"})
+    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv"})
     return Config(
         server=_server(root.table("server")),
         gateways=_gateways(root.table("gateways")),
         radius=_radius(root.table("radius")),
         syslog=_syslog(root.table("syslog")),
         web=_web(root.table("web")),
+        csv=_csv(root.table("csv")),
     )
 
 
@@ -416,6 +423,12 @@ def _syslog(s: _Section) -> SyslogConfig:
 WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-9a-f]{2,128}\$[0-9a-f]{2,256}\Z")
 
 
+def _csv(s: _Section) -> CsvConfig:
+    s.unknown({"directory"})
+    directory = s.text("directory", None, limit=4096)
+    return CsvConfig(directory=directory or None)
+
+
 def _web(s: _Section) -> WebConfig:
     s.unknown({"users", "realm"})
     users = s.table("users")
@@ -427,6 +440,12 @@ def _web(s: _Section) -> WebConfig:
         if not WEB_PASSWORD_HASH.match(value):
             # never echo the value: it may be a password pasted by mistake
             raise ConfigError(users.setting(name), "not a password hash; make one with cdrd-passwd")
+        from cdrd.web.auth import parse_hash  # the bounds the checker applies
+
+        try:
+            parse_hash(value)
+        except ValueError as e:  # its message never echoes the value
+            raise ConfigError(users.setting(name), str(e)) from None
         out[name] = value
     realm = s.text("realm", "cdrd", limit=64)
     if '"' in realm or not realm.isprintable():

@@ -148,6 +148,9 @@ class CdrdService(MultiService):
         self.calls = None
         self.gateways = None
         self.listeners: list[Listener] = []
+        # called when this node lost the store (PostgreSQL's active lock):
+        # makeService stops the process with a failure status
+        self.lost = defer.Deferred()
 
     def privilegedStartService(self):
         # No child binds a port here: twistd calls this before startService,
@@ -167,6 +170,15 @@ class CdrdService(MultiService):
         try:
             await self.store.open()
         except Exception as e:
+            error = redact(str(e).strip() or type(e).__name__, url)
+            raise StartupError(f"server.database {safe_url(url)}: {error}") from None
+        try:
+            # one writer per store: a second cdrd on a SQLite file stops here;
+            # a PostgreSQL standby waits here until the active node is gone
+            await self.store.activate(on_lost=self._lost_store)
+        except Exception as e:
+            if not self.running:
+                return
             error = redact(str(e).strip() or type(e).__name__, url)
             raise StartupError(f"server.database {safe_url(url)}: {error}") from None
         await self._mark_offline()
@@ -192,6 +204,14 @@ class CdrdService(MultiService):
         stale = [evolve(g, online=False) for g in await self.store.gateways() if g.online]
         if stale:
             await self.store.write(WriteBatch(gateways=stale))
+
+    def _lost_store(self):
+        self.log.critical(
+            "cdrd lost the store's active lock (another node may be active now): stopping;"
+            " the gateways will reconnect and resend what was not acknowledged"
+        )
+        if not self.lost.called:
+            self.lost.callback(None)
 
     def _failed(self, failure):
         if failure.check(StartupError):
@@ -262,6 +282,13 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         sinks.append(syslog)
         outputs.append(syslog)
         status["syslog"] = syslog.status
+    if config.csv.directory:
+        from cdrd.outputs.csvfile import CsvFileSink
+
+        csvfile = CsvFileSink(config.csv.directory, reactor, config.server.timezone)
+        sinks.append(csvfile)
+        outputs.append(csvfile)
+        status["csv"] = csvfile.status
 
     def live(batch, result):
         if result.events:
@@ -314,4 +341,5 @@ def makeService(options) -> CdrdService:
         reactor.callWhenRunning(reactor.stop)
 
     service.ready.addErrback(failed)
+    service.lost.addCallback(failed)
     return service

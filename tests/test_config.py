@@ -35,6 +35,7 @@ def test_example_file_lists_every_setting_with_its_default():
     sections = {
         "server": C.ServerConfig, 'gateways."8200_000C2A020082"': C.GatewayConfig,
         "radius": C.RadiusConfig, "syslog": C.SyslogConfig, "web": C.WebConfig,
+        "csv": C.CsvConfig,
     }
     not_default = {("server", "allow_unknown_gateways"), ("gateways", "ports"), ("gateways", "lines")}
     for section, cls in sections.items():
@@ -67,6 +68,11 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"syslog": {"target": "carrier-pigeon:1"}}, "syslog.target"),
         ({"syslog": {"facility": "local9"}}, "syslog.facility"),
         ({"gateways": {"8200": {}}}, 'gateways."8200"'),
+        ({"csv": {"directory": 7}}, "csv.directory"),
+        ({"csv": {"dir": "x"}}, "csv.dir"),
+        # a hash a request could not afford to check (n = 2**20, 128 MiB)
+        ({"web": {"users": {"admin": "scrypt$1048576$8$1$" + "ab" * 16 + "$" + "cd" * 32}}},
+         "web.users.admin"),
         ({"gateways": {"8200_000C2A020082": {"ports": {"1": {"cui": "x" * 65}}}}},
          "gateways.8200_000C2A020082.ports.1.cui"),
     ],
@@ -140,3 +146,9 @@ def test_a_wrong_database_url_is_not_echoed_with_its_password():
     assert e.value.setting == "server.database"
     assert "hunter2" not in str(e.value) and "hunter3" not in str(e.value)
     assert "mysql://root:***@db/cdrd?password=***" in str(e.value)
+
+
+def test_csv_files_are_off_unless_a_directory_is_set():
+    assert C.parse({}).csv.directory is None
+    assert C.parse({"csv": {"directory": ""}}).csv.directory is None
+    assert C.parse({"csv": {"directory": "var/cdrs"}}).csv.directory == "var/cdrs"

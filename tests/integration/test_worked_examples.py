@@ -88,7 +88,8 @@ def events():
 
 
 def test_worked_examples_byte_for_byte(tmp_path):
-    daemon = Daemon(tmp_path, PORTS).start()
+    csv_dir = tmp_path / "cdrs"
+    daemon = Daemon(tmp_path, PORTS + f'\n[csv]\ndirectory = "{csv_dir}"\n').start()
     try:
         client = GatewayClient(daemon.gateway_port)
         assert client.login().verb == "OK"
@@ -105,6 +106,11 @@ def test_worked_examples_byte_for_byte(tmp_path):
 
         found = daemon.wait_for(cdrs, what="all CDRs")
         assert [c["line"] for c in found] == CDRS
+        # the optional CSV file of the day holds the same lines
+        day_file = csv_dir / "cdrs-2026-11-22.csv"
+        daemon.wait_for(lambda: day_file.exists() and day_file.read_text().count("\n") >= len(CDRS),
+                        what="the CSV file")
+        assert day_file.read_text().splitlines() == CDRS
 
         page = daemon.api("/api/calls?gateway=8200_000C2A020082&from=2026-11-22&to=2026-11-22")
         assert page["total"] == page["filtered"] == 6
