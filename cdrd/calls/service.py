@@ -136,9 +136,29 @@ class CallService(Service):
             self.writer.remove_listener(self._committed)
         except ValueError:
             pass
+        if self._retry is not None and self._retry.active():
+            # the store refuses our writes: stopping must not wait for it
+            self._retry.cancel()
+            self._retry = None
+            self._left_for_replay()
         d = self.idle()
         d.addCallback(self._stopped)
         return d
+
+    def _left_for_replay(self) -> None:
+        """
+        Drop what waits for a store that refuses it: nothing is lost, since
+        the cursors of those products were not written either, so the next
+        start replays their events and makes them again.
+        """
+        pending, self._pending = self._pending, _Pending()
+        if pending:
+            self.log.warn(
+                "calls: stopping with {products} products unwritten (the store refused"
+                " them); the next start makes them again from the stored events",
+                products=len(pending.products),
+            )
+        self._maybe_idle()
 
     def _stopped(self, _) -> None:
         held, self._held = self._held, {}
@@ -430,6 +450,9 @@ class CallService(Service):
         later, self._pending = self._pending, pending
         pending.products.extend(later.products)
         pending.cursors.update(later.cursors)
+        if not self.running:
+            self._left_for_replay()
+            return
         self._retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
 
     def _retry_now(self) -> None:

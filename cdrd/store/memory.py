@@ -42,6 +42,7 @@ class MemoryStore:
         self._next_log = 1
         self._next_outbox = 1
         self.opened = False
+        self.closed = False  # close() was called: writes fail, as on a real store
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -51,6 +52,7 @@ class MemoryStore:
 
     def close(self):
         self.opened = False
+        self.closed = True
         return defer.succeed(None)
 
     def activate(self, on_lost=None, poll=None):
@@ -59,6 +61,10 @@ class MemoryStore:
     # -- the one way in ----------------------------------------------------
 
     def write(self, batch):
+        if self.closed:
+            from cdrd.store.sqlite import StoreClosed
+
+            return defer.fail(StoreClosed("the memory store is closed"))
         try:
             return defer.succeed(self._write(batch))
         except Exception:

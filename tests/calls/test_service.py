@@ -246,6 +246,28 @@ def test_failed_product_write_is_retried_in_order():
     assert [describe(o).encode() for o in rig.sink.seen] == outbox
 
 
+def test_stopping_does_not_wait_for_a_store_that_refuses_and_the_next_start_makes_it_all():
+    store = FlakyStore()
+    rig = Rig(store=store)
+    rig.login()
+    store.fail_next = 10**6  # the store refuses every product write
+    rig.send(unstamped(parse_events(E4)))
+    rig.clock.advance(1)
+    pump(rig.clock)
+    assert rig.results()[1] == []  # nothing written yet, retrying
+    with capturedLogs() as logged:
+        d = rig.service.stopService()
+        pump(rig.clock)
+    assert d.called  # did not wait for the store
+    assert any("the next start makes them again" in e["log_format"] for e in logged)
+    rig.writer.stopService()
+    store.fail_next = 0  # the operator freed the disk; cdrd starts again
+    again = Rig(store=store)
+    _, lines, outbox = again.results()
+    assert len(lines) == 2 and len(outbox) == len(
+        [o for o in run_model(parse_events(E4))])
+
+
 # -- restart safety --------------------------------------------------------
 
 

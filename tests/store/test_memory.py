@@ -5,7 +5,9 @@ from pytest_twisted import blockon
 
 from cdrd.store import open_store
 from cdrd.store.memory import MemoryStore
-from tests.store.contract import StoreContract
+from tests.store.contract import StoreContract, deferred_test
+from tests.store.values import event
+from cdrd.interfaces import WriteBatch
 
 
 class TestMemoryStore(StoreContract):
@@ -24,3 +26,13 @@ def test_memory_deferreds_have_fired():
     store.open().addCallback(results.append)
     store.gateways().addCallback(results.append)
     assert results == [None, []]
+
+
+@deferred_test
+async def test_no_write_after_close():
+    """Other rooms' unit tests can catch a write after close, as on a real store."""
+    store = MemoryStore()
+    await store.write(WriteBatch(events=[event(1)]))  # open() is optional here
+    await store.close()
+    with pytest.raises(Exception, match="closed"):
+        await store.write(WriteBatch(events=[event(2)]))
