@@ -9,7 +9,7 @@ CONFIG ?= etc/cdrd.toml
 # Debian packages the integration tests start as real peers.
 SYSTEM_PACKAGES := freeradius freeradius-utils rsyslog chromium postgresql
 
-.PHONY: run test unit integration venv system-deps postgresql bench clean
+.PHONY: run test unit integration lint venv system-deps postgresql bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,11 @@ run: venv
 	mkdir -p var
 	$(VENV)/bin/twistd -n cdrd --config $(CONFIG)
 
-test: system-deps venv
+test: system-deps venv lint
 	$(PY) -m pytest tests
+
+lint: venv
+	$(VENV)/bin/ruff check cdrd tests bench twisted
 
 unit: venv
 	$(PY) -m pytest tests -m "not integration"
@@ -64,6 +67,8 @@ integration: system-deps venv
 bench: venv
 	$(PY) bench/ingest.py
 	$(PY) bench/calls.py
+	$(PY) bench/radius.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

@@ -44,8 +44,10 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "TOML config file (see etc/cdrd.toml); defaults apply without one"],
-        ["gateway-endpoint", None, None, "gateway listener, a Twisted endpoint (server.gateway_endpoint; default tcp:6510)"],
-        ["web-endpoint", None, None, "web listener, a Twisted endpoint (server.web_endpoint; default tcp:8080:interface=127.0.0.1)"],
+        ["gateway-endpoint", None, None,
+         "gateway listener, a Twisted endpoint (server.gateway_endpoint; default tcp:6510)"],
+        ["web-endpoint", None, None,
+         "web listener, a Twisted endpoint (server.web_endpoint; default tcp:8080:interface=127.0.0.1)"],
         ["database", None, None, "sqlite:PATH or postgresql://... (server.database; default sqlite:var/cdrd.sqlite)"],
         ["timezone", None, None, "zone of the report pages (server.timezone; default UTC)"],
     ]

@@ -244,7 +244,8 @@ class GatewayProtocol(Protocol):
     def _timed_out(self):
         now = self.now()
         if self.phase == LOGGED_IN:
-            self._log.append(self.entry(S.IDLE_TIMEOUT, f"silent for {self.factory.config.server.idle_timeout:g} s", now))
+            silent = f"silent for {self.factory.config.server.idle_timeout:g} s"
+            self._log.append(self.entry(S.IDLE_TIMEOUT, silent, now))
         else:
             self._log.append(self.entry(S.DISCONNECT, f"no LOGIN within {LOGIN_TIMEOUT:g} s", now))
         self._flush()

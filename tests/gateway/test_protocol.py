@@ -214,7 +214,7 @@ def test_bad_field_still_stored_and_acked(h):
 def test_ten_bad_packets_in_a_minute_close(h):
     proto = h.login()
     h.replies(proto)
-    for i in range(9):
+    for _ in range(9):
         h.send(proto, "EV seq=oops ref=1 type=X")
         h.clock.advance(5)
     assert not proto.tr.disconnecting

@@ -3,11 +3,11 @@
 import pytest
 from pytest_twisted import blockon
 
+from cdrd.interfaces import WriteBatch
 from cdrd.store import open_store
 from cdrd.store.memory import MemoryStore
 from tests.store.contract import StoreContract, deferred_test
 from tests.store.values import event
-from cdrd.interfaces import WriteBatch
 
 
 class TestMemoryStore(StoreContract):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from attrs import evolve
-
 from datetime import date  # noqa: F401  (tests build days with F.date)
+
+from attrs import evolve
 
 from cdrd import config as C
 from cdrd.interfaces import WriteBatch
