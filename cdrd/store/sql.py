@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-from attrs import evolve
 from twisted.logger import Logger
 
 from cdrd.interfaces import CallPage, CallStats, ModelCursor, OutboxItem, WriteResult
@@ -127,6 +126,26 @@ class _Where:
         return " WHERE " + " AND ".join(self.terms) if self.terms else ""
 
 
+#: rows of one multi-row INSERT, and its parameters at most (SQLite allows
+#: 32 766 since 3.32; PostgreSQL 65 535)
+MAX_ROWS = 500
+MAX_PARAMS = 30_000
+
+
+def _split_insert(statement: str) -> tuple[str, str, str]:
+    """``INSERT ... VALUES (?, ?) ON ...`` -> ("INSERT ... VALUES ", "(?, ?)", " ON ...")."""
+    head, sep, rest = statement.partition("VALUES (")
+    if not sep:
+        raise ValueError(f"not an INSERT ... VALUES (...): {statement!r}")
+    values, _, tail = rest.partition(")")
+    return head + "VALUES ", f"({values})", tail
+
+
+def _last_by(rows, key):
+    """One row per key, the last (a multi-row upsert may not touch a row twice)."""
+    return list({key(r): r for r in rows}.values())
+
+
 def _hours(since, until):
     """
     Split [since, until) (None: open) into the whole hours that call_hours
@@ -159,9 +178,31 @@ class SqlStore:
         cur.execute(self.sql(statement), params)
         return cur
 
-    def _many(self, cur, statement, rows):
-        if rows:
-            cur.executemany(self.sql(statement), rows)
+    def _many(self, cur, statement, rows) -> int:
+        """
+        Run an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` for every row,
+        a few hundred rows per statement; the rows inserted.
+
+        Not ``executemany``: the sqlite3 module lets go of the GIL around
+        every row's step, and while the reactor thread is busy each row then
+        waits for the GIL to come back (measured: 1 300 rows/s against
+        77 000 with multi-row VALUES).  Fewer statements also mean fewer
+        round trips to PostgreSQL.
+        """
+        if not rows:
+            return 0
+        head, values, tail = _split_insert(statement)
+        width = len(rows[0])
+        chunk = max(1, min(MAX_ROWS, MAX_PARAMS // width))
+        inserted = 0
+        for i in range(0, len(rows), chunk):
+            part = rows[i:i + chunk]
+            cur.execute(
+                self.sql(f"{head}{', '.join([values] * len(part))}{tail}"),
+                [v for row in part for v in row],
+            )
+            inserted += max(cur.rowcount, 0)
+        return inserted
 
     # -- schema ----------------------------------------------------------------
 
@@ -193,23 +234,28 @@ class SqlStore:
             # the rows above `before` are exactly this batch's inserts, in
             # the batch's order; duplicates are the events not among them.
             before = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-            self._many(
+            count = self._many(
                 cur,
                 "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
                  for e in batch.events],
             )
-            rows = self._exec(
-                cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (before,)
-            ).fetchall()
-            i = 0
-            for e in batch.events:
-                if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
-                    inserted.append(evolve(e, id=rows[i][0]))
-                    i += 1
-            if i != len(rows):
-                raise RuntimeError("events inserted by another writer during a write transaction")
+            after = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            if count == len(batch.events) and after - before == count:
+                # every event inserted, in order, ids consecutive: no read back
+                inserted = [e.with_id(before + n) for n, e in enumerate(batch.events, 1)]
+            else:
+                rows = self._exec(
+                    cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (before,)
+                ).fetchall()
+                i = 0
+                for e in batch.events:
+                    if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
+                        inserted.append(e.with_id(rows[i][0]))
+                        i += 1
+                if i != len(rows):
+                    raise RuntimeError("events inserted by another writer during a write transaction")
         self._many(
             cur,
             "INSERT INTO log (time, event, peer, gateway, mac, detail) VALUES (?, ?, ?, ?, ?, ?)",
@@ -222,7 +268,7 @@ class SqlStore:
                 cur,
                 f"INSERT INTO gateways ({GATEWAY_COLS}) VALUES ({marks})"
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
-                [_gateway_row(g) for g in batch.gateways],
+                [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
         if batch.records:
             new = self._new_records(cur, batch.records)
@@ -242,16 +288,23 @@ class SqlStore:
             "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
             " ON CONFLICT (gateway) DO UPDATE SET applied = excluded.applied,"
             " replay_from = excluded.replay_from",
-            [(c.gateway, c.applied, c.replay_from) for c in batch.cursors],
+            [(c.gateway, c.applied, c.replay_from) for c in _last_by(batch.cursors, lambda c: c.gateway)],
         )
         self._many(
             cur,
             "INSERT INTO outbox (sink, payload, created) VALUES (?, ?, ?)",
             [(o.sink, bytes(o.payload), o.created) for o in batch.outbox],
         )
-        self._many(
-            cur, "DELETE FROM outbox WHERE sink = ? AND id = ?", [tuple(p) for p in batch.outbox_done]
-        )
+        done: dict[str, list[int]] = {}
+        for sink, item_id in batch.outbox_done:
+            done.setdefault(sink, []).append(item_id)
+        for sink, ids in done.items():
+            for i in range(0, len(ids), MAX_ROWS):
+                part = ids[i:i + MAX_ROWS]
+                self._exec(
+                    cur, f"DELETE FROM outbox WHERE sink = ? AND id IN ({', '.join('?' * len(part))})",
+                    (sink, *part),
+                )
         return WriteResult(events=tuple(inserted))
 
     def _new_records(self, cur, records) -> list:

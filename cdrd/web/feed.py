@@ -205,10 +205,14 @@ class LiveFeed:
     # -- IEventListener ---------------------------------------------------------
 
     def events_stored(self, events: Iterable) -> None:
+        if not self._subscribers:
+            return  # on the ingest path: nothing to do while no page is open
         for event in events:
             self._fan_out(event.gateway, ("event", event))
 
     def log_stored(self, entries: Iterable) -> None:
+        if not self._subscribers:
+            return
         for entry in entries:
             # log entries name a gw id (or ???), not a key: only ALL sees them
             for s in list(self._subscribers.get(ALL, ())):
@@ -220,6 +224,8 @@ class LiveFeed:
         return []
 
     def committed(self, outputs) -> None:
+        if not self._subscribers:
+            return
         for output in outputs:
             if isinstance(output, CallEnd):
                 self._fan_out(output.record.gateway, ("call", output.record))

@@ -168,12 +168,16 @@ class StoreContract:
         await store.write(WriteBatch(gateways=[newer]))
         assert await store.gateway(KEY) == newer
         assert [g.key for g in await store.gateways()] == sorted([KEY, KEY2])
+        # several states of one gateway in one batch (a group commit): the last wins
+        states = [gateway_state(last_seq=n) for n in (100, 102, 101)]
+        await store.write(WriteBatch(gateways=states))
+        assert (await store.gateway(KEY)).last_seq == 101
 
     @deferred_test
     async def test_cursors_are_upserted_by_gateway(self, store):
         assert await store.cursors() == {}
         await store.write(WriteBatch(cursors=[cursor(), cursor(KEY2, 3, 4)]))
-        await store.write(WriteBatch(cursors=[cursor(applied=20, replay_from=11)]))
+        await store.write(WriteBatch(cursors=[cursor(applied=19), cursor(applied=20, replay_from=11)]))
         assert await store.cursors() == {
             KEY: cursor(applied=20, replay_from=11), KEY2: cursor(KEY2, 3, 4)}
 
