@@ -2,7 +2,7 @@
 The embedded store: stdlib sqlite3.  Writes run on ONE dedicated thread
 with its own connection: WAL, synchronous=FULL (an ACK means the batch is
 on disk), one transaction per write (BEGIN IMMEDIATE ... COMMIT),
-executemany.  Queries run on a small pool of reader threads, each with its
+multi-row INSERTs.  Queries run on a small pool of reader threads, each with its
 own read-only connection: under WAL they read a committed snapshot beside
 the writer, so a slow report or CSV export never delays the commit an ACK
 is waiting for.
