@@ -82,6 +82,7 @@ class BatchWriter(Service):
         self._call = None  # the scheduled flush
         self._listeners: list[Listener] = []
         self._idle: list[defer.Deferred] = []
+        self._starting_next = False
         self.transactions = 0  # committed, for tests and status pages
 
     # -- the API -------------------------------------------------------------
@@ -137,12 +138,32 @@ class BatchWriter(Service):
         self._inflight = True
         batch = merge_batches([b for b, _ in queue])
         d = defer.maybeDeferred(self.store.write, batch)
-        d.addCallbacks(self._committed, self._failed,
-                       callbackArgs=(batch, queue), errbackArgs=(batch, queue))
+        d.addCallbacks(self._settled, self._settled,
+                       callbackArgs=(self._committed, batch, queue),
+                       errbackArgs=(self._failed, batch, queue))
         d.addErrback(lambda f: self.log.failure("BatchWriter bookkeeping failed", f))
+
+    def _settled(self, result, handler, batch, queue) -> None:
+        if self._starting_next:
+            # a store that answers at once (MemoryStore), inside _committed:
+            # after the transaction before it has been told, in order
+            self.clock.callLater(0, handler, result, batch, queue)
+        else:
+            handler(result, batch, queue)
 
     def _committed(self, result, batch, queue) -> None:
         self._done()
+        if self._queue:
+            # Start the next transaction now, not on the next reactor turn:
+            # its statements and fsync run in the store's thread while this
+            # one's listeners (the call model) and ACKs run here.
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._starting_next = True
+            try:
+                self._flush()
+            finally:
+                self._starting_next = False
         self._tell(batch, result)
         for _, d in queue:
             d.callback(result)
@@ -232,6 +253,8 @@ class BatchWriter(Service):
         self._inflight_events = 0
 
     def _next(self) -> None:
+        if self._inflight:
+            return  # its end comes here again
         if self._queue:
             if self._call is None:
                 # a new turn: no recursion through already-fired Deferreds
