@@ -45,8 +45,11 @@ CALL_COLS = (
 CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli"
 
 
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder, not one a call
+
+
 def _fields_json(fields) -> str:
-    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
+    return _encode(fields) if fields else "{}"
 
 
 def _event(row) -> CallEvent:
@@ -241,7 +244,7 @@ class SqlStore:
                 [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
                  for e in batch.events],
             )
-            after = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            after = self._last_event_id(cur)
             if count == len(batch.events) and after - before == count:
                 # every event inserted, in order, ids consecutive: no read back
                 inserted = [e.with_id(before + n) for n, e in enumerate(batch.events, 1)]
@@ -306,6 +309,10 @@ class SqlStore:
                     (sink, *part),
                 )
         return WriteResult(events=tuple(inserted))
+
+    def _last_event_id(self, cur) -> int:
+        """The highest event id, right after this transaction's inserts."""
+        return self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
     def _new_records(self, cur, records) -> list:
         """The records not stored yet (a record is stored once), first of each id."""

@@ -190,6 +190,11 @@ class SQLiteStore(SqlStore):
         return deferToThreadPool(
             self.reactor, self._read_pool, self._transaction, fn, args, False, self._reader)
 
+    def _last_event_id(self, cur) -> int:
+        # the rowid of the last row this connection inserted: no statement
+        # (SqlStore._write checks it against the rows it counted)
+        return cur.lastrowid or 0
+
     def _writer(self) -> sqlite3.Connection | None:
         return self._conn
 
