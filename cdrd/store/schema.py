@@ -216,6 +216,8 @@ MIGRATIONS.append([
         {", ".join(f"{c} BIGINT NOT NULL" for c in HOUR_COLUMNS)},
         PRIMARY KEY (gateway, hour)
     )""",
+    # the dashboard: every gateway's hours of the last day
+    "CREATE INDEX call_hours_hour ON call_hours (hour, gateway)",
     f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS)}) "
     + _hour_sums("gateway", f"gateway, begin_ms / {HOUR_MS}"),
     f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS)}) "
