@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             for name, insert in (("executemany", executemany), ("multi-row VALUES", multi_row)):
                 stop = threading.Event()
 
-                def spin():
+                def spin(stop=stop):
                     x = 0
                     while not stop.is_set():
                         x += 1
