@@ -7,9 +7,6 @@ a PostgreSQL that does not answer fails these tests.
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import psycopg
 import pytest
 import pytest_twisted
@@ -20,25 +17,15 @@ from cdrd.interfaces import WriteBatch
 from cdrd.store import open_store
 from cdrd.store.postgresql import ACTIVE_LOCK, NotActive, PostgresStore
 from cdrd.store.schema import MIGRATIONS, SchemaTooNew
+from tests.postgres import pg_admin as admin
 from tests.store.contract import DurableStoreContract
 from tests.store.values import event
 
 pytestmark = pytest.mark.integration
 
-SERVER = os.environ.get("CDRD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-
-
-def admin(sql: str) -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql)
-
-
 @pytest.fixture
-def database():
-    name = f"cdrd_test_{uuid.uuid4().hex[:12]}"
-    admin(f"CREATE DATABASE {name}")
-    yield name, f"{SERVER}/{name}"
-    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+def database(pg_database):
+    return pg_database
 
 
 class TestPostgresStore(DurableStoreContract):
