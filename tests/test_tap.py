@@ -14,8 +14,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from cdrd import config as C
 from cdrd.gateway.codec import parse_line
 from cdrd.interfaces import LogQuery
+from cdrd.store import StoreClosed
 from cdrd.store.memory import MemoryStore
-from cdrd.store.sqlite import StoreClosed
 from cdrd.tap import build_config, build_service
 
 LOGIN = b"LOGIN proto=1 gw=8200 mac=000C2A020082 fxs=2 fxo=2 isdn=0 callref=74 time=2026-11-22T10:00:00\n"

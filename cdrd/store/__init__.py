@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 import re
 
+
+class StoreClosed(Exception):
+    """The store is not open (any IStore: memory, SQLite, PostgreSQL)."""
+
+
 _CONNINFO_PASSWORD = re.compile(r"(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"([?&]\w*password=)[^&#]*", re.IGNORECASE)
 

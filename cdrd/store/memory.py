@@ -13,6 +13,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from cdrd.interfaces import CallPage, CallStats, IStore, WriteResult
+from cdrd.store import StoreClosed
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
 
 
@@ -62,8 +63,6 @@ class MemoryStore:
 
     def write(self, batch):
         if self.closed:
-            from cdrd.store.sqlite import StoreClosed
-
             return defer.fail(StoreClosed("the memory store is closed"))
         try:
             return defer.succeed(self._write(batch))

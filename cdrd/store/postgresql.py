@@ -26,9 +26,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from cdrd.interfaces import IStore
-from cdrd.store import safe_url
+from cdrd.store import StoreClosed, safe_url
 from cdrd.store.sql import SqlStore
-from cdrd.store.sqlite import StoreClosed
 
 #: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
 WRITE_LOCK = 0x63647264

@@ -21,15 +21,12 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from cdrd.interfaces import IStore
+from cdrd.store import StoreClosed
 from cdrd.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 64 * 1024
 READERS = 2
-
-
-class StoreClosed(Exception):
-    """The store is not open."""
 
 
 class StoreInUse(Exception):
