@@ -189,19 +189,26 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+_ATTEMPT = "notation IN (" + ", ".join(f"'{n}'" for n in ATTEMPT_NOTATIONS) + ")"
+
+#: SQL over calls: answered, attempts, answered attempts, their talk (ms),
+#: summed as CallStats and call_hours count them
+ANSWER_SUMS = (
+    "SUM(CASE WHEN connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
+    f" SUM(CASE WHEN {_ATTEMPT} THEN 1 ELSE 0 END),"
+    f" SUM(CASE WHEN {_ATTEMPT} AND connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
+    f" SUM(CASE WHEN {_ATTEMPT} AND connect_ms IS NOT NULL THEN COALESCE(talk, 0) ELSE 0 END)"
+)
+
+
 def _hour_sums(gateway_expr: str, group: str) -> str:
     """The SELECT that backfills call_hours from calls (migration 2)."""
-    attempt = "notation IN (" + ", ".join(f"'{n}'" for n in ATTEMPT_NOTATIONS) + ")"
     by_notation = ", ".join(
         f"SUM(CASE WHEN notation = '{n}' THEN 1 ELSE 0 END)" for n in NOTATION_COLUMNS
     )
     return (
         f"SELECT {gateway_expr}, begin_ms / {HOUR_MS} * {HOUR_MS}, COUNT(*), SUM(pstn), {by_notation},"
-        " SUM(CASE WHEN connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
-        f" SUM(CASE WHEN {attempt} THEN 1 ELSE 0 END),"
-        f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
-        f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN COALESCE(talk, 0) ELSE 0 END)"
-        f" FROM calls GROUP BY {group}"
+        f" {ANSWER_SUMS} FROM calls GROUP BY {group}"
     )
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from cdrd.interfaces import CallPage, CallStats, ModelCursor, OutboxItem, WriteResult
 from cdrd.store.schema import (
     ALL_GATEWAYS,
+    ANSWER_SUMS,
     ATTEMPT_NOTATIONS,
     FILTER_COLUMN,
     FILTER_NOTATION,
@@ -142,6 +143,9 @@ def _split_insert(statement: str) -> tuple[str, str, str]:
         raise ValueError(f"not an INSERT ... VALUES (...): {statement!r}")
     values, _, tail = rest.partition(")")
     return head + "VALUES ", f"({values})", tail
+
+
+_HOUR_INDEX = {c: i for i, c in enumerate(HOUR_COLUMNS)}
 
 
 def _last_by(rows, key):
@@ -320,8 +324,8 @@ class SqlStore:
         for r in records:
             fresh.setdefault(r.id, r)
         ids = list(fresh)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for i in range(0, len(ids), MAX_ROWS):
+            chunk = ids[i:i + MAX_ROWS]
             marks = ", ".join("?" * len(chunk))
             for (stored,) in self._exec(cur, f"SELECT id FROM calls WHERE id IN ({marks})", chunk):
                 del fresh[stored]
@@ -329,7 +333,7 @@ class SqlStore:
 
     def _count_hours(self, cur, records) -> None:
         sums: dict[tuple[str, int], list[int]] = {}
-        index = {c: i for i, c in enumerate(HOUR_COLUMNS)}
+        index = _HOUR_INDEX
         for r in records:
             hour = r.begin // HOUR_MS * HOUR_MS
             answered = r.connect is not None
@@ -522,13 +526,8 @@ class SqlStore:
 
     def call_stats(self, since, until, bucket):
         bucket = int(bucket)
-        attempt = f"notation IN ({', '.join('?' * len(ATTEMPT_NOTATIONS))})"
         from_calls = (
-            f"SELECT gateway, begin_ms / {bucket} AS b, COUNT(*),"
-            " SUM(CASE WHEN connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
-            f" SUM(CASE WHEN {attempt} THEN 1 ELSE 0 END),"
-            f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN 1 ELSE 0 END),"
-            f" SUM(CASE WHEN {attempt} AND connect_ms IS NOT NULL THEN COALESCE(talk, 0) ELSE 0 END)"
+            f"SELECT gateway, begin_ms / {bucket} AS b, COUNT(*), {ANSWER_SUMS}"
             " FROM calls WHERE begin_ms >= ? AND begin_ms < ? GROUP BY gateway, b"
         )
         from_hours = (
@@ -553,7 +552,7 @@ class SqlStore:
             if whole is not None:
                 add(self._exec(cur, from_hours, (ALL_GATEWAYS, *whole)).fetchall())
             for a, b in edges:
-                add(self._exec(cur, from_calls, (*ATTEMPT_NOTATIONS * 3, a, b)).fetchall())
+                add(self._exec(cur, from_calls, (a, b)).fetchall())
             return [
                 CallStats(gateway=g, start=b, calls=n, answered=a, attempts=t,
                           attempts_answered=ta, talk=talk)
