@@ -36,6 +36,10 @@ _UNAVAILABLE = frozenset({"OperationalError", "InternalError", "StoreClosed"})
 class EarlierWriteFailed(Exception):
     """Not tried: an earlier submission with events of the same gateway failed."""
 
+    @classmethod
+    def of(cls, gateways) -> EarlierWriteFailed:
+        return cls(f"an earlier write of gateway {', '.join(sorted(gateways))} failed")
+
 
 def _gateways(batch: WriteBatch) -> set[str]:
     """The gateways whose own (seq-numbered) events the batch carries."""
@@ -200,8 +204,7 @@ class BatchWriter(Service):
             if unavailable is not None or gateways & failed:
                 failed |= gateways
                 self._inflight_events -= len(batch.events)
-                d.errback(unavailable or Failure(EarlierWriteFailed(
-                    f"an earlier write of gateway {', '.join(sorted(gateways & failed))} failed")))
+                d.errback(unavailable or Failure(EarlierWriteFailed.of(gateways & failed)))
                 continue
             try:
                 result = await defer.maybeDeferred(self.store.write, batch)
@@ -230,8 +233,7 @@ class BatchWriter(Service):
                 if gateways & failed:
                     failed |= gateways
                     self._queued_events -= len(batch.events)
-                    d.errback(EarlierWriteFailed(
-                        f"an earlier write of gateway {', '.join(sorted(gateways & failed))} failed"))
+                    d.errback(EarlierWriteFailed.of(gateways & failed))
                 else:
                     keep.append((batch, d))
             # what the errbacks submitted comes after
