@@ -171,16 +171,12 @@ class CdrdService(MultiService):
         url = self.config.server.database
         try:
             await self.store.open()
-        except Exception as e:
-            error = redact(str(e).strip() or type(e).__name__, url)
-            raise StartupError(f"server.database {safe_url(url)}: {error}") from None
-        try:
             # one writer per store: a second cdrd on a SQLite file stops here;
             # a PostgreSQL standby waits here until the active node is gone
             await self.store.activate(on_lost=self._lost_store)
         except Exception as e:
             if not self.running:
-                return
+                return  # stopped while standing by
             error = redact(str(e).strip() or type(e).__name__, url)
             raise StartupError(f"server.database {safe_url(url)}: {error}") from None
         await self._mark_offline()
