@@ -284,15 +284,18 @@ def duplicates(records, retransmissions: int) -> int:
 
 
 def parse_detail(text: str) -> list[dict[str, list[str]]]:
+    """The complete records of a detail file: FreeRADIUS ends each with an
+    empty line, so a record it is still writing is left for the next read."""
     out: list[dict[str, list[str]]] = []
     current: dict[str, list[str]] | None = None
     for line in text.splitlines():
         if not line.strip():
+            if current is not None:
+                out.append(current)
             current = None
             continue
         if not line[0].isspace():
             current = {}
-            out.append(current)
             continue
         if current is None:
             continue
