@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.resource import NoResource
+from twisted.web.pages import notFound
 from twisted.web.server import Site
 
 from cdrd import config as C
@@ -388,7 +388,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         (config.server.web_endpoint, site, "server.web_endpoint"),
     ]
     if config.server.metrics_endpoint:  # no auth: a private interface
-        probes = Site(ProbeResource(NoResource(), root.readiness, root.metrics.resource()))
+        probes = Site(ProbeResource(notFound(), root.readiness, root.metrics.resource()))
         endpoints.append((config.server.metrics_endpoint, probes, "server.metrics_endpoint"))
     for description, factory, setting in endpoints:
         listener = Listener(reactor, description, factory, setting)
