@@ -294,3 +294,18 @@ def test_cdrd_passwd_without_a_terminal_says_to_use_stdin():
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "--stdin" in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+def test_the_systemd_unit_waits_for_ready_and_owns_its_directories():
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[1] / "etc" / "cdrd.service").read_text()
+    settings = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    assert settings["Type"] == "notify"
+    assert settings["StateDirectory"] == "cdrd" and settings["LogsDirectory"] == "cdrd"
+    assert " -n " in settings["ExecStart"] and "--pidfile= " in settings["ExecStart"]
+    assert settings["RestartPreventExitStatus"] == "2"
