@@ -199,6 +199,7 @@ class CdrdService(MultiService):
 
     async def _start(self):
         from cdrd.store import redact, safe_url
+        from cdrd.systemd import notify
 
         url = self.config.server.database
         try:
@@ -207,6 +208,7 @@ class CdrdService(MultiService):
             # one writer per store: a second cdrd on a SQLite file stops here;
             # a PostgreSQL standby waits here until the active node is gone
             self.waiting_for = "standing by: waiting for the store's active lock (another node is active)"
+            notify("STATUS=opening the store; a standby waits here for the active node")
             await self.store.activate(on_lost=self._lost_store)
         except Exception as e:
             if not self.running:
