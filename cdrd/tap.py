@@ -96,10 +96,14 @@ def check_paths(config: C.Config) -> None:
             raise C.ConfigError("server.database", f"directory {directory} does not exist (create it first)")
     directory = config.csv.directory
     if directory:
-        if not os.path.isdir(directory):
-            raise C.ConfigError("csv.directory", f"{directory} is not an existing directory")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise C.ConfigError("csv.directory", f"{directory} is not writable by this user")
+        # created at start if missing (CsvFileSink): then its parent must take it
+        existing = os.path.abspath(directory)
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise C.ConfigError("csv.directory", f"{directory}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise C.ConfigError("csv.directory", f"{directory}: {existing} is not writable by this user")
 
 
 def check_endpoint(description: str, setting: str) -> None:

@@ -269,11 +269,14 @@ def test_a_sqlite_path_in_a_missing_directory_is_a_config_error(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-@pytest.mark.parametrize("what", ["missing", "file", "readonly"])
+@pytest.mark.parametrize("what", ["file", "under a file", "readonly"])
 def test_an_unusable_csv_directory_is_a_config_error(tmp_path, what):
     directory = tmp_path / "csv"
     if what == "file":
         directory.write_text("")
+    elif what == "under a file":
+        (tmp_path / "csv").write_text("")
+        directory = tmp_path / "csv" / "daily"
     elif what == "readonly":
         if os.geteuid() == 0:
             directory = "/proc/self"  # root may write anywhere on a real disk
@@ -284,6 +287,12 @@ def test_an_unusable_csv_directory_is_a_config_error(tmp_path, what):
     with pytest.raises(C.ConfigError, match=r"^csv\.directory: ") as e:
         build_config({"config": str(path)})
     assert str(directory) in str(e.value)
+
+
+def test_a_missing_csv_directory_whose_parent_takes_it_is_fine(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[server]\ndatabase = "memory:"\n[csv]\ndirectory = "{tmp_path}/cdrs/daily"\n')
+    assert build_config({"config": str(path)}).csv.directory == f"{tmp_path}/cdrs/daily"
 
 
 def test_cdrd_passwd_without_a_terminal_says_to_use_stdin():

@@ -167,7 +167,11 @@ def test_installed_cdrd_takes_a_worked_example_through_to_freeradius(installed, 
     ))
     try:
         cdrd.spawn(NOTIFY_SOCKET=notify_path)
-        assert notify.recv(4096).split(b"\n")[0] == b"READY=1"  # sent once recovered and listening
+        while True:  # STATUS= lines first, then READY=1 once recovered and listening
+            message = notify.recv(4096)
+            if not message.startswith(b"STATUS="):
+                break
+        assert message.split(b"\n")[0] == b"READY=1"
         assert cdrd.ready()
         assert http(cdrd.web_port, "/healthz")[0] == 200
         example = run([str(installed / "python"), "-c",
