@@ -7,7 +7,10 @@ Start-up order: open the store, start the writer, recover the call model
 (replay from its cursors), start the outputs, then listen for gateways and
 then browsers.  Nothing listens before that (not even in twistd's
 privileged start): a gateway that logs in the moment cdrd is back must
-find its open calls recovered, or its reboot would go unnoticed.
+find its open calls recovered, or its reboot would go unnoticed.  Only
+server.metrics_endpoint (probes and metrics) listens from the start, so
+that a standby can say why it is not ready.  Once ready: READY=1 to
+systemd, "0" on twistd's daemon status pipe.
 
 Shut-down: stop listening, log every gateway connection off and store it
 offline, let the writer commit what is in flight, stop the call model and
@@ -182,6 +185,9 @@ class CdrdService(MultiService):
         self.calls = None
         self.gateways = None
         self.listeners: list[Listener] = []
+        # server.metrics_endpoint: listens from the start (probes and
+        # metrics only), so that a standby answers /readyz with its reason
+        self.probes: Listener | None = None
         # called when this node lost the store (PostgreSQL's active lock):
         # makeService stops the process with a failure status
         self.lost = defer.Deferred()
@@ -206,6 +212,8 @@ class CdrdService(MultiService):
         from cdrd.systemd import notify
 
         url = self.config.server.database
+        if self.probes is not None:
+            await self.probes.startService()
         try:
             self.waiting_for = "opening the store"
             await self.store.open()
@@ -225,6 +233,8 @@ class CdrdService(MultiService):
             for child in self:
                 if not self.running:
                     return  # stopped while starting
+                if child.running:
+                    continue  # the probes' listener
                 if self.listeners and child is self.listeners[0]:
                     self.waiting_for = "starting the listeners"
                 result = child.startService()
@@ -400,6 +410,8 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         listener = Listener(reactor, description, factory, setting)
         listener.setServiceParent(root)
         root.listeners.append(listener)
+        if setting == "server.metrics_endpoint":
+            root.probes = listener
     return root
 
 

@@ -143,7 +143,7 @@ def test_the_metrics_endpoint_is_off_by_default_and_serves_without_auth_when_set
     assert [x.setting for x in svc.listeners] == ["server.gateway_endpoint", "server.web_endpoint"]
     users = {"ops": hash_password("s3cret", n=2**4)}
     svc, reactor = started(web={"users": users}, metrics_endpoint="tcp:9510:interface=127.0.0.1")
-    assert [port for port, *_ in reactor.tcpServers] == [6510, 8080, 9510]
+    assert [port for port, *_ in reactor.tcpServers] == [9510, 6510, 8080]  # the probes' first
     (listener,) = [x for x in svc.listeners if x.setting == "server.metrics_endpoint"]
     treq = StubTreq(listener.factory.resource)
     code, body = get(treq, "/metrics")
@@ -197,6 +197,31 @@ def test_a_standby_is_not_ready_and_says_so():
     svc.startService()
     ok, reason = svc.readiness()
     assert not ok and reason.startswith("standing by")
+
+
+def test_a_standby_answers_its_probes_on_the_metrics_endpoint_before_anything_else_listens():
+    class Standby(JournalStore):
+        def activate(self, on_lost=None):
+            from twisted.internet import defer
+
+            self.active = defer.Deferred()
+            return self.active
+
+    store = Standby()
+    store.opening.callback(None)
+    store.recovering.callback(None)
+    svc, reactor = service(store, metrics_endpoint="tcp:9510:interface=127.0.0.1")
+    svc.startService()
+    assert [port for port, *_ in reactor.tcpServers] == [9510]  # no gateway, no web page yet
+    (listener,) = [x for x in svc.listeners if x.setting == "server.metrics_endpoint"]
+    treq = StubTreq(listener.factory.resource)
+    code, body = get(treq, "/readyz")
+    assert code == 503 and b"standing by" in body
+    assert get(treq, "/healthz")[0] == 200
+    store.active.callback(None)  # the active node is gone
+    reactor.advance(0)
+    assert [port for port, *_ in reactor.tcpServers] == [9510, 6510, 8080]
+    assert get(treq, "/readyz")[0] == 200
 
 
 def test_readyz_is_503_once_the_start_failed():
