@@ -193,14 +193,16 @@ class CdrdService(MultiService):
         self.lost = defer.Deferred()
         # what /readyz says until cdrd is ready (then None)
         self.waiting_for: str | None = "starting"
-        # called with True once ready (READY=1), False when the start failed
-        self.started: list = []
+        # twistd's daemon mode: the parent's status pipe (makeService sets it)
+        self.daemon_status: DaemonStatus | None = None
 
     def privilegedStartService(self):
         # No child binds a port here: twistd calls this before startService,
         # before the store is open.  (Ports below 1024: give the process
         # CAP_NET_BIND_SERVICE rather than starting it as root.)
         Service.privilegedStartService(self)
+        if self.daemon_status is not None:
+            self.daemon_status.take()  # after twistd's fork: the pipe exists now
 
     def startService(self):
         Service.startService(self)
@@ -447,16 +449,8 @@ def makeService(options) -> CdrdService:
 
     service.ready.addCallbacks(ready, failed)
     service.lost.addCallback(failed)
-    service.privilegedStartService = _before(service.privilegedStartService, status_pipe.take)
+    service.daemon_status = status_pipe
     return service
-
-
-def _before(method, first):
-    def call(*args, **kwargs):
-        first()
-        return method(*args, **kwargs)
-
-    return call
 
 
 class DaemonStatus:
