@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= etc/cdrd.toml
+# make run GATEWAY=tcp:7000 WEB=tcp:7080: override the config's listeners
+GATEWAY ?=
+WEB ?=
 
 # Debian packages the integration tests start as real peers.
 SYSTEM_PACKAGES := freeradius freeradius-utils rsyslog chromium postgresql
@@ -15,6 +18,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	@# twisted/plugins/dropin.cache now, not at the first `make run`
+	$(PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -48,9 +53,11 @@ postgresql:
 	for i in $$(seq 30); do $(PG_CHECK) >/dev/null 2>&1 && exit 0; sleep 1; done; \
 	echo "PostgreSQL does not let postgres in on 127.0.0.1:5432"; exit 1
 
+# everything it writes is under var/ (database, pid file); no bytecode in the checkout
 run: venv
 	mkdir -p var
-	$(VENV)/bin/twistd -n cdrd --config $(CONFIG)
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/twistd -n --pidfile=var/twistd.pid cdrd --config $(CONFIG) \
+	  $(if $(GATEWAY),--gateway-endpoint $(GATEWAY)) $(if $(WEB),--web-endpoint $(WEB))
 
 test: system-deps venv lint
 	$(PY) -m pytest tests

@@ -81,6 +81,14 @@ class ServerConfig:
     # gateway connections open at once (logged in or not); more are refused.
     # Keep it below the process's open-files limit (systemd LimitNOFILE)
     max_connections: int = 1000
+    # /metrics (and the probes) without auth on a listener of its own,
+    # e.g. "tcp:9510:interface=10.0.0.5"; "" = off (see docs/monitoring.md)
+    metrics_endpoint: str = ""
+    # seconds the oldest item of an output's outbox may wait before the log
+    # says so (one line when it begins, one when it clears)
+    outbox_alert_age: float = 300.0
+    # bad packets from one address within 60 s that are logged as a flood
+    bad_packet_flood: int = 100
 
     @property
     def zone(self) -> ZoneInfo:
@@ -258,6 +266,9 @@ def _server(s: _Section) -> ServerConfig:
         stale_after=s.number("stale_after", d.stale_after, minimum=60),
         max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth, minimum=1),
         max_connections=s.integer("max_connections", d.max_connections, minimum=1),
+        metrics_endpoint=s.text("metrics_endpoint", d.metrics_endpoint),
+        outbox_alert_age=s.number("outbox_alert_age", d.outbox_alert_age, minimum=1),
+        bad_packet_flood=s.integer("bad_packet_flood", d.bad_packet_flood, minimum=1),
     )
 
 

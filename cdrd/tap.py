@@ -7,7 +7,10 @@ Start-up order: open the store, start the writer, recover the call model
 (replay from its cursors), start the outputs, then listen for gateways and
 then browsers.  Nothing listens before that (not even in twistd's
 privileged start): a gateway that logs in the moment cdrd is back must
-find its open calls recovered, or its reboot would go unnoticed.
+find its open calls recovered, or its reboot would go unnoticed.  Only
+server.metrics_endpoint (probes and metrics) listens from the start, so
+that a standby can say why it is not ready.  Once ready: READY=1 to
+systemd, "0" on twistd's daemon status pipe.
 
 Shut-down: stop listening, log every gateway connection off and store it
 offline, let the writer commit what is in flight, stop the call model and
@@ -23,6 +26,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from operator import itemgetter
 
 from attrs import evolve
 from twisted.application.service import MultiService, Service
@@ -30,6 +34,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.pages import notFound
 from twisted.web.server import Site
 
 from cdrd import config as C
@@ -74,9 +79,34 @@ def build_config(options) -> C.Config:
         server = {a.name: getattr(config.server, a.name) for a in C.ServerConfig.__attrs_attrs__}
         server.update(overrides)
         config = evolve(config, server=C.parse({"server": server}).server)
-    for setting in ("gateway_endpoint", "web_endpoint"):
-        check_endpoint(getattr(config.server, setting), f"server.{setting}")
+    for setting in ("gateway_endpoint", "web_endpoint", "metrics_endpoint"):
+        if getattr(config.server, setting):
+            check_endpoint(getattr(config.server, setting), f"server.{setting}")
+    check_paths(config)
     return config
+
+
+def check_paths(config: C.Config) -> None:
+    """
+    The directories cdrd writes to exist and are writable: a typo in a path
+    is a config error naming the setting, not a new empty database in a
+    directory nobody looks at, nor a traceback at the first CDR.
+    """
+    url = config.server.database
+    if url.startswith("sqlite:") and url != "sqlite::memory:":
+        directory = os.path.dirname(os.path.abspath(url[len("sqlite:"):]))
+        if not os.path.isdir(directory):
+            raise C.ConfigError("server.database", f"directory {directory} does not exist (create it first)")
+    directory = config.csv.directory
+    if directory:
+        # created at start if missing (CsvFileSink): then its parent must take it
+        existing = os.path.abspath(directory)
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise C.ConfigError("csv.directory", f"{directory}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise C.ConfigError("csv.directory", f"{directory}: {existing} is not writable by this user")
 
 
 def check_endpoint(description: str, setting: str) -> None:
@@ -94,6 +124,11 @@ def check_endpoint(description: str, setting: str) -> None:
 
 class StartupError(Exception):
     """cdrd cannot start for a reason an operator can act on; the message names the setting."""
+
+
+def _database_error(e: BaseException) -> bool:
+    """sqlite3's or psycopg's DatabaseError (e.g. "database disk image is malformed")."""
+    return any(c.__name__ == "DatabaseError" for c in type(e).__mro__)
 
 
 class Listener(Service):
@@ -150,15 +185,24 @@ class CdrdService(MultiService):
         self.calls = None
         self.gateways = None
         self.listeners: list[Listener] = []
+        # server.metrics_endpoint: listens from the start (probes and
+        # metrics only), so that a standby answers /readyz with its reason
+        self.probes: Listener | None = None
         # called when this node lost the store (PostgreSQL's active lock):
         # makeService stops the process with a failure status
         self.lost = defer.Deferred()
+        # what /readyz says until cdrd is ready (then None)
+        self.waiting_for: str | None = "starting"
+        # twistd's daemon mode: the parent's status pipe (makeService sets it)
+        self.daemon_status: DaemonStatus | None = None
 
     def privilegedStartService(self):
         # No child binds a port here: twistd calls this before startService,
         # before the store is open.  (Ports below 1024: give the process
         # CAP_NET_BIND_SERVICE rather than starting it as root.)
         Service.privilegedStartService(self)
+        if self.daemon_status is not None:
+            self.daemon_status.take()  # after twistd's fork: the pipe exists now
 
     def startService(self):
         Service.startService(self)
@@ -167,33 +211,65 @@ class CdrdService(MultiService):
 
     async def _start(self):
         from cdrd.store import redact, safe_url
+        from cdrd.systemd import notify
 
         url = self.config.server.database
+        if self.probes is not None:
+            await self.probes.startService()
         try:
+            self.waiting_for = "opening the store"
             await self.store.open()
             # one writer per store: a second cdrd on a SQLite file stops here;
             # a PostgreSQL standby waits here until the active node is gone
+            self.waiting_for = "standing by: waiting for the store's active lock (another node is active)"
+            notify("STATUS=opening the store; a standby waits here for the active node")
             await self.store.activate(on_lost=self._lost_store)
         except Exception as e:
             if not self.running:
                 return  # stopped while standing by
             error = redact(str(e).strip() or type(e).__name__, url)
             raise StartupError(f"server.database {safe_url(url)}: {error}") from None
-        await self._mark_offline()
-        for child in self:
-            if not self.running:
-                return  # stopped while starting
-            result = child.startService()
-            if isinstance(result, defer.Deferred):
-                await result
-            if child is self.calls and hasattr(child, "recovered"):
-                await child.recovered
+        self.waiting_for = "recovering the open calls"
+        try:
+            await self._mark_offline()
+            for child in self:
+                if not self.running:
+                    return  # stopped while starting
+                if child.running:
+                    continue  # the probes' listener
+                if self.listeners and child is self.listeners[0]:
+                    self.waiting_for = "starting the listeners"
+                result = child.startService()
+                if isinstance(result, defer.Deferred):
+                    await result
+                if child is self.calls and hasattr(child, "recovered"):
+                    await child.recovered
+        except Exception as e:
+            if not _database_error(e):
+                raise
+            # a damaged page found while reading the state back
+            error = redact(str(e).strip() or type(e).__name__, url)
+            raise StartupError(f"server.database {safe_url(url)}: {error}") from None
+        self.waiting_for = None
         self.log.info(
             "cdrd started: gateways on {gateways}, web on {web}, store {store}",
             gateways=self.config.server.gateway_endpoint,
             web=self.config.server.web_endpoint,
             store=safe_url(self.config.server.database),
         )
+
+    def readiness(self) -> tuple[bool, str]:
+        """What /readyz answers: (ready, reason)."""
+        if not self.running:
+            return False, "stopping"
+        if self.waiting_for is not None:
+            return False, self.waiting_for
+        if self.writer is not None and self.writer.refusing is not None:
+            return False, f"the store refuses writes: {self.writer.refusing}"
+        for listener in self.listeners:
+            if listener.setting == "server.gateway_endpoint" and listener.port is None:
+                return False, "the gateway listener is not up"
+        return True, "ready"
 
     async def _mark_offline(self):
         """After a crash the store may still show gateways online."""
@@ -212,6 +288,7 @@ class CdrdService(MultiService):
             self.lost.callback(None)
 
     def _failed(self, failure):
+        self.waiting_for = "the start failed"
         if failure.check(StartupError):
             self.log.critical("cdrd could not start: {error}", error=failure.getErrorMessage())
         else:
@@ -220,6 +297,9 @@ class CdrdService(MultiService):
 
     def stopService(self):
         Service.stopService(self)
+        from cdrd.systemd import notify
+
+        notify("STOPPING=1")
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self):
@@ -252,10 +332,14 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     """The whole of cdrd; `store` (an IStore, not opened) replaces the one of server.database."""
     from cdrd.calls.service import CallService
     from cdrd.gateway.protocol import GatewayFactory
+    from cdrd.metrics import Metrics
+    from cdrd.monitor import Monitor
     from cdrd.store import open_store
     from cdrd.store.writer import BatchWriter
     from cdrd.web.app import WebApp
+    from cdrd.web.auth import guard
     from cdrd.web.feed import LiveFeed
+    from cdrd.web.health import ProbeResource
 
     root = CdrdService(config, reactor)
     root.store = store = store if store is not None else open_store(config.server.database, reactor)
@@ -266,6 +350,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     sinks = [feed]
     status = {}
     outputs = []
+    outboxes = {}  # sink -> its (items, oldest age) reader; None: read from the store
     if config.radius.enabled:
         from cdrd.accounting.service import AccountingService
 
@@ -273,6 +358,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         sinks.append(accounting)
         outputs.append(accounting)
         status["radius"] = accounting.status
+        outboxes["radius"] = lambda: itemgetter("spool_depth", "oldest_age")(accounting.status())
     if config.syslog.target:
         from cdrd.outputs.syslog import SyslogSink
 
@@ -280,6 +366,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         sinks.append(syslog)
         outputs.append(syslog)
         status["syslog"] = syslog.status
+        outboxes["syslog"] = None
     if config.csv.directory:
         from cdrd.outputs.csvfile import CsvFileSink
 
@@ -304,16 +391,29 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     root.gateways = gateways = GatewayFactory(config, store, writer, reactor, open_refs=calls.open_refs)
     writer.add_listener(lambda batch, result: gateways.committed())
 
+    monitor = Monitor(store, reactor, config.server.outbox_alert_age, outboxes,
+                      syslog=status.get("syslog"), flood=gateways.flood)
+    monitor.setServiceParent(root)
+    root.metrics = Metrics(writer, gateways, calls=calls, outboxes=monitor.outboxes, syslog=status.get("syslog"),
+                           radius=accounting.client if config.radius.enabled else None)
+
     web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
-    site = Site(web.resource())
+    metrics_page = guard(root.metrics.resource(), config.web.users, config.web.realm, reactor)
+    site = Site(ProbeResource(web.resource(), root.readiness, metrics_page))
     site.displayTracebacks = False
-    for description, factory, setting in (
+    endpoints = [
         (config.server.gateway_endpoint, gateways, "server.gateway_endpoint"),
         (config.server.web_endpoint, site, "server.web_endpoint"),
-    ):
+    ]
+    if config.server.metrics_endpoint:  # no auth: a private interface
+        probes = Site(ProbeResource(notFound(), root.readiness, root.metrics.resource()))
+        endpoints.append((config.server.metrics_endpoint, probes, "server.metrics_endpoint"))
+    for description, factory, setting in endpoints:
         listener = Listener(reactor, description, factory, setting)
         listener.setServiceParent(root)
         root.listeners.append(listener)
+        if setting == "server.metrics_endpoint":
+            root.probes = listener
     return root
 
 
@@ -332,12 +432,57 @@ def makeService(options) -> CdrdService:
     # every row it binds; at the default 5 ms switch interval a busy reactor
     # makes each hand-back wait, and commits (so ACKs) crawl.
     sys.setswitchinterval(0.0005)
-    service = build_service(options["cdrd-config"], reactor)
+    from cdrd.systemd import notify
 
-    def failed(_):
+    service = build_service(options["cdrd-config"], reactor)
+    status_pipe = DaemonStatus(getattr(options, "parent", None))
+
+    def ready(_):
+        status_pipe.started()
+        notify("READY=1", "STATUS=recovered and listening")
+
+    def failed(f):
+        if f is not None:
+            status_pipe.failed(f.getErrorMessage() if f.check(StartupError) else "see the log")
         atexit.register(_exit_with, 1)
         reactor.callWhenRunning(reactor.stop)
 
-    service.ready.addErrback(failed)
+    service.ready.addCallbacks(ready, failed)
     service.lost.addCallback(failed)
+    service.daemon_status = status_pipe
     return service
+
+
+class DaemonStatus:
+    """
+    twistd's daemon mode (no ``-n``): the parent process waits on a pipe
+    for the child's start and exits 0 on b"0", 1 on anything else; twistd
+    writes b"0" as soon as the services' startService has returned, before
+    cdrd's store is open or its ports listen.  cdrd takes the pipe from
+    twistd's options (after the fork, in privilegedStartService) and
+    writes when its start is really over: 0, or the error (exit status 1).
+    """
+
+    def __init__(self, twistd_options):
+        self.options = twistd_options
+        self.pipe: int | None = None
+
+    def take(self) -> None:
+        if self.options is not None and hasattr(self.options, "pop"):
+            self.pipe = self.options.pop("statusPipe", None)
+
+    def started(self) -> None:
+        self._write(b"0")
+
+    def failed(self, error: str) -> None:
+        # twistd's parent prints the bytes after the first two, 100 at most
+        self._write(("1 " + error).encode("utf-8", "replace")[:100])
+
+    def _write(self, data: bytes) -> None:
+        pipe, self.pipe = self.pipe, None
+        if pipe is None:
+            return
+        try:
+            os.write(pipe, data)
+        finally:
+            os.close(pipe)

@@ -102,6 +102,7 @@ class ServerState:
     buffer: int = 0
     send_errors: int = 0
     failing: bool = False  # the last write raised: log the next success
+    by_status: dict = field(factory=dict)  # Acct-Status-Type -> packets sent (cdrd_radius_requests_total)
 
     def has_id(self) -> bool:
         return bool(self.free or self.held)
@@ -273,6 +274,7 @@ class RadiusClient:
         req.sent_at = self.clock.seconds()
         req.sends += 1
         server.sent += 1
+        server.by_status[req.payload.status] = server.by_status.get(req.payload.status, 0) + 1
         # a refused send (no route, firewall, full buffers) is a lost packet:
         # the retransmission timer runs all the same
         self._write(server, req.raw)
@@ -314,8 +316,15 @@ class RadiusClient:
 
     def _fail_over(self, index: int) -> None:
         server = self.servers[index]
-        server.up = False
+        was_down, server.up = server.up is False, False
         if len(self.servers) == 1:
+            if not was_down:  # once, not at every retransmission
+                self.log.warn(
+                    "RADIUS server {server} not answering after {n} timeouts; no other server:"
+                    " requests wait in the outbox and are retransmitted",
+                    server=f"{server.host}:{server.port}", n=server.timeouts,
+                    alert="radius_server_down", state="begins",
+                )
             return
         self.active = (index + 1) % len(self.servers)
         nxt = self.servers[self.active]
@@ -325,6 +334,7 @@ class RadiusClient:
             failed=f"{server.host}:{server.port}",
             n=server.timeouts,
             next=f"{nxt.host}:{nxt.port}",
+            alert="radius_failover", state="begins",
         )
         # what waited for the failed server goes to the new one at its next
         # retransmission; what was queued goes now
@@ -364,6 +374,11 @@ class RadiusClient:
             return
         server.timeouts = 0
         if server.up is not True:
+            if server.up is False and index >= self.active:
+                self.log.info(
+                    "RADIUS server {server} answers again", server=f"{server.host}:{server.port}",
+                    alert="radius_server_down", state="clears",
+                )
             server.up = True
         server.answered += 1
         if req == "probe":
@@ -395,6 +410,7 @@ class RadiusClient:
             self.log.info(
                 "RADIUS server {server} answers again; returning to it",
                 server=f"{server.host}:{server.port}",
+                alert="radius_failover", state="clears",
             )
             self.active = index
         self._dispatch()

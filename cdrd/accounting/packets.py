@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import ipaddress
 import json
 import os
@@ -54,12 +55,18 @@ START, STOP, INTERIM = "Start", "Stop", "Interim-Update"
 #: Payload kinds that are never sent.
 OPEN, DIAL = "open", "dial"
 
-_HERE = Path(__file__).resolve()
-DEFAULT_DICTIONARIES = _HERE.parents[2] / "dictionaries"
+#: The dictionaries ship inside the package (package data); the checkout's
+#: top-level ``dictionaries/`` is a symlink to them, the copy operators
+#: $INCLUDE into FreeRADIUS: one source, nothing to drift.
+DEFAULT_DICTIONARIES = importlib.resources.files("cdrd.accounting") / "dictionaries"
 
 
 def dictionary_dir(path: str | os.PathLike | None = None) -> Path:
-    return Path(path) if path is not None else DEFAULT_DICTIONARIES
+    if path is not None:
+        return Path(path)
+    # a wheel or an install unpacks package data as files: pyrad reads a path
+    with importlib.resources.as_file(DEFAULT_DICTIONARIES) as base:
+        return Path(base)
 
 
 def load_dictionary(vendor: int, path: str | os.PathLike | None = None) -> Dictionary:

@@ -17,10 +17,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cdrd.config import Config
 from cdrd.gateway import session as S
 from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line, seq_hint
+from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
 from cdrd.interfaces import WriteBatch
 from cdrd.values import CallEvent, LogEntry, rfc3339
@@ -81,6 +83,10 @@ class GatewayFactory(Factory):
         self.connections: set[GatewayProtocol] = set()
         self.stopping = False
         self._refused = 0  # connections refused since the last log line about it
+        # read by cdrd.metrics at scrape time; `ack_latency(seconds)` is set there
+        self.events_received = self.events_duplicate = 0
+        self.ack_latency = None
+        self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
         self._refusal_logged: float | None = None
 
     def buildProtocol(self, addr):
@@ -136,9 +142,12 @@ class GatewayFactory(Factory):
 
     def submit(self, batch: WriteBatch) -> Deferred:
         d = self.writer.submit(batch)
+        submitted = self.clock.seconds()  # the lines' receipt: this reactor turn
 
         def done(result):
             self.committed()
+            if self.ack_latency is not None and batch.events and not isinstance(result, Failure):
+                self.ack_latency(self.clock.seconds() - submitted)
             return result
 
         return d.addBoth(done)
@@ -307,6 +316,7 @@ class GatewayProtocol(Protocol):
 
     def badPacket(self, reason: str, seq: int | None, close: bool = False):
         now = self.now()
+        self.factory.flood.record(self.peer.rsplit(":", 1)[0])
         fields = {"code": "bad"}
         if seq is not None:
             fields["seq"] = str(seq)
@@ -458,6 +468,7 @@ class GatewayProtocol(Protocol):
             self.badPacket(e.reason, e.seq)
             return
         seq = parsed.seq
+        self.factory.events_received += 1
         if parsed.problems:
             reason = "; ".join(parsed.problems)
             self.send("ERR", code="bad", seq=str(seq), reason=reason)
@@ -465,6 +476,7 @@ class GatewayProtocol(Protocol):
         if seq > self._ack:
             self._ack = seq
         if seq <= link.submitted:
+            self.factory.events_duplicate += 1
             return  # a duplicate: acked, not stored again
         if seq > link.submitted + 1:
             self._log.append(self.entry(S.SEQUENCE_GAP, f"expected seq {link.submitted + 1}, got {seq}", now))

@@ -165,9 +165,10 @@ class UdpTarget:
         d.addCallbacks(self._bind, self._unresolved)
 
     def _unresolved(self, failure):
-        self.last_error = f"cannot resolve {self.host}: {failure.getErrorMessage()}"
-        self.log.warn("syslog: {error}; retrying in {delay}s", error=self.last_error,
-                      delay=self.resolve_retry)
+        error = f"cannot resolve {self.host}: {failure.getErrorMessage()}"
+        if error != self.last_error:  # once, not at every retry
+            self.log.warn("syslog: {error}; retrying every {delay}s", error=error, delay=self.resolve_retry)
+        self.last_error = error
         self._retry = self.clock.callLater(self.resolve_retry, self.start, self._listener)
 
     def _bind(self, ip: str):

@@ -88,6 +88,11 @@ class BatchWriter(Service):
         self._idle: list[defer.Deferred] = []
         self._starting_next = False
         self.transactions = 0  # committed, for tests and status pages
+        self.commit_seconds = 0.0  # of the last transaction, for the metrics
+        self._began = 0.0
+        # why the store refuses writes (unavailable, not one bad row), or
+        # None: logged once when it begins and once when it clears
+        self.refusing: str | None = None
 
     # -- the API -------------------------------------------------------------
 
@@ -140,6 +145,7 @@ class BatchWriter(Service):
         queue, self._queue = self._queue, []
         self._inflight_events, self._queued_events = self._queued_events, 0
         self._inflight = True
+        self._began = self.clock.seconds()
         batch = merge_batches([b for b, _ in queue])
         d = defer.maybeDeferred(self.store.write, batch)
         d.addCallbacks(self._settled, self._settled,
@@ -156,6 +162,7 @@ class BatchWriter(Service):
             handler(result, batch, queue)
 
     def _committed(self, result, batch, queue) -> None:
+        self.commit_seconds = self.clock.seconds() - self._began
         self._done()
         if self._queue:
             # Start the next transaction now, not on the next reactor turn:
@@ -175,6 +182,9 @@ class BatchWriter(Service):
 
     def _tell(self, batch, result) -> None:
         self.transactions += 1
+        if self.refusing is not None:
+            self.log.info("the store takes writes again", alert="store_refusing_writes", state="clears")
+            self.refusing = None
         for fn in list(self._listeners):
             try:
                 fn(batch, result)
@@ -241,6 +251,12 @@ class BatchWriter(Service):
         self._next()
 
     def _report(self, failure, batch, submissions: int) -> None:
+        if self.refusing is None and store_unavailable(failure):
+            self.refusing = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            self.log.critical(
+                "the store refuses writes: {error}; gateways get ERR unavailable until it takes them again",
+                error=self.refusing, alert="store_refusing_writes", state="begins",
+            )
         self.log.error(
             "store write of {events} events, {log} log entries, {records} records, {cdrs} CDRs"
             " ({submissions} submissions) failed: {error}{then}",

@@ -347,6 +347,15 @@ def guard(resource, users: Mapping[str, str], realm: str = "cdrd", clock=None):
     return BasicAuthResource(resource, BasicAuthChecker(users, clock=clock), realm)
 
 
+def _terminal() -> bool:
+    """getpass asks on /dev/tty, else on standard input if that is a terminal."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+        return True
+    except OSError:
+        return sys.stdin is not None and sys.stdin.isatty()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``cdrd-passwd [USER]``: print a [web.users] line with a new hash."""
     parser = argparse.ArgumentParser(
@@ -365,8 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        if not _terminal():
+            sys.stderr.write("cdrd-passwd: no terminal to ask for the password on; use --stdin"
+                             " (printf '%s\\n' \"$PASSWORD\" | cdrd-passwd --stdin USER)\n")
+            return 2
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stderr.write("\ncdrd-passwd: no password given\n")
+            return 1
+        if again != password:
             sys.stderr.write("cdrd-passwd: passwords differ\n")
             return 1
     if not password:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 FREERADIUS = shutil.which("freeradius") or "/usr/sbin/freeradius"
-DICTIONARIES = Path(__file__).resolve().parents[2] / "dictionaries"
+DICTIONARIES = Path(__file__).resolve().parents[2] / "dictionaries"  # -> cdrd/accounting/dictionaries
 
 
 def free_udp_port() -> int:
