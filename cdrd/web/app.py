@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import date
 from importlib import resources
 from string import Template
 
@@ -28,27 +28,27 @@ from zope.interface import implementer
 
 from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, LogQuery
 from cdrd.web import pages
+from cdrd.web.api import ApiApp, json_response
 from cdrd.web.auth import guard
 from cdrd.web.feed import LiveFeed, Replay, Subscriber
 from cdrd.web.query import (
     FILTER_LABELS,
     BadParameter,
     arg,
-    day_start_ms,
+    call_query,
+    cdr_query,
+    days_with_records,
     local_day,
     parse_gateway,
     parse_int,
+    parse_month,
     parse_search,
 )
 from cdrd.web.render import (
     REPORT_COLUMNS,
     Clocks,
-    call_json,
-    cdr_json,
     event_json,
     event_row,
-    gateway_json,
-    log_json,
     report_cells,
 )
 
@@ -97,6 +97,7 @@ class WebApp:
         self._heartbeat = None
         self._producers: set[Subscriber] = set()
         self._rendered: dict[Callable, tuple[object, bytes]] = {}
+        self.api = ApiApp(config, store, clock, calls=calls, status=status)
 
     def resource(self):
         """The whole site, behind Basic auth when users are configured."""
@@ -112,14 +113,7 @@ class WebApp:
     def today(self) -> date:
         return local_day(self.now_ms(), self.zone)
 
-    @staticmethod
-    def json(request, body, code: int = 200) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
+    json = staticmethod(json_response)
 
     def page(
         self, request, page: str, title: str, content: str, refresh: int | None = None
@@ -176,133 +170,20 @@ class WebApp:
         request.setHeader(b"x-content-type-options", b"nosniff")
         return entry.read_bytes()
 
-    # -- the JSON API --------------------------------------------------------------
-
-    @app.route("/api/gateways", methods=["GET"])
-    async def api_gateways(self, request):
-        gateways = await self.store.gateways()
-        return self.json(request, {"gateways": [gateway_json(g) for g in gateways]})
-
-    @app.route("/api/log", methods=["GET"])
-    async def api_log(self, request):
-        s = parse_search(request, self.zone, bare_gateway=True)
-        entries = await self.store.log(
-            LogQuery(
-                gateway=s.gateway,
-                since=s.since,
-                until=s.until,
-                limit=s.limit,
-                offset=s.offset,
-            )
-        )
-        return self.json(request, {"entries": [log_json(e) for e in entries]})
-
-    @app.route("/api/events", methods=["GET"])
-    async def api_events(self, request):
-        s = parse_search(request, self.zone)
-        events = await self.store.events(
-            EventQuery(
-                gateway=s.gateway,
-                ref=s.ref,
-                since=s.since,
-                until=s.until,
-                limit=s.limit,
-                offset=s.offset,
-            )
-        )
-        return self.json(request, {"events": [event_json(e) for e in events]})
-
-    @app.route("/api/calls", methods=["GET"])
-    async def api_calls(self, request):
-        s = parse_search(request, self.zone)
-        result = await self.store.calls(self._call_query(s))
-        return self.json(
-            request,
-            {
-                "total": result.total,
-                "filtered": result.filtered,
-                "records": [call_json(r) for r in result.records],
-            },
-        )
-
-    @app.route("/api/cdrs", methods=["GET"])
-    async def api_cdrs(self, request):
-        s = parse_search(request, self.zone)
-        total, cdrs = await self.store.cdrs(self._cdr_query(s, arg(request, "call")))
-        return self.json(request, {"total": total, "cdrs": [cdr_json(c) for c in cdrs]})
-
-    @app.route("/api/calendar", methods=["GET"])
-    async def api_calendar(self, request):
-        gateway = parse_gateway(arg(request, "gateway"))
-        month = self._month(arg(request, "month"), self.today())
-        days = await self._days_with_records(gateway, month)
-        return self.json(
-            request,
-            {"month": f"{month:%Y-%m}", "days": [d.isoformat() for d in sorted(days)]},
-        )
-
-    @app.route("/api/status", methods=["GET"])
-    async def api_status(self, request):
-        return self.json(
-            request, {"open_calls": self._open_calls_json(), "outputs": self._outputs()}
-        )
-
-    @app.route("/api/accounting", methods=["GET"])
-    def api_accounting(self, request):
-        status = self.status.get("radius")
-        if status is None:
-            return self.json(
-                request, {"error": "RADIUS accounting is not configured"}, 404
-            )
-        return self.json(request, status())
+    # -- the JSON API (cdrd/web/api.py) -------------------------------------------
 
     @app.route("/api/", branch=True)
-    def api_unknown(self, request):
-        return self.json(
-            request,
-            {"error": f"no such API path {request.path.decode('latin-1')}"},
-            404,
-        )
+    def api(self, request):
+        return self.api.app.resource()
 
     def _call_query(self, s, limit=None, offset=None, after=None) -> CallQuery:
-        return CallQuery(
-            gateway=s.gateway,
-            since=s.since,
-            until=s.until,
-            filter=s.filter,
-            limit=s.limit if limit is None else limit,
-            offset=s.offset if offset is None else offset,
-            after=after,
-        )
+        return call_query(s, limit, offset, after)
 
     def _cdr_query(self, s, call=None, limit=None, offset=None, after=None) -> CdrQuery:
-        return CdrQuery(
-            gateway=s.gateway,
-            since=s.since,
-            until=s.until,
-            cui=s.cui,
-            call=call,
-            limit=s.limit if limit is None else limit,
-            offset=s.offset if offset is None else offset,
-            after=after,
-        )
+        return cdr_query(s, call, limit, offset, after)
 
     def _open_calls(self) -> list:
-        if self.calls is None:
-            return []
-        return sorted(self.calls.open_calls(), key=lambda c: (c.gateway, c.begin))
-
-    def _open_calls_json(self) -> list[dict]:
-        return [
-            {
-                "gateway": c.gateway,
-                "boot": c.boot,
-                "ref": c.ref,
-                "begin": self._rfc(c.begin),
-                "port": c.port,
-            }
-            for c in self._open_calls()
-        ]
+        return self.api.open_calls()
 
     @staticmethod
     def _rfc(ms):
@@ -311,14 +192,7 @@ class WebApp:
         return None if ms is None else rfc3339(ms)
 
     def _outputs(self) -> dict:
-        out = {}
-        for name, status in sorted(self.status.items()):
-            try:
-                out[name] = status()
-            except Exception as e:  # a broken status must not break the page
-                self.log.failure("status of output {name} failed", name=name)
-                out[name] = {"error": type(e).__name__}
-        return out
+        return self.api.outputs()
 
     # -- live events (server-sent events) --------------------------------------------
 
@@ -587,21 +461,10 @@ class WebApp:
         request.setHeader(b"cache-control", b"no-store")
 
     def _month(self, text: str | None, default: date) -> date:
-        if text is None:
-            return default.replace(day=1)
-        try:
-            if len(text) != 7:
-                raise ValueError
-            return datetime.strptime(text, "%Y-%m").date()
-        except ValueError:
-            raise BadParameter(f"month: {text!r} is not YYYY-MM") from None
+        return parse_month(text, default)
 
     async def _days_with_records(self, gateway: str | None, month: date) -> set[date]:
-        nxt = (month + timedelta(days=32)).replace(day=1)
-        quarters = await self.store.call_quarters(
-            gateway, day_start_ms(month, self.zone), day_start_ms(nxt, self.zone)
-        )
-        return {local_day(q, self.zone) for q in quarters}
+        return await days_with_records(self.store, self.zone, gateway, month)
 
 
 @implementer(IPushProducer)

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from attrs import frozen
 
 from cdrd.config import GATEWAY_ID, gateway_key, split_gateway_key
-from cdrd.interfaces import CALL_FILTERS
+from cdrd.interfaces import CALL_FILTERS, CallQuery, CdrQuery
 
 MAX_LIMIT = 1000
 #: The page's words for the filters, in the seed report's order.
@@ -146,4 +146,52 @@ def parse_search(
         offset=parse_int(arg(request, "offset"), "offset", 0, 0, 10**9),
         cui=cui,
         ref=parse_int(ref, "ref", 0, 0, 2**31) if ref is not None else None,
+    )
+
+
+def parse_month(text: str | None, default: date) -> date:
+    """`month=YYYY-MM` as the first of that month; `default`'s month if absent."""
+    if text is None:
+        return default.replace(day=1)
+    try:
+        if len(text) != 7:
+            raise ValueError
+        return datetime.strptime(text, "%Y-%m").date()
+    except ValueError:
+        raise BadParameter(f"month: {text!r} is not YYYY-MM") from None
+
+
+async def days_with_records(store, zone: ZoneInfo, gateway: str | None, month: date) -> set[date]:
+    """The local days of `month` on which a record of `gateway` (None: any) begins."""
+    nxt = (month + timedelta(days=32)).replace(day=1)
+    quarters = await store.call_quarters(
+        gateway, day_start_ms(month, zone), day_start_ms(nxt, zone)
+    )
+    return {local_day(q, zone) for q in quarters}
+
+
+def call_query(s: Search, limit=None, offset=None, after=None) -> CallQuery:
+    """The store's CallQuery for a parsed search (limit/offset/after override)."""
+    return CallQuery(
+        gateway=s.gateway,
+        since=s.since,
+        until=s.until,
+        filter=s.filter,
+        limit=s.limit if limit is None else limit,
+        offset=s.offset if offset is None else offset,
+        after=after,
+    )
+
+
+def cdr_query(s: Search, call=None, limit=None, offset=None, after=None) -> CdrQuery:
+    """The store's CdrQuery for a parsed search (limit/offset/after override)."""
+    return CdrQuery(
+        gateway=s.gateway,
+        since=s.since,
+        until=s.until,
+        cui=s.cui,
+        call=call,
+        limit=s.limit if limit is None else limit,
+        offset=s.offset if offset is None else offset,
+        after=after,
     )
