@@ -304,7 +304,10 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     root.gateways = gateways = GatewayFactory(config, store, writer, reactor, open_refs=calls.open_refs)
     writer.add_listener(lambda batch, result: gateways.committed())
 
-    web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
+    web = WebApp(
+        config, store, reactor, calls=calls, feed=feed, status=status,
+        presence=gateways.registry.online,
+    )
     site = Site(web.resource())
     site.displayTracebacks = False
     for description, factory, setting in (
