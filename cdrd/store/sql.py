@@ -128,11 +128,16 @@ def _like_pattern(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+#: the columns that may be NULL (the others order without a NULLS clause,
+#: which PostgreSQL needs to walk an index in order)
+NULLABLE = frozenset({"talk", "port", "pport", "connect_ms", "pstn_time", "duration"})
+
+
 def _order(column: str, descending: bool, tie: str) -> str:
     """ORDER BY the same on both engines: NULLs first ascending, last descending."""
-    if descending:
-        return f"{column} DESC NULLS LAST, {tie} DESC"
-    return f"{column} ASC NULLS FIRST, {tie} ASC"
+    direction = "DESC" if descending else "ASC"
+    nulls = (" NULLS LAST" if descending else " NULLS FIRST") if column in NULLABLE else ""
+    return f"{column} {direction}{nulls}, {tie} {direction}"
 
 
 def _totals_row(row) -> CallTotals:
