@@ -328,7 +328,8 @@ def call_whole_json(whole: CallWhole) -> dict:
 
 def summary_csv(summary: Summary) -> bytes:
     """The summary as CSV: key, label, the totals, and the link of each row."""
-    from cdrd.web.app import _csv_row, spreadsheet_safe
+    from cdrd.web.exports import csv_row as _csv_row
+    from cdrd.web.exports import spreadsheet_safe
 
     head = ("group", "key", "label", "calls", "answered", "minutes", "asr_percent", "acd_seconds", "link")
     out = [_csv_row(head)]

@@ -21,11 +21,17 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
 
+from cdrd.interfaces import CDR_SORTS as CDR_SORT_KEYS
 from cdrd.interfaces import EventQuery, LogQuery
 from cdrd.values import hhmmss
 from cdrd.web import views
+from cdrd.web.api import SUMMARY_LIMIT, call_summary, call_whole
 from cdrd.web.query import (
+    CALL_PARAMS,
+    CDR_PARAMS,
     FILTER_LABELS,
+    LOG_PARAMS,
+    SUMMARY_PARAMS,
     BadParameter,
     arg,
     call_query,
@@ -188,11 +194,11 @@ class Pages:
     @app.route("/report", methods=["GET"])
     async def report(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today())
+        s = parse_search(request, web.zone, default_day=web.today(), allowed=CALL_PARAMS | {"month"})
         month = parse_month(arg(request, "month"), s.day_from)
         query = call_query(s)
         result = await web.store.calls(query)
-        totals = await web.store.call_totals(query) if hasattr(web.store, "call_totals") else None
+        totals = await web.store.call_totals(query)
         days = await days_with_records(web.store, web.zone, s.gateway, month)
         form = form_values(request, **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
         params = _search_params(form)
@@ -290,31 +296,35 @@ class Pages:
     @app.route("/summary", methods=["GET"])
     async def summary(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today())
+        s = parse_search(request, web.zone, default_day=web.today(), allowed=SUMMARY_PARAMS - {"format"})
         group = arg(request, "group") or "caller"
         if group not in dict(SUMMARY_GROUPS):
             raise BadParameter(f"group: {group!r} is not one of {', '.join(g for g, _ in SUMMARY_GROUPS)}")
+        prefix = arg(request, "prefix")
+        if prefix is not None:
+            if group != "destination":
+                raise BadParameter("prefix: only with group=destination")
+            prefix = parse_int(prefix, "prefix", 0, 1, 32)
         form = form_values(
             request, (*SEARCH_PARAMS, "group", "prefix"),
             **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat(), "group": group},
         )
         params = _search_params(form, (*SEARCH_PARAMS, "group", "prefix"))
         report_params = {k: v for k, v in params.items() if k not in ("group", "prefix", "sort", "order", "limit")}
-        summary = await web.summary(request, s, group) if hasattr(web, "summary") else None
-        rows, totals, capped = [], None, False
-        if summary is not None:
-            totals = summary.get("totals")
-            capped = summary.get("capped", False)
-            for g in summary["groups"]:
-                t = g["totals"]
-                rows.append({"id": None, "cells": [
-                    cell(dict(SUMMARY_GROUPS)[group], g["label"], href=views.url("/report", report_params, **g["search"])),
-                    cell("Calls", t.calls),
-                    cell("Answered", t.answered),
-                    cell("Minutes", views._minutes(t.minutes)),
-                    cell("ASR", views._percent(t.asr)),
-                    cell("ACD", views._acd(t.acd)),
-                ]})
+        summary = await call_summary(web.store, web.zone, s, group, prefix)
+        totals = await web.store.call_totals(call_query(s))
+        capped = len(summary.rows) >= SUMMARY_LIMIT
+        rows = []
+        for line in summary.rows:
+            t = line.totals
+            rows.append({"id": None, "cells": [
+                cell(dict(SUMMARY_GROUPS)[group], line.label, href=line.link),
+                cell("Calls", t.calls, href=line.link),
+                cell("Answered", t.answered),
+                cell("Minutes", views._minutes(t.minutes)),
+                cell("ASR", views._percent(t.asr)),
+                cell("ACD", views._acd(t.acd)),
+            ]})
         tabs = [
             {"key": key, "label": label, "on": key == group, "href": views.url("/summary", params, group=key)}
             for key, label in SUMMARY_GROUPS
@@ -324,7 +334,7 @@ class Pages:
             heading=f"by {dict(SUMMARY_GROUPS)[group].lower()} · {s.gateway or 'all gateways'} · {s.day_from}"
             + (f" – {s.day_to}" if s.day_to != s.day_from else ""),
             form=form, keys=await web.gateway_keys(), groups=SUMMARY_GROUPS,
-            fields=(*REPORT_FIELDS, "group"), hidden=("filter",), tabs=tabs,
+            fields=(*REPORT_FIELDS, "group"), hidden=("filter", "limit"), tabs=tabs,
             links={
                 "csv": views.url("/summary.csv", params),
                 "report": views.url("/report", report_params),
@@ -344,47 +354,63 @@ class Pages:
         call_id = arg(request, "id")
         if call_id is None:
             raise BadParameter("id: the call's id is missing (like 8200_000C2A020082/b1/75)")
-        whole = await web.call_whole(call_id)
-        r = whole.get("record")
+        if len(call_id.encode()) > 200:
+            raise BadParameter("id: longer than 200 bytes")
+        whole = await call_whole(web.store, web.config, call_id, radius="radius" in web.status)
+        r = whole.record if whole is not None else None
         record = []
         if r is not None:
             clocks = web.clocks
+            day = {"from": clocks.date(r.begin), "to": clocks.date(r.begin)}
             for label, text, href in (
-                ("Gateway", r.gateway, views.url("/report", gateway=r.gateway, **{"from": clocks.date(r.begin), "to": clocks.date(r.begin)})),
+                ("Gateway", r.gateway, views.url("/report", day, gateway=r.gateway)),
                 ("Call-Ref", r.ref, None),
                 ("Port", "" if r.port is None else r.port, None),
                 ("Notation", r.notation, None),
-                ("Dialed", r.dialed, views.url("/report", number=r.dialed.split(",")[0].strip()) if r.dialed else None),
-                ("Caller ID", r.cli, views.url("/report", number=r.cli) if r.cli else None),
-                ("PSTN Dial", r.pstn_dial, views.url("/report", number=r.pstn_dial) if r.pstn_dial else None),
-                ("PSTN Caller ID", r.pstn_cli, views.url("/report", number=r.pstn_cli) if r.pstn_cli else None),
+                ("Dialed", r.dialed, views.url("/report", day, number=r.dialed.split(",")[0].strip()) if r.dialed else None),
+                ("Caller ID", r.cli, views.url("/report", day, number=r.cli) if r.cli else None),
+                ("PSTN Dial", r.pstn_dial, views.url("/report", day, number=r.pstn_dial) if r.pstn_dial else None),
+                ("PSTN Caller ID", r.pstn_cli, views.url("/report", day, number=r.pstn_cli) if r.pstn_cli else None),
                 ("Begin", clocks.datetime(r.begin), None),
                 ("Connect", clocks.datetime(r.connect), None),
                 ("End", clocks.datetime(r.end), None),
                 ("Talk", hhmmss(r.talk), None),
                 ("PSTN Time", hhmmss(r.pstn_time), None),
-                ("Cause", r.cause, views.url("/report", cause=r.cause) if r.cause else None),
+                ("Cause", r.cause, views.url("/report", day, cause=r.cause) if r.cause else None),
                 ("Boot", r.boot, None),
             ):
                 record.append({"label": label, "text": "" if text is None else str(text), "href": href})
-        events = [self._event_cells(e) for e in whole.get("events", ())]
-        cdrs = [self._cdr_cells(i + 1, c) for i, c in enumerate(whole.get("cdrs", ()))]
-        legs = [
-            {"id": None, "cells": [cell(k, leg.get(f)) for k, f in (
-                ("Session", "session"), ("Status", "status"), ("State", "state"),
-                ("Server", "server"), ("Time", "time"))]}
-            for leg in whole.get("legs") or ()
-        ]
+        events = [self._event_cells(e) for e in (whole.events if whole else ())]
+        cdrs = [self._cdr_cells(i + 1, c) for i, c in enumerate(whole.cdrs if whole else ())]
+        legs = []
+        for leg in whole.legs if whole else ():
+            delivery = ", ".join(f"{q.status} {q.state}" for q in leg.radius) or (
+                "–" if not whole.radius else "not sent")
+            legs.append({"id": None, "cells": [
+                cell("Leg", leg.id.rsplit("/", 1)[-1]),
+                cell("Direction", leg.direction),
+                cell("Port", "" if leg.port is None else leg.port),
+                cell("CUI", leg.cui),
+                cell("Dialled", leg.dialled, cls="num"),
+                cell("CLI", leg.cli, cls="num"),
+                cell("Start", web.clocks.datetime(leg.start)),
+                cell("Answer", web.clocks.time(leg.answer)),
+                cell("Stop", web.clocks.time(leg.stop)),
+                cell("Cause", leg.cause, cls="cause" if leg.cause else ""),
+                cell("RADIUS", delivery, cls="radius"),
+            ]})
         gateway = r.gateway if r is not None else call_id.split("/")[0]
+        if whole is None:
+            request.setResponseCode(404)
         return self.render(
             request, "call.html", "report", f"Call {call_id}",
             call_id=call_id, record=record,
             links={"json": views.url("/api/call", id=call_id), "events": f"/gateways/{gateway}/events"},
             event_columns=[(c, None) for c in EVENT_COLUMNS], events=events,
             cdr_columns=[(c, None) for c in CDR_COLUMNS], cdrs=cdrs,
-            leg_columns=[(c, None) for c in ("Session", "Status", "State", "Server", "Time")],
+            leg_columns=[(c, None) for c in LEG_COLUMNS],
             legs=legs,
-            legs_empty="RADIUS accounting is not configured." if whole.get("legs") is None else "No RADIUS leg for this call.",
+            legs_empty="No leg for this call.",
         )
 
     # -- billing CDRs ----------------------------------------------------------------
@@ -411,10 +437,10 @@ class Pages:
     @app.route("/cdrs", methods=["GET"])
     async def cdrs(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today())
+        s = parse_search(request, web.zone, default_day=web.today(), allowed=CDR_PARAMS, sorts=CDR_SORT_KEYS)
         query = cdr_query(s)
         total, cdrs = await web.store.cdrs(query)
-        per_cui = await web.store.cui_totals(query) if hasattr(web.store, "cui_totals") else None
+        per_cui = await web.store.cui_totals(query)
         form = form_values(request, **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
         params = _search_params(form)
         cui_rows = None
@@ -448,7 +474,7 @@ class Pages:
     @app.route("/log", methods=["GET"])
     async def gateway_log(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today(), bare_gateway=True)
+        s = parse_search(request, web.zone, default_day=web.today(), bare_gateway=True, allowed=LOG_PARAMS)
         entries = await web.store.log(
             LogQuery(gateway=s.gateway, since=s.since, until=s.until, limit=s.limit + 1, offset=s.offset)
         )
@@ -730,6 +756,9 @@ GATEWAY_SORTS = {
     "bad_packets": "bad_packets", "restarts": "restarts", "open": "open", "calls": "calls",
     "asr": "asr_value",
 }
+LEG_COLUMNS = (
+    "Leg", "Direction", "Port", "CUI", "Dialled", "CLI", "Start", "Answer", "Stop", "Cause", "RADIUS",
+)
 CDR_COLUMNS = (
     "#", "Start", "Ringing", "Duration / status", "CUI", "Dialled", "CLI", "Gateway", "Call",
     "FireBrick line",
