@@ -24,7 +24,8 @@ from werkzeug.exceptions import NotFound
 from zope.interface import implementer
 
 from cdrd.values import rfc3339
-from cdrd.web.query import BadParameter, call_query, cdr_query, parse_search
+from cdrd.web.api import summary_csv
+from cdrd.web.query import CALL_PARAMS, CDR_PARAMS, BadParameter, call_query, cdr_query, parse_search
 from cdrd.web.render import REPORT_COLUMNS, report_cells
 
 #: records read per store query while exporting CSV
@@ -56,7 +57,7 @@ class Exports:
     @app.route("/report.csv", methods=["GET"])
     async def report_csv(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today())
+        s = parse_search(request, web.zone, default_day=web.today(), allowed=CALL_PARAMS)
         name = f"cdr-report-{s.gateway or 'all'}-{s.day_from}-{s.day_to}-{s.filter}.csv"
         download_headers(request, name)
         export = Export(request)
@@ -65,7 +66,8 @@ class Exports:
         n = 0
         after = None  # keyset paging: each chunk costs its own length
         while n < EXPORT_MAX and not export.gone:
-            page = await web.store.calls(call_query(s, limit=EXPORT_CHUNK, offset=0, after=after))
+            page = await web.store.calls(
+                call_query(s, limit=EXPORT_CHUNK, offset=0, after=after, keyset=True))
             rows = []
             for r in page.records:
                 n += 1
@@ -82,7 +84,7 @@ class Exports:
     @app.route("/cdrs.csv", methods=["GET"])
     async def cdrs_csv(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today())
+        s = parse_search(request, web.zone, default_day=web.today(), allowed=CDR_PARAMS)
         download_headers(request, f"cdrs-{s.gateway or 'all'}-{s.day_from}-{s.day_to}.csv")
         export = Export(request)
         # the billing feed: the FireBrick lines byte for byte (never altered
@@ -90,7 +92,8 @@ class Exports:
         n = 0
         after = None
         while n < EXPORT_MAX and not export.gone:
-            _, page = await web.store.cdrs(cdr_query(s, limit=EXPORT_CHUNK, offset=0, after=after))
+            _, page = await web.store.cdrs(
+                cdr_query(s, limit=EXPORT_CHUNK, offset=0, after=after, keyset=True))
             await export.write("".join(c.line + "\r\n" for c in page).encode("utf-8"))
             n += len(page)
             if len(page) < EXPORT_CHUNK:
@@ -98,6 +101,14 @@ class Exports:
             after = page[-1].id
         export.done()
         return None
+
+
+    @app.route("/summary.csv", methods=["GET"])
+    async def summary_csv(self, request):
+        # the API's summary (its parameters, its checks), as the API's CSV
+        result = await self.web.api._summary(request)
+        download_headers(request, f"summary-{result.group}.csv")
+        return summary_csv(result)
 
 
 def download_headers(request, name: str) -> None:

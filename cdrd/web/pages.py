@@ -385,7 +385,7 @@ class Pages:
         legs = []
         for leg in whole.legs if whole else ():
             delivery = ", ".join(f"{q.status} {q.state}" for q in leg.radius) or (
-                "–" if not whole.radius else "not sent")
+                "accounting off" if not whole.radius else "not sent")
             legs.append({"id": None, "cells": [
                 cell("Leg", leg.id.rsplit("/", 1)[-1]),
                 cell("Direction", leg.direction),
@@ -400,10 +400,8 @@ class Pages:
                 cell("RADIUS", delivery, cls="radius"),
             ]})
         gateway = r.gateway if r is not None else call_id.split("/")[0]
-        if whole is None:
-            request.setResponseCode(404)
         return self.render(
-            request, "call.html", "report", f"Call {call_id}",
+            request, "call.html", "report", f"Call {call_id}", code=200 if whole else 404,
             call_id=call_id, record=record,
             links={"json": views.url("/api/call", id=call_id), "events": f"/gateways/{gateway}/events"},
             event_columns=[(c, None) for c in EVENT_COLUMNS], events=events,
@@ -438,7 +436,7 @@ class Pages:
     async def cdrs(self, request):
         web = self.web
         s = parse_search(request, web.zone, default_day=web.today(), allowed=CDR_PARAMS, sorts=CDR_SORT_KEYS)
-        query = cdr_query(s)
+        query = cdr_query(s, default_sort="start")  # billing's columns by start
         total, cdrs = await web.store.cdrs(query)
         per_cui = await web.store.cui_totals(query)
         form = form_values(request, **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
@@ -465,7 +463,7 @@ class Pages:
             cui_columns=[(c, None) for c in ("CUI", "CDRs", "Answered", "Duration", "Minutes")],
             cui_totals=cui_rows,
             columns=[(c, CDR_SORTS.get(c)) for c in CDR_COLUMNS], rows=rows,
-            sorting=self._sorting("/cdrs", params, s),
+            sorting={**self._sorting("/cdrs", params, s), "sort": s.sort or "start"},
             paging=paging("/cdrs", params, s.offset, s.limit, len(rows), total),
         )
 
@@ -521,9 +519,11 @@ class Pages:
         events = await web.store.events(EventQuery(gateway=key, limit=limit, newest_first=True))
         states = await web.gateway_states()
         state = states.get(key)
+        rows = {g["key"]: g for g in await web.gateway_rows(since=web.now_ms() - FLOOD_WINDOW, now=web.now_ms())}
         return self.render(
             request, "events.html", "live", f"Live events {key}",
-            key=key, state=state, keys=await web.gateway_keys(),
+            key=key, state=state, gw_state=rows[key]["state"] if key in rows else "never seen",
+            keys=await web.gateway_keys(),
             stream=f"/gateways/{key}/events/stream" if web.feed is not None else "",
             after=max((e.id or 0 for e in events), default=0),
             columns=[(c, None) for c in EVENT_COLUMNS],
@@ -562,6 +562,7 @@ class Pages:
             cell("Peer", g["peer"]),
             cell("Firmware", g["firmware"]),
             cell("FXS/FXO/ISDN", g["ports"]),
+            cell("Clock skew", g["skew"]),
             cell("Last login", g["login"]),
             cell("Last heard", g["heard"]),
             cell("", "", links=(("live", f"/gateways/{g['key']}/events"),
@@ -572,7 +573,7 @@ class Pages:
         return self.render(
             request, "gateways.html", "gateways", "Gateways",
             online=sum(1 for g in gw if g["state"] in ("online", "flooding")), count=len(gw),
-            columns=[(c, None) for c in ("Gateway", "State", "Peer", "Firmware", "FXS/FXO/ISDN", "Last login", "Last heard", "")],
+            columns=[(c, None) for c in ("Gateway", "State", "Peer", "Firmware", "FXS/FXO/ISDN", "Clock skew", "Last login", "Last heard", "")],
             rows=rows,
         )
 
@@ -704,8 +705,6 @@ class Pages:
                 cell("Peer", g["peer"]),
                 cell("Last login", g["login"]),
                 cell("Last heard", g["heard"], cls="heard"),
-                cell("FXS/FXO/ISDN", g["ports"]),
-                cell("Clock skew", g["skew"]),
                 cell("Bad packets", g["bad_packets"], cls="bad-packets" + (" cause" if g["bad_packets"] else "")),
                 cell("Restarts", g["restarts"], cls="restarts"),
                 cell("Open", g["open"], cls="open"),
@@ -717,8 +716,7 @@ class Pages:
             ]})
         columns = [
             ("Gateway", "gateway"), ("Status", "state"), ("Peer", "peer"), ("Last login", "login"),
-            ("Last heard", "heard"), ("FXS/FXO/ISDN", None), ("Clock skew", None),
-            ("Bad packets", "bad_packets"), ("Restarts", "restarts"), ("Open", "open"),
+            ("Last heard", "heard"), ("Bad packets", "bad_packets"), ("Restarts", "restarts"), ("Open", "open"),
             (f"Calls {rng['title'].removeprefix('last ')}", "calls"), ("ASR", "asr"), ("ACD", None), ("", None),
         ]
         # the sort links use `sort` and `order` as the report's do
@@ -806,7 +804,9 @@ def _charts(stats, rng: dict, clocks) -> dict:
     out = {}
     for cls, width, height, font in (("wide", 720, 180, 11), ("narrow", 360, 170, 13)):
         out[f"calls_{cls}"] = _bar_chart(answered, other, labels, cls, width, height, font, rng)
-        out[f"rates_{cls}"] = _line_chart(asr, acd, labels, cls, width, height, font, rng)
+        # the rates chart sits in the narrower column beside the bars
+        rates_width = width * 2 // 3 if cls == "wide" else width
+        out[f"rates_{cls}"] = _line_chart(asr, acd, labels, cls, rates_width, height, font, rng)
     return out
 
 
