@@ -473,6 +473,19 @@ class SqlStore:
             return [_event(r) for r in rows]
         return self._read(q)
 
+    def _cui_prefix(self, where: _Where, prefix: str) -> _Where:
+        """CUIs that start with `prefix`, through an index on cui."""
+        if self.dialect == "sqlite":
+            # binary collation: UTF-8 byte order; every string that starts
+            # with the prefix lies in [prefix, prefix + U+10FFFF)
+            return where.add(
+                f"cui >= ? AND cui < ? AND SUBSTR(cui, 1, {len(prefix)}) = ?",
+                prefix, prefix + "\U0010ffff", prefix,
+            )
+        # any collation: LIKE 'prefix%' (an index serves it under the C
+        # collation or text_pattern_ops)
+        return where.add("cui LIKE ? ESCAPE '\\'", _like_pattern(prefix)[1:])
+
     def _call_search(self, query) -> _Where:
         """The search terms of a CallQuery (not gateway, dates or filter)."""
         where = _Where()
@@ -486,7 +499,7 @@ class SqlStore:
         if query.cui is not None:
             # a CDR of the call has a CUI with this prefix; its start is
             # within the call's, so the dates bound the CDRs read too
-            cdrs = _Where().add(f"SUBSTR(cui, 1, {len(query.cui)}) = ?", query.cui)
+            cdrs = self._cui_prefix(_Where(), query.cui)
             cdrs.range("start", query.since, query.until)
             where.add(f"id IN (SELECT call FROM cdrs{cdrs.sql})", *cdrs.params)
         if query.min_talk is not None:
@@ -781,7 +794,7 @@ class SqlStore:
         if query.gateway is not None:
             where.add("gateway = ?", query.gateway)
         if query.cui is not None:
-            where.add(f"SUBSTR(cui, 1, {len(query.cui)}) = ?", query.cui)
+            self._cui_prefix(where, query.cui)
         if query.call is not None:
             where.add("call = ?", query.call)
         where.range("start", query.since, query.until)
