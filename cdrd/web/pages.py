@@ -507,6 +507,11 @@ class Pages:
             cell(label, v, cls=f"ev-type {views._css_class(v)}" if label == "Event" else "")
             for label, v in zip(EVENT_COLUMNS, values, strict=True)
         ]
+        # the call ref opens its call, a number its calls
+        cells[1]["href"] = views.url("/call", id=row["call"])
+        for i in (4, 5):
+            if cells[i]["text"]:
+                cells[i]["href"] = views.url("/report", number=cells[i]["text"])
         if with_gateway:
             cells.insert(1, cell("Gateway", e.gateway, href=f"/gateways/{e.gateway}/events"))
         return {"id": row["id"], "cells": cells}

@@ -14,6 +14,7 @@ from cdrd.values import (
     Cdr,
     GatewayState,
     LogEntry,
+    call_id,
     hhmmss,
     rfc3339,
 )
@@ -141,6 +142,7 @@ def event_row(e: CallEvent, clocks: Clocks) -> dict:
         "cli": e.fields.get("cli", ""),
         "info": event_info(e),
         "pport": e.fields.get("pport", ""),
+        "call": call_id(e.gateway, e.boot, e.ref),  # the Call-Ref's link: /call?id=
     }
 
 

@@ -250,6 +250,9 @@ async def test_live_page_of_all_gateways(make_site):
     assert 'data-url="/live/stream"' in html
     assert section(html, "events").count("<tr") == len(F.EVENTS)
     assert f'<td data-label="Gateway"><a href="/gateways/{F.GW}/events">{F.GW}</a></td>' in html
+    events = section(html, "events")  # a call ref opens its call, a number its calls
+    assert f'<td data-label="Call-Ref"><a href="/call?id={F.GW}%2Fb1%2F75">75</a></td>' in events
+    assert '<td data-label="Dialed"><a href="/report?number=2252">2252</a></td>' in events
     c = Connection(site, "/live/stream")
     site.feed.events_stored([F.EVENTS[0]])
     assert c.messages()[0]["gateway"] == F.GW

@@ -14,12 +14,24 @@
     return td;
   }
 
+  function link(td, href) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = td.textContent;
+    td.textContent = "";
+    td.appendChild(a);
+  }
+
   function eventRow(ev, withGateway) {
     var tr = document.createElement("tr");
     tr.dataset.id = ev.id;
     tr.className = "new";
     [ev.time, ev.ref, ev.port, ev.type, ev.digits, ev.cli, ev.info, ev.pport].forEach(function (v, i) {
-      tr.appendChild(cell(v, LABELS[i], i === 3 ? "ev-type " + String(v).toLowerCase() : ""));
+      var td = cell(v, LABELS[i], i === 3 ? "ev-type " + String(v).toLowerCase() : "");
+      // the call ref opens its call, a number its calls (as the server's rows)
+      if (i === 1 && ev.call) link(td, "/call?id=" + encodeURIComponent(ev.call));
+      if ((i === 4 || i === 5) && td.textContent) link(td, "/report?number=" + encodeURIComponent(td.textContent));
+      tr.appendChild(td);
     });
     if (withGateway) {
       var td = cell("", "Gateway", "");
