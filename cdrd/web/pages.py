@@ -4,9 +4,9 @@ by WebApp at the root.  Each route reads its search (cdrd.web.query),
 asks the store, and hands plain values to its template (views, templates/):
 no HTML is written here, so nothing here escapes by hand.
 
-A cell of a table is a dict (see `cell`): its column's label, its text, and
+A cell of a table is a Cell (see `cell`): its column's label, its text, and
 at most one of href (a link), tag, pill or code; rows are
-{"id": data-id or None, "cells": [...]}.  A new column is one more cell.
+Row(cells, id=data-id or None).  A new column is one more cell.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from datetime import date, timedelta
 from urllib.parse import unquote
 
+import attrs
 from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
@@ -102,8 +103,33 @@ RADIUS_BEHIND_S = 60
 RADIUS_LATE_S = 600
 
 
-def cell(label: str, text="", **kw) -> dict:
-    return {"label": label, "text": "" if text is None else str(text), **kw}
+@attrs.frozen
+class Cell:
+    """One cell of a table: its column's label, its text, and at most one of
+    a link, a tag (CSS class), a pill (on/off/warn), code, or links (label,
+    href); `strong` follows in bold.  A class, not a dict: the template reads
+    its attributes at the first try (a dict's missing keys cost exceptions)."""
+
+    label: str
+    text: str = ""
+    cls: str = ""
+    href: str | None = None
+    tag: str | None = None
+    pill: str | None = None
+    code: bool = False
+    links: tuple = ()
+    strong: str | None = None
+
+
+@attrs.frozen
+class Row:
+    cells: list
+    id: object = None
+    cls: str = ""
+
+
+def cell(label: str, text="", **kw) -> Cell:
+    return Cell(label, "" if text is None else str(text), **kw)
 
 
 def form_values(request, names=SEARCH_PARAMS, **defaults) -> dict:
@@ -226,7 +252,7 @@ class Pages:
                     cells.append(cell(label, text, cls="cause" if label == "Cause" else ""))
             if every_gateway:
                 cells.append(cell("Gateway", r.gateway, href=views.url("/report", params, gateway=r.gateway)))
-            rows.append({"id": None, "cells": cells})
+            rows.append(Row(cells))
         tabs = [
             {"key": key, "label": label, "on": key == s.filter,
              "href": views.url("/report", params, filter=None if key == "all" else key)}
@@ -317,14 +343,14 @@ class Pages:
         rows = []
         for line in summary.rows:
             t = line.totals
-            rows.append({"id": None, "cells": [
+            rows.append(Row([
                 cell(dict(SUMMARY_GROUPS)[group], line.label, href=line.link),
                 cell("Calls", t.calls, href=line.link),
                 cell("Answered", t.answered),
                 cell("Minutes", views._minutes(t.minutes)),
                 cell("ASR", views._percent(t.asr)),
                 cell("ACD", views._acd(t.acd)),
-            ]})
+            ]))
         tabs = [
             {"key": key, "label": label, "on": key == group, "href": views.url("/summary", params, group=key)}
             for key, label in SUMMARY_GROUPS
@@ -386,7 +412,7 @@ class Pages:
         for leg in whole.legs if whole else ():
             delivery = ", ".join(f"{q.status} {q.state}" for q in leg.radius) or (
                 "accounting off" if not whole.radius else "not sent")
-            legs.append({"id": None, "cells": [
+            legs.append(Row([
                 cell("Leg", leg.id.rsplit("/", 1)[-1]),
                 cell("Direction", leg.direction),
                 cell("Port", "" if leg.port is None else leg.port),
@@ -398,7 +424,7 @@ class Pages:
                 cell("Stop", web.clocks.time(leg.stop)),
                 cell("Cause", leg.cause, cls="cause" if leg.cause else ""),
                 cell("RADIUS", delivery, cls="radius"),
-            ]})
+            ]))
         gateway = r.gateway if r is not None else call_id.split("/")[0]
         return self.render(
             request, "call.html", "report", f"Call {call_id}", code=200 if whole else 404,
@@ -417,7 +443,7 @@ class Pages:
         clocks = self.web.clocks
         day = {"from": clocks.date(c.start), "to": clocks.date(c.start)}
         status = c.status or ""
-        return {"id": None, "cells": [
+        return Row([
             cell("#", n),
             cell("Start", clocks.datetime(c.start)),
             cell("Ringing", hhmmss(c.ringing) if c.ringing is not None else ""),
@@ -430,7 +456,7 @@ class Pages:
             cell("Gateway", c.gateway, href=views.url("/cdrs", day, gateway=c.gateway) if c.gateway else None),
             cell("Call", (c.call or "").rsplit("/", 1)[-1], href=views.url("/call", id=c.call) if c.call else None),
             cell("FireBrick line", c.line, cls="line", code=True),
-        ]}
+        ])
 
     @app.route("/cdrs", methods=["GET"])
     async def cdrs(self, request):
@@ -443,13 +469,13 @@ class Pages:
         params = _search_params(form)
         cui_rows = None
         if per_cui is not None:
-            cui_rows = [{"id": None, "cells": [
+            cui_rows = [Row([
                 cell("CUI", t.cui or "(none)", href=views.url("/cdrs", params, cui=t.cui or None)),
                 cell("CDRs", t.cdrs),
                 cell("Answered", t.answered),
                 cell("Duration", hhmmss(t.duration)),
                 cell("Minutes", views._minutes(t.duration / 60_000)),
-            ]} for t in per_cui]
+            ]) for t in per_cui]
         rows = [self._cdr_cells(s.offset + i + 1, c) for i, c in enumerate(cdrs)]
         heading = f"{s.gateway or 'All gateways'} · {s.day_from}" + (
             f" – {s.day_to}" if s.day_to != s.day_from else ""
@@ -482,14 +508,14 @@ class Pages:
                            **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
         params = _search_params(form, ("gateway", "from", "to", "limit"))
         clocks = web.clocks
-        rows = [{"id": None, "cells": [
+        rows = [Row([
             cell("Time", clocks.datetime(e.time)),
             cell("Gateway", e.gateway, href=views.url("/log", params, gateway=e.gateway, offset=None) if e.gateway != "???" else None),
             cell("MAC", e.mac),
             cell("Peer", e.peer),
             cell("Event", e.event, tag="log " + views._css_class(e.event)),
             cell("Detail", e.detail, cls="detail"),
-        ]} for e in entries]
+        ]) for e in entries]
         return self.render(
             request, "log.html", "log", "Gateway log",
             form=form, keys=await web.gateway_keys(),
@@ -508,13 +534,13 @@ class Pages:
             for label, v in zip(EVENT_COLUMNS, values, strict=True)
         ]
         # the call ref opens its call, a number its calls
-        cells[1]["href"] = views.url("/call", id=row["call"])
+        cells[1] = attrs.evolve(cells[1], href=views.url("/call", id=row["call"]))
         for i in (4, 5):
-            if cells[i]["text"]:
-                cells[i]["href"] = views.url("/report", number=cells[i]["text"])
+            if cells[i].text:
+                cells[i] = attrs.evolve(cells[i], href=views.url("/report", number=cells[i].text))
         if with_gateway:
             cells.insert(1, cell("Gateway", e.gateway, href=f"/gateways/{e.gateway}/events"))
-        return {"id": row["id"], "cells": cells}
+        return Row(cells, row["id"])
 
     @app.route("/gateways/<string:key>/events", methods=["GET"])
     async def gateway_events(self, request, key):
@@ -561,7 +587,7 @@ class Pages:
             return b""
         web = self.web
         gw = await web.gateway_rows()
-        rows = [{"id": g["key"], "cells": [
+        rows = [Row(id=g["key"], cells=[
             cell("Gateway", g["key"], href=f"/gateways/{g['key']}/events"),
             cell("State", g["state"], pill=g["pill"]),
             cell("Peer", g["peer"]),
@@ -574,7 +600,7 @@ class Pages:
                                 ("report", views.url("/report", gateway=g["key"])),
                                 ("summary", views.url("/summary", gateway=g["key"])),
                                 ("log", views.url("/log", gateway=g["key"])))),
-        ]} for g in gw]
+        ]) for g in gw]
         return self.render(
             request, "gateways.html", "gateways", "Gateways",
             online=sum(1 for g in gw if g["state"] in ("online", "flooding")), count=len(gw),
@@ -604,13 +630,13 @@ class Pages:
             a, n, g["asr"], g["acd"] = _asr_acd(own)
             g["asr_value"] = n / a if a else -1
         gw = self._gateway_table(request, gws, rng)
-        open_rows = [{"id": None, "cells": [
+        open_rows = [Row([
             cell("Gateway", c.gateway, href=f"/gateways/{c.gateway}/events"),
             cell("Call-Ref", c.ref),
             cell("Port", "" if c.port is None else c.port),
             cell("Begin", web.clocks.datetime(c.begin)),
             cell("Age", hhmmss(now - c.begin)),
-        ]} for c in (open_calls or [])[:50]]
+        ]) for c in (open_calls or [])[:50]]
         return self.render(
             request, "dashboard.html", "dashboard", "Dashboard",
             now_text=web.clocks.datetime(now),
@@ -704,7 +730,7 @@ class Pages:
         rows = []
         for g in shown[offset:offset + GATEWAY_PAGE]:
             k = g["key"]
-            rows.append({"id": k, "cells": [
+            rows.append(Row(id=k, cells=[
                 cell("Gateway", k, href=f"/gateways/{k}/events"),
                 cell("Status", g["state"], pill=g["pill"], cls="state"),
                 cell("Peer", g["peer"]),
@@ -718,7 +744,7 @@ class Pages:
                 cell("ASR", g["asr"]),
                 cell("ACD", g["acd"]),
                 cell("", "", cls="links", links=(("report", views.url("/report", gateway=k)), ("log", views.url("/log", gateway=k)))),
-            ]})
+            ]))
         columns = [
             ("Gateway", "gateway"), ("Status", "state"), ("Peer", "peer"), ("Last login", "login"),
             ("Last heard", "heard"), ("Bad packets", "bad_packets"), ("Restarts", "restarts"), ("Open", "open"),
@@ -958,14 +984,14 @@ def _radius_card(st: dict) -> dict:
         state_s = srv.get("state", "unknown")
         rtt = srv.get("rtt_ms")
         errors = srv.get("send_errors", 0)
-        rows.append({"id": None, "cells": [
+        rows.append(Row([
             cell("Server", srv.get("address", ""), strong="(active)" if srv.get("active") else None),
             cell("State", state_s, pill={"up": "on", "down": "off"}.get(state_s, "warn")),
             cell("Round trip", "–" if rtt is None else f"{rtt:.1f} ms"),
             cell("Answered", f"{srv.get('answered', 0)} / {srv.get('sent', 0)}"),
             cell("Retrans.", srv.get("retransmissions", 0)),
             cell("Send errors", errors, cls="cause" if errors else ""),
-        ]})
+        ]))
     return _card(
         "radius", "RADIUS accounting", f"interim every {st.get('interim_interval', '?')} s",
         level, state, figures, servers=rows,
