@@ -440,7 +440,16 @@ def test_new_pages_on_a_phone(server, phone):
     phone.errors[:] = [e for e in phone.errors if "status of 40" not in e]
 
 
-def test_dashboard_chart_first_ranges_and_gateway_table(server, page):
+@pytest.fixture
+def own_server(tmp_path_factory):
+    """A server of its own: a test that writes to the gateway log (the
+    other tests count its entries)."""
+    with serving(tmp_path_factory) as url:
+        yield url
+
+
+def test_dashboard_chart_first_ranges_and_gateway_table(own_server, page):
+    server = own_server
     page.goto(f"{server}/")
     chart = page.locator("#chart").bounding_box()
     table = page.locator("#gateways").bounding_box()
@@ -461,5 +470,20 @@ def test_dashboard_chart_first_ranges_and_gateway_table(server, page):
     page.request.post(f"{server}/_test/event?ref=95&type=DIAL&digits=1")
     page.wait_for_function(
         "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.heard').textContent.length > 0")
+    # the gateway log moves the table too: a logout, bad packets, a restart
+    row = page.locator('#gateways tr[data-id="8200_000C2A020082"]')
+    assert row.locator("td.state .pill").inner_text() == "online"
+    page.request.post(f"{server}/_test/log?event=Logout&gateway=8200&mac=000C2A020082")
+    page.wait_for_function(
+        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.state .pill')"
+        ".textContent === 'offline'")
+    assert page.locator("#online").inner_text() == "0"
+    for event in ("Bad Packet", "Bad Packet", "Gateway Restart"):
+        page.request.post(f"{server}/_test/log?event={event}&gateway=8200&mac=000C2A020082")
+    page.wait_for_function(
+        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.restarts').textContent === '1'")
+    assert row.locator("td.bad-packets").inner_text() == "2"
+    page.request.post(f"{server}/_test/log?event=Login&gateway=8200&mac=000C2A020082")
+    page.wait_for_function("document.getElementById('online').textContent === '1'")
     assert page.evaluate("window.__marker") == marker
     shot(page, "dashboard-chart-first")
