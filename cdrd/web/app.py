@@ -186,12 +186,14 @@ class WebApp:
         bad, recent_bad, restarts = Counter(), Counter(), Counter()
         if since is not None:
             by_id: dict[str, list[str]] = {}
-            by_host: dict[str, str] = {}
+            hosts: dict[str, list[str]] = {}
             for k in keys:
                 by_id.setdefault(k.split("_")[0], []).append(k)
                 g = states.get(k)
                 if g is not None and g.peer:
-                    by_host[g.peer.rpartition(":")[0]] = k
+                    hosts.setdefault(g.peer.rpartition(":")[0], []).append(k)
+            # a `???` entry is a gateway's only if no other one came from there
+            by_host = {h: ks[0] for h, ks in hosts.items() if len(ks) == 1}
             entries = await self.store.log(LogQuery(since=since, limit=LOG_SCAN))
             for e in entries:
                 if e.event not in (BAD_PACKET, GATEWAY_RESTART_LOG):
