@@ -7,6 +7,7 @@ against a real cdrd.
                                      [--days 365] [--repeat 15]
                                      [--database sqlite|postgresql]
                                      [--path var/bench/report-10M.sqlite]
+                                     [--match search]
 
 The store is filled once (SQLite: a file under var/bench/, reused by later
 runs with the same parameters; PostgreSQL: a database cdrd_bench_report_N,
@@ -29,6 +30,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -260,6 +262,54 @@ def queries(args) -> list[tuple[str, str]]:
         ("API CDRs, all gateways, 31 days", f"/api/cdrs?from={month_from}&to={day}"),
         ("API CDRs, everything (no dates)", "/api/cdrs"),
         ("dashboard (last 24 h, all gateways)", "/"),
+    ] + search_queries(args)
+
+
+def search_queries(args) -> list[tuple[str, str]]:
+    """Issue 14's searches, totals, summaries and one call whole."""
+    today = datetime.now(UTC).date()
+    day = (today - timedelta(days=2)).isoformat()
+    month_from = (today - timedelta(days=30)).isoformat()
+    g = gateway_keys(args.gateways)[3]
+    d1 = f"from={day}&to={day}"
+    d31 = f"from={month_from}&to={day}"
+    return [
+        ("search number, one gateway, one day", f"/api/calls?gateway={g}&{d1}&number=4420794612"),
+        ("search number, all gateways, one day", f"/api/calls?{d1}&number=4420794612"),
+        ("search number, all gateways, one day, last page",
+         f"/api/calls?{d1}&number=42079461&limit=100&offset=2600"),
+        ("search number, all gateways, 31 days", f"/api/calls?{d31}&number=4420794612"),
+        ("search CUI prefix, all gateways, one day", f"/api/calls?{d1}&cui=ACCT-42"),
+        ("search duration 60-300 s, all gateways, one day",
+         f"/api/calls?{d1}&min_duration=60&max_duration=300"),
+        ("search time of day 09-10, all gateways, one day",
+         f"/api/calls?{d1}&time_from=09:00&time_to=10:00"),
+        ("search time of day 09-10, all gateways, 31 days",
+         f"/api/calls?{d31}&time_from=09:00&time_to=10:00"),
+        ("search cause busy, all gateways, one day", f"/api/calls?{d1}&cause=busy"),
+        ("sorted by talk desc, all gateways, one day", f"/api/calls?{d1}&sort=talk&order=desc"),
+        ("sorted by talk desc, one gateway, 31 days",
+         f"/api/calls?gateway={g}&{d31}&sort=talk&order=desc"),
+        ("totals, all gateways, one day", f"/api/totals?{d1}"),
+        ("totals, all gateways, 31 days", f"/api/totals?{d31}"),
+        ("totals, all gateways, 31 days, Call Out", f"/api/totals?{d31}&filter=out"),
+        ("totals, one gateway, 31 days, Call Out", f"/api/totals?gateway={g}&{d31}&filter=out"),
+        ("totals, number, all gateways, one day", f"/api/totals?{d1}&number=4420794612"),
+        ("summary by gateway, 31 days", f"/api/summary?group=gateway&{d31}"),
+        ("summary by hour, one day", f"/api/summary?group=hour&{d1}"),
+        ("summary by day, 31 days", f"/api/summary?group=day&{d31}"),
+        ("summary by day, 365 days", f"/api/summary?group=day&from={today - timedelta(days=364)}&to={today}"),
+        ("summary by caller, one gateway, one day", f"/api/summary?group=caller&gateway={g}&{d1}"),
+        ("summary by caller, all gateways, one day", f"/api/summary?group=caller&{d1}"),
+        ("summary by caller, one gateway, 31 days", f"/api/summary?group=caller&gateway={g}&{d31}"),
+        ("summary by destination prefix 4, all gateways, one day",
+         f"/api/summary?group=destination&prefix=4&{d1}"),
+        ("summary by CUI, all gateways, one day", f"/api/summary?group=cui&{d1}"),
+        ("summary by CUI, one gateway, 31 days", f"/api/summary?group=cui&gateway={g}&{d31}"),
+        ("summary CSV by hour, one day", f"/api/summary.csv?group=hour&{d1}"),
+        ("CDRs by start, CUI prefix, all gateways, 31 days", f"/api/cdrs?{d31}&cui=ACCT-42"),
+        ("CDRs by start, number, all gateways, one day", f"/api/cdrs?{d1}&number=4420794612"),
+        ("one call whole", "/api/call?id={call_id}"),
     ]
 
 
@@ -272,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--path", help="the SQLite file (default var/bench/report-N-G-D.sqlite)")
     p.add_argument("--rebuild", action="store_true", help="fill the store again")
+    p.add_argument("--match", help="only the queries whose name contains this")
     args = p.parse_args(argv)
 
     database = postgres_store(args) if args.database == "postgresql" else sqlite_store(args)
@@ -284,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
                   f" {args.database}; {args.repeat} requests each (ms)")
             print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
+            call_id = _a_call_id(web)
             for name, path in queries(args):
+                if args.match and args.match not in name:
+                    continue
+                path = path.replace("{call_id}", quote(call_id, safe=""))
                 times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
                 p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
                 print(f"{name:<58} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
@@ -295,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(cdrd)
     return 0
+
+
+def _a_call_id(web: int) -> str:
+    """A call id of two days ago, for /api/call."""
+    import json
+
+    day = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
+    url = f"http://127.0.0.1:{web}/api/calls?from={day}&to={day}&limit=1&offset=500"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())["records"][0]["id"]
 
 
 def _web_port(tmp: Path) -> int:

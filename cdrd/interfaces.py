@@ -82,6 +82,16 @@ class WriteResult:
 # -- what the pages and the API ask -----------------------------------------
 
 CALL_FILTERS = ("all", "in", "out", "pstn", "out-failed", "in-reject", "other")
+#: the columns a call page may be sorted by (CallQuery.sort)
+CALL_SORTS = (
+    "begin", "end", "talk", "dialed", "cli", "pstn_dial", "pstn_cli", "cause",
+    "gateway", "notation", "ref", "port",
+)
+#: the orders of a CDR page (CdrQuery.sort): written (the billing feed's
+#: order) or by one of these columns
+CDR_SORTS = ("written", "start", "duration", "ringing", "cui", "dialled", "cli", "status", "gateway")
+#: what a call summary groups by (IStore.call_summary)
+SUMMARY_GROUPS = ("caller", "destination", "gateway", "time")
 
 
 @frozen
@@ -101,6 +111,23 @@ class CallQuery:
     #: keyset paging (exports): only records after this (begin, id) in the
     #: page order; `total` and `filtered` still count the whole search
     after: tuple[int, str] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
+    #: search terms (all optional, AND-ed; `filtered` counts them, `total`
+    #: does not): `number` a substring of dialed, cli, pstn_dial or pstn_cli
+    #: (ASCII case-insensitive); `cui` a prefix of the CUI of one of the
+    #: call's CDRs; talk in [min_talk, max_talk] ms (unanswered: 0);
+    #: `windows` Begin within one of these [since, until) ranges (the
+    #: time-of-day search, made ranges by the web layer); `cause` exactly
+    number: str | None = None
+    cui: str | None = None
+    min_talk: int | None = None
+    max_talk: int | None = None
+    windows: tuple[tuple[int, int], ...] | None = field(
+        default=None, converter=lambda v: None if v is None else tuple(tuple(w) for w in v)
+    )
+    cause: str | None = None
+    #: the page order: one of CALL_SORTS, then id; `after` needs "begin"
+    sort: str = "begin"
+    descending: bool = False
 
 
 @frozen
@@ -139,6 +166,67 @@ class CdrQuery:
     #: keyset paging (exports): only CDRs written after the CDR of this id;
     #: the total still counts the whole search
     after: str | None = None
+    #: search terms, AND-ed (`cui` above is a prefix): `number` a substring
+    #: of dialled or cli; duration in [min_duration, max_duration] ms
+    #: (unanswered: 0); `windows` start within one of these ranges; `cause`
+    #: the status exactly
+    number: str | None = None
+    min_duration: int | None = None
+    max_duration: int | None = None
+    windows: tuple[tuple[int, int], ...] | None = field(
+        default=None, converter=lambda v: None if v is None else tuple(tuple(w) for w in v)
+    )
+    cause: str | None = None
+    #: "written" (the default; what `after` pages) or a CDR_SORTS column, then written order
+    sort: str = "written"
+    descending: bool = False
+
+
+@frozen
+class CallTotals:
+    """
+    The totals of a search: calls, answered (a Connect), attempts (notation
+    in ATTEMPT_NOTATIONS), answered attempts, and their talk (ms).  ASR and
+    ACD are over attempts, as on the dashboard.
+    """
+
+    calls: int = 0
+    answered: int = 0
+    attempts: int = 0
+    attempts_answered: int = 0
+    talk: int = 0  # ms: the talk of the answered attempts, summed
+
+    @property
+    def minutes(self) -> float:
+        return self.talk / 60_000
+
+    @property
+    def asr(self) -> float | None:
+        """Answered attempts / attempts, 0..1; None without attempts."""
+        return self.attempts_answered / self.attempts if self.attempts else None
+
+    @property
+    def acd(self) -> float | None:
+        """Mean talk of an answered attempt, seconds; None without one."""
+        return self.talk / 1000 / self.attempts_answered if self.attempts_answered else None
+
+
+@frozen
+class SummaryRow:
+    """One group of a call summary: its key and its totals."""
+
+    key: str
+    totals: CallTotals
+
+
+@frozen
+class CuiTotals:
+    """The CDRs of one CUI in a search: how many, answered, their duration (ms)."""
+
+    cui: str
+    cdrs: int
+    answered: int
+    duration: int
 
 
 @frozen
@@ -222,7 +310,33 @@ class IStore(Interface):
 
     def cdrs(query):
         """Deferred[tuple[int, list[Cdr]]]: total matching, and the page, in
-        written order (oldest first)."""
+        written order (oldest first) or the query's sort."""
+
+    def call_totals(query):
+        """Deferred[CallTotals] of every record a CallQuery matches (its
+        limit, offset, after and sort ignored)."""
+
+    def call_summary(query, group, prefix=None, bucket=None, limit=1000):
+        """
+        Deferred[list[SummaryRow]]: the records a CallQuery matches grouped
+        by `group` (SUMMARY_GROUPS): "caller" (cli), "destination" (dialed,
+        its first `prefix` characters with `prefix`), "gateway", or "time"
+        (Begin in buckets of `bucket` ms; key: the bucket's start, ms UTC as
+        text).  Time groups in time order; the others by calls, most first,
+        then key; at most `limit` rows.
+        """
+
+    def cui_totals(query):
+        """Deferred[list[CuiTotals]] per CUI of the CDRs a CdrQuery matches
+        (limit, offset, after and sort ignored), by CUI."""
+
+    def call_record(call_id):
+        """Deferred[CallRecord | None]: the record of one call id."""
+
+    def outbox_matching(sink, text, limit):
+        """Deferred[list[OutboxItem]] of `sink` whose payload contains the
+        UTF-8 of `text`, by id, at most `limit` (what is still spooled of
+        one call)."""
 
     def cursors():
         """Deferred[dict[str, ModelCursor]]: the call model's cursor per gateway."""

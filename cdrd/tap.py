@@ -397,7 +397,10 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     root.metrics = Metrics(writer, gateways, calls=calls, outboxes=monitor.outboxes, syslog=status.get("syslog"),
                            radius=accounting.client if config.radius.enabled else None)
 
-    web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
+    web = WebApp(
+        config, store, reactor, calls=calls, feed=feed, status=status,
+        presence=gateways.registry.online,
+    )
     metrics_page = guard(root.metrics.resource(), config.web.users, config.web.realm, reactor)
     site = Site(ProbeResource(web.resource(), root.readiness, metrics_page))
     site.displayTracebacks = False

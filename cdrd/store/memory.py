@@ -12,13 +12,52 @@ from attrs import evolve
 from twisted.internet import defer
 from zope.interface import implementer
 
-from cdrd.interfaces import CallPage, CallStats, IStore, WriteResult
+from cdrd.interfaces import (
+    CALL_SORTS,
+    CDR_SORTS,
+    SUMMARY_GROUPS,
+    CallPage,
+    CallStats,
+    CallTotals,
+    CuiTotals,
+    IStore,
+    SummaryRow,
+    WriteResult,
+)
 from cdrd.store import StoreClosed
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
 
 
 def _within(t, since, until) -> bool:
     return (since is None or t >= since) and (until is None or t < until)
+
+
+def _has(text: str, needle: str) -> bool:
+    """A substring, ASCII case-insensitive (as SQL LIKE/ILIKE on numbers)."""
+    return needle.lower() in text.lower()
+
+
+def _in_windows(t, windows) -> bool:
+    return windows is None or any(a <= t < b for a, b in windows)
+
+
+def _sort_key(value):
+    # NULLs first ascending, as SQLite and PostgreSQL's NULLS FIRST
+    return (value is not None, value if value is not None else 0)
+
+
+def _totals(records) -> CallTotals:
+    n = a = t = ta = talk = 0
+    for r in records:
+        answered = r.connect is not None
+        attempt = r.notation in ATTEMPT_NOTATIONS
+        n += 1
+        a += answered
+        t += attempt
+        if attempt and answered:
+            ta += 1
+            talk += r.talk or 0
+    return CallTotals(calls=n, answered=a, attempts=t, attempts_answered=ta, talk=talk)
 
 
 @implementer(IStore)
@@ -152,7 +191,34 @@ class MemoryStore:
                 out.append(e)
         return defer.succeed(out)
 
-    def calls(self, query):
+    def _search(self, query, chosen):
+        """The records of `chosen` that match the query's search terms."""
+        prefix = query.cui
+        with_cui = None
+        if prefix is not None:
+            with_cui = {c.call for c in self._cdrs.values() if c.cui.startswith(prefix)}
+        out = []
+        for r in chosen:
+            talk = r.talk or 0
+            if query.number is not None and not any(
+                _has(x, query.number) for x in (r.dialed, r.cli, r.pstn_dial, r.pstn_cli)
+            ):
+                continue
+            if with_cui is not None and r.id not in with_cui:
+                continue
+            if query.min_talk is not None and talk < query.min_talk:
+                continue
+            if query.max_talk is not None and talk > query.max_talk:
+                continue
+            if not _in_windows(r.begin, query.windows):
+                continue
+            if query.cause is not None and r.cause != query.cause:
+                continue
+            out.append(r)
+        return out
+
+    def _matching(self, query):
+        """(total, the records the whole query matches), or raise ValueError."""
         base = [
             r for r in self._records.values()
             if (query.gateway is None or r.gateway == query.gateway)
@@ -166,13 +232,70 @@ class MemoryStore:
             notation = FILTER_NOTATION[query.filter]
             chosen = [r for r in base if r.notation == notation]
         else:
-            return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
-        chosen.sort(key=lambda r: (r.begin, r.id))
+            raise ValueError(f"unknown call filter {query.filter!r}")
+        return len(base), self._search(query, chosen)
+
+    def calls(self, query):
+        if query.sort not in CALL_SORTS:
+            return defer.fail(ValueError(f"unknown call sort {query.sort!r}"))
+        if query.after is not None and query.sort != "begin":
+            return defer.fail(ValueError("keyset paging (after) needs sort begin"))
+        try:
+            total, chosen = self._matching(query)
+        except ValueError:
+            return defer.fail()
+        column = query.sort
+        chosen.sort(key=lambda r: (_sort_key(getattr(r, column)), r.id), reverse=query.descending)
         page = chosen
         if query.after is not None:
-            page = [r for r in chosen if (r.begin, r.id) > query.after]
+            if query.descending:
+                page = [r for r in chosen if (r.begin, r.id) < query.after]
+            else:
+                page = [r for r in chosen if (r.begin, r.id) > query.after]
         page = tuple(page[query.offset:query.offset + query.limit])
-        return defer.succeed(CallPage(total=len(base), filtered=len(chosen), records=page))
+        return defer.succeed(CallPage(total=total, filtered=len(chosen), records=page))
+
+    def call_totals(self, query):
+        try:
+            _, chosen = self._matching(query)
+        except ValueError:
+            return defer.fail()
+        return defer.succeed(_totals(chosen))
+
+    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000):
+        if group not in SUMMARY_GROUPS or (group == "time" and not bucket):
+            return defer.fail(ValueError(f"unknown summary group {group!r} (bucket {bucket!r})"))
+        try:
+            _, chosen = self._matching(query)
+        except ValueError:
+            return defer.fail()
+
+        def key(r):
+            if group == "caller":
+                return r.cli
+            if group == "destination":
+                return r.dialed[:prefix] if prefix else r.dialed
+            if group == "gateway":
+                return r.gateway
+            return r.begin // bucket * bucket
+
+        groups: dict = {}
+        for r in chosen:
+            groups.setdefault(key(r), []).append(r)
+        rows = [SummaryRow(key=str(k), totals=_totals(rs)) for k, rs in groups.items()]
+        if group == "time":
+            rows.sort(key=lambda row: int(row.key))
+        else:
+            rows.sort(key=lambda row: (-row.totals.calls, row.key))
+        return defer.succeed(rows[:limit])
+
+    def call_record(self, call_id):
+        return defer.succeed(self._records.get(call_id))
+
+    def outbox_matching(self, sink, text, limit):
+        needle = text.encode("utf-8")
+        items = [i for i in self._outbox.get(sink, {}).values() if needle in i.payload]
+        return defer.succeed(sorted(items, key=lambda i: i.id)[:limit])
 
     def call_quarters(self, gateway, since, until):
         return defer.succeed(sorted({
@@ -199,14 +322,48 @@ class MemoryStore:
             for (g, b), (n, a, t, ta, talk) in sorted(sums.items())
         ])
 
+    def _cdrs_matching(self, query):
+        out = []
+        for c in self._cdrs.values():
+            duration = c.duration or 0
+            if (
+                (query.gateway is None or c.gateway == query.gateway)
+                and (query.cui is None or c.cui.startswith(query.cui))
+                and (query.call is None or c.call == query.call)
+                and _within(c.start, query.since, query.until)
+                and (query.number is None or _has(c.dialled, query.number) or _has(c.cli, query.number))
+                and (query.min_duration is None or duration >= query.min_duration)
+                and (query.max_duration is None or duration <= query.max_duration)
+                and _in_windows(c.start, query.windows)
+                and (query.cause is None or c.status == query.cause)
+            ):
+                out.append(c)
+        return out
+
+    def cui_totals(self, query):
+        sums: dict[str, list[int]] = {}
+        for c in self._cdrs_matching(query):
+            row = sums.setdefault(c.cui, [0, 0, 0])
+            row[0] += 1
+            if c.duration is not None:
+                row[1] += 1
+                row[2] += c.duration
+        return defer.succeed([
+            CuiTotals(cui=k, cdrs=n, answered=a, duration=d) for k, (n, a, d) in sorted(sums.items())
+        ])
+
     def cdrs(self, query):
-        out = [
-            c for c in self._cdrs.values()
-            if (query.gateway is None or c.gateway == query.gateway)
-            and (query.cui is None or c.cui == query.cui)
-            and (query.call is None or c.call == query.call)
-            and _within(c.start, query.since, query.until)
-        ]
+        if query.sort not in CDR_SORTS:
+            return defer.fail(ValueError(f"unknown CDR sort {query.sort!r}"))
+        if query.after is not None and query.sort != "written":
+            return defer.fail(ValueError("keyset paging (after) needs sort written"))
+        out = self._cdrs_matching(query)
+        if query.sort != "written":
+            column = query.sort
+            written = {cdr_id: n for n, cdr_id in enumerate(self._cdrs)}
+            out.sort(key=lambda c: (_sort_key(getattr(c, column)), written[c.id]), reverse=query.descending)
+        elif query.descending:
+            out.reverse()
         page = out
         if query.after is not None and query.after in self._cdrs:
             written = {cdr_id: n for n, cdr_id in enumerate(self._cdrs)}

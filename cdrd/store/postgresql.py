@@ -47,6 +47,7 @@ class NotActive(Exception):
 @implementer(IStore)
 class PostgresStore(SqlStore):
     dialect = "postgresql"
+    like = "ILIKE"
 
     def __init__(self, url: str, reactor, *, threads: int = THREADS, connect_timeout: int = 10):
         self._url = url  # may hold a password: never logged (see __repr__)

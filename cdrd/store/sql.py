@@ -13,7 +13,19 @@ import json
 
 from twisted.logger import Logger
 
-from cdrd.interfaces import CallPage, CallStats, ModelCursor, OutboxItem, WriteResult
+from cdrd.interfaces import (
+    CALL_SORTS,
+    CDR_SORTS,
+    SUMMARY_GROUPS,
+    CallPage,
+    CallStats,
+    CallTotals,
+    CuiTotals,
+    ModelCursor,
+    OutboxItem,
+    SummaryRow,
+    WriteResult,
+)
 from cdrd.store.schema import (
     ALL_GATEWAYS,
     ANSWER_SUMS,
@@ -106,6 +118,33 @@ def _cdr_row(c: Cdr) -> tuple:
     return (c.id, c.call, c.gateway, c.start, c.ringing, c.duration, c.status, c.cui, c.dialled, c.cli)
 
 
+#: CallQuery.sort / CdrQuery.sort -> column
+CALL_SORT_COLUMN = {c: c for c in CALL_SORTS} | {"begin": "begin_ms", "end": "end_ms"}
+CDR_SORT_COLUMN = {c: c for c in CDR_SORTS} | {"written": "seq"}
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') matching `text` anywhere."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+#: the columns that may be NULL (the others order without a NULLS clause,
+#: which PostgreSQL needs to walk an index in order)
+NULLABLE = frozenset({"talk", "port", "pport", "connect_ms", "pstn_time", "duration"})
+
+
+def _order(column: str, descending: bool, tie: str) -> str:
+    """ORDER BY the same on both engines: NULLs first ascending, last descending."""
+    direction = "DESC" if descending else "ASC"
+    nulls = (" NULLS LAST" if descending else " NULLS FIRST") if column in NULLABLE else ""
+    return f"{column} {direction}{nulls}, {tie} {direction}"
+
+
+def _totals_row(row) -> CallTotals:
+    n, a, t, ta, talk = (int(x or 0) for x in row)
+    return CallTotals(calls=n, answered=a, attempts=t, attempts_answered=ta, talk=talk)
+
+
 class _Where:
     """AND-ed conditions and their parameters."""
 
@@ -176,6 +215,8 @@ class SqlStore:
     """
 
     dialect = "sqlite"
+    #: ASCII case-insensitive LIKE (SQLite's LIKE is; PostgreSQL's ILIKE)
+    like = "LIKE"
     _logger = Logger()  # not `log`: IStore.log is a query
 
     def sql(self, statement: str) -> str:
@@ -432,11 +473,55 @@ class SqlStore:
             return [_event(r) for r in rows]
         return self._read(q)
 
-    def calls(self, query):
-        if query.filter not in FILTER_COLUMN:
-            from twisted.internet import defer
+    def _cui_prefix(self, where: _Where, prefix: str) -> _Where:
+        """CUIs that start with `prefix`, through an index on cui."""
+        if self.dialect == "sqlite":
+            # binary collation: UTF-8 byte order; every string that starts
+            # with the prefix lies in [prefix, prefix + U+10FFFF)
+            return where.add(
+                f"cui >= ? AND cui < ? AND SUBSTR(cui, 1, {len(prefix)}) = ?",
+                prefix, prefix + "\U0010ffff", prefix,
+            )
+        # any collation: LIKE 'prefix%' (an index serves it under the C
+        # collation or text_pattern_ops)
+        return where.add("cui LIKE ? ESCAPE '\\'", _like_pattern(prefix)[1:])
 
-            return defer.fail(ValueError(f"unknown call filter {query.filter!r}"))
+    def _call_search(self, query) -> _Where:
+        """The search terms of a CallQuery (not gateway, dates or filter)."""
+        where = _Where()
+        if query.number is not None:
+            pattern = _like_pattern(query.number)
+            columns = ("dialed", "cli", "pstn_dial", "pstn_cli")
+            where.add(
+                " OR ".join(f"{c} {self.like} ? ESCAPE '\\'" for c in columns).join("()"),
+                *[pattern] * len(columns),
+            )
+        if query.cui is not None:
+            # a CDR of the call has a CUI with this prefix; its start is
+            # within the call's, so the dates bound the CDRs read too
+            cdrs = self._cui_prefix(_Where(), query.cui)
+            cdrs.range("start", query.since, query.until)
+            where.add(f"id IN (SELECT call FROM cdrs{cdrs.sql})", *cdrs.params)
+        if query.min_talk is not None:
+            where.add("COALESCE(talk, 0) >= ?", query.min_talk)
+        if query.max_talk is not None:
+            where.add("COALESCE(talk, 0) <= ?", query.max_talk)
+        if query.windows is not None:
+            if not query.windows:
+                where.add("1 = 0")
+            else:
+                where.add(
+                    " OR ".join(["(begin_ms >= ? AND begin_ms < ?)"] * len(query.windows)).join("()"),
+                    *[t for w in query.windows for t in w],
+                )
+        if query.cause is not None:
+            where.add("cause = ?", query.cause)
+        return where
+
+    def _call_where(self, query):
+        """(where of gateway and dates, filter's term and params, search terms)."""
+        if query.filter not in FILTER_COLUMN:
+            raise ValueError(f"unknown call filter {query.filter!r}")
         where = _Where()
         if query.gateway is not None:
             where.add("gateway = ?", query.gateway)
@@ -447,18 +532,39 @@ class SqlStore:
             match, match_params = "pstn = 1", ()
         else:
             match, match_params = "notation = ?", (FILTER_NOTATION[query.filter],)
-        page_terms, page_params = [*where.terms, match], [*where.params, *match_params]
+        return where, match, match_params, self._call_search(query)
+
+    def calls(self, query):
+        from twisted.internet import defer
+
+        if query.sort not in CALL_SORTS:
+            return defer.fail(ValueError(f"unknown call sort {query.sort!r}"))
+        if query.after is not None and query.sort != "begin":
+            return defer.fail(ValueError("keyset paging (after) needs sort begin"))
+        try:
+            where, match, match_params, search = self._call_where(query)
+        except ValueError:
+            return defer.fail()
+        all_terms = [*where.terms, match, *search.terms]
+        all_params = [*where.params, *match_params, *search.params]
+        page_terms, page_params = list(all_terms), list(all_params)
         if query.after is not None:
             begin, after_id = query.after
-            page_terms.append("(begin_ms > ? OR (begin_ms = ? AND id > ?))")
+            op = "<" if query.descending else ">"
+            page_terms.append(f"(begin_ms {op} ? OR (begin_ms = ? AND id {op} ?))")
             page_params += [begin, begin, after_id]
         filtered_where = " AND ".join(page_terms)
+        order = _order(CALL_SORT_COLUMN[query.sort], query.descending, "id")
 
         def q(cur):
             total, filtered = self._call_counts(
                 cur, query.gateway, query.since, query.until, FILTER_COLUMN[query.filter],
                 match, match_params,
             )
+            if search.terms:
+                filtered = self._exec(
+                    cur, f"SELECT COUNT(*) FROM calls WHERE {' AND '.join(all_terms)}", all_params
+                ).fetchone()[0]
             records = ()
             if query.limit > 0 and query.offset < filtered:
                 # page ids from the index, then only those rows
@@ -466,11 +572,134 @@ class SqlStore:
                     cur,
                     f"SELECT {CALL_COLS} FROM calls WHERE id IN ("
                     f" SELECT id FROM calls WHERE {filtered_where}"
-                    f" ORDER BY begin_ms, id LIMIT ? OFFSET ?) ORDER BY begin_ms, id",
+                    f" ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}",
                     (*page_params, query.limit, query.offset),
                 ).fetchall()
                 records = tuple(_record(r) for r in rows)
             return CallPage(total=int(total), filtered=int(filtered), records=records)
+        return self._read(q)
+
+    def call_totals(self, query):
+        from twisted.internet import defer
+
+        try:
+            where, match, match_params, search = self._call_where(query)
+        except ValueError:
+            return defer.fail()
+        terms = [*where.terms, match, *search.terms]
+        params = [*where.params, *match_params, *search.params]
+        from_calls = f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls WHERE {' AND '.join(terms)}"
+        fast = query.filter == "all" and not search.terms
+
+        def q(cur):
+            if not fast:
+                return _totals_row(self._exec(cur, from_calls, params).fetchone())
+            whole, edges = _hours(query.since, query.until)
+            sums = [0] * 5
+            rows = []
+            if whole is not None:
+                rows.append(self._exec(
+                    cur,
+                    "SELECT SUM(calls), SUM(answered), SUM(attempts), SUM(attempts_answered), SUM(talk)"
+                    " FROM call_hours WHERE gateway = ? AND hour >= ? AND hour < ?",
+                    (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
+                ).fetchone())
+            for a, b in edges:
+                edge = _Where()
+                if query.gateway is not None:
+                    edge.add("gateway = ?", query.gateway)
+                edge.range("begin_ms", a, b)
+                rows.append(self._exec(
+                    cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql}", edge.params
+                ).fetchone())
+            for row in rows:
+                for i, n in enumerate(row):
+                    sums[i] += int(n or 0)
+            return _totals_row(sums)
+        return self._read(q)
+
+    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000):
+        from twisted.internet import defer
+
+        if group not in SUMMARY_GROUPS or (group == "time" and not bucket):
+            return defer.fail(ValueError(f"unknown summary group {group!r} (bucket {bucket!r})"))
+        try:
+            where, match, match_params, search = self._call_where(query)
+        except ValueError:
+            return defer.fail()
+        terms = [*where.terms, match, *search.terms]
+        params = [*where.params, *match_params, *search.params]
+        if group == "caller":
+            key = "cli"
+        elif group == "destination":
+            key = f"SUBSTR(dialed, 1, {int(prefix)})" if prefix else "dialed"
+        elif group == "gateway":
+            key = "gateway"
+        else:
+            bucket = int(bucket)
+            key = f"begin_ms / {bucket}"
+        # gateway and hour-multiple buckets over every record: call_hours
+        fast = (
+            query.filter == "all" and not search.terms
+            and (group == "gateway" or (group == "time" and bucket % HOUR_MS == 0))
+        )
+
+        def q(cur):
+            sums: dict = {}
+
+            def add(rows):
+                for k, *counts in rows:
+                    if group == "time":
+                        k = int(k) * bucket
+                    row = sums.setdefault(k, [0] * 5)
+                    for i, n in enumerate(counts):
+                        row[i] += int(n or 0)
+
+            def from_calls(terms, params):
+                sql = (
+                    f"SELECT {key} AS k, COUNT(*), {ANSWER_SUMS} FROM calls"
+                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}"
+                )
+                if group != "time" and not fast:
+                    sql += f" ORDER BY COUNT(*) DESC, {key} LIMIT {int(limit)}"
+                return self._exec(cur, sql, params).fetchall()
+
+            if not fast:
+                add(from_calls(terms, params))
+            else:
+                whole, edges = _hours(query.since, query.until)
+                if whole is not None:
+                    hours = _Where()
+                    if query.gateway is not None:
+                        hours.add("gateway = ?", query.gateway)
+                    else:
+                        hours.add("gateway <> ?", ALL_GATEWAYS)
+                    hours.range("hour", *whole)
+                    hkey = "gateway" if group == "gateway" else f"hour / {bucket}"
+                    add(self._exec(
+                        cur,
+                        f"SELECT {hkey}, SUM(calls), SUM(answered), SUM(attempts),"
+                        f" SUM(attempts_answered), SUM(talk) FROM call_hours{hours.sql} GROUP BY {hkey}",
+                        hours.params,
+                    ).fetchall())
+                for a, b in edges:
+                    edge = _Where()
+                    if query.gateway is not None:
+                        edge.add("gateway = ?", query.gateway)
+                    edge.range("begin_ms", a, b)
+                    add(from_calls(edge.terms, edge.params))
+            rows = [SummaryRow(key=str(k), totals=_totals_row(v)) for k, v in sums.items()]
+            if group == "time":
+                rows.sort(key=lambda r: int(r.key))
+            else:
+                rows.sort(key=lambda r: (-r.totals.calls, r.key))
+            return rows[:limit]
+        return self._read(q)
+
+    def call_record(self, call_id):
+        def q(cur):
+            row = self._exec(cur, f"SELECT {CALL_COLS} FROM calls WHERE id = ?", (call_id,)).fetchone()
+            return None if row is None else _record(row)
         return self._read(q)
 
     def _call_counts(self, cur, gateway, since, until, column, match, match_params):
@@ -560,19 +789,51 @@ class SqlStore:
             ]
         return self._read(q)
 
-    def cdrs(self, query):
+    def _cdr_where(self, query) -> _Where:
         where = _Where()
         if query.gateway is not None:
             where.add("gateway = ?", query.gateway)
         if query.cui is not None:
-            where.add("cui = ?", query.cui)
+            self._cui_prefix(where, query.cui)
         if query.call is not None:
             where.add("call = ?", query.call)
         where.range("start", query.since, query.until)
+        if query.number is not None:
+            pattern = _like_pattern(query.number)
+            where.add(f"(dialled {self.like} ? ESCAPE '\\' OR cli {self.like} ? ESCAPE '\\')", pattern, pattern)
+        if query.min_duration is not None:
+            where.add("COALESCE(duration, 0) >= ?", query.min_duration)
+        if query.max_duration is not None:
+            where.add("COALESCE(duration, 0) <= ?", query.max_duration)
+        if query.windows is not None:
+            if not query.windows:
+                where.add("1 = 0")
+            else:
+                where.add(
+                    " OR ".join(["(start >= ? AND start < ?)"] * len(query.windows)).join("()"),
+                    *[t for w in query.windows for t in w],
+                )
+        if query.cause is not None:
+            where.add("status = ?", query.cause)
+        return where
+
+    def cdrs(self, query):
+        from twisted.internet import defer
+
+        if query.sort not in CDR_SORTS:
+            return defer.fail(ValueError(f"unknown CDR sort {query.sort!r}"))
+        if query.after is not None and query.sort != "written":
+            return defer.fail(ValueError("keyset paging (after) needs sort written"))
+        where = self._cdr_where(query)
         page_where = _Where()
         page_where.terms, page_where.params = list(where.terms), list(where.params)
         if query.after is not None:
-            page_where.add("seq > COALESCE((SELECT seq FROM cdrs WHERE id = ?), 0)", query.after)
+            op = "<" if query.descending else ">"
+            page_where.add(f"seq {op} COALESCE((SELECT seq FROM cdrs WHERE id = ?), 0)", query.after)
+        if query.sort == "written":
+            order = "seq DESC" if query.descending else "seq"
+        else:
+            order = _order(CDR_SORT_COLUMN[query.sort], query.descending, "seq")
 
         def q(cur):
             total = self._exec(cur, f"SELECT COUNT(*) FROM cdrs{where.sql}", where.params).fetchone()[0]
@@ -581,11 +842,37 @@ class SqlStore:
                 rows = self._exec(
                     cur,
                     f"SELECT {CDR_COLS} FROM cdrs WHERE seq IN ("
-                    f" SELECT seq FROM cdrs{page_where.sql} ORDER BY seq LIMIT ? OFFSET ?) ORDER BY seq",
+                    f" SELECT seq FROM cdrs{page_where.sql} ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}",
                     (*page_where.params, query.limit, query.offset),
                 ).fetchall()
                 page = [_cdr(r) for r in rows]
             return int(total), page
+        return self._read(q)
+
+    def cui_totals(self, query):
+        where = self._cdr_where(query)
+
+        def q(cur):
+            rows = self._exec(
+                cur,
+                "SELECT cui, COUNT(*), COUNT(duration), COALESCE(SUM(duration), 0)"
+                f" FROM cdrs{where.sql} GROUP BY cui ORDER BY cui",
+                where.params,
+            ).fetchall()
+            return [CuiTotals(cui=c, cdrs=int(n), answered=int(a), duration=int(d)) for c, n, a, d in rows]
+        return self._read(q)
+
+    def outbox_matching(self, sink, text, limit):
+        contains = "INSTR(payload, ?) > 0" if self.dialect == "sqlite" else "POSITION(? IN payload) > 0"
+
+        def q(cur):
+            rows = self._exec(
+                cur,
+                f"SELECT id, sink, payload, created FROM outbox WHERE sink = ? AND {contains}"
+                " ORDER BY id LIMIT ?",
+                (sink, text.encode("utf-8"), limit),
+            ).fetchall()
+            return [OutboxItem(sink=s, payload=bytes(p), created=c, id=i) for i, s, p, c in rows]
         return self._read(q)
 
     def cursors(self):

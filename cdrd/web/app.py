@@ -1,65 +1,52 @@
 """
-cdrd's HTTP side: the JSON API (interfaces.md) and the operator pages
-(the CDR Report, live gateway events, the gateway log, the dashboard and
-the billing CDRs), all from one Klein app class.
+cdrd's HTTP side, composed of one Klein app per part:
 
-    web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status)
+    cdrd/web/api.py      the JSON API under /api/ (interfaces.md)
+    cdrd/web/pages.py    the operator pages (templates in templates/)
+    cdrd/web/exports.py  the CSV downloads (paths ending .csv)
+    cdrd/web/streams.py  the server-sent event streams (paths ending /stream)
+
+    web = WebApp(config, store, reactor, calls=calls, feed=feed, status=status,
+                 presence=gateways.registry.online)
     site = Site(web.resource())
 
-Pages are rendered on the server (a search is a link; they work without
-JavaScript); a little vanilla JS adds the live event stream (SSE).
+WebApp holds what they share (the store, the clocks, the gateways' state)
+and routes a request to its part.  Pages are rendered on the server (a
+search is a link; they work without JavaScript); a little vanilla JS adds
+the live updates (SSE).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date
 from importlib import resources
-from string import Template
 
+import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, LogQuery
-from cdrd.web import pages
+from cdrd.gateway.session import BAD_PACKET, BAD_PACKET_LIMIT, GATEWAY_RESTART_LOG
+from cdrd.interfaces import CdrQuery, EventQuery, LogQuery
+from cdrd.values import GatewayState
+from cdrd.web import views
+from cdrd.web.api import ApiApp, json_response
 from cdrd.web.auth import guard
-from cdrd.web.feed import LiveFeed, Replay, Subscriber
-from cdrd.web.query import (
-    FILTER_LABELS,
-    BadParameter,
-    arg,
-    day_start_ms,
-    local_day,
-    parse_gateway,
-    parse_int,
-    parse_search,
+from cdrd.web.exports import Exports
+from cdrd.web.feed import LiveFeed
+from cdrd.web.pages import (
+    FLOOD_WINDOW,
+    LOG_SCAN,
+    REPORT_FIELDS,
+    REPORT_HIDDEN,
+    SEARCH_PARAMS,
+    Pages,
+    form_values,
 )
-from cdrd.web.render import (
-    REPORT_COLUMNS,
-    Clocks,
-    call_json,
-    cdr_json,
-    event_json,
-    event_row,
-    gateway_json,
-    log_json,
-    report_cells,
-)
-
-#: records read per store query while exporting CSV
-EXPORT_CHUNK = 1000
-#: an export never runs away with the server: at most this many rows
-EXPORT_MAX = 1_000_000
-#: stored events sent per reactor turn to a stream that resumes
-REPLAY_PAGE = 500
-HEARTBEAT = 15.0  # seconds between SSE comments: keeps proxies and NATs open
-DASHBOARD_HOURS = 24
+from cdrd.web.query import BadParameter, local_day
+from cdrd.web.render import Clocks
+from cdrd.web.streams import Streams
 
 STATIC_TYPES = {
     "css": b"text/css; charset=utf-8",
@@ -68,9 +55,15 @@ STATIC_TYPES = {
     "png": b"image/png",
 }
 _STATIC = resources.files("cdrd.web") / "static"
-_LAYOUT = Template(
-    (resources.files("cdrd.web") / "templates" / "layout.html").read_text("utf-8")
-)
+#: which search form an error page keeps, by the path that failed
+ERROR_FORMS = {
+    "/report": ("/report", REPORT_FIELDS, REPORT_HIDDEN),
+    "/report.csv": ("/report", REPORT_FIELDS, REPORT_HIDDEN),
+    "/summary": ("/summary", REPORT_FIELDS, ("filter",)),
+    "/summary.csv": ("/summary", REPORT_FIELDS, ("filter",)),
+    "/cdrs": ("/cdrs", REPORT_FIELDS, ("sort", "order", "limit")),
+    "/cdrs.csv": ("/cdrs", REPORT_FIELDS, ("sort", "order", "limit")),
+}
 
 
 class WebApp:
@@ -85,6 +78,7 @@ class WebApp:
         calls=None,
         feed: LiveFeed | None = None,
         status: Mapping[str, Callable[[], dict]] | None = None,
+        presence: Callable[[], Iterable[GatewayState]] | None = None,
     ):
         self.config = config
         self.store = store
@@ -92,11 +86,21 @@ class WebApp:
         self.calls = calls
         self.feed = feed
         self.status = dict(status or {})
+        #: the gateways connected now (the gateway registry): fresher than
+        #: the store, which records a gateway's state at login and logout
+        self.presence = presence
         self.zone = config.server.zone
         self.clocks = Clocks(self.zone)
-        self._heartbeat = None
-        self._producers: set[Subscriber] = set()
-        self._rendered: dict[Callable, tuple[object, bytes]] = {}
+        self.api = ApiApp(config, store, clock, calls=calls, status=status)
+        self.pages = Pages(self)
+        self.exports = Exports(self)
+        self.streams = Streams(self)
+        self._parts = {
+            "api": self.api.app.resource(),
+            "pages": self.pages.app.resource(),
+            "exports": self.exports.app.resource(),
+            "streams": self.streams.app.resource(),
+        }
 
     def resource(self):
         """The whole site, behind Basic auth when users are configured."""
@@ -104,62 +108,20 @@ class WebApp:
             self.app.resource(), self.config.web.users, self.config.web.realm, self.clock
         )
 
-    # -- helpers ---------------------------------------------------------------
-
-    def now_ms(self) -> int:
-        return int(self.clock.seconds() * 1000)
-
-    def today(self) -> date:
-        return local_day(self.now_ms(), self.zone)
-
-    @staticmethod
-    def json(request, body, code: int = 200) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
-
-    def page(
-        self, request, page: str, title: str, content: str, refresh: int | None = None
-    ) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(
-            b"content-security-policy",
-            b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            b"frame-ancestors 'none'",
-        )
-        html = _LAYOUT.substitute(
-            title=pages.esc(title),
-            page=page,
-            nav=pages.nav(page),
-            zone=pages.esc(self.config.server.timezone),
-            content=content,
-            refresh=f'<meta http-equiv="refresh" content="{refresh}">\n'
-            if refresh
-            else "",
-        )
-        return html.encode("utf-8")
-
-    async def gateway_keys(self) -> list[str]:
-        """Every gateway the store knows or the config names, sorted."""
-        known = {g.key for g in await self.store.gateways()}
-        return sorted(known | set(self.config.gateways))
-
-    # -- errors ----------------------------------------------------------------
+    # -- routing: each part answers its own paths ------------------------------------
 
     @app.handle_errors(BadParameter)
     def bad_parameter(self, request, failure):
-        message = str(failure.value)
-        if request.path.startswith(b"/api/"):
-            return self.json(request, {"error": message}, 400)
-        request.setResponseCode(400)
-        return self.page(request, "error", "Bad request", pages.error_box(message))
+        # only the routes of this class get here: /api/events/stream
+        return json_response(request, {"error": str(failure.value)}, 400)
 
-    # -- static files ------------------------------------------------------------
+    @app.route("/api/events/stream", methods=["GET"])
+    def api_events_stream(self, request):
+        return self.streams.api_events_stream(request)
+
+    @app.route("/api/", branch=True)
+    def api_part(self, request):
+        return self._parts["api"]
 
     @app.route("/static/<string:name>", methods=["GET"])
     def static(self, request, name):
@@ -176,506 +138,131 @@ class WebApp:
         request.setHeader(b"x-content-type-options", b"nosniff")
         return entry.read_bytes()
 
-    # -- the JSON API --------------------------------------------------------------
+    @app.route("/", branch=True)
+    def site_part(self, request):
+        path = request.path
+        if path.endswith(b".csv"):
+            return self._parts["exports"]
+        if path.endswith(b"/stream"):
+            return self._parts["streams"]
+        return self._parts["pages"]
 
-    @app.route("/api/gateways", methods=["GET"])
-    async def api_gateways(self, request):
-        gateways = await self.store.gateways()
-        return self.json(request, {"gateways": [gateway_json(g) for g in gateways]})
+    # -- what the parts share --------------------------------------------------------
 
-    @app.route("/api/log", methods=["GET"])
-    async def api_log(self, request):
-        s = parse_search(request, self.zone, bare_gateway=True)
-        entries = await self.store.log(
-            LogQuery(
-                gateway=s.gateway,
-                since=s.since,
-                until=s.until,
-                limit=s.limit,
-                offset=s.offset,
-            )
-        )
-        return self.json(request, {"entries": [log_json(e) for e in entries]})
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
 
-    @app.route("/api/events", methods=["GET"])
-    async def api_events(self, request):
-        s = parse_search(request, self.zone)
-        events = await self.store.events(
-            EventQuery(
-                gateway=s.gateway,
-                ref=s.ref,
-                since=s.since,
-                until=s.until,
-                limit=s.limit,
-                offset=s.offset,
-            )
-        )
-        return self.json(request, {"events": [event_json(e) for e in events]})
+    def today(self) -> date:
+        return local_day(self.now_ms(), self.zone)
 
-    @app.route("/api/calls", methods=["GET"])
-    async def api_calls(self, request):
-        s = parse_search(request, self.zone)
-        result = await self.store.calls(self._call_query(s))
-        return self.json(
-            request,
-            {
-                "total": result.total,
-                "filtered": result.filtered,
-                "records": [call_json(r) for r in result.records],
-            },
-        )
+    def open_calls(self) -> list:
+        return self.api.open_calls()
 
-    @app.route("/api/cdrs", methods=["GET"])
-    async def api_cdrs(self, request):
-        s = parse_search(request, self.zone)
-        total, cdrs = await self.store.cdrs(self._cdr_query(s, arg(request, "call")))
-        return self.json(request, {"total": total, "cdrs": [cdr_json(c) for c in cdrs]})
+    def outputs(self) -> dict:
+        return self.api.outputs()
 
-    @app.route("/api/calendar", methods=["GET"])
-    async def api_calendar(self, request):
-        gateway = parse_gateway(arg(request, "gateway"))
-        month = self._month(arg(request, "month"), self.today())
-        days = await self._days_with_records(gateway, month)
-        return self.json(
-            request,
-            {"month": f"{month:%Y-%m}", "days": [d.isoformat() for d in sorted(days)]},
-        )
+    async def gateway_keys(self) -> list[str]:
+        """Every gateway the store knows or the config names, sorted."""
+        known = {g.key for g in await self.store.gateways()}
+        return sorted(known | set(self.config.gateways))
 
-    @app.route("/api/status", methods=["GET"])
-    async def api_status(self, request):
-        return self.json(
-            request, {"open_calls": self._open_calls_json(), "outputs": self._outputs()}
-        )
+    async def gateway_states(self) -> dict[str, GatewayState]:
+        """Each known gateway's state, the connected ones' as the registry has
+        it now (online, the current peer and ports)."""
+        states = {g.key: g for g in await self.store.gateways()}
+        for live in self.presence() if self.presence is not None else ():
+            states[live.key] = attrs.evolve(live, online=True)
+        return states
 
-    @app.route("/api/accounting", methods=["GET"])
-    def api_accounting(self, request):
-        status = self.status.get("radius")
-        if status is None:
-            return self.json(
-                request, {"error": "RADIUS accounting is not configured"}, 404
-            )
-        return self.json(request, status())
-
-    @app.route("/api/", branch=True)
-    def api_unknown(self, request):
-        return self.json(
-            request,
-            {"error": f"no such API path {request.path.decode('latin-1')}"},
-            404,
-        )
-
-    def _call_query(self, s, limit=None, offset=None, after=None) -> CallQuery:
-        return CallQuery(
-            gateway=s.gateway,
-            since=s.since,
-            until=s.until,
-            filter=s.filter,
-            limit=s.limit if limit is None else limit,
-            offset=s.offset if offset is None else offset,
-            after=after,
-        )
-
-    def _cdr_query(self, s, call=None, limit=None, offset=None, after=None) -> CdrQuery:
-        return CdrQuery(
-            gateway=s.gateway,
-            since=s.since,
-            until=s.until,
-            cui=s.cui,
-            call=call,
-            limit=s.limit if limit is None else limit,
-            offset=s.offset if offset is None else offset,
-            after=after,
-        )
-
-    def _open_calls(self) -> list:
-        if self.calls is None:
-            return []
-        return sorted(self.calls.open_calls(), key=lambda c: (c.gateway, c.begin))
-
-    def _open_calls_json(self) -> list[dict]:
-        return [
-            {
-                "gateway": c.gateway,
-                "boot": c.boot,
-                "ref": c.ref,
-                "begin": self._rfc(c.begin),
-                "port": c.port,
-            }
-            for c in self._open_calls()
-        ]
-
-    @staticmethod
-    def _rfc(ms):
-        from cdrd.values import rfc3339
-
-        return None if ms is None else rfc3339(ms)
-
-    def _outputs(self) -> dict:
-        out = {}
-        for name, status in sorted(self.status.items()):
-            try:
-                out[name] = status()
-            except Exception as e:  # a broken status must not break the page
-                self.log.failure("status of output {name} failed", name=name)
-                out[name] = {"error": type(e).__name__}
-        return out
-
-    # -- live events (server-sent events) --------------------------------------------
-
-    @app.route("/api/events/stream", methods=["GET"])
-    def api_events_stream(self, request):
-        gateway = parse_gateway(arg(request, "gateway"))
-        return self._stream(request, gateway, event_json_sse)
-
-    @app.route("/gateways/<string:key>/events/stream", methods=["GET"])
-    def gateway_events_stream(self, request, key):
-        return self._stream(request, parse_gateway(key), fmt_event)
-
-    def _stream(self, request, gateway: str | None, render):
+    async def gateway_rows(self, since: int | None = None, now: int | None = None) -> list[dict]:
         """
-        Server-sent events of one gateway (or all), resuming after `after`
-        or Last-Event-ID; `render(event, clocks)` makes one message (the
-        API's JSON or the live page's row).
+        Every configured or known gateway as the dashboard and the index show
+        it: state (online, offline, flooding, never seen), peer, times, and
+        with `since` its bad packets and restarts in the gateway log since
+        then (at most LOG_SCAN entries read).
         """
-        if self.feed is None:
-            raise BadParameter("live events are not available (no feed)")
-        after = request.getHeader(b"last-event-id") or arg(request, "after")
-        after_id = None
-        if after:
-            if isinstance(after, bytes):
-                after = after.decode("latin-1")
-            after_id = parse_int(after.strip(), "after", 0, 0, 2**62)
+        states = await self.gateway_states()
+        keys = sorted(set(states) | set(self.config.gateways))
+        bad, recent_bad, restarts = Counter(), Counter(), Counter()
+        if since is not None:
+            by_id: dict[str, list[str]] = {}
+            hosts: dict[str, list[str]] = {}
+            for k in keys:
+                by_id.setdefault(k.split("_")[0], []).append(k)
+                g = states.get(k)
+                if g is not None and g.peer:
+                    hosts.setdefault(g.peer.rpartition(":")[0], []).append(k)
+            # a `???` entry is a gateway's only if no other one came from there
+            by_host = {h: ks[0] for h, ks in hosts.items() if len(ks) == 1}
+            entries = await self.store.log(LogQuery(since=since, limit=LOG_SCAN))
+            for e in entries:
+                if e.event not in (BAD_PACKET, GATEWAY_RESTART_LOG):
+                    continue
+                mac = e.mac.replace(":", "").upper()
+                host = e.peer.rpartition(":")[0]
+                owners = [k for k in by_id.get(e.gateway, ()) if not mac or k.endswith(mac)] or (
+                    [by_host[host]] if host in by_host else []
+                )
+                for k in owners[:1]:
+                    if e.event == BAD_PACKET:
+                        bad[k] += 1
+                        if now is not None and e.time >= now - FLOOD_WINDOW:
+                            recent_bad[k] += 1
+                    else:
+                        restarts[k] += 1
+        clocks = self.clocks
+        rows = []
+        for k in keys:
+            g = states.get(k)
+            if g is None:
+                state = "never seen"
+            elif g.online and recent_bad[k] >= BAD_PACKET_LIMIT:
+                state = "flooding"
+            else:
+                state = "online" if g.online else "offline"
+            rows.append({
+                "key": k,
+                "state": state,
+                "pill": {"online": "on", "flooding": "warn"}.get(state, "off"),
+                "peer": g.peer if g else "",
+                "firmware": g.firmware if g else "",
+                "login": clocks.datetime(g.login) if g else "",
+                "heard": clocks.datetime(g.last_heard) if g else "",
+                "ports": f"{g.fxs}/{g.fxo}/{g.isdn}" if g else "",
+                "skew": (f"{g.skew_ms / 1000:+.1f} s" if g.skew_ms else "0") if g else "",
+                "bad_packets": bad[k],
+                "restarts": restarts[k],
+            })
+        return rows
 
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
+    async def call_whole(self, call_id: str) -> dict:
+        """One call: its record, events, CDRs and RADIUS legs (None: no RADIUS)."""
+        gateway, _, rest = call_id.partition("/")
+        record = await self.store.call_record(call_id) if hasattr(self.store, "call_record") else None
+        events = []
+        boot, _, ref = rest.partition("/")
+        if ref.isdigit():
+            events = [
+                e for e in await self.store.events(EventQuery(gateway=gateway, ref=int(ref), limit=1000))
+                if not boot or e.boot == boot
+            ]
+        _, cdrs = await self.store.cdrs(CdrQuery(call=call_id, limit=100))
+        return {"record": record, "events": events, "cdrs": cdrs, "legs": None}
 
-        def fmt(item):
-            kind, value = item
-            if kind != "event":
-                return None
-            # the feed hands one event to every subscriber in turn: render it
-            # once per format
-            cached = self._rendered.get(render)
-            if cached is not None and cached[0] is value:
-                return cached[1]
-            data = render(value, self.clocks)
-            self._rendered[render] = (value, data)
-            return data
-
-        done: Deferred = Deferred(lambda d: sub.finish())
-
-        def close():
-            if sub in self._producers:
-                self._producers.discard(sub)
-                if request.channel is not None:  # None once the browser is gone
-                    request.unregisterProducer()
-            self._beat_if_needed()
-            if not done.called:
-                done.callback(None)
-
-        sub = Subscriber(request.write, close, fmt, kinds=frozenset({"event"}))
-        self._producers.add(sub)
-        request.registerProducer(sub, True)
-        self.feed.subscribe(gateway, sub)
-        request.write(b"retry: 3000\n: connected\n\n")
-        self._beat_if_needed()
-        if after_id is not None:
-            self._resume(sub, gateway, after_id, render)
-        return done
-
-    def _resume(self, sub, gateway, after_id, render):
-        """Replay what the browser missed (every gateway's, for `gateway` None)."""
-        replay = Replay(
-            sub,
-            [gateway] if gateway is not None else self.gateway_keys,
-            after_id,
-            self.store.events_after,
-            lambda e: render(e, self.clocks),
-            self.clock,
+    async def error_page(self, request, code: int, heading: str, message: str) -> bytes:
+        """A 400 or 404 as a page of the site, keeping the search form of the
+        page that failed (the values as typed) or the report's."""
+        path = request.path.decode("utf-8", "replace")
+        action, fields, hidden = ERROR_FORMS.get(path, ERROR_FORMS["/report"])
+        today = self.today().isoformat()
+        form = form_values(request, SEARCH_PARAMS, **{"from": today, "to": today})
+        if code == 404:
+            form = {"from": today, "to": today}
+        links = [("Dashboard", "/"), ("CDR Report", "/report"), ("Gateways", "/gateways")]
+        return views.render(
+            request, "error.html", code=code,
+            page="error", title=heading, zone=self.config.server.timezone,
+            heading=heading, message=message, links=links if code == 404 else (),
+            form_action=action, form=form, keys=await self.gateway_keys(),
+            fields=fields, hidden=hidden,
         )
-        replay.page = REPLAY_PAGE
-        replay.start()
-
-    def _beat_if_needed(self):
-        from twisted.internet.task import LoopingCall
-
-        live = self.feed.subscribers() if self.feed else []
-        if live and self._heartbeat is None:
-            self._heartbeat = LoopingCall(self._beat)
-            self._heartbeat.clock = self.clock
-            self._heartbeat.start(HEARTBEAT, now=False)
-        elif not live and self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
-
-    def _beat(self):
-        for s in self.feed.subscribers():
-            s.send(b": keep-alive\n\n")
-        self._beat_if_needed()
-
-    # -- pages -------------------------------------------------------------------------
-
-    @app.route("/", methods=["GET"])
-    async def dashboard(self, request):
-        now = self.now_ms()
-        gateways = await self.store.gateways()
-        since = (now // 3_600_000 - DASHBOARD_HOURS + 1) * 3_600_000
-        # summed by the store (call_hours): the same cost on a quiet day and
-        # on a day of a million calls
-        stats = await self.store.call_stats(since, now + 1, 3_600_000)
-        content = pages.dashboard(
-            clocks=self.clocks,
-            now=now,
-            gateways=gateways,
-            configured=sorted(self.config.gateways),
-            open_calls=self._open_calls() if self.calls is not None else None,
-            stats=stats,
-            since=since,
-            hours=DASHBOARD_HOURS,
-            outputs=self._outputs(),
-        )
-        return self.page(request, "dashboard", "Dashboard", content, refresh=30)
-
-    @app.route("/report", methods=["GET"])
-    async def report(self, request):
-        s = parse_search(request, self.zone, default_day=self.today())
-        month = self._month(arg(request, "month"), s.day_from)
-        result = await self.store.calls(self._call_query(s))
-        days = await self._days_with_records(s.gateway, month)
-        content = pages.report(
-            search=s,
-            keys=await self.gateway_keys(),
-            result=result,
-            rows=[
-                report_cells(s.offset + i + 1, r, self.clocks)
-                for i, r in enumerate(result.records)
-            ],
-            gateways=[r.gateway for r in result.records],
-            columns=REPORT_COLUMNS,
-            filters=FILTER_LABELS,
-            month=month,
-            days=days,
-            today=self.today(),
-        )
-        return self.page(request, "report", "CDR Report", content)
-
-    @app.route("/report.csv", methods=["GET"])
-    async def report_csv(self, request):
-        s = parse_search(request, self.zone, default_day=self.today())
-        name = f"cdr-report-{s.gateway or 'all'}-{s.day_from}-{s.day_to}-{s.filter}.csv"
-        self._download_headers(request, name)
-        export = Export(request)
-        # streamed chunk by chunk, at the pace the client reads: a big export
-        # never sits in memory whole, and stops when the client goes
-        head = REPORT_COLUMNS + ("Gateway", "Begin (UTC)", "End (UTC)", "Call ID")
-        await export.write(_csv_row(head))
-        n = 0
-        after = None  # keyset paging: each chunk costs its own length
-        while n < EXPORT_MAX and not export.gone:
-            page = await self.store.calls(
-                self._call_query(s, limit=EXPORT_CHUNK, offset=0, after=after)
-            )
-            rows = []
-            for r in page.records:
-                n += 1
-                cells = report_cells(n, r, self.clocks)
-                utc = (r.gateway, self._rfc(r.begin), self._rfc(r.end), r.id)
-                rows.append(_csv_row(tuple(map(spreadsheet_safe, cells)) + utc))
-            await export.write(b"".join(rows))
-            if len(page.records) < EXPORT_CHUNK:
-                break
-            after = (page.records[-1].begin, page.records[-1].id)
-        export.done()
-        return None
-
-    @app.route("/gateways/<string:key>/events", methods=["GET"])
-    async def gateway_events(self, request, key):
-        key = parse_gateway(key)
-        limit = parse_int(arg(request, "limit"), "limit", 100, 1, 1000)
-        events = await self.store.events(
-            EventQuery(gateway=key, limit=limit, newest_first=True)
-        )
-        state = await self.store.gateway(key)
-        content = pages.live_events(
-            key=key,
-            state=state,
-            rows=[event_row(e, self.clocks) for e in events],
-            after=max((e.id or 0 for e in events), default=0),
-            live=self.feed is not None,
-            keys=await self.gateway_keys(),
-        )
-        return self.page(request, "events", f"Live events {key}", content)
-
-    @app.route("/gateways", methods=["GET"])
-    async def gateways_index(self, request):
-        key = arg(request, "key")
-        if key is not None:
-            key = parse_gateway(key)
-            request.redirect(f"/gateways/{key}/events".encode())
-            return b""
-        return self.page(
-            request,
-            "events",
-            "Live events",
-            pages.gateways_index(await self.gateway_keys()),
-        )
-
-    @app.route("/log", methods=["GET"])
-    async def gateway_log(self, request):
-        s = parse_search(
-            request, self.zone, default_day=self.today(), bare_gateway=True
-        )
-        entries = await self.store.log(
-            LogQuery(
-                gateway=s.gateway,
-                since=s.since,
-                until=s.until,
-                limit=s.limit + 1,
-                offset=s.offset,
-            )
-        )
-        content = pages.gateway_log(
-            search=s,
-            entries=entries[: s.limit],
-            more=len(entries) > s.limit,
-            clocks=self.clocks,
-            keys=await self.gateway_keys(),
-        )
-        return self.page(request, "log", "Gateway log", content)
-
-    @app.route("/cdrs", methods=["GET"])
-    async def cdrs(self, request):
-        s = parse_search(request, self.zone, default_day=self.today())
-        total, cdrs = await self.store.cdrs(self._cdr_query(s))
-        content = pages.cdrs(
-            search=s,
-            total=total,
-            cdrs=cdrs,
-            clocks=self.clocks,
-            keys=await self.gateway_keys(),
-        )
-        return self.page(request, "cdrs", "Billing CDRs", content)
-
-    @app.route("/cdrs.csv", methods=["GET"])
-    async def cdrs_csv(self, request):
-        s = parse_search(request, self.zone, default_day=self.today())
-        self._download_headers(request, f"cdrs-{s.gateway or 'all'}-{s.day_from}-{s.day_to}.csv")
-        export = Export(request)
-        # the billing feed: the FireBrick lines byte for byte (never altered
-        # for spreadsheets, see docs/web.md), at the pace the client reads
-        n = 0
-        after = None  # keyset paging: each chunk costs its own length
-        while n < EXPORT_MAX and not export.gone:
-            _, page = await self.store.cdrs(
-                self._cdr_query(s, limit=EXPORT_CHUNK, offset=0, after=after)
-            )
-            await export.write("".join(c.line + "\r\n" for c in page).encode("utf-8"))
-            n += len(page)
-            if len(page) < EXPORT_CHUNK:
-                break
-            after = page[-1].id
-        export.done()
-        return None
-
-    # -- page helpers ----------------------------------------------------------------
-
-    def _download_headers(self, request, name: str) -> None:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-        request.setHeader(b"content-disposition", f'attachment; filename="{safe}"'.encode())
-        request.setHeader(b"cache-control", b"no-store")
-
-    def _month(self, text: str | None, default: date) -> date:
-        if text is None:
-            return default.replace(day=1)
-        try:
-            if len(text) != 7:
-                raise ValueError
-            return datetime.strptime(text, "%Y-%m").date()
-        except ValueError:
-            raise BadParameter(f"month: {text!r} is not YYYY-MM") from None
-
-    async def _days_with_records(self, gateway: str | None, month: date) -> set[date]:
-        nxt = (month + timedelta(days=32)).replace(day=1)
-        quarters = await self.store.call_quarters(
-            gateway, day_start_ms(month, self.zone), day_start_ms(nxt, self.zone)
-        )
-        return {local_day(q, self.zone) for q in quarters}
-
-
-@implementer(IPushProducer)
-class Export:
-    """
-    Paces a streamed download to its client: a producer of the request's
-    connection, so `write` waits while the client's socket pushes back, and
-    `gone` turns true (and waits end) once the client left.
-    """
-
-    def __init__(self, request):
-        self.request = request
-        self.paused = False
-        self.gone = False
-        self._waiting: Deferred | None = None
-        request.registerProducer(self, True)
-        request.notifyFinish().addErrback(lambda _: self.stopProducing())
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self):
-        self.gone = True
-        self._wake()
-
-    def _wake(self):
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    async def write(self, data: bytes) -> None:
-        if self.gone:
-            return
-        self.request.write(data)
-        while self.paused and not self.gone:
-            self._waiting = Deferred()
-            await self._waiting
-
-    def done(self):
-        if not self.gone:
-            self.request.unregisterProducer()
-
-
-#: what a spreadsheet takes for a formula at the start of a cell (OWASP)
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str) -> str:
-    """A report cell that a spreadsheet shows as text, never runs: one that
-    starts like a formula gets a leading ' (OWASP "CSV injection")."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _csv_row(cells) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(cells)
-    return out.getvalue().encode("utf-8")
-
-
-def sse(kind: str, data: dict, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"{head}event: {kind}\ndata: {body}\n\n".encode()
-
-
-def fmt_event(event, clocks: Clocks) -> bytes:
-    """The live page's message: the row as shown (local time, text)."""
-    return sse("event", event_row(event, clocks), event.id)
-
-
-def event_json_sse(event, clocks: Clocks) -> bytes:
-    """The API stream's message: the event as /api/events has it (RFC 3339 UTC)."""
-    return sse("event", event_json(event), event.id)

@@ -1,12 +1,11 @@
 """
 Values as JSON and as text for the pages: times in the configured zone,
-durations HH:MM:SS, everything user-controlled HTML-escaped.
+durations HH:MM:SS (the templates escape them: cdrd.web.views).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from html import escape
 from zoneinfo import ZoneInfo
 
 from cdrd.values import (
@@ -15,6 +14,7 @@ from cdrd.values import (
     Cdr,
     GatewayState,
     LogEntry,
+    call_id,
     hhmmss,
     rfc3339,
 )
@@ -36,10 +36,6 @@ EVENT_FIELDS = (
 _INT_FIELDS = {"port", "pport", "with"}
 #: fields the live page shows in their own columns; the rest go to Info
 _OWN_COLUMNS = {"port", "pport", "digits", "cli", "info"}
-
-
-def esc(value) -> str:
-    return escape("" if value is None else str(value), quote=True)
 
 
 def ts(ms: int | None) -> str | None:
@@ -146,6 +142,7 @@ def event_row(e: CallEvent, clocks: Clocks) -> dict:
         "cli": e.fields.get("cli", ""),
         "info": event_info(e),
         "pport": e.fields.get("pport", ""),
+        "call": call_id(e.gateway, e.boot, e.ref),  # the Call-Ref's link: /call?id=
     }
 
 

@@ -13,11 +13,16 @@ from zope.interface.verify import verifyObject
 
 from cdrd.interfaces import (
     CALL_FILTERS,
+    CALL_SORTS,
+    CDR_SORTS,
     CallQuery,
+    CallTotals,
     CdrQuery,
+    CuiTotals,
     EventQuery,
     IStore,
     LogQuery,
+    SummaryRow,
     WriteBatch,
 )
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION
@@ -35,6 +40,7 @@ from tests.store.values import (
     log_entry,
     random_records,
     record,
+    searchable,
 )
 
 deferred_test = pytest_twisted.ensureDeferred
@@ -56,6 +62,96 @@ def oracle_calls(records, q):
         chosen = [r for r in base if r.notation == FILTER_NOTATION[q.filter]]
     chosen = sorted(chosen, key=lambda r: (r.begin, r.id))
     return len(base), len(chosen), chosen[q.offset:q.offset + q.limit]
+
+
+def _nulls_first(value):
+    return (value is not None, value if value is not None else 0)
+
+
+def oracle_search(records, cdrs, q):
+    """What a CallQuery with search terms must answer, the naive way."""
+    total, _, _ = oracle_calls(records, evolve(q, limit=0))
+    chosen = oracle_calls(records, evolve(q, offset=0, limit=10**9))[2]
+    with_cui = {c.call for c in cdrs if q.cui is not None and c.cui[:len(q.cui)] == q.cui}
+
+    def keep(r):
+        talk = r.talk or 0
+        return (
+            (q.number is None or any(q.number.lower() in x.lower()
+                                     for x in (r.dialed, r.cli, r.pstn_dial, r.pstn_cli)))
+            and (q.cui is None or r.id in with_cui)
+            and (q.min_talk is None or talk >= q.min_talk)
+            and (q.max_talk is None or talk <= q.max_talk)
+            and (q.windows is None or any(a <= r.begin < b for a, b in q.windows))
+            and (q.cause is None or r.cause == q.cause)
+        )
+
+    chosen = [r for r in chosen if keep(r)]
+    column = {"begin": "begin", "end": "end"}.get(q.sort, q.sort)
+    chosen.sort(key=lambda r: (_nulls_first(getattr(r, column)), r.id), reverse=q.descending)
+    return total, len(chosen), chosen[q.offset:q.offset + q.limit]
+
+
+def oracle_totals(records):
+    attempts = [r for r in records if r.notation in ATTEMPT_NOTATIONS]
+    answered = [r for r in attempts if r.connect is not None]
+    return CallTotals(
+        calls=len(records), answered=sum(r.connect is not None for r in records),
+        attempts=len(attempts), attempts_answered=len(answered), talk=sum(r.talk or 0 for r in answered),
+    )
+
+
+def oracle_summary(records, group, prefix, bucket):
+    keys = {
+        "caller": lambda r: r.cli,
+        "destination": lambda r: r.dialed[:prefix] if prefix else r.dialed,
+        "gateway": lambda r: r.gateway,
+        "time": lambda r: str(r.begin // bucket * bucket) if bucket else None,
+    }
+    groups = {}
+    for r in records:
+        groups.setdefault(keys[group](r), []).append(r)
+    rows = [SummaryRow(key=k, totals=oracle_totals(v)) for k, v in groups.items()]
+    if group == "time":
+        return sorted(rows, key=lambda row: int(row.key))
+    return sorted(rows, key=lambda row: (-row.totals.calls, row.key))
+
+
+def oracle_cdrs(cdrs, q):
+    """(total, page) a CdrQuery with search terms must answer; cdrs in written order."""
+    written = {c.id: n for n, c in enumerate(cdrs)}
+
+    def keep(c):
+        d = c.duration or 0
+        return (
+            (q.gateway is None or c.gateway == q.gateway)
+            and (q.cui is None or c.cui[:len(q.cui)] == q.cui)
+            and (q.call is None or c.call == q.call)
+            and (q.since is None or c.start >= q.since) and (q.until is None or c.start < q.until)
+            and (q.number is None or q.number.lower() in c.dialled.lower() or q.number.lower() in c.cli.lower())
+            and (q.min_duration is None or d >= q.min_duration)
+            and (q.max_duration is None or d <= q.max_duration)
+            and (q.windows is None or any(a <= c.start < b for a, b in q.windows))
+            and (q.cause is None or c.status == q.cause)
+        )
+
+    out = [c for c in cdrs if keep(c)]
+    if q.sort == "written":
+        out.sort(key=lambda c: written[c.id], reverse=q.descending)
+    else:
+        out.sort(key=lambda c: (_nulls_first(getattr(c, q.sort)), written[c.id]), reverse=q.descending)
+    return len(out), out[q.offset:q.offset + q.limit]
+
+
+def oracle_cui_totals(cdrs):
+    by = {}
+    for c in cdrs:
+        by.setdefault(c.cui, []).append(c)
+    return [
+        CuiTotals(cui=k, cdrs=len(v), answered=sum(c.duration is not None for c in v),
+                  duration=sum(c.duration or 0 for c in v))
+        for k, v in sorted(by.items())
+    ]
 
 
 class StoreContract:
@@ -411,6 +507,128 @@ class StoreContract:
         assert (await store.cdrs(CdrQuery()))[0] == 1
         assert await store.cursors() == {KEY: cursor()}
         assert (await store.outbox_stats("radius"))[0] == 1
+
+
+    # -- search, totals, summaries (issue 14) -----------------------------------
+
+    @deferred_test
+    async def test_call_search_terms_match_the_naive_answer(self, store):
+        records, cdrs = searchable(400)
+        await store.write(WriteBatch(records=records[:200], cdrs=cdrs[:150]))
+        await store.write(WriteBatch(records=records[200:], cdrs=cdrs[150:]))
+        windows = ((DAY + 9 * HOUR, DAY + 17 * HOUR), (DAY - 15 * HOUR, DAY - 14 * HOUR - 1000))
+        queries = [
+            CallQuery(number="2252"), CallQuery(number="2_5%"), CallQuery(number="252", gateway=KEY),
+            CallQuery(number="nothing"), CallQuery(cui="ACME"), CallQuery(cui="acme"),
+            CallQuery(cui="ACME-2", filter="out"), CallQuery(min_talk=1000), CallQuery(max_talk=999),
+            CallQuery(min_talk=1000, max_talk=61_000, since=DAY, until=DAY + DAY),
+            CallQuery(windows=windows), CallQuery(windows=()), CallQuery(cause="busy"),
+            CallQuery(cause="no answer", number="0", min_talk=0, filter="pstn"),
+            CallQuery(cause=""), CallQuery(since=DAY + HOUR // 2, until=DAY + 30 * HOUR, number="20"),
+        ]
+        for q in queries:
+            for sort in CALL_SORTS:
+                for descending in (False, True):
+                    sq = evolve(q, sort=sort, descending=descending, limit=7, offset=3)
+                    total, filtered, page = oracle_search(records, cdrs, sq)
+                    got = await store.calls(sq)
+                    assert (got.total, got.filtered) == (total, filtered), sq
+                    assert list(got.records) == page, sq
+            assert await store.call_totals(q) == oracle_totals(oracle_search(records, cdrs, evolve(q, limit=10**6))[2])
+
+    @deferred_test
+    async def test_call_search_keyset_walks_descending_too(self, store):
+        records, cdrs = searchable(120)
+        await store.write(WriteBatch(records=records, cdrs=cdrs))
+        for descending in (False, True):
+            q = CallQuery(number="2", limit=9, descending=descending)
+            seen, after = [], None
+            while True:
+                page = await store.calls(evolve(q, after=after))
+                if not page.records:
+                    break
+                seen += page.records
+                after = (page.records[-1].begin, page.records[-1].id)
+            assert seen == oracle_search(records, cdrs, evolve(q, limit=10**6))[2]
+        with pytest.raises(ValueError):
+            await store.calls(CallQuery(sort="talk", after=(DAY, "x")))
+        with pytest.raises(ValueError):
+            await store.calls(CallQuery(sort="password"))
+
+    @deferred_test
+    async def test_call_totals_fast_path_over_whole_hours_and_edges(self, store):
+        records = random_records(300)
+        await store.write(WriteBatch(records=records))
+        for since, until, gateway in [
+            (None, None, None), (DAY, DAY + DAY, KEY), (DAY + 1234, DAY + 5 * HOUR + 77, None),
+            (DAY + 10, DAY + 2 * HOUR + 20, KEY2), (DAY - HOUR, DAY + HOUR, KEY2),
+        ]:
+            q = CallQuery(gateway=gateway, since=since, until=until)
+            want = oracle_totals(oracle_search(records, [], evolve(q, limit=10**6))[2])
+            got = await store.call_totals(q)
+            assert got == want
+            assert got.calls and got.minutes == got.talk / 60_000
+            assert got.asr == got.attempts_answered / got.attempts
+        empty = await store.call_totals(CallQuery(since=0, until=1))
+        assert (empty.calls, empty.asr, empty.acd, empty.minutes) == (0, None, None, 0)
+
+    @deferred_test
+    async def test_call_summary_by_every_group(self, store):
+        records, cdrs = searchable(300)
+        await store.write(WriteBatch(records=records, cdrs=cdrs))
+        cases = [
+            ("caller", None, None), ("destination", None, None), ("destination", 3, None),
+            ("gateway", None, None), ("time", None, HOUR), ("time", None, 900_000), ("time", None, DAY),
+        ]
+        queries = [
+            CallQuery(), CallQuery(since=DAY + 1000, until=DAY + 7 * HOUR + 5), CallQuery(filter="out"),
+            CallQuery(number="22", gateway=KEY), CallQuery(cui="ACME", min_talk=1),
+        ]
+        for q in queries:
+            for group, prefix, bucket in cases:
+                got = await store.call_summary(q, group, prefix=prefix, bucket=bucket)
+                want = oracle_summary(oracle_search(records, cdrs, evolve(q, limit=10**6))[2], group, prefix, bucket)
+                assert got == want, (q, group, prefix, bucket)
+        top = await store.call_summary(CallQuery(), "caller", limit=2)
+        assert top == oracle_summary(records, "caller", None, None)[:2]
+        with pytest.raises(ValueError):
+            await store.call_summary(CallQuery(), "cli")
+
+    @deferred_test
+    async def test_cdr_search_sort_and_totals_per_cui(self, store):
+        records, cdrs = searchable(300)
+        await store.write(WriteBatch(records=records, cdrs=cdrs[:100]))
+        await store.write(WriteBatch(cdrs=cdrs[100:]))
+        queries = [
+            CdrQuery(), CdrQuery(cui="ACME"), CdrQuery(cui="ACME-1", gateway=KEY), CdrQuery(number="2_5"),
+            CdrQuery(number="252", min_duration=1000), CdrQuery(max_duration=999),
+            CdrQuery(windows=((DAY, DAY + 12 * HOUR),)), CdrQuery(cause="busy"), CdrQuery(cause=""),
+            CdrQuery(since=DAY, until=DAY + DAY, cui="B"),
+        ]
+        for q in queries:
+            for sort in CDR_SORTS:
+                for descending in (False, True):
+                    sq = evolve(q, sort=sort, descending=descending, limit=9, offset=2)
+                    total, page = oracle_cdrs(cdrs, sq)
+                    assert await store.cdrs(sq) == (total, page), sq
+            assert await store.cui_totals(q) == oracle_cui_totals(oracle_cdrs(cdrs, evolve(q, limit=10**6))[1])
+
+    @deferred_test
+    async def test_call_record_and_outbox_matching(self, store):
+        r = record(5, DAY)
+        await store.write(WriteBatch(
+            records=[r, record(6, DAY)],
+            outbox=[item("radius", f'{{"leg":"{r.id}/1"}}'.encode()), item("radius", b'{"leg":"other/1"}'),
+                    item("syslog", r.id.encode()), item("radius", f'{{"leg":"{r.id}/2"}}'.encode())],
+        ))
+        assert await store.call_record(r.id) == r
+        assert await store.call_record("nope") is None
+        found = await store.outbox_matching("radius", r.id, 10)
+        assert [i.payload for i in found] == [f'{{"leg":"{r.id}/1"}}'.encode(), f'{{"leg":"{r.id}/2"}}'.encode()]
+        assert found[0].id < found[1].id
+        assert len(await store.outbox_matching("radius", r.id, 1)) == 1
+        await store.write(WriteBatch(outbox_done=[("radius", found[0].id)]))
+        assert [i.id for i in await store.outbox_matching("radius", r.id, 10)] == [found[1].id]
 
 
 class DurableStoreContract(StoreContract):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from attrs import evolve
+
 from cdrd.interfaces import ModelCursor, OutboxItem
 from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry, call_id, cdr_id
 
@@ -69,3 +71,30 @@ def random_records(n, seed=7):
         out.append(record(ref, begin, gateway=gateway, notation=rnd.choice(NOTATIONS),
                           pstn=rnd.random() < 0.3))
     return out
+
+
+def searchable(n, seed=11):
+    """Records with varied numbers, talk and causes, and CDRs of about half
+    of them with a few CUIs: what the search contract tests walk."""
+    rnd = random.Random(seed)
+    numbers = ["2252", "0207123456", "201", "44207946", "2_5%", "", "901252"]
+    causes = ["", "busy", "cancelled", "no answer"]
+    cuis = ["ACME-1", "ACME-2", "BETA", "acme-3"]
+    records, cdrs = [], []
+    for ref in range(n):
+        gateway = rnd.choice([KEY, KEY2])
+        begin = DAY - HOUR * 24 + rnd.randrange(0, 3 * 24 * HOUR // 60_000) * 60_000 + rnd.randrange(0, 2) * 1000
+        answered = rnd.random() < 0.6
+        talk = rnd.choice([0, 999, 1000, 30_000, 61_000, 600_000]) if answered else None
+        r = record(
+            ref, begin, gateway=gateway, notation=rnd.choice(NOTATIONS), pstn=rnd.random() < 0.3,
+            dialed=rnd.choice(numbers), cli=rnd.choice(numbers), pstn_dial=rnd.choice(numbers),
+            pstn_cli=rnd.choice(numbers), connect=begin + 1000 if answered else None, talk=talk,
+            cause=rnd.choice(causes), port=rnd.choice([None, 1, 2]),
+        )
+        records.append(r)
+        for k in range(rnd.choice([0, 0, 1, 2])):
+            c = cdr(r.id, k, begin + 500 * k, gateway=gateway, cui=rnd.choice(cuis),
+                    duration=talk, status="" if answered else rnd.choice(causes[1:]))
+            cdrs.append(evolve(c, dialled=rnd.choice(numbers), cli=rnd.choice(numbers)))
+    return records, cdrs

@@ -13,19 +13,21 @@ class Site:
     """A WebApp over the fixture day, at 13:00 UTC on it, with a StubTreq."""
 
     def __init__(
-        self, timezone="UTC", users=None, status=None, calls=None, database="memory:"
+        self, timezone="UTC", users=None, status=None, calls=None, database="memory:",
+        config=None, presence=None,
     ):
         self.store = make_store(database)
         self.clock = task.Clock()
         self.clock.advance(F.t("13:00:00") / 1000)
         self.feed = LiveFeed()
         self.web = WebApp(
-            F.config(timezone, users),
+            config or F.config(timezone, users),
             self.store,
             self.clock,
             calls=calls,
             feed=self.feed,
             status=status,
+            presence=presence,
         )
         self.http = StubTreq(self.web.resource())
 

@@ -9,7 +9,8 @@ fixture day stored in SQLite (next to PORTFILE), with a LiveFeed.
 `--outputs`: a RADIUS and a syslog status on the dashboard (one server
 down, a backlog; syslog stalled), as cdrd's outputs report them.  ``POST /_test/event?ref=N&type=T&digits=D``
 stores one event of the fixture gateway and tells the feed, exactly as the
-BatchWriter's commit listener does in cdrd.
+BatchWriter's commit listener does in cdrd; ``POST /_test/log?event=E&gateway=G&mac=M``
+likewise one gateway log entry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from cdrd.interfaces import WriteBatch
-from cdrd.values import CallEvent
+from cdrd.values import CallEvent, LogEntry
 from cdrd.web import auth
 from cdrd.web.app import WebApp
 from cdrd.web.feed import LiveFeed
@@ -64,6 +65,9 @@ class TestRoot:
         if request.path == b"/_test/event" and request.method == b"POST":
             self.inject(request)
             return NOT_DONE_YET
+        if request.path == b"/_test/log" and request.method == b"POST":
+            self.inject_log(request)
+            return NOT_DONE_YET
         return self.web.render(request)
 
     def inject(self, request):
@@ -89,6 +93,24 @@ class TestRoot:
             request.finish()
 
         self.store.write(WriteBatch(events=(event,))).addCallback(stored)
+
+
+    def inject_log(self, request):
+        """POST /_test/log?event=E&gateway=G&mac=M: one gateway log entry,
+        stored and told to the feed as the BatchWriter's listener does."""
+        args = {k.decode(): v[-1].decode() for k, v in request.args.items()}
+        entry = LogEntry(
+            time=int(self.clock.seconds() * 1000), event=args["event"], peer="127.0.0.1:2348",
+            gateway=args.get("gateway", "???"), mac=args.get("mac", ""),
+        )
+
+        def stored(result):
+            self.feed.log_stored([entry])
+            request.setHeader(b"content-type", b"text/plain")
+            request.write(b"ok")
+            request.finish()
+
+        self.store.write(WriteBatch(log=(entry,))).addCallback(stored)
 
 
 USER, PASSWORD = "ops", "s3cret pass"

@@ -150,12 +150,15 @@ async def test_dates_are_days_of_the_configured_zone(make_site):
 @pytest_twisted.ensureDeferred
 async def test_cdrs_lines_and_search(make_site):
     site = await make_site()
-    body = await site.json("/api/cdrs")
+    # ordered by start (issue 14); sort=written gives the billing feed's order
+    body = await site.json("/api/cdrs?sort=written")
     assert [c["line"] for c in body["cdrs"]] == [
         F.E1_CDR.line,
         F.E3_CDR.line,
         F.GW2_CDR.line,
     ]
+    by_start = await site.json("/api/cdrs")
+    assert [c["id"] for c in by_start["cdrs"]] == [F.GW2_CDR.id, F.E1_CDR.id, F.E3_CDR.id]
     c = body["cdrs"][0]
     assert (
         c["line"]

@@ -392,3 +392,98 @@ def test_behind_basic_auth_the_live_page_streams(server_with_users, browser):
         assert not page.errors, page.errors
     finally:
         context.close()
+
+
+# -- issue 14: search, summary, one call, dashboard at scale, 404 ----------------------
+
+
+def test_report_search_totals_sort_and_links(server, page):
+    page.goto(f"{server}/report?gateway={F.GW}")
+    assert page.locator("#t-calls").inner_text() == "7"
+    # a number is a link to its search
+    page.locator("#records td[data-label='Dialed'] a").first.click()
+    page.wait_for_url("**number=2252**")
+    assert int(page.locator("#filtered").inner_text()) >= 1
+    # sort by Caller ID, then the other way
+    page.goto(f"{server}/report?gateway={F.GW}")
+    page.click("th a.sort >> text=Caller ID")
+    page.wait_for_url("**sort=cli**")
+    assert page.locator("th[aria-sort=ascending]").inner_text() == "Caller ID"
+    shot(page, "report-sorted")
+    # a call ref opens the call whole
+    page.locator("#records td[data-label='Call-Ref'] a").first.click()
+    page.wait_for_url("**/call?id=**")
+    assert page.locator("#record").is_visible()
+    assert rows(page, "call-events").count() >= 1
+    shot(page, "call")
+    page.goto(f"{server}/summary?group=destination&from=2026-11-20&to=2026-11-22")
+    assert rows(page, "groups").count() >= 1
+    shot(page, "summary")
+    assert page.goto(f"{server}/nowhere").status == 404
+    assert page.locator("#problem").is_visible() and page.locator("form.search").is_visible()
+    shot(page, "404")
+    page.errors[:] = [e for e in page.errors if "status of 404" not in e]  # the one asked for
+
+
+def test_new_pages_on_a_phone(server, phone):
+    for name, path in (
+        ("summary", "/summary?from=2026-11-20&to=2026-11-22"),
+        ("call", "/call?id=" + F.E1_CDR.call.replace("/", "%2F")),
+        ("live-all", "/live"),
+        ("404", "/nowhere"),
+        ("400", "/report?from=nope"),
+    ):
+        phone.goto(server + path)
+        no_sideways_scroll(phone, 390)
+        shot(phone, f"phone-{name}")
+    # the 404 and 400 asked for
+    phone.errors[:] = [e for e in phone.errors if "status of 40" not in e]
+
+
+@pytest.fixture
+def own_server(tmp_path_factory):
+    """A server of its own: a test that writes to the gateway log (the
+    other tests count its entries)."""
+    with serving(tmp_path_factory) as url:
+        yield url
+
+
+def test_dashboard_chart_first_ranges_and_gateway_table(own_server, page):
+    server = own_server
+    page.goto(f"{server}/")
+    chart = page.locator("#chart").bounding_box()
+    table = page.locator("#gateways").bounding_box()
+    assert chart["y"] < table["y"]  # the chart comes first
+    # the y-axis labels are whole: none starts left of the chart
+    for label in page.locator("svg.chart.wide text.axis[text-anchor=end]").all():
+        assert label.bounding_box()["x"] >= chart["x"], label.inner_text()
+    page.click("a[data-range='7d']")
+    page.wait_for_url("**range=7d**")
+    assert "last 7 d" in page.locator("#chart h2").inner_text()
+    page.fill("#gw-q", "8300")
+    page.click("#gw-filter button")
+    page.wait_for_url("**q=8300**")
+    assert page.locator("#gateways tr").count() == 1
+    page.goto(f"{server}/")
+    # live: a gateway that sends turns online without a reload
+    marker = page.evaluate("window.__marker = 1")
+    page.request.post(f"{server}/_test/event?ref=95&type=DIAL&digits=1")
+    page.wait_for_function(
+        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.heard').textContent.length > 0")
+    # the gateway log moves the table too: a logout, bad packets, a restart
+    row = page.locator('#gateways tr[data-id="8200_000C2A020082"]')
+    assert row.locator("td.state .pill").inner_text() == "online"
+    page.request.post(f"{server}/_test/log?event=Logout&gateway=8200&mac=000C2A020082")
+    page.wait_for_function(
+        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.state .pill')"
+        ".textContent === 'offline'")
+    assert page.locator("#online").inner_text() == "0"
+    for event in ("Bad Packet", "Bad Packet", "Gateway Restart"):
+        page.request.post(f"{server}/_test/log?event={event}&gateway=8200&mac=000C2A020082")
+    page.wait_for_function(
+        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.restarts').textContent === '1'")
+    assert row.locator("td.bad-packets").inner_text() == "2"
+    page.request.post(f"{server}/_test/log?event=Login&gateway=8200&mac=000C2A020082")
+    page.wait_for_function("document.getElementById('online').textContent === '1'")
+    assert page.evaluate("window.__marker") == marker
+    shot(page, "dashboard-chart-first")

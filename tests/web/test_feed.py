@@ -197,11 +197,11 @@ async def test_sse_last_event_id_wins_and_heartbeats(make_site):
         site, f"/gateways/{F.GW}/events/stream?after=1", b"Last-Event-ID: 5\r\n"
     )
     assert [m["id"] for m in c.messages()] == [6]
-    assert site.web._heartbeat is not None
+    assert site.web.streams._heartbeat is not None
     site.clock.advance(15)
     assert c.transport.value().endswith(b": keep-alive\n\n\r\n")
     c.close()
-    assert site.web._heartbeat is None  # no subscriber, no timer
+    assert site.web.streams._heartbeat is None  # no subscriber, no timer
 
 
 @pytest_twisted.ensureDeferred

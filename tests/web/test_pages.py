@@ -46,7 +46,8 @@ async def test_report_opens_on_today_in_the_zone(make_site):
         "PSTN Caller ID",
         "End",
     ):
-        assert f"<th>{column}</th>" in html
+        # a column header is a link that sorts by it (issue 14)
+        assert f"<th>{column}</th>" in html or f">{column}</a></th>" in html
 
 
 @pytest_twisted.ensureDeferred
@@ -82,7 +83,8 @@ async def test_everything_user_controlled_is_escaped(make_site):
     assert (
         r.code == 200
         and "<script>x" not in text(body)
-        and "&quot;&gt;&lt;script&gt;" in text(body)
+        # Jinja2's escape writes " as &#34; (issue 14: templates escape)
+        and "&#34;&gt;&lt;script&gt;" in text(body)
     )
 
 
@@ -102,7 +104,11 @@ async def test_report_paging(make_site):
     assert "4–6 of 7" in html
     assert "offset=6" in html and "Previous</a>" in html
     assert html.count('<tr><td data-label="#">') == 3
-    assert '<td data-label="#">4</td><td data-label="Call-Ref">81</td>' in html
+    # the call ref is a link to the call (issue 14)
+    assert (
+        f'<td data-label="#">4</td><td data-label="Call-Ref"><a href="/call?id={F.GW}%2Fb1%2F81">81</a></td>'
+        in html
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -136,7 +142,7 @@ async def test_report_csv_export(make_site):
 
 @pytest_twisted.ensureDeferred
 async def test_report_csv_pages_through_big_days(make_site, monkeypatch):
-    from cdrd.web import app
+    from cdrd.web import exports as app
 
     monkeypatch.setattr(app, "EXPORT_CHUNK", 2)
     site = await make_site()
@@ -411,7 +417,7 @@ async def many_records(site, n):
 async def test_exports_follow_the_clients_pace_and_stop_when_it_goes(
     make_site, monkeypatch
 ):
-    from cdrd.web import app
+    from cdrd.web import exports as app
 
     monkeypatch.setattr(app, "EXPORT_CHUNK", 50)
     site = await make_site()
@@ -443,7 +449,7 @@ async def test_billing_export_follows_the_clients_pace(make_site, monkeypatch):
 
     from cdrd.interfaces import WriteBatch
     from cdrd.values import cdr_id
-    from cdrd.web import app
+    from cdrd.web import exports as app
 
     monkeypatch.setattr(app, "EXPORT_CHUNK", 50)
     site = await make_site()
@@ -459,3 +465,61 @@ async def test_billing_export_follows_the_clients_pace(make_site, monkeypatch):
     client.leave()
     client.read()
     assert len(queries) == 1
+
+
+# -- issue 14: templates escape by default --------------------------------------------
+
+XSS = "<script>alert(1)</script>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_id_like_script_is_escaped_on_every_page_that_shows_it(make_site):
+    """A gateway's caller id `<script>…` (fixture record 76's cli, an event's
+    cli, a CDR's cli, a log detail) is text on every page, never markup."""
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+    from cdrd.values import cdr_id
+
+    site = await make_site()
+    evil_cdr = attrs.evolve(F.E1_CDR, id=cdr_id(F.E1_CDR.call, 7), cli=XSS, cui=XSS)
+    evil_event = attrs.evolve(F.EVENTS[0], id=None, seq=900, fields={**F.EVENTS[0].fields, "cli": XSS})
+    await site.store.write(WriteBatch(cdrs=(evil_cdr,), events=(evil_event,)))
+    for path in (
+        "/report",
+        f"/report?gateway={F.GW}",
+        "/cdrs",
+        f"/gateways/{F.GW}/events",
+        "/live",
+        "/call?id=" + F.E1_CDR.call.replace("/", "%2F"),  # its CDR's cli
+        "/report?number=%3Cscript%3E",
+        "/summary?number=%3Cscript%3E",
+        "/nowhere/%3Cscript%3E",
+        "/report?from=%3Cscript%3E",
+    ):
+        r, body = await site.get(path)
+        html = text(body)
+        assert XSS not in html and "<script>alert" not in html, path
+        assert html.count("<script") == 1, path  # only cdrd.js
+        assert "&lt;script&gt;" in html, path
+        assert "script-src 'self'" in r.headers.getRawHeaders("content-security-policy")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_404_and_400_are_pages_of_the_site_with_the_search_form(make_site):
+    site = await make_site()
+    r, body = await site.get("/nowhere")
+    html = text(body)
+    assert r.code == 404 and "text/html" in r.headers.getRawHeaders("content-type")[0]
+    assert '<link rel="stylesheet" href="/static/cdrd.css">' in html
+    assert "There is no page at /nowhere." in html and 'action="/report"' in html
+    # a 400 keeps the search as typed, in the form of the page that failed
+    r, body = await site.get("/cdrs?from=2026-11-22&to=2026-11-21&cui=ACME")
+    html = text(body)
+    assert r.code == 400 and "is after to" in html
+    assert 'action="/cdrs"' in html and 'name="cui" id="cui" value="ACME"' in html
+    r, body = await site.get("/report.csv?filter=nope")
+    assert r.code == 400 and 'action="/report"' in text(body)
+    # the API's stay JSON
+    r, body = await site.get("/api/nowhere")
+    assert r.code == 404 and r.headers.getRawHeaders("content-type")[0].startswith("application/json")
