@@ -10,7 +10,7 @@ GATEWAY ?=
 WEB ?=
 
 # Debian packages the integration tests start as real peers.
-SYSTEM_PACKAGES := freeradius freeradius-utils rsyslog chromium postgresql
+SYSTEM_PACKAGES := freeradius freeradius-utils freeradius-postgresql rsyslog chromium postgresql
 
 .PHONY: run test unit integration lint venv system-deps postgresql bench clean
 

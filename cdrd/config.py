@@ -56,6 +56,7 @@ class LineConfig:
 
     name: str | None = None
     cui: str | None = None
+    authorize: bool = True  # ask RADIUS for its callers' CUI ([radius] authorize)
 
 
 @frozen
@@ -63,6 +64,7 @@ class GatewayConfig:
     key: str
     secret: str | None = field(default=None, repr=False)
     trust_cui: bool = False
+    authorize: bool = True  # ask RADIUS for the CUI of its incoming calls
     ports: Mapping[int, PortConfig] = field(factory=dict)
     lines: Mapping[int, LineConfig] = field(factory=dict)
 
@@ -112,6 +114,11 @@ class RadiusConfig:
     max_timeout: float = 64.0  # cap of the doubling (MRT)
     failover_after: int = 3  # consecutive timeouts before the next server
     window: int = 128  # requests in flight per server socket
+    # the CUI from RADIUS (RFC 4372): an Access-Request per incoming call
+    authorize: bool = False
+    auth_servers: tuple[RadiusServer, ...] = ()
+    auth_timeout: float = 2.0  # seconds per try
+    auth_retries: int = 1  # resends per server before the next one
 
     @property
     def enabled(self) -> bool:
@@ -290,27 +297,30 @@ def _gateways(s: _Section) -> dict[str, GatewayConfig]:
         if split_gateway_key(key) is None:
             raise ConfigError(s.setting(f'"{key}"'), "key must be <gw>_<12 hex MAC>")
         g = s.table(key)
-        g.unknown({"secret", "trust_cui", "ports", "lines"})
+        g.unknown({"secret", "trust_cui", "authorize", "ports", "lines"})
         gw, mac = split_gateway_key(key)
         norm = gateway_key(gw, mac)
         out[norm] = GatewayConfig(
             key=norm,
             secret=g.text("secret"),
             trust_cui=g.get("trust_cui", bool, False),
+            authorize=g.get("authorize", bool, True),
             ports=_numbered(g.table("ports"), PortConfig, ("exten", "ddi", "name", "cui")),
-            lines=_numbered(g.table("lines"), LineConfig, ("name", "cui")),
+            lines=_numbered(g.table("lines"), LineConfig, ("name", "cui"), ("authorize",)),
         )
     return out
 
 
-def _numbered(s: _Section, cls, keys: tuple[str, ...]) -> dict[int, Any]:
+def _numbered(
+    s: _Section, cls, keys: tuple[str, ...], flags: tuple[str, ...] = ()
+) -> dict[int, Any]:
     out = {}
     for number in s.data:
         if not (str(number).isascii() and str(number).isdigit()) or int(number) < 1:
             raise ConfigError(s.setting(str(number)), "port numbers count from 1")
         p = s.table(number)
-        p.unknown(set(keys))
-        values = {}
+        p.unknown(set(keys) | set(flags))
+        values = {k: p.get(k, bool, True) for k in flags}
         for k in keys:
             v = p.get(k, (str, int), None)
             if v is not None:
@@ -330,25 +340,13 @@ def _radius(s: _Section) -> RadiusConfig:
     interim = s.integer("interim_interval", d.interim_interval)
     if 0 < interim < 60:
         raise ConfigError(s.setting("interim_interval"), f"{interim} is below 60 (0 turns it off)")
-    servers = []
-    raw = s.data.get("servers", [])
-    if not isinstance(raw, list):
-        raise ConfigError(s.setting("servers"), "must be an array of tables [[radius.servers]]")
-    for i, item in enumerate(raw):
-        srv = _Section(f"radius.servers[{i}]", item)
-        srv.unknown({"address", "secret"})
-        address = srv.text("address")
-        secret = srv.text("secret")
-        if not address:
-            raise ConfigError(srv.setting("address"), "missing (HOST:PORT)")
-        if not secret:
-            raise ConfigError(srv.setting("secret"), "missing")
-        host, port = _host_port(address, srv.setting("address"), default_port=1813)
-        if not _is_ip(host):
-            # UDP to a name would need a resolver in the send path; RADIUS
-            # servers know their clients by address anyway
-            raise ConfigError(srv.setting("address"), f"{host!r} is not an IP address")
-        servers.append(RadiusServer(host=host, port=port, secret=secret))
+    servers = _radius_servers(s, "servers", 1813)
+    auth_servers = _radius_servers(s, "auth_servers", 1812)
+    authorize = s.get("authorize", bool, d.authorize)
+    if authorize and not auth_servers:
+        raise ConfigError(
+            s.setting("authorize"), "true needs [[radius.auth_servers]] to ask"
+        )
     vendor = s.integer("vendor", d.vendor, minimum=1)
     if vendor > 0xFFFFFF:
         raise ConfigError(s.setting("vendor"), "an IANA enterprise number is at most 16777215")
@@ -364,7 +362,34 @@ def _radius(s: _Section) -> RadiusConfig:
         max_timeout=s.number("max_timeout", d.max_timeout, minimum=1),
         failover_after=s.integer("failover_after", d.failover_after, minimum=1),
         window=min(255, s.integer("window", d.window, minimum=1)),
+        authorize=authorize,
+        auth_servers=auth_servers,
+        auth_timeout=s.number("auth_timeout", d.auth_timeout, minimum=0.1),
+        auth_retries=s.integer("auth_retries", d.auth_retries, minimum=0),
     )
+
+
+def _radius_servers(s: _Section, name: str, default_port: int) -> tuple[RadiusServer, ...]:
+    servers = []
+    raw = s.data.get(name, [])
+    if not isinstance(raw, list):
+        raise ConfigError(s.setting(name), f"must be an array of tables [[radius.{name}]]")
+    for i, item in enumerate(raw):
+        srv = _Section(f"radius.{name}[{i}]", item)
+        srv.unknown({"address", "secret"})
+        address = srv.text("address")
+        secret = srv.text("secret")
+        if not address:
+            raise ConfigError(srv.setting("address"), "missing (HOST:PORT)")
+        if not secret:
+            raise ConfigError(srv.setting("secret"), "missing")
+        host, port = _host_port(address, srv.setting("address"), default_port=default_port)
+        if not _is_ip(host):
+            # UDP to a name would need a resolver in the send path; RADIUS
+            # servers know their clients by address anyway
+            raise ConfigError(srv.setting("address"), f"{host!r} is not an IP address")
+        servers.append(RadiusServer(host=host, port=port, secret=secret))
+    return tuple(servers)
 
 
 def _is_ip(text: str) -> bool:

@@ -359,6 +359,12 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         outputs.append(accounting)
         status["radius"] = accounting.status
         outboxes["radius"] = lambda: itemgetter("spool_depth", "oldest_age")(accounting.status())
+    if config.radius.authorize:
+        from cdrd.accounting.authorize import CuiAuthorizer
+
+        authorizer = CuiAuthorizer(config, writer, reactor, reactor)
+        outputs.append(authorizer)
+        status["radius_authorize"] = authorizer.status
     if config.syslog.target:
         from cdrd.outputs.syslog import SyslogSink
 

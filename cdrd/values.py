@@ -23,6 +23,10 @@ from attrs import field, frozen
 #: rebuilds the call model exactly.
 GATEWAY_RESTART = "GATEWAY_RESTART"  # ends every open call of (gateway, boot)
 STALE = "STALE"  # ends call `ref` of (gateway, boot): `stale_after` passed
+#: The RADIUS server's answer to an incoming call's Access-Request (the CUI
+#: from RADIUS, RFC 4372): fields `result` = accept | reject | timeout |
+#: overload, and `cui` from an Access-Accept (cdrd.accounting.authorize)
+RADIUS_CUI = "RADIUS_CUI"
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -125,6 +129,16 @@ class Cdr:
     cui: str
     dialled: str
     cli: str
+    #: the id of the call whose end wrote it, whose final RADIUS Stop carries
+    #: it: `call` but for a CDR moved in by a transfer (rule 3); "" for a CDR
+    #: stored before cdrd knew it
+    billed_call: str = ""
+
+    @property
+    def csv_row(self) -> str:
+        """The row of the CSV files: the FireBrick line, byte for byte, then
+        the call that created the CDR and the call that billed it."""
+        return f"{self.line},{csv_field(self.call)},{csv_field(self.billed_call)}"
 
     @property
     def line(self) -> str:
@@ -207,6 +221,11 @@ class LegStop:
     A leg ended.  `cause` is "" for a hang-up, "replaced" when a divert or
     transfer replaced it, else the call's Cause.  `cdrs` is non-empty only on
     the Stop of the last leg of a call to end, in written order.
+
+    `talk_end` is where its answered span ends as its CDRs count it: the
+    first hang-up after the answer (or after the last transfer joined the
+    call), which may come before the call's end (`time`, e.g. the far end
+    hangs up, then the phone); None means `time`.
     """
 
     leg: Leg
@@ -214,12 +233,15 @@ class LegStop:
     answered: int | None  # ms UTC of its answer, None if never
     cause: str
     cdrs: tuple[Cdr, ...] = ()
+    talk_end: int | None = None
 
     @property
     def session_ms(self) -> int:
+        """The answered span: Acct-Session-Time, as long as the leg's CDRs."""
         if self.answered is None:
             return 0
-        return max(0, self.time - self.answered)
+        end = self.time if self.talk_end is None else min(self.talk_end, self.time)
+        return max(0, end - self.answered)
 
 
 @frozen

@@ -65,6 +65,10 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"radius": {"interim_interval": 59}}, "radius.interim_interval"),
         ({"radius": {"servers": [{"address": "127.0.0.1:1813"}]}}, "radius.servers[0].secret"),
         ({"radius": {"servers": [{"address": "nowhere:x", "secret": "s"}]}}, "radius.servers[0].address"),
+        ({"radius": {"authorize": True}}, "radius.authorize"),
+        ({"radius": {"auth_servers": [{"address": "127.0.0.1"}]}}, "radius.auth_servers[0].secret"),
+        ({"gateways": {"8200_000C2A020082": {"lines": {"1": {"authorize": "no"}}}}},
+         "gateways.8200_000C2A020082.lines.1.authorize"),
         ({"syslog": {"target": "carrier-pigeon:1"}}, "syslog.target"),
         ({"syslog": {"facility": "local9"}}, "syslog.facility"),
         ({"gateways": {"8200": {}}}, 'gateways."8200"'),
@@ -152,3 +156,13 @@ def test_csv_files_are_off_unless_a_directory_is_set():
     assert C.parse({}).csv.directory is None
     assert C.parse({"csv": {"directory": ""}}).csv.directory is None
     assert C.parse({"csv": {"directory": "var/cdrs"}}).csv.directory == "var/cdrs"
+
+
+def test_cui_from_radius_settings():
+    cfg = C.parse({
+        "radius": {"authorize": True, "auth_servers": [{"address": "127.0.0.1", "secret": "s"}]},
+        "gateways": {"8200_000C2A020082": {"lines": {"1": {"cui": "X", "authorize": False}}}},
+    })
+    assert cfg.radius.authorize and cfg.radius.auth_servers[0].port == 1812
+    assert cfg.gateways["8200_000C2A020082"].lines[1] == C.LineConfig(cui="X", authorize=False)
+    assert cfg.gateways["8200_000C2A020082"].authorize

@@ -95,6 +95,7 @@ TERMINATE_CAUSES = {
     "": "User-Request",  # a hang-up
     "cancelled": "User-Request",
     "divert-loop": "User-Request",  # a recording note: the call was hung up
+    "cui-rejected": "User-Request",  # a note: RADIUS refused the caller a CUI
     "replaced": "Port-Unneeded",
     "transferred": "Port-Unneeded",
     "gateway-restart": "NAS-Reboot",
@@ -176,20 +177,27 @@ def _chunks(text: str, size: int) -> list[str]:
     return out
 
 
-def cdr_attributes(cdr: Cdr, index: int) -> list[tuple[str, object]]:
+def cdr_attributes(cdr: Cdr, index: int, billed: str | None = None) -> list[tuple[str, object]]:
     """
     The attributes of the `index`-th CDR (from 1) of a Stop: its
     cdrd-CDR-Id and cdrd-CDR and, for a line over 247 bytes, the rest in
     cdrd-CDR-Continued values "<index>:<text>".  pyrad (like RADIUS
     servers) keeps the values of one attribute together and in order, so
-    the n-th cdrd-CDR-Id is the id of the n-th cdrd-CDR.
+    the n-th cdrd-CDR-Id is the id of the n-th cdrd-CDR.  Where the CDR was
+    created by another call than `billed` (the Stop's call), cdrd-CDR-Call
+    "<index>:<call>" names it (cut to one attribute, like the leg values).
     """
     first, *rest = _chunks(cdr.line, MAX_VENDOR_VALUE)
     prefix = f"{index}:"
     more = _chunks("".join(rest), MAX_VENDOR_VALUE - len(prefix)) if rest else []
-    return [("cdrd-CDR-Id", cdr.id), ("cdrd-CDR", first)] + [
+    attrs = [("cdrd-CDR-Id", cdr.id), ("cdrd-CDR", first)] + [
         ("cdrd-CDR-Continued", prefix + part) for part in more
     ]
+    if billed is not None and getattr(cdr, "call", billed) != billed:
+        attrs.append(
+            ("cdrd-CDR-Call", _text(prefix + cdr.call, MAX_VENDOR_VALUE))
+        )
+    return attrs
 
 
 _SIZING: Dictionary | None = None
@@ -229,6 +237,7 @@ def split_stop(
     fixed: list[tuple[str, object]],
     cdrs: Sequence[Cdr],
     reserve: Sequence[tuple[str, object]] = (),
+    billed: str | None = None,
 ) -> list[list[tuple[str, object]]]:
     """
     The attributes of a Stop (`fixed`: everything but the CDRs) carrying
@@ -238,9 +247,9 @@ def split_stop(
     fits in one; a longer one goes on in the next packets' continuations.
     The n in "<n>:<text>" counts the CDRs of the whole Stop, all parts.
     Room is kept in every packet for the attributes `reserve` (added when
-    sent).
+    sent).  `billed`: the Stop's call (cdr_attributes).
     """
-    groups = [cdr_attributes(c, n) for n, c in enumerate(cdrs, 1)]
+    groups = [cdr_attributes(c, n, billed) for n, c in enumerate(cdrs, 1)]
     sized = fixed + list(reserve)
     if fits(dictionary, sized + [a for g in groups for a in g]):
         return [fixed + [a for g in groups for a in g]]
@@ -505,7 +514,7 @@ def spool(
             ]
             fixed = request_attributes(base, STOP, o.time, common)
             reserve = CALLED_RESERVE if called_later(o.leg) else ()
-            for attrs in split_stop(dictionary, fixed, o.cdrs, reserve):
+            for attrs in split_stop(dictionary, fixed, o.cdrs, reserve, leg.call):
                 out.append(Payload("req", o.leg.id, STOP, o.time, tuple(attrs)))
     return out
 

@@ -17,6 +17,7 @@ from attrs import define, evolve, frozen
 from cdrd.config import Config, GatewayConfig
 from cdrd.values import (
     GATEWAY_RESTART,
+    RADIUS_CUI,
     STALE,
     CallEnd,
     CallEvent,
@@ -113,6 +114,9 @@ class _Draft:
 class _LegState:
     leg: Leg
     answered: int | None = None
+    #: ms UTC it was created; None once its LegStart is out (an inbound leg
+    #: of a phone or PSTN line waits for the number dialled: _start_pending)
+    pending: int | None = None
 
 
 @define(slots=True)
@@ -149,6 +153,7 @@ class _Call:
     cli: str = ""
     pstn_cli: str = ""
     event_cause: str = ""  # from BUSY / FAIL / REJECT
+    cui_rejected: bool = False  # RADIUS answered the CUI request with a reject
     divert_loop: bool = False
     diverts: int = 0
     # the legs and the CDR stack
@@ -290,6 +295,12 @@ class CallModel:
             if call is not None:
                 self._end(call, event.time, "stale", out)
             return out
+        if kind == RADIUS_CUI:
+            # an answer about a call: never makes one (an answer after the
+            # call ended changes nothing)
+            if call is not None:
+                self._radius_cui(call, event)
+            return []
         if kind not in KNOWN_TYPES:
             return []
         if call is None:
@@ -365,6 +376,32 @@ class CallModel:
             d.ringing = max(0, call.connect - d.ring) if d.ring is not None else 0
         call.sticky = d
 
+    def _radius_cui(self, call: _Call, event: CallEvent) -> None:
+        """
+        The RADIUS server's answer about the caller (RFC 4372): a CUI in an
+        Access-Accept makes the caller's sticky inbound CDR (rule 4), ahead
+        of a line's configured `cui` or a trusted `cui=`; a reject is noted
+        (Cause `cui-rejected` where the call has no other); a timeout
+        changes nothing.  The inbound leg takes the CUI only if its Start
+        has not gone out yet (a leg's values are fixed at its Start).
+        """
+        result = event.fields.get("result")
+        if result == "reject":
+            call.cui_rejected = True
+            return
+        cui = event.fields.get("cui") or ""
+        if result != "accept" or not cui or call.hook_off:
+            return
+        if call.sticky is not None:
+            call.sticky.cui = cui
+            call.caller_cui = cui
+        else:
+            cli = call.caller_cli or call.cli or call.pstn_cli
+            self._late_sticky(call, cui, cli)
+        ls = call.inbound
+        if ls is not None and ls.pending is not None:
+            ls.leg = evolve(ls.leg, cui=cui)
+
     def _divert_cui(self, gateway: str, port: int | None, by: str) -> str:
         gc = self._gateway_config(gateway)
         if port is not None:
@@ -431,7 +468,25 @@ class CallModel:
             cli=cli,
             dialled=dialled,
         )
-        out.append(LegStart(call.inbound.leg, time))
+        if dialled:
+            out.append(LegStart(call.inbound.leg, time))
+        else:
+            # its Start waits for the number the caller dials (the first
+            # outbound leg's), so that the Start alone is a complete
+            # accounting row (docs/accounting.md); at the latest it goes
+            # out with the leg's answer or end
+            call.inbound.pending = time
+
+    def _start_pending(self, call: _Call, out: list, dialled: str = "") -> None:
+        """The inbound leg's LegStart, if still held back: its values are
+        fixed now, with `dialled` as its number; its time is its creation."""
+        ls = call.inbound
+        if ls is None or ls.pending is None:
+            return
+        if dialled and not ls.leg.dialled:
+            ls.leg = evolve(ls.leg, dialled=dialled)
+        out.append(LegStart(ls.leg, ls.pending))
+        ls.pending = None
 
     def _ensure_inbound(self, call: _Call, time: int, out: list) -> None:
         """A call whose first events were lost still has a caller leg."""
@@ -447,6 +502,7 @@ class CallModel:
                 self._new_draft(call, call.caller_cui, None, call.caller_cli)
             )
         top = call.stack[-1].cui if call.stack else ""
+        self._start_pending(call, out, dialled)
         call.outbound = self._new_leg(
             call,
             "outbound",
@@ -580,6 +636,11 @@ class CallModel:
             if not call.cli:
                 call.cli = cli
             call.event_cause = fields.get("cause") or "rejected"
+            if call.inbound is None:
+                # the rejected caller's leg: its CLI is theirs
+                self._start_inbound(
+                    call, time, out, port=call.port, pport=call.pport, cli=cli
+                )
             self._ensure_inbound(call, time, out)
             self._end(call, time, "", out)
         elif kind == "DIVERT":
@@ -605,6 +666,7 @@ class CallModel:
             if d.start is None:
                 d.start = time
                 d.ringing = max(0, time - d.ring) if d.ring is not None else 0
+        self._start_pending(call, out)
         for ls in (call.inbound, call.outbound):
             if ls is not None and ls.answered is None:
                 ls.answered = time
@@ -632,6 +694,7 @@ class CallModel:
             )
         )
         old = call.outbound
+        self._start_pending(call, out, to)
         call.outbound = self._new_leg(
             call, "outbound", cui=call.stack[-1].cui, cli=call.caller_cli, dialled=to
         )
@@ -652,6 +715,7 @@ class CallModel:
             if d.dialled is None:
                 d.dialled = dialled
         moved = call.outbound
+        self._start_pending(target, out)
         if moved is not None:
             if ev.fields.get("role") == "caller":
                 old, target.inbound = target.inbound, moved
@@ -693,6 +757,8 @@ class CallModel:
                 return call.event_cause
             if call.dialed or call.pstn_dial or call.rung:
                 return "cancelled"
+        if call.cui_rejected:
+            return "cui-rejected"
         return ""
 
     def _notation(self, call: _Call) -> str:
@@ -740,11 +806,18 @@ class CallModel:
         )
         cdrs = self._written(call, time, cause)
         stop_cause = "transferred" if reason == "transferred" else cause
+        self._start_pending(call, out)
+        # the answered span of a leg ends where its CDRs end (rule 3's
+        # joined CDRs too): at the first hang-up, not the call's last
+        talk_end = call.cdr_end
         legs = [ls for ls in (call.inbound, call.outbound) if ls is not None]
         for i, ls in enumerate(legs):
             last = i == len(legs) - 1
             out.append(
-                LegStop(ls.leg, time, ls.answered, stop_cause, cdrs if last else ())
+                LegStop(
+                    ls.leg, time, ls.answered, stop_cause, cdrs if last else (),
+                    talk_end=talk_end,
+                )
             )
         out.append(CallEnd(record, cdrs))
         del self._calls[call.gateway][(call.boot, call.ref)]
@@ -767,10 +840,12 @@ class CallModel:
                         start=call.begin,
                         ringing=ringing,
                         duration=None,
-                        status=cause or "cancelled",
+                        # a note on the call, not how the CDR ended
+                        status=cause if cause not in ("", "cui-rejected") else "cancelled",
                         cui=d.cui,
                         dialled=dialled,
                         cli=d.cli,
+                        billed_call=call.id,
                     )
                 )
             else:
@@ -792,4 +867,5 @@ class CallModel:
             cui=d.cui,
             dialled=d.dialled if d.dialled is not None else dialled,
             cli=d.cli,
+            billed_call=call.id,
         )

@@ -3,8 +3,10 @@ CsvFileSink: the CDR lines in one file a day, for operators who want files
 (docs/outputs.md, "CSV files").  Off unless wired.
 
 `<directory>/cdrs-YYYY-MM-DD.csv`, the day of the End of the call that wrote
-the CDR in the configured zone, one CDR line (call-records.md) per line,
-LF-terminated, no header, appended in written order.  An in-memory ICdrSink:
+the CDR in the configured zone, one CDR line (call-records.md) per line
+followed by two fields, the call that created the CDR and the call that
+billed it (`Cdr.csv_row`: `call`, `billed_call`), LF-terminated, no
+header, appended in written order.  An in-memory ICdrSink:
 it acts in `committed()`, so a crash between the store's commit and the
 append loses those lines from the file (the store, syslog and RADIUS keep
 them).  Lines committed in one reactor turn are appended with one write per
@@ -52,7 +54,7 @@ class CsvFileSink(Service):
         for o in outputs:
             if isinstance(o, CallEnd) and o.cdrs:
                 lines = self._lines.setdefault(self.path_for(o.record.end), [])
-                lines.extend(c.line for c in o.cdrs)
+                lines.extend(c.csv_row for c in o.cdrs)
         if self._lines and self._call is None:
             self._call = self.clock.callLater(0, self.flush)
 

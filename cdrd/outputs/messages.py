@@ -45,7 +45,8 @@ class CdrEntry:
     time: int  # ms UTC: the End of the call that wrote it
     line: str  # the CDR line, exactly as call-records.md writes it
     gateway: str = ""
-    call: str = ""
+    call: str = ""  # the call that created the CDR
+    billed_call: str = ""  # the call whose end wrote it ("" from older entries)
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -56,6 +57,7 @@ class CdrEntry:
                 "line": self.line,
                 "gateway": self.gateway,
                 "call": self.call,
+                "billed_call": self.billed_call,
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -77,6 +79,7 @@ class CdrEntry:
                 line=obj["line"],
                 gateway=obj.get("gateway", ""),
                 call=obj.get("call", ""),
+                billed_call=obj.get("billed_call", ""),
             )
         except KeyError as e:
             raise ValueError(f"syslog outbox payload without {e}") from None
@@ -93,7 +96,8 @@ def spool(outputs) -> list[CdrEntry]:
     and, within a call, in written (stack) order.
     """
     return [
-        CdrEntry(id=cdr.id, time=o.record.end, line=cdr.line, gateway=cdr.gateway, call=cdr.call)
+        CdrEntry(id=cdr.id, time=o.record.end, line=cdr.line, gateway=cdr.gateway, call=cdr.call,
+                 billed_call=cdr.billed_call)
         for o in outputs
         if isinstance(o, CallEnd)
         for cdr in o.cdrs
@@ -112,17 +116,42 @@ def _printusascii(text: str, limit: int) -> str:
     return text or "-"
 
 
+#: The SD-ID of the calls of a CDR (RFC 5424 section 7.2.2: name@<enterprise
+#: number>; 32473 is RFC 5612's documentation number, as the RADIUS vendor's
+#: default).
+SD_ID = "cdr@32473"
+
+
+def _sd_value(text: str) -> str:
+    """RFC 5424 PARAM-VALUE: `"`, `\\` and `]` escaped with a backslash."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def structured_data(entry: CdrEntry) -> str:
+    """`[cdr@32473 call="..." billed_call="..."]`: the call that created the
+    CDR and the call that billed it (its RADIUS Acct-Multi-Session-Id);
+    the NILVALUE for an entry that knows neither."""
+    params = "".join(
+        f' {name}="{_sd_value(value)}"'
+        for name, value in (("call", entry.call), ("billed_call", entry.billed_call))
+        if value
+    )
+    return f"[{SD_ID}{params}]" if params else "-"
+
+
 def rfc5424(entry: CdrEntry, facility: int, hostname: str, app_name: str) -> bytes:
     """
-    `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`: PROCID and
-    STRUCTURED-DATA are the NILVALUE, MSGID is the CDR id, MSG the line
-    (MSG-ANY: no BOM, so the message is exactly the line's bytes).
+    `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`: PROCID is the
+    NILVALUE, MSGID is the CDR id, STRUCTURED-DATA the CDR's calls
+    (`structured_data`), MSG the line (MSG-ANY: no BOM, so the message is
+    exactly the line's bytes).
     """
     host = _printusascii(hostname, 255)
     app = _printusascii(app_name, 48)
     msgid = _printusascii(entry.id, 32)
-    header = f"<{priority(facility)}>1 {rfc3339(entry.time)} {host} {app} - {msgid} - "
-    return header.encode("ascii") + entry.line.encode()
+    sd = structured_data(entry)
+    header = f"<{priority(facility)}>1 {rfc3339(entry.time)} {host} {app} - {msgid} {sd} "
+    return header.encode() + entry.line.encode()
 
 
 def rfc3164(entry: CdrEntry, facility: int, hostname: str | None, app_name: str) -> bytes:

@@ -231,6 +231,13 @@ MIGRATIONS.append([
     + _hour_sums(f"'{ALL_GATEWAYS}'", f"begin_ms / {HOUR_MS}"),
 ])
 
+MIGRATIONS.append([
+    # the call whose end wrote a CDR (its final RADIUS Stop carries it):
+    # the creating call `call` but for a CDR moved in by a transfer.  Rows
+    # stored before have '' (not known then).
+    "ALTER TABLE cdrs ADD COLUMN billed_call TEXT NOT NULL DEFAULT ''",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 

@@ -55,7 +55,7 @@ CALL_COLS = (
     "id, gateway, boot, ref, port, pport, notation, pstn, dialed, begin_ms, connect_ms,"
     " end_ms, talk, pstn_dial, pstn_time, cli, pstn_cli, cause"
 )
-CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli"
+CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli, billed_call"
 
 
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder, not one a call
@@ -107,15 +107,17 @@ def _record_row(r: CallRecord) -> tuple:
 
 
 def _cdr(row) -> Cdr:
-    id_, call, gateway, start, ringing, duration, status, cui, dialled, cli = row
+    id_, call, gateway, start, ringing, duration, status, cui, dialled, cli, billed_call = row
     return Cdr(
         id=id_, call=call, gateway=gateway, start=start, ringing=ringing,
         duration=duration, status=status, cui=cui, dialled=dialled, cli=cli,
+        billed_call=billed_call,
     )
 
 
 def _cdr_row(c: Cdr) -> tuple:
-    return (c.id, c.call, c.gateway, c.start, c.ringing, c.duration, c.status, c.cui, c.dialled, c.cli)
+    return (c.id, c.call, c.gateway, c.start, c.ringing, c.duration, c.status, c.cui, c.dialled, c.cli,
+            c.billed_call)
 
 
 #: CallQuery.sort / CdrQuery.sort -> column
@@ -328,7 +330,7 @@ class SqlStore:
             self._count_hours(cur, new)
         self._many(
             cur,
-            f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 10)}) ON CONFLICT DO NOTHING",
+            f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
             [_cdr_row(c) for c in batch.cdrs],
         )
         self._many(

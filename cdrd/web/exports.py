@@ -87,14 +87,15 @@ class Exports:
         s = parse_search(request, web.zone, default_day=web.today(), allowed=CDR_PARAMS)
         download_headers(request, f"cdrs-{s.gateway or 'all'}-{s.day_from}-{s.day_to}.csv")
         export = Export(request)
-        # the billing feed: the FireBrick lines byte for byte (never altered
-        # for spreadsheets, see docs/web.md), at the pace the client reads
+        # the billing feed: the FireBrick lines byte for byte, then the
+        # creating and the billed call (Cdr.csv_row) (never altered for
+        # spreadsheets, see docs/web.md), at the pace the client reads
         n = 0
         after = None
         while n < EXPORT_MAX and not export.gone:
             _, page = await web.store.cdrs(
                 cdr_query(s, limit=EXPORT_CHUNK, offset=0, after=after, keyset=True))
-            await export.write("".join(c.line + "\r\n" for c in page).encode("utf-8"))
+            await export.write("".join(c.csv_row + "\r\n" for c in page).encode("utf-8"))
             n += len(page)
             if len(page) < EXPORT_CHUNK:
                 break

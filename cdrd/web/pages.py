@@ -454,9 +454,25 @@ class Pages:
             cell("Dialled", c.dialled, cls="num", href=views.url("/cdrs", day, number=c.dialled) if c.dialled else None),
             cell("CLI", c.cli, cls="num", href=views.url("/cdrs", day, number=c.cli) if c.cli else None),
             cell("Gateway", c.gateway, href=views.url("/cdrs", day, gateway=c.gateway) if c.gateway else None),
-            cell("Call", (c.call or "").rsplit("/", 1)[-1], href=views.url("/call", id=c.call) if c.call else None),
+            self._cdr_calls(c),
             cell("FireBrick line", c.line, cls="line", code=True),
         ])
+
+    @staticmethod
+    def _cdr_calls(c) -> Cell:
+        """The call that created the CDR and, where a transfer made them
+        differ, the call whose RADIUS Stop bills it (/api/cdrs "call",
+        "billed_call")."""
+        if not c.call:
+            return cell("Call")
+        ref = c.call.rsplit("/", 1)[-1]
+        if not c.billed_call or c.billed_call == c.call:
+            return cell("Call", ref, href=views.url("/call", id=c.call))
+        billed = c.billed_call.rsplit("/", 1)[-1]
+        return cell("Call", links=(
+            (ref, views.url("/call", id=c.call)),
+            (f"billed to {billed}", views.url("/call", id=c.billed_call)),
+        ))
 
     @app.route("/cdrs", methods=["GET"])
     async def cdrs(self, request):

@@ -182,6 +182,7 @@ def cdr_json(c: Cdr) -> dict:
         "cli": c.cli,
         "gateway": c.gateway,
         "call": c.call,
+        "billed_call": c.billed_call,
     }
 
 

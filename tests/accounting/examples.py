@@ -39,6 +39,22 @@ def outputs(*texts: str) -> list:
     return [o for e in events for o in model.apply(e)]
 
 
+def before_issue_13(products: list) -> list:
+    """`products` as the model made them before the inbound leg's Start
+    waited for the number dialled: the inbound leg without a number (how
+    an older cdrd's outbox items, dial notes included, were made)."""
+    from attrs import evolve
+
+    from cdrd.values import LegAnswer
+
+    out = []
+    for o in products:
+        if isinstance(o, (LegStart, LegAnswer, LegStop)) and o.leg.direction == "inbound":
+            o = evolve(o, leg=evolve(o.leg, dialled=""))
+        out.append(o)
+    return out
+
+
 def e1():
     """E1: 201 calls 2252, answered, 120 s; one CDR.  Products: Start in,
     Start out, Answer in, Answer out, Stop in, Stop out (the CDR), CallEnd."""

@@ -3,6 +3,11 @@ A real FreeRADIUS (Debian's `freeradius`) for the integration tests and the
 benchmark: a private minimal raddb in a temp directory, an accounting
 listener on a loopback high port, the detail module writing one file that
 the tests read, and our dictionary.cdrd $INCLUDEd.
+
+With `sql=` (a PostgreSQL URL), the stock rlm_sql as a billing team runs
+it (Debian's `freeradius-postgresql`): the `sql` module with Debian's own
+PostgreSQL `queries.conf`, the stock policies (`acct_unique` in preacct),
+`radacct` made from Debian's `schema.sql` (`create_radacct`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,55 @@ from pathlib import Path
 
 FREERADIUS = shutil.which("freeradius") or "/usr/sbin/freeradius"
 DICTIONARIES = Path(__file__).resolve().parents[2] / "dictionaries"  # -> cdrd/accounting/dictionaries
+#: Debian's stock FreeRADIUS configuration (packages freeradius and
+#: freeradius-postgresql): the SQL schema and queries, and the policies.
+RADDB = Path("/etc/freeradius/3.0")
+PG_SQL = RADDB / "mods-config" / "sql" / "main" / "postgresql"
+
+
+def create_radacct(url: str) -> None:
+    """Debian's stock PostgreSQL schema (radacct and the rest) in `url`."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute((PG_SQL / "schema.sql").read_text())
+
+
+SQL_MODULE = """\
+    # %{{tolower:...}} in the stock queries comes from rlm_expr
+    expr {{
+    }}
+    sql {{
+        dialect = "postgresql"
+        driver = "rlm_sql_postgresql"
+        postgresql {{
+            send_application_name = yes
+        }}
+        radius_db = "{conninfo}"
+        acct_table1 = "radacct"
+        acct_table2 = "radacct"
+        postauth_table = "radpostauth"
+        authcheck_table = "radcheck"
+        groupcheck_table = "radgroupcheck"
+        authreply_table = "radreply"
+        groupreply_table = "radgroupreply"
+        usergroup_table = "radusergroup"
+        delete_stale_sessions = yes
+        pool {{
+            start = 1
+            min = 1
+            max = 8
+            spare = 2
+            uses = 0
+            retry_delay = 1
+            lifetime = 0
+            idle_timeout = 60
+        }}
+        client_table = "nas"
+        group_attribute = "SQL-Group"
+        $INCLUDE {queries}
+    }}
+"""
 
 
 def free_udp_port() -> int:
@@ -72,7 +126,7 @@ thread pool {{
 client loopback {{
     ipaddr = 127.0.0.1
     secret = {secret}
-    require_message_authenticator = no
+    require_message_authenticator = {require_ma}
 }}
 modules {{
     detail {{
@@ -85,24 +139,25 @@ modules {{
     always ok {{
         rcode = ok
     }}
-}}
+{sql_module}{files_module}}}
+{policy}
 server default {{
     listen {{
         type = acct
         ipaddr = 127.0.0.1
         port = {port}
     }}
-    authorize {{
-        Autz-Type Status-Server {{
+{auth_listen}    authorize {{
+{authorize}        Autz-Type Status-Server {{
             ok
         }}
     }}
     preacct {{
-        ok
+{preacct}        ok
     }}
     accounting {{
         detail
-        ok
+{accounting}        ok
     }}
 }}
 """
@@ -117,11 +172,18 @@ class FreeRadius:
         secret: str = "testing123",
         port: int | None = None,
         vendor: int | None = None,
+        sql: str | None = None,
+        users: str | None = None,
     ):
         self.dir = Path(directory)
         self.secret = secret
         self.port = port or free_udp_port()
         self.vendor = vendor
+        self.sql = sql  # a PostgreSQL URL: the stock rlm_sql writes radacct there
+        # a `users` file: an auth listener (auth_port) whose authorize runs
+        # the stock `files` module on it, e.g. to answer with a CUI
+        self.users = users
+        self.auth_port = free_udp_port() if users is not None else None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -135,8 +197,47 @@ class FreeRadius:
     def write_config(self) -> None:
         for sub in ("log", "acct", "run", "mods-config"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        sql_module = policy = preacct = accounting = ""
+        files_module = auth_listen = authorize = ""
+        if self.users is not None:
+            (self.dir / "users").write_text(self.users)
+            files_module = (
+                f"    files {{\n        filename = {self.dir}/users\n    }}\n"
+            )
+            auth_listen = (
+                "    listen {\n        type = auth\n        ipaddr = 127.0.0.1\n"
+                f"        port = {self.auth_port}\n    }}\n"
+            )
+            authorize = "        files\n"
+            # BlastRADIUS: FreeRADIUS 3.2.1 signs its answers only when asked
+            sign = "update reply {\n            &Message-Authenticator := 0x00\n        }\n"
+            auth_listen += (
+                f"    post-auth {{\n        {sign}"
+                f"        Post-Auth-Type REJECT {{\n            {sign}        }}\n    }}\n"
+            )
+        if self.sql is not None:
+            sql_module = SQL_MODULE.format(
+                conninfo=libpq_conninfo(self.sql), queries=PG_SQL / "queries.conf"
+            )
+            # the stock policies: acct_unique makes Acct-Unique-Session-Id
+            policy = f"policy {{\n$INCLUDE {RADDB}/policy.d/\n}}\n"
+            preacct = "        acct_unique\n"
+            accounting = "        sql\n"
         (self.dir / "radiusd.conf").write_text(
-            RADIUSD_CONF.format(dir=self.dir, secret=self.secret, port=self.port)
+            RADIUSD_CONF.format(
+                dir=self.dir,
+                secret=self.secret,
+                port=self.port,
+                sql_module=sql_module,
+                policy=policy,
+                preacct=preacct,
+                accounting=accounting,
+                files_module=files_module,
+                auth_listen=auth_listen,
+                authorize=authorize,
+                # BlastRADIUS: an Access-Request must carry one (cdrd's do)
+                require_ma="yes" if self.users is not None else "no",
+            )
         )
         cdrd_dict = (DICTIONARIES / "dictionary.cdrd").read_text()
         if self.vendor is not None:
@@ -304,6 +405,23 @@ def parse_detail(text: str) -> list[dict[str, list[str]]]:
             value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         current.setdefault(name, []).append(value)
     return out
+
+
+def libpq_conninfo(url: str) -> str:
+    """`postgresql://user@host:port/db` as libpq's key=value string, which
+    rlm_sql_postgresql takes whole in `radius_db`."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    parts = {
+        "host": u.hostname or "127.0.0.1",
+        "port": u.port or 5432,
+        "dbname": u.path.lstrip("/"),
+        "user": u.username or "postgres",
+    }
+    if u.password:
+        parts["password"] = u.password
+    return " ".join(f"{k}={v}" for k, v in parts.items())
 
 
 def kill_pid(pid: int) -> None:

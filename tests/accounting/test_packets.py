@@ -31,8 +31,8 @@ def test_vendor_number_is_rewritten_for_pyrad():
 def test_payload_round_trip_and_event_time():
     outputs = examples.e1()
     ps = spool(outputs, 0, "192.0.2.10", True)
-    # Start in, Start out + the number the caller dialled, answers, Stops
-    assert [p.kind for p in ps] == ["req", "req", "dial", "open", "open", "req", "req"]
+    # Start in (with its number), Start out, answers, Stops
+    assert [p.kind for p in ps] == ["req", "req", "open", "open", "req", "req"]
     for p in ps:
         assert Payload.from_bytes(p.to_bytes()) == p
         json.loads(p.to_bytes())
@@ -41,7 +41,7 @@ def test_payload_round_trip_and_event_time():
 
 def test_no_interim_markers_when_interims_are_off():
     ps = spool(examples.e1(), 0, None, False)
-    assert [p.kind for p in ps] == ["req", "req", "dial", "req", "req"]
+    assert [p.kind for p in ps] == ["req", "req", "req", "req"]
 
 
 def test_start_attributes_and_delay():
@@ -336,8 +336,13 @@ def test_cdrs_of_a_transfer_are_booked_to_their_call():
     assert (
         dict(cdr_stop.attributes)["Acct-Multi-Session-Id"] == "8200_000C2A020082/b1/79"
     )
+    # the second CDR was created by call 80: cdrd-CDR-Call names it
+    assert [v for n, v in cdr_stop.attributes if n == "cdrd-CDR-Call"] == [
+        "2:8200_000C2A020082/b1/80"
+    ]
     call_end = next(o for o in outputs if isinstance(o, CallEnd) and o.cdrs)
     assert call_end.record.id == "8200_000C2A020082/b1/79"
+    assert [c.billed_call for c in call_end.cdrs] == [call_end.record.id] * 2
     assert [c.line for c in call_end.cdrs] == [
         "2026-11-22T10:30:04.100Z,3.000,595.900,442079460201,202,442079460201",
         "2026-11-22T10:31:10.000Z,7.000,530.000,ACCT-202,07700900999,442079460202",

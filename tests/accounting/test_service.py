@@ -12,7 +12,7 @@ from cdrd.accounting.packets import load_dictionary
 from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
 from cdrd.interfaces import ICdrSink
-from cdrd.values import GatewayState
+from cdrd.values import GatewayState, LegStart
 from tests.accounting import examples
 from tests.accounting.fakes import FakeReactor, answer, decode
 from tests.accounting.outbox import OutboxStore, Writer
@@ -87,11 +87,10 @@ def test_spool_is_pure_json_payloads():
     svc, _, _ = make()
     outputs = examples.e1()
     a, b = svc.spool(outputs, 0), svc.spool(outputs, 0)
-    assert a == b and len(a) == 7
+    assert a == b and len(a) == 6
     assert [json.loads(p)["s"] for p in a] == [
         "Start",
         "Start",
-        "",
         "",
         "",
         "Stop",
@@ -116,7 +115,7 @@ def test_sent_after_commit_deleted_only_after_verified_answer():
     svc.startService()
     outputs = examples.e4()
     commit(svc, store, outputs, r.seconds() * 1000)
-    assert len(store.items) == 7  # 6 requests and the inbound leg's number
+    assert len(store.items) == 6  # 6 requests (the inbound Start has its number)
     pkts = sent(r)
     assert [p["Acct-Status-Type"][0] for p in pkts] == [
         "Start",
@@ -129,12 +128,12 @@ def test_sent_after_commit_deleted_only_after_verified_answer():
     port = r.ports[0]
     answer(port, port.written[0][0], b"wrong", D)
     r.advance(0)
-    assert len(store.items) == 7
+    assert len(store.items) == 6
     assert answer_all(r, svc) == 6
     r.advance(0)  # deletions are batched per reactor turn
     assert not store.items
     deletions = [w for w in store.writes if w.outbox_done]
-    assert len(deletions) == 1 and len(deletions[0].outbox_done) == 7
+    assert len(deletions) == 1 and len(deletions[0].outbox_done) == 6
     st = svc.status()
     assert st["spool_depth"] == 0 and st["sent"] == st["answered"] == 6
     json.dumps(st)
@@ -147,7 +146,7 @@ def test_restart_resends_what_was_not_answered():
     port = r.ports[0]
     answer(port, port.written[0][0], SECRET.encode(), D)  # only the first Start
     r.advance(0)
-    assert len(store.items) == 4  # 3 requests, the inbound leg's number
+    assert len(store.items) == 3  # 3 requests
     crash(r)  # no stopService; a new process reads the same store
     r.advance(300)
     svc2, _, _ = make(store=store, interim=0, reactor=r)
@@ -181,7 +180,7 @@ def test_interim_updates_while_answered_until_stop():
     commit(svc, store, outputs[:4], now)  # starts and answers
     answer_all(r, svc)
     r.advance(0)
-    assert len(store.items) == 3  # the open-leg markers and the number stay
+    assert len(store.items) == 2  # the open-leg markers stay
     assert svc.status()["open_legs"] == 2 and svc.status()["spool_depth"] == 0
     r.pump(
         [1] * 70
@@ -351,13 +350,14 @@ def called(pkts, leg_suffix, status):
 
 
 def test_inbound_leg_carries_the_first_dialled_number_once_known():
-    """E1: the phone's leg starts at HOOK_OFF, before the DIAL: its Start has
-    no Called-Station-Id, its Interim-Updates and Stop carry 2252 (the
-    number it dialled first), also after a restart; the number's outbox
-    item goes with the answered Stop."""
+    """E1 as an older cdrd's model made it: the phone's leg started at
+    HOOK_OFF, before the DIAL: its Start has no Called-Station-Id, its
+    Interim-Updates and Stop carry 2252 (the number it dialled first, from
+    the dial note), also after a restart; the note goes with the answered
+    Stop."""
     svc, store, r = make(interim=60)
     svc.startService()
-    outputs = examples.e1()
+    outputs = examples.before_issue_13(examples.e1())
     commit(svc, store, outputs[:4], examples.t("10:00:07.250"))
     answer_all(r, svc)
     r.advance(0)
@@ -377,6 +377,23 @@ def test_inbound_leg_carries_the_first_dialled_number_once_known():
     assert not store.items
     r.advance(1)  # the outbox statistics, refreshed after deletions
     assert svc.status()["spool_depth"] == 0
+
+
+def test_inbound_start_carries_the_first_dialled_number():
+    """E1 and E3: the caller's Start waits for its first DIAL, so a row
+    written from the Start alone has the number; every packet of the leg
+    carries the same one, and no dial note is spooled."""
+    svc, store, r = make(interim=60)
+    svc.startService()
+    for products, leg in ((examples.e1(), "/75/0"), (examples.e3(), "/77/0")):
+        assert not [p for p in svc.spool(products, 0) if b'"k":"dial"' in p]
+        commit(svc, store, products, r.seconds() * 1000)
+        answer_all(r, svc)
+        for status in ("Start", "Stop"):
+            assert called(sent(r), leg, status) == [["2252"]]
+    starts = [o for o in examples.e1() if isinstance(o, LegStart)]
+    # Event-Timestamp is still when the leg was created (HOOK_OFF)
+    assert starts[0].time == examples.t("10:00:00.000")
 
 
 def test_pstn_caller_gets_the_number_call_in_has_its_own():
@@ -407,7 +424,7 @@ def test_oldest_age_is_time_since_the_oldest_unanswered_request_was_stored():
     answer_all(r, svc)
     r.advance(500)  # the legs are up for 500 s: their markers are that old
     st = svc.status()
-    assert len(store.items) == 3 and st["open_legs"] == 2
+    assert len(store.items) == 2 and st["open_legs"] == 2
     assert st["spool_depth"] == 0 and st["oldest_age"] == 0.0
     # the Stops of a call that ended minutes ago (its events' time), stored
     # now, unanswered for 7 s

@@ -67,14 +67,12 @@ def test_memory_store_and_batch_writer_end_to_end():
     svc.startService()
     e1 = examples.e1()
     commit(svc, writer, r, e1[:4])  # Starts and answers
-    assert len(outbox(store)) == 5  # 2 Starts, a number dialled, 2 open markers
+    assert len(outbox(store)) == 4  # 2 Starts, 2 open markers
     answer_current(r, svc)
     r.advance(0)
     r.advance(0)
-    assert [i.payload[:12] for i in outbox(store)] == [b'{"k":"dial",'] + [
-        b'{"k":"open",'
-    ] * 2
-    assert store.outbox_stats("radius").result[0] == 3
+    assert [i.payload[:12] for i in outbox(store)] == [b'{"k":"open",'] * 2
+    assert store.outbox_stats("radius").result[0] == 2
 
     # kill -9 and restart: the open legs come back from the store
     crash(r)

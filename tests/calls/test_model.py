@@ -570,7 +570,7 @@ def test_answer_produces_leg_answers_once():
     assert [a.leg.id.rsplit("/", 1)[1] for a in answers] == ["0", "2"]
     starts = [o.leg for o in out if isinstance(o, LegStart)]
     assert [(s.direction, s.cui, s.dialled) for s in starts] == [
-        ("inbound", "442079460201", ""),
+        ("inbound", "442079460201", "202"),  # its Start waits for the DIAL
         ("outbound", "442079460201", "202"),
         ("outbound", "ACCT-202", "07700900123"),
     ]
@@ -708,3 +708,151 @@ def test_default_max_divert_depth_is_8_eight_diverts_nine_cdrs_the_ninth_loops()
     starts9 = [o for o in out9 if isinstance(o, LegStart)]
     assert len(starts9) == 1 + 1 + 8  # ... and starts no leg
     assert starts9[-1].leg.dialled == "9007"  # the call carries on with the 8th
+
+
+# -- a leg's accounting agrees with its CDR and record (issue 13) -----------------
+
+
+def test_session_time_ends_at_the_hang_up_that_ends_the_cdr():
+    """The far end hangs up first: the CDR is 60 s, and so is every leg's
+    answered span, not the 62.5 s to the phone's HOOK_ON."""
+    _, out = go(
+        "90 04:00:00.000 HOOK_OFF port=1\n"
+        "90 04:00:02.000 DIAL digits=2252\n"
+        "90 04:00:05.000 TALK\n"
+        "90 04:01:05.000 REMOTE_HOOK_ON\n"
+        "90 04:01:07.500 HOOK_ON port=1"
+    )
+    (end,) = [o for o in out if isinstance(o, CallEnd)]
+    assert [c.duration for c in end.cdrs] == [60_000]
+    stops = [o for o in out if isinstance(o, LegStop)]
+    assert [(s.time, s.session_ms) for s in stops] == [(t("04:01:07.500"), 60_000)] * 2
+
+
+def test_session_time_of_a_transfer_is_each_cdrs_duration():
+    """E5: the moved leg's span is its CDR's (530 s), the caller's its
+    own (595.9 s); the consultation call's legs end at the transfer."""
+    _, out = go(E5)
+    stops = {s.leg.id.split("/", 2)[2]: s for s in out if isinstance(s, LegStop)}
+    by_line = {c.dialled: c.duration for e in out if isinstance(e, CallEnd) for c in e.cdrs}
+    assert stops["79/0"].session_ms == by_line["202"] == 595_900
+    assert stops["80/1"].session_ms == by_line["07700900999"] == 530_000
+    assert stops["80/0"].session_ms == t("10:32:00.000") - t("10:31:10.000")
+
+
+def test_inbound_start_waits_for_the_number_dialled():
+    """A phone's leg starts at HOOK_OFF but its Start goes out with the
+    first DIAL, carrying that number, timed at HOOK_OFF; with nothing
+    dialled it goes out when the leg ends (or is answered)."""
+    _, out = go(E1)
+    kinds = [type(o).__name__ for o in out]
+    assert kinds[:2] == ["LegStart", "LegStart"]
+    inbound = out[0]
+    assert (inbound.leg.direction, inbound.leg.dialled, inbound.time) == (
+        "inbound", "2252", t("10:00:00.000")
+    )
+    # the same Leg, frozen at its Start, in its answer and Stop
+    assert {o.leg for o in out if not isinstance(o, CallEnd) and o.leg.id.endswith("/0")} == {
+        inbound.leg
+    }
+    _, out = go("91 11:00:00.000 HOOK_OFF port=1\n91 11:00:04.000 HOOK_ON port=1")
+    assert [type(o).__name__ for o in out] == ["LegStart", "LegStop", "CallEnd"]
+    assert out[0].time == t("11:00:00.000") and out[0].leg.dialled == ""
+
+
+def test_rejected_caller_is_on_the_leg():
+    _, out = go("92 11:00:00.000 REJECT cli=0211112222 cause=barred")
+    start, stop, end = out
+    assert start.leg.cli == stop.leg.cli == end.record.cli == "0211112222"
+    assert stop.cause == "barred"
+
+
+def test_billed_call_is_the_call_whose_end_wrote_the_cdr():
+    """E5: the second CDR was created by call 80 and billed by call 79,
+    whose final Stop carries it."""
+    _, out = go(E5)
+    (end,) = [o for o in out if isinstance(o, CallEnd) and o.cdrs]
+    c79, c80 = call_id(GW, "b1", 79), call_id(GW, "b1", 80)
+    assert [(c.call, c.billed_call) for c in end.cdrs] == [(c79, c79), (c80, c79)]
+    (last,) = [o for o in out if isinstance(o, LegStop) and o.cdrs]
+    assert last.cdrs == end.cdrs
+
+
+# -- the CUI from RADIUS (RFC 4372) --------------------------------------------------
+
+
+def cui_answer(ref, time, fields, id=None):
+    return CallEvent(
+        gateway=GW, seq=None, ref=ref, type="RADIUS_CUI", time=time, received=time,
+        boot="b1", fields=fields, id=id,
+    )
+
+
+def with_answer(text, after: int, answer):
+    """The events of `text` with the synthetic answer inserted after the
+    `after`-th event, as the log holds them."""
+    model = CallModel(example_config())
+    events = parse_events(text)
+    events = events[:after] + [answer] + events[after:]
+    return run(model, events)
+
+
+PSTN_IN = (
+    "97 10:10:00.000 PSTN_CALL_IN cli=02071234567 pport=1\n"
+    "97 10:10:00.500 PSTN_HOOK_OFF pport=1\n"
+    "97 10:10:01.000 DIAL digits=2252\n"
+    "97 10:10:02.000 RING_BACK\n"
+    "97 10:10:05.000 TALK\n"
+    "97 10:11:05.000 HOOK_ON\n"
+)
+
+
+def test_cui_from_radius_makes_the_sticky_cdr_ahead_of_the_line_cui():
+    """Line 1 has cui=CARRIER-ACME; RADIUS says RADIUS-0207: the sticky
+    CDR is RADIUS's, and the caller's leg (its Start still held) too."""
+    out = with_answer(
+        PSTN_IN, 1, cui_answer(97, t("10:10:00.000"), {"result": "accept", "cui": "RADIUS-0207"})
+    )
+    (end,) = [o for o in out if isinstance(o, CallEnd)]
+    assert [c.line for c in end.cdrs] == [
+        "2026-11-22T10:10:05.000Z,3.000,60.000,RADIUS-0207,2252,02071234567"
+    ]
+    inbound = next(o for o in out if isinstance(o, LegStart) and o.leg.direction == "inbound")
+    assert inbound.leg.cui == "RADIUS-0207"
+
+
+def test_cui_from_radius_for_a_caller_without_one():
+    """A VoIP caller (CALL_IN, untrusted gateway): no CDR without a CUI;
+    with RADIUS's, the sticky CDR is written, even unanswered."""
+    text = (
+        "98 11:00:00.000 CALL_IN cli=07700900111 to=201 port=1\n"
+        "98 11:00:00.100 RING port=1\n"
+        "98 11:00:09.000 HOOK_ON port=1\n"
+    )
+    _, out = go(text)
+    assert [o.cdrs for o in out if isinstance(o, CallEnd)] == [()]
+    out = with_answer(
+        text, 1, cui_answer(98, t("11:00:00.000"), {"result": "accept", "cui": "VOIP-9"})
+    )
+    (end,) = [o for o in out if isinstance(o, CallEnd)]
+    assert [c.line for c in end.cdrs] == [
+        "2026-11-22T11:00:00.000Z,8.900,-cancelled,VOIP-9,201,07700900111"
+    ]
+
+
+def test_radius_reject_is_a_cause_and_keeps_the_record_timeout_changes_nothing():
+    plain = [o for o in go(PSTN_IN)[1] if isinstance(o, CallEnd)]
+    out = with_answer(PSTN_IN, 1, cui_answer(97, t("10:10:00.000"), {"result": "reject"}))
+    (end,) = [o for o in out if isinstance(o, CallEnd)]
+    assert end.record.cause == "cui-rejected"  # answered: no other cause
+    assert end.cdrs == plain[0].cdrs  # the line's cui, as without RADIUS
+    assert evolve(end.record, cause="") == plain[0].record
+    out = with_answer(PSTN_IN, 1, cui_answer(97, t("10:10:00.000"), {"result": "timeout"}))
+    assert [o for o in out if isinstance(o, CallEnd)] == plain
+
+
+def test_radius_answer_after_the_end_or_for_no_call_changes_nothing():
+    model, out = go(PSTN_IN)
+    assert model.apply(cui_answer(97, t("10:12:00.000"), {"result": "accept", "cui": "X"})) == []
+    assert model.apply(cui_answer(4242, t("10:12:00.000"), {"result": "accept", "cui": "X"})) == []
+    assert model.open_calls() == []

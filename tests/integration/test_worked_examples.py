@@ -110,7 +110,16 @@ def test_worked_examples_byte_for_byte(tmp_path):
         day_file = csv_dir / "cdrs-2026-11-22.csv"
         daemon.wait_for(lambda: day_file.exists() and day_file.read_text().count("\n") >= len(CDRS),
                         what="the CSV file")
-        assert day_file.read_text().splitlines() == CDRS
+        # each row: the line byte for byte, then the creating and billed calls
+        rows = day_file.read_text().splitlines()
+        assert [r.rsplit(",", 2)[0] for r in rows] == CDRS
+        assert [r.rsplit(",", 2)[1:] for r in rows] == [
+            [c["call"], c["billed_call"]] for c in found
+        ]
+        # E5's second CDR: created by call 80, billed by call 79
+        e5 = found[-1]
+        assert (e5["call"].rsplit("/", 1)[1], e5["billed_call"].rsplit("/", 1)[1]) == ("80", "79")
+        assert all(c["call"] == c["billed_call"] for c in found[:-1])
 
         page = daemon.api("/api/calls?gateway=8200_000C2A020082&from=2026-11-22&to=2026-11-22")
         assert page["total"] == page["filtered"] == 6

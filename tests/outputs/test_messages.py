@@ -35,10 +35,24 @@ def test_spool_ignores_everything_but_call_ends():
 def test_rfc5424_of_worked_example_e1():
     entry = messages.spool([e1()])[0]
     msg = messages.rfc5424(entry, LOCAL0, "pbx1", "cdrd")
+    sd = '[cdr@32473 call="8200_000C2A020082/b1/75"]'
     assert msg == (
-        f"<134>1 2026-11-22T10:02:07.250Z pbx1 cdrd - {entry.id} - {E1_LINE}".encode()
+        f"<134>1 2026-11-22T10:02:07.250Z pbx1 cdrd - {entry.id} {sd} {E1_LINE}".encode()
     )
     assert len(entry.id) == 32
+
+
+def test_rfc5424_structured_data_names_both_calls_escaped():
+    """A transferred CDR (E5's second): the call that created it and the
+    call that billed it, as the JSON API names them; PARAM-VALUE escapes."""
+    entry = messages.CdrEntry(
+        id="0" * 32, time=0, line="x", call='g/b"]\\/80', billed_call="g/b/79"
+    )
+    msg = messages.rfc5424(entry, LOCAL0, "h", "a")
+    assert b' [cdr@32473 call="g/b\\"\\]\\\\/80" billed_call="g/b/79"] x' in msg
+    assert messages.CdrEntry.from_bytes(entry.to_bytes()) == entry
+    old = messages.CdrEntry(id="0" * 32, time=0, line="x")
+    assert messages.rfc5424(old, LOCAL0, "h", "a").endswith(b" - x")
 
 
 def test_rfc5424_priority_is_facility_and_informational():
@@ -50,7 +64,7 @@ def test_rfc5424_priority_is_facility_and_informational():
 def test_rfc5424_header_fields_are_printable_ascii():
     entry = messages.spool([e1()])[0]
     msg = messages.rfc5424(entry, LOCAL0, "my host", "")
-    assert msg.startswith(b"<134>1 2026-11-22T10:02:07.250Z my_host - - ")
+    assert msg.startswith(b"<134>1 2026-11-22T10:02:07.250Z my_host - - ")  # no app name
     msg = messages.rfc5424(entry, LOCAL0, "h", "a" * 60)
     assert b" " + b"a" * 48 + b" - " in msg
 
@@ -99,7 +113,7 @@ def test_rfc5424_message_parses_back_to_the_exact_line(line, ident, time, facili
     framed = messages.octet_counted(messages.rfc5424(entry, facility, "pbx1", "cdrd"))
     length, _, rest = framed.partition(b" ")
     assert int(length) == len(rest)
-    m = re.fullmatch(rb"<(\d+)>1 (\S+) pbx1 cdrd - ([0-9a-f]{32}) - (.*)", rest, re.S)
+    m = re.fullmatch(rb"<(\d+)>1 (\S+) pbx1 cdrd - ([0-9a-f]{32}) (?:-|\[cdr@32473 [^]]*\]) (.*)", rest, re.S)
     assert m is not None
     assert int(m.group(1)) == facility * 8 + 6
     assert m.group(3).decode() == ident

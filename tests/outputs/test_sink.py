@@ -82,7 +82,7 @@ def lines(datagrams):
     """The MSG of RFC 5424 messages: the CDR lines."""
     out = []
     for d in datagrams:
-        m = re.fullmatch(rb"<134>1 \S+ pbx1 cdrd - [0-9a-f]{32} - (.*)", d, re.S)
+        m = re.fullmatch(rb"<134>1 \S+ pbx1 cdrd - [0-9a-f]{32} (?:-|\[cdr@32473 [^]]*\]) (.*)", d, re.S)
         assert m, d
         out.append(m.group(1).decode())
     return out
@@ -128,7 +128,8 @@ def test_message_carries_msgid_time_and_facility():
     commit(sink, store, [e1()])
     (msg,) = target.sent
     ident = e1().cdrs[0].id
-    assert msg == f"<158>1 2026-11-22T10:02:07.250Z pbx1 cdrd - {ident} - {E1_LINE}".encode()
+    sd = f'[cdr@32473 call="{e1().cdrs[0].call}"]'
+    assert msg == f"<158>1 2026-11-22T10:02:07.250Z pbx1 cdrd - {ident} {sd} {E1_LINE}".encode()
 
 
 def test_rfc3164_format():

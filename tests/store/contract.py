@@ -444,7 +444,8 @@ class StoreContract:
         # written order is not start order
         a = cdr(c1, 0, DAY + 50, cui="ACCT-1")
         b = cdr(c1, 1, DAY + 10, cui="ACCT-2", duration=None, status="busy")
-        c = cdr(c2, 0, DAY + 30, gateway=KEY2, cui="ACCT-1")
+        # billed by another call than the one that created it (a transfer)
+        c = cdr(c2, 0, DAY + 30, gateway=KEY2, cui="ACCT-1", billed_call=c1)
         await store.write(WriteBatch(cdrs=[a, b]))
         await store.write(WriteBatch(cdrs=[c, evolve(a, duration=1)]))  # a replayed: ignored
         await store.write(WriteBatch(cdrs=[a, b, c]))

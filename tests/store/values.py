@@ -47,9 +47,10 @@ def record(ref, begin, gateway=KEY, boot="b1", notation="Call out", pstn=False, 
     return CallRecord(**values)
 
 
-def cdr(call, n, start, gateway=KEY, cui="ACCT-1", duration=4250, status=""):
+def cdr(call, n, start, gateway=KEY, cui="ACCT-1", duration=4250, status="", billed_call=None):
     return Cdr(id=cdr_id(call, n), call=call, gateway=gateway, start=start, ringing=1500,
-               duration=duration, status=status, cui=cui, dialled="2252", cli="201")
+               duration=duration, status=status, cui=cui, dialled="2252", cli="201",
+               billed_call=call if billed_call is None else billed_call)
 
 
 def cursor(gateway=KEY, applied=10, replay_from=5):

@@ -167,6 +167,7 @@ E3_CDR = Cdr(
     cui="CARRIER-ACME",
     dialled="2252",
     cli="02071234567",
+    billed_call=call_id(GW, "b1", 77),
 )
 GW2_CDR = Cdr(
     id=cdr_id(call_id(GW2, "b1", 91), 0),

@@ -207,7 +207,7 @@ async def test_one_call_whole(make_site):
     assert body["radius"] is False
     legs = body["legs"]
     assert [(leg["direction"], leg["dialled"], leg["answer"]) for leg in legs] == [
-        ("inbound", "", "2026-11-22T10:00:07.250Z"), ("outbound", "2252", "2026-11-22T10:00:07.250Z")]
+        ("inbound", "2252", "2026-11-22T10:00:07.250Z"), ("outbound", "2252", "2026-11-22T10:00:07.250Z")]
     assert all(leg["requests"] == [] for leg in legs)  # no RADIUS configured
     assert "error" in await site.json("/api/call?id=8200_000C2A020082/b1/1", code=404)
 

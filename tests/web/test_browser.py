@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect  # locator waits: the pages' CSP forbids eval
 
 from tests.web import fixtures as F
 from tests.web import serve
@@ -468,22 +469,19 @@ def test_dashboard_chart_first_ranges_and_gateway_table(own_server, page):
     # live: a gateway that sends turns online without a reload
     marker = page.evaluate("window.__marker = 1")
     page.request.post(f"{server}/_test/event?ref=95&type=DIAL&digits=1")
-    page.wait_for_function(
-        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.heard').textContent.length > 0")
-    # the gateway log moves the table too: a logout, bad packets, a restart
+    # (locator waits, not wait_for_function: the page's CSP rightly forbids eval)
     row = page.locator('#gateways tr[data-id="8200_000C2A020082"]')
+    expect(row.locator("td.heard")).not_to_have_text("", timeout=10_000)
+    # the gateway log moves the table too: a logout, bad packets, a restart
     assert row.locator("td.state .pill").inner_text() == "online"
     page.request.post(f"{server}/_test/log?event=Logout&gateway=8200&mac=000C2A020082")
-    page.wait_for_function(
-        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.state .pill')"
-        ".textContent === 'offline'")
+    expect(row.locator("td.state .pill")).to_have_text("offline", timeout=10_000)
     assert page.locator("#online").inner_text() == "0"
     for event in ("Bad Packet", "Bad Packet", "Gateway Restart"):
         page.request.post(f"{server}/_test/log?event={event}&gateway=8200&mac=000C2A020082")
-    page.wait_for_function(
-        "document.querySelector('#gateways tr[data-id=\"8200_000C2A020082\"] td.restarts').textContent === '1'")
+    expect(row.locator("td.restarts")).to_have_text("1", timeout=10_000)
     assert row.locator("td.bad-packets").inner_text() == "2"
     page.request.post(f"{server}/_test/log?event=Login&gateway=8200&mac=000C2A020082")
-    page.wait_for_function("document.getElementById('online').textContent === '1'")
+    expect(page.locator("#online")).to_have_text("1", timeout=10_000)
     assert page.evaluate("window.__marker") == marker
     shot(page, "dashboard-chart-first")

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 
 import pytest_twisted
 
@@ -159,9 +160,15 @@ async def test_cdrs_page_and_csv(make_site):
     _, body = await site.get("/cdrs?cui=CARRIER-ACME")
     html = text(body)
     assert f"<code>{F.E3_CDR.line}</code>" in html and F.E1_CDR.line not in html
+    # the call that created it (and billed it): a link to its page
+    assert 'href="/call?id=' + F.E3_CDR.call.replace("/", "%2F") + '"' in html
+    assert "billed to" not in html
+    _, body = await site.get("/api/cdrs?cui=CARRIER-ACME")
+    (got,) = json.loads(body)["cdrs"]
+    assert (got["call"], got["billed_call"]) == (F.E3_CDR.call, F.E3_CDR.billed_call)
     _, body = await site.get("/cdrs.csv")
     assert text(body) == "".join(
-        c.line + "\r\n" for c in (F.E1_CDR, F.E3_CDR, F.GW2_CDR)
+        c.csv_row + "\r\n" for c in (F.E1_CDR, F.E3_CDR, F.GW2_CDR)
     )
 
 
@@ -359,8 +366,28 @@ async def test_cdrs_csv_is_the_billing_lines_byte_for_byte(make_site):
     )
     await site.store.write(WriteBatch(cdrs=(evil,)))
     _, body = await site.get("/cdrs.csv?cui=" + "%3Dcmd%7C%27%20%2FC%20calc%27%21A0")
-    assert text(body) == evil.line + "\r\n"
+    assert text(body) == evil.csv_row + "\r\n"
+    assert text(body).startswith(evil.line + ",")
     assert ",=cmd|' /C calc'!A0,2252,+4420" in evil.line
+
+
+@pytest_twisted.ensureDeferred
+async def test_cdrs_page_links_the_call_a_transfer_billed(make_site):
+    """A CDR moved by a transfer: its Call cell links the call that created
+    it and "billed to" the call whose end wrote it."""
+    import attrs
+
+    from cdrd.interfaces import WriteBatch
+    from cdrd.values import cdr_id
+
+    site = await make_site()
+    billed = F.E1_CDR.call.rsplit("/", 1)[0] + "/90"
+    moved = attrs.evolve(F.E1_CDR, id=cdr_id(F.E1_CDR.call, 8), cui="MOVED-CUI", billed_call=billed)
+    await site.store.write(WriteBatch(cdrs=(moved,)))
+    _, body = await site.get("/cdrs?cui=MOVED-CUI")
+    html = text(body)
+    assert 'href="/call?id=' + F.E1_CDR.call.replace("/", "%2F") + '"' in html
+    assert 'href="/call?id=' + billed.replace("/", "%2F") + '">billed to 90</a>' in html
 
 
 class SlowClient:
