@@ -242,7 +242,7 @@ class CdrdService(MultiService):
                 result = child.startService()
                 if isinstance(result, defer.Deferred):
                     await result
-                if child is self.calls and hasattr(child, "recovered"):
+                if child is self.calls:
                     await child.recovered
         except Exception as e:
             if not _database_error(e):

@@ -129,9 +129,8 @@ class AccountingService(Service):
         if not self.config.enabled:
             return
         self.client.start()
-        if hasattr(self.writer, "add_listener"):
-            # a gateway's address is committed (LOGIN) before any of its calls
-            self.writer.add_listener(self._writer_committed)
+        # a gateway's address is committed (LOGIN) before any of its calls
+        self.writer.add_listener(self._writer_committed)
         for interval, f in (
             (STATS_INTERVAL, self._refresh_stats),
             (PEERS_INTERVAL, self._refresh_peers),
@@ -156,11 +155,10 @@ class AccountingService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if hasattr(self.writer, "remove_listener"):
-            try:
-                self.writer.remove_listener(self._writer_committed)
-            except ValueError:
-                pass
+        try:
+            self.writer.remove_listener(self._writer_committed)
+        except ValueError:
+            pass  # stopped before it started
         for call in [*self._timers.values(), self._stats_call]:
             if call is not None and call.active():
                 call.cancel()

@@ -14,7 +14,7 @@ from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
 from tests.accounting import examples
 from tests.accounting.freeradius import FreeRadius, distinct, duplicates
-from tests.accounting.outbox import OutboxStore, Writer
+from tests.outbox import OutboxStore, Writer
 
 pytestmark = pytest.mark.integration
 

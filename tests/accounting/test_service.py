@@ -11,11 +11,11 @@ from zope.interface.verify import verifyObject
 from cdrd.accounting.packets import load_dictionary
 from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
-from cdrd.interfaces import ICdrSink
+from cdrd.interfaces import ICdrSink, WriteBatch
 from cdrd.values import GatewayState, LegStart
 from tests.accounting import examples
 from tests.accounting.fakes import FakeReactor, answer, decode
-from tests.accounting.outbox import OutboxStore, Writer
+from tests.outbox import OutboxStore, Writer
 
 D = load_dictionary(32473)
 SECRET = "sekrit"
@@ -100,11 +100,11 @@ def test_spool_is_pure_json_payloads():
 
 def test_spool_uses_gateway_address():
     svc, store, r = make()
-    store.gateway_states = [
+    store.write(WriteBatch(gateways=[
         GatewayState(
             "8200_000C2A020082", "8200", "000C2A020082", peer="198.51.100.7:40000"
         )
-    ]
+    ]))
     svc.startService()
     payload = svc.spool(examples.e1()[:1], 0)[0]
     assert ["cdrd-Gateway-Address", "198.51.100.7:40000"] in json.loads(payload)["a"]
