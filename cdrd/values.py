@@ -201,6 +201,7 @@ class Leg:
     cui: str = ""
     cli: str = ""
     dialled: str = ""
+    peer: str = ""  # the gateway's address (host:port) when the leg began, or ""
 
 
 @frozen

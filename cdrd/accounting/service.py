@@ -35,9 +35,8 @@ from cdrd.values import LegStop
 SINK = "radius"
 #: Legs whose Stop was seen, remembered so a late Interim-Update is dropped.
 STOPPED_MEMORY = 100_000
-#: Seconds between refreshes of the outbox statistics and gateway addresses.
+#: Seconds between refreshes of the outbox statistics.
 STATS_INTERVAL = 5.0
-PEERS_INTERVAL = 60.0
 #: Requests the service reads from the outbox ahead of sending them.
 READ_AHEAD = 1024
 #: Seconds stopService waits for answers to what is in flight.
@@ -91,7 +90,6 @@ class AccountingService(Service):
         self._unanswered: dict[int, int] = {}
         self._dialled: OrderedDict[str, str] = OrderedDict()
         self._loops: list[task.LoopingCall] = []
-        self._peers: dict[str, str] = {}
         self._stats = (0, None)
         self._stats_at = float("-inf")
         self._stats_call = None
@@ -110,7 +108,6 @@ class AccountingService(Service):
                 now,
                 self.config.nas_ip,
                 interims=self.config.interim_interval > 0,
-                peers=self._peers,
             )
         ]
 
@@ -129,18 +126,12 @@ class AccountingService(Service):
         if not self.config.enabled:
             return
         self.client.start()
-        # a gateway's address is committed (LOGIN) before any of its calls
-        self.writer.add_listener(self._writer_committed)
-        for interval, f in (
-            (STATS_INTERVAL, self._refresh_stats),
-            (PEERS_INTERVAL, self._refresh_peers),
-        ):
-            loop = task.LoopingCall(f)
-            loop.clock = self.clock
-            loop.start(interval, now=True).addErrback(
-                lambda fail: self.log.failure("accounting loop failed", fail)
-            )
-            self._loops.append(loop)
+        loop = task.LoopingCall(self._refresh_stats)
+        loop.clock = self.clock
+        loop.start(STATS_INTERVAL, now=True).addErrback(
+            lambda fail: self.log.failure("accounting loop failed", fail)
+        )
+        self._loops.append(loop)
         self.outbox.start()
         self._caught_up = False
         self._unanswered.clear()
@@ -155,10 +146,6 @@ class AccountingService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        try:
-            self.writer.remove_listener(self._writer_committed)
-        except ValueError:
-            pass  # stopped before it started
         for call in [*self._timers.values(), self._stats_call]:
             if call is not None and call.active():
                 call.cancel()
@@ -346,20 +333,6 @@ class AccountingService(Service):
             self._stats = yield self.store.outbox_stats(SINK)
         except Exception:  # noqa: BLE001 - visibility only; logged
             self.log.failure("RADIUS outbox statistics failed")
-
-    @defer.inlineCallbacks
-    def _refresh_peers(self):
-        try:
-            gateways = yield self.store.gateways()
-        except Exception:  # noqa: BLE001 - an optional attribute; logged
-            self.log.failure("reading gateway addresses failed")
-            return
-        self._peers = {g.key: g.peer for g in gateways if g.peer}
-
-    def _writer_committed(self, batch, result):
-        for g in batch.gateways:
-            if g.peer:
-                self._peers[g.key] = g.peer
 
     def status(self) -> dict:
         """JSON-able: what the web page and the metrics show."""
