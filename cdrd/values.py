@@ -12,7 +12,9 @@ calls.model -> the outputs below -> store, syslog, RADIUS, the live feed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -138,24 +140,25 @@ class Cdr:
     def csv_row(self) -> str:
         """The row of the CSV files: the FireBrick line, byte for byte, then
         the call that created the CDR and the call that billed it."""
-        return f"{self.line},{csv_field(self.call)},{csv_field(self.billed_call)}"
+        return csv_line((*self._fields(), self.call, self.billed_call))
 
     @property
     def line(self) -> str:
+        return csv_line(self._fields())
+
+    def _fields(self) -> tuple[str, ...]:
+        """The six fields of the CDR line (call-records.md), as text."""
         if self.duration is None:
             duration = "-" + self.status
         else:
             duration = seconds3(self.duration)
-        return ",".join(
-            csv_field(v)
-            for v in (
-                rfc3339(self.start),
-                seconds3(self.ringing),
-                duration,
-                self.cui,
-                self.dialled,
-                self.cli,
-            )
+        return (
+            rfc3339(self.start),
+            seconds3(self.ringing),
+            duration,
+            self.cui,
+            self.dialled,
+            self.cli,
         )
 
 
@@ -312,9 +315,14 @@ def hhmmss(ms: int | None) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def csv_field(value: str) -> str:
-    """Quote a field as RFC 4180 requires, and only then."""
-    if any(c in value for c in ',"\r\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+def csv_line(fields) -> str:
+    """
+    One CSV record without its line end: the stdlib csv writer, which
+    quotes a field as RFC 4180 requires (a comma, a quote, CR or LF in it)
+    and only then.  cdrd's one CSV encoder: the CDR lines, the CSV files'
+    rows and the web's CSV downloads.
+    """
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(fields)
+    return out.getvalue()[:-2]
 
