@@ -17,27 +17,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import field, frozen
 
+from cdrd.values import (  # noqa: F401 - GATEWAY_ID, MAC: the gateway session's too
+    GATEWAY_ID,
+    MAC,
+    gateway_key,
+    parse_hash,
+    safe_url,
+    split_gateway_key,
+)
+
 MAX_CONFIG_VALUE = 64  # bytes: call-records.md, "Every configured value is at most 64 bytes"
-GATEWAY_ID = re.compile(r"[0-9A-Za-z_-]{1,32}\Z")
-MAC = re.compile(r"[0-9A-Fa-f]{12}\Z")
 
 
 class ConfigError(ValueError):
     def __init__(self, setting: str, message: str):
         super().__init__(f"{setting}: {message}")
         self.setting = setting
-
-
-def gateway_key(gw: str, mac: str) -> str:
-    """The identity of a gateway, shown as ``8200_000C2A020082``."""
-    return f"{gw}_{mac.upper()}"
-
-
-def split_gateway_key(key: str) -> tuple[str, str] | None:
-    gw, sep, mac = key.rpartition("_")
-    if not sep or not GATEWAY_ID.match(gw) or not MAC.match(mac):
-        return None
-    return gw, mac.upper()
 
 
 @frozen
@@ -286,8 +281,6 @@ def check_database_url(url: str, setting: str = "server.database") -> None:
         return
     if url.startswith(("postgresql://", "postgres://")) or url.startswith("memory:"):
         return
-    from cdrd.store import safe_url  # the URL may hold a password
-
     raise ConfigError(setting, f"{safe_url(url)!r} is not sqlite:PATH or postgresql://...")
 
 
@@ -476,8 +469,6 @@ def _web(s: _Section) -> WebConfig:
         if not WEB_PASSWORD_HASH.match(value):
             # never echo the value: it may be a password pasted by mistake
             raise ConfigError(users.setting(name), "not a password hash; make one with cdrd-passwd")
-        from cdrd.web.auth import parse_hash  # the bounds the checker applies
-
         try:
             parse_hash(value)
         except ValueError as e:  # its message never echoes the value

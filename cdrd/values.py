@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -326,3 +327,78 @@ def csv_line(fields) -> str:
     csv.writer(out, lineterminator="\r\n").writerow(fields)
     return out.getvalue()[:-2]
 
+
+# -- gateway keys ----------------------------------------------------------------
+
+GATEWAY_ID = re.compile(r"[0-9A-Za-z_-]{1,32}\Z")
+MAC = re.compile(r"[0-9A-Fa-f]{12}\Z")
+
+
+def gateway_key(gw: str, mac: str) -> str:
+    """The identity of a gateway, shown as ``8200_000C2A020082``."""
+    return f"{gw}_{mac.upper()}"
+
+
+def split_gateway_key(key: str) -> tuple[str, str] | None:
+    gw, sep, mac = key.rpartition("_")
+    if not sep or not GATEWAY_ID.match(gw) or not MAC.match(mac):
+        return None
+    return gw, mac.upper()
+
+
+# -- secrets in settings -------------------------------------------------------------
+
+CONNINFO_PASSWORD = re.compile(r"(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+QUERY_PASSWORD = re.compile(r"([?&]\w*password=)[^&#]*", re.IGNORECASE)
+
+
+def safe_url(url: str) -> str:
+    """
+    A database URL, or a libpq conninfo string, fit for a log line or an
+    error message: every password (``user:PASSWORD@host``, a
+    ``?password=``/``sslpassword=`` query parameter, ``password=`` of a
+    conninfo) written ``***``.  Where the URL is ambiguous (characters a
+    URL must percent-encode), more is hidden, never less.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return CONNINFO_PASSWORD.sub(r"\1***", url)
+    at = rest.rfind("@")
+    if at != -1:
+        user, colon, _ = rest[:at].partition(":")
+        if colon and not any(c in user for c in "/?#"):
+            rest = f"{user}:***{rest[at:]}"
+    return f"{scheme}://" + QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+#: web password hashes (cdrd.web.auth, cdrd-passwd): scrypt$n$r$p$salt$key, hex
+SCHEME = "scrypt"
+#: the most a stored hash may ask for: scrypt's memory (128 * n * r bytes;
+#: 16 MiB for the default) and work (n * r * p; 2**17 for the default, 8x)
+MAX_MEMORY = 64 * 1024 * 1024
+MAX_WORK = 2**20
+
+
+def parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
+    """
+    The parts of a stored hash; ValueError (saying why, never echoing it)
+    if it is not one cdrd can check: config.py refuses such a value at start.
+    """
+    parts = text.split("$")
+    if len(parts) != 6 or parts[0] != SCHEME:
+        raise ValueError("not scrypt$n$r$p$salt$hash")
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt, key = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
+    except ValueError:
+        raise ValueError("not scrypt$n$r$p$salt$hash (numbers, hex)") from None
+    if n < 2 or n & (n - 1) or not 0 < r <= 64 or not 0 < p <= 16:
+        raise ValueError("scrypt parameters out of range (n a power of 2, r 1..64, p 1..16)")
+    if 128 * n * r > MAX_MEMORY or n * r * p > MAX_WORK:
+        raise ValueError(
+            f"scrypt cost too high (128*n*r at most {MAX_MEMORY // 2**20} MiB, "
+            f"n*r*p at most 2**{MAX_WORK.bit_length() - 1}); make it with cdrd-passwd"
+        )
+    if not salt or not key:
+        raise ValueError("empty salt or hash")
+    return n, r, p, salt, key
