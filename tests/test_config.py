@@ -175,7 +175,7 @@ def test_cui_from_radius_settings():
         (lambda: C.SyslogConfig(facility="local9"), "syslog.facility"),
         (lambda: C.SyslogConfig(target="smtp:mail"), "syslog.target"),
         (lambda: C.RadiusConfig(window=100000), "radius.window"),
-        (lambda: C.RadiusConfig(interim_interval=30), "radius.interim_interval"),
+        (lambda: C.RadiusConfig(interim_interval=-1), "radius.interim_interval"),
         (lambda: C.RadiusConfig(authorize=True), "radius.authorize"),
         (lambda: C.ServerConfig(stale_after=1.0), "server.stale_after"),
         (lambda: C.ServerConfig(timezone="Mars/Olympus"), "server.timezone"),
