@@ -170,8 +170,7 @@ def cdrd_round(
         if (
             svc.answered >= n
             and not writer.busy
-            and svc._deleting is None
-            and not svc._done
+            and not svc.outbox.deleting
         ):
             store.outbox_stats("radius").addCallback(finished)
         else:

@@ -353,13 +353,38 @@ class IStore(Interface):
         """Deferred[tuple[int, int | None]]: (depth, created ms of the oldest)."""
 
 
+class IBatchWriter(Interface):
+    """
+    The only writer of a store (cdrd.store.writer.BatchWriter): batches
+    submitted in one reactor turn commit in one transaction (group commit).
+    """
+
+    pending = Attribute("Events submitted and not yet committed (int): the back-pressure figure.")
+    busy = Attribute("A transaction is in flight or submissions wait (bool).")
+
+    def submit(batch):
+        """Deferred[WriteResult] firing once the transaction holding the
+        WriteBatch `batch` has committed, or failing with the store's failure
+        (then none of it was applied)."""
+
+    def flushed():
+        """Deferred firing once everything submitted so far is committed."""
+
+    def add_listener(fn):
+        """Call fn(merged WriteBatch, WriteResult) after each commit, in
+        commit order, before the submitters' Deferreds fire."""
+
+    def remove_listener(fn):
+        """Stop calling fn; ValueError if it was not added."""
+
+
 class ICdrSink(Interface):
     """
     An output of the call model: every product of the model (leg starts,
     answers and stops for accounting; CallEnd with the call's CDRs in
     written order) reaches each sink exactly once, in the order produced.
 
-    Durable sinks (RADIUS, syslog) return payloads from ``spool``: they are
+    Durable sinks (RADIUS, syslog, CSV files) return payloads from ``spool``: they are
     stored in the sink's outbox in the same transaction as the records and
     CDRs, then ``committed`` tells the sink to deliver from its outbox.
     In-memory sinks (the live web feed) return nothing from ``spool`` and

@@ -242,7 +242,7 @@ class CdrdService(MultiService):
                 result = child.startService()
                 if isinstance(result, defer.Deferred):
                     await result
-                if child is self.calls and hasattr(child, "recovered"):
+                if child is self.calls:
                     await child.recovered
         except Exception as e:
             if not _database_error(e):
@@ -376,10 +376,11 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     if config.csv.directory:
         from cdrd.outputs.csvfile import CsvFileSink
 
-        csvfile = CsvFileSink(config.csv.directory, reactor, config.server.timezone)
+        csvfile = CsvFileSink(config.csv.directory, store, writer, reactor, reactor, config.server.timezone)
         sinks.append(csvfile)
         outputs.append(csvfile)
         status["csv"] = csvfile.status
+        outboxes["csv"] = None
 
     def live(batch, result):
         if result.events:

@@ -12,7 +12,10 @@ calls.model -> the outputs below -> store, syslog, RADIUS, the live feed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -138,24 +141,25 @@ class Cdr:
     def csv_row(self) -> str:
         """The row of the CSV files: the FireBrick line, byte for byte, then
         the call that created the CDR and the call that billed it."""
-        return f"{self.line},{csv_field(self.call)},{csv_field(self.billed_call)}"
+        return csv_line((*self._fields(), self.call, self.billed_call))
 
     @property
     def line(self) -> str:
+        return csv_line(self._fields())
+
+    def _fields(self) -> tuple[str, ...]:
+        """The six fields of the CDR line (call-records.md), as text."""
         if self.duration is None:
             duration = "-" + self.status
         else:
             duration = seconds3(self.duration)
-        return ",".join(
-            csv_field(v)
-            for v in (
-                rfc3339(self.start),
-                seconds3(self.ringing),
-                duration,
-                self.cui,
-                self.dialled,
-                self.cli,
-            )
+        return (
+            rfc3339(self.start),
+            seconds3(self.ringing),
+            duration,
+            self.cui,
+            self.dialled,
+            self.cli,
         )
 
 
@@ -201,6 +205,7 @@ class Leg:
     cui: str = ""
     cli: str = ""
     dialled: str = ""
+    peer: str = ""  # the gateway's address (host:port) when the leg began, or ""
 
 
 @frozen
@@ -311,9 +316,89 @@ def hhmmss(ms: int | None) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def csv_field(value: str) -> str:
-    """Quote a field as RFC 4180 requires, and only then."""
-    if any(c in value for c in ',"\r\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+def csv_line(fields) -> str:
+    """
+    One CSV record without its line end: the stdlib csv writer, which
+    quotes a field as RFC 4180 requires (a comma, a quote, CR or LF in it)
+    and only then.  cdrd's one CSV encoder: the CDR lines, the CSV files'
+    rows and the web's CSV downloads.
+    """
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(fields)
+    return out.getvalue()[:-2]
 
+
+# -- gateway keys ----------------------------------------------------------------
+
+GATEWAY_ID = re.compile(r"[0-9A-Za-z_-]{1,32}\Z")
+MAC = re.compile(r"[0-9A-Fa-f]{12}\Z")
+
+
+def gateway_key(gw: str, mac: str) -> str:
+    """The identity of a gateway, shown as ``8200_000C2A020082``."""
+    return f"{gw}_{mac.upper()}"
+
+
+def split_gateway_key(key: str) -> tuple[str, str] | None:
+    gw, sep, mac = key.rpartition("_")
+    if not sep or not GATEWAY_ID.match(gw) or not MAC.match(mac):
+        return None
+    return gw, mac.upper()
+
+
+# -- secrets in settings -------------------------------------------------------------
+
+CONNINFO_PASSWORD = re.compile(r"(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+QUERY_PASSWORD = re.compile(r"([?&]\w*password=)[^&#]*", re.IGNORECASE)
+
+
+def safe_url(url: str) -> str:
+    """
+    A database URL, or a libpq conninfo string, fit for a log line or an
+    error message: every password (``user:PASSWORD@host``, a
+    ``?password=``/``sslpassword=`` query parameter, ``password=`` of a
+    conninfo) written ``***``.  Where the URL is ambiguous (characters a
+    URL must percent-encode), more is hidden, never less.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return CONNINFO_PASSWORD.sub(r"\1***", url)
+    at = rest.rfind("@")
+    if at != -1:
+        user, colon, _ = rest[:at].partition(":")
+        if colon and not any(c in user for c in "/?#"):
+            rest = f"{user}:***{rest[at:]}"
+    return f"{scheme}://" + QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+#: web password hashes (cdrd.web.auth, cdrd-passwd): scrypt$n$r$p$salt$key, hex
+SCHEME = "scrypt"
+#: the most a stored hash may ask for: scrypt's memory (128 * n * r bytes;
+#: 16 MiB for the default) and work (n * r * p; 2**17 for the default, 8x)
+MAX_MEMORY = 64 * 1024 * 1024
+MAX_WORK = 2**20
+
+
+def parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
+    """
+    The parts of a stored hash; ValueError (saying why, never echoing it)
+    if it is not one cdrd can check: config.py refuses such a value at start.
+    """
+    parts = text.split("$")
+    if len(parts) != 6 or parts[0] != SCHEME:
+        raise ValueError("not scrypt$n$r$p$salt$hash")
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt, key = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
+    except ValueError:
+        raise ValueError("not scrypt$n$r$p$salt$hash (numbers, hex)") from None
+    if n < 2 or n & (n - 1) or not 0 < r <= 64 or not 0 < p <= 16:
+        raise ValueError("scrypt parameters out of range (n a power of 2, r 1..64, p 1..16)")
+    if 128 * n * r > MAX_MEMORY or n * r * p > MAX_WORK:
+        raise ValueError(
+            f"scrypt cost too high (128*n*r at most {MAX_MEMORY // 2**20} MiB, "
+            f"n*r*p at most 2**{MAX_WORK.bit_length() - 1}); make it with cdrd-passwd"
+        )
+    if not salt or not key:
+        raise ValueError("empty salt or hash")
+    return n, r, p, salt, key

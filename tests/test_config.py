@@ -166,3 +166,32 @@ def test_cui_from_radius_settings():
     assert cfg.radius.authorize and cfg.radius.auth_servers[0].port == 1812
     assert cfg.gateways["8200_000C2A020082"].lines[1] == C.LineConfig(cui="X", authorize=False)
     assert cfg.gateways["8200_000C2A020082"].authorize
+
+
+@pytest.mark.parametrize(
+    ("build", "setting"),
+    [
+        (lambda: C.SyslogConfig(format="bogus"), "syslog.format"),
+        (lambda: C.SyslogConfig(facility="local9"), "syslog.facility"),
+        (lambda: C.SyslogConfig(target="smtp:mail"), "syslog.target"),
+        (lambda: C.RadiusConfig(window=100000), "radius.window"),
+        (lambda: C.RadiusConfig(interim_interval=-1), "radius.interim_interval"),
+        (lambda: C.RadiusConfig(authorize=True), "radius.authorize"),
+        (lambda: C.ServerConfig(stale_after=1.0), "server.stale_after"),
+        (lambda: C.ServerConfig(timezone="Mars/Olympus"), "server.timezone"),
+        (lambda: C.WebConfig(realm='a"b'), "web.realm"),
+        (lambda: C.CsvConfig(directory="d" * 5000), "csv.directory"),
+    ],
+)
+def test_config_classes_refuse_bad_values_where_they_are_built(build, setting):
+    with pytest.raises(C.ConfigError) as e:
+        build()
+    assert e.value.setting == setting and str(e.value).startswith(f"{setting}: ")
+
+
+def test_config_mappings_are_frozen():
+    config = C.parse({"gateways": {"8200_000c2a020082": {"ports": {"1": {"exten": "201"}}}}})
+    gateway = config.gateways["8200_000C2A020082"]
+    for mapping in (config.gateways, gateway.ports, gateway.lines, config.web.users):
+        with pytest.raises(TypeError):
+            mapping["x"] = None

@@ -121,9 +121,7 @@ def _integer(value: int | None) -> int | None:
     return value if value is not None and 0 <= value < 1 << 32 else None
 
 
-def leg_attributes(
-    leg: Leg, nas_ip: str | None, gateway_address: str | None = None
-) -> list[tuple[str, object]]:
+def leg_attributes(leg: Leg, nas_ip: str | None) -> list[tuple[str, object]]:
     """
     The attributes every packet of `leg` carries, fixed at its Start.  A
     value longer than an attribute holds (253 bytes, 247 for a vendor
@@ -158,8 +156,8 @@ def leg_attributes(
     attrs.append(("cdrd-Leg-Direction", leg.direction))
     if _integer(leg.ref) is not None:
         attrs.append(("cdrd-Call-Ref", leg.ref))
-    if gateway_address:
-        attrs.append(("cdrd-Gateway-Address", _text(gateway_address, MAX_VENDOR_VALUE)))
+    if leg.peer:
+        attrs.append(("cdrd-Gateway-Address", _text(leg.peer, MAX_VENDOR_VALUE)))
     return attrs
 
 
@@ -468,7 +466,7 @@ def interim(marker: Payload, now: int) -> Payload:
 
 
 def spool(
-    outputs, now: int, nas_ip: str | None, interims: bool, peers=None, dictionary=None
+    outputs, now: int, nas_ip: str | None, interims: bool, dictionary=None
 ) -> list[Payload]:
     """
     The payloads for the call model's `outputs`: a Start per LegStart, an
@@ -478,7 +476,6 @@ def spool(
     last LegStop.  `dictionary` only sizes the packets (the vendor number
     does not change a size).
     """
-    peers = peers or {}
     dictionary = dictionary or _sizing_dictionary()
     ends = _call_ends(outputs)
     out: list[Payload] = []
@@ -489,7 +486,7 @@ def spool(
     }
     for i, o in enumerate(outputs):
         if isinstance(o, LegStart):
-            base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
+            base = leg_attributes(o.leg, nas_ip)
             out.append(request(base, START, o.time, o.leg.id))
             if _first_outbound(o.leg) and o.leg.call not in inbound_dialled:
                 # the caller's leg started before anything was dialled
@@ -497,7 +494,7 @@ def spool(
                 out.append(Payload(DIAL, inbound_leg(o.leg.call), "", o.time, number))
         elif isinstance(o, LegAnswer):
             if interims:
-                base = leg_attributes(o.leg, nas_ip, peers.get(o.leg.gateway))
+                base = leg_attributes(o.leg, nas_ip)
                 out.append(
                     Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time)
                 )
@@ -507,7 +504,7 @@ def spool(
                 # a leg moved into this call by a transfer: its Stop (with
                 # the call's CDRs, if last) is booked to the call it ended in
                 leg = evolve(leg, call=ends[i])
-            base = leg_attributes(leg, nas_ip, peers.get(o.leg.gateway))
+            base = leg_attributes(leg, nas_ip)
             common = [
                 ("Acct-Session-Time", o.session_ms // 1000),
                 ("Acct-Terminate-Cause", terminate_cause(o.cause)),

@@ -29,14 +29,14 @@ from cdrd.accounting import packets
 from cdrd.accounting.client import RadiusClient
 from cdrd.accounting.packets import INTERIM, STOP, Payload
 from cdrd.interfaces import ICdrSink, OutboxItem, WriteBatch
+from cdrd.store.outbox import OutboxConsumer
 from cdrd.values import LegStop
 
 SINK = "radius"
 #: Legs whose Stop was seen, remembered so a late Interim-Update is dropped.
 STOPPED_MEMORY = 100_000
-#: Seconds between refreshes of the outbox statistics and gateway addresses.
+#: Seconds between refreshes of the outbox statistics.
 STATS_INTERVAL = 5.0
-PEERS_INTERVAL = 60.0
 #: Requests the service reads from the outbox ahead of sending them.
 READ_AHEAD = 1024
 #: Seconds stopService waits for answers to what is in flight.
@@ -73,10 +73,11 @@ class AccountingService(Service):
         # requests read from the outbox before their turn: a page is read
         # when half of them are answered (fewer, larger reads)
         self.read_ahead = max(READ_AHEAD, 2 * self.client.window)
-        self._after = 0  # highest outbox id read
-        self._reading = False
-        self._again = False
-        self._exhausted = False
+        # the outbox's reading and batched deletions; the policy is here
+        self.outbox = OutboxConsumer(
+            SINK, store, writer, clock,
+            received=self._read, retry=self._pump, deleted=self._stats_soon,
+        )
         self._caught_up = False
         self._open: dict[str, tuple[int, Payload]] = {}  # leg -> (marker id, marker)
         self._timers: dict[str, object] = {}
@@ -88,11 +89,7 @@ class AccountingService(Service):
         # outbox id -> stored (ms) of each request read and not yet answered
         self._unanswered: dict[int, int] = {}
         self._dialled: OrderedDict[str, str] = OrderedDict()
-        self._done: list[int] = []
-        self._deleting: defer.Deferred | None = None
-        self._flush_call = None
         self._loops: list[task.LoopingCall] = []
-        self._peers: dict[str, str] = {}
         self._stats = (0, None)
         self._stats_at = float("-inf")
         self._stats_call = None
@@ -111,7 +108,6 @@ class AccountingService(Service):
                 now,
                 self.config.nas_ip,
                 interims=self.config.interim_interval > 0,
-                peers=self._peers,
             )
         ]
 
@@ -130,20 +126,13 @@ class AccountingService(Service):
         if not self.config.enabled:
             return
         self.client.start()
-        if hasattr(self.writer, "add_listener"):
-            # a gateway's address is committed (LOGIN) before any of its calls
-            self.writer.add_listener(self._writer_committed)
-        for interval, f in (
-            (STATS_INTERVAL, self._refresh_stats),
-            (PEERS_INTERVAL, self._refresh_peers),
-        ):
-            loop = task.LoopingCall(f)
-            loop.clock = self.clock
-            loop.start(interval, now=True).addErrback(
-                lambda fail: self.log.failure("accounting loop failed", fail)
-            )
-            self._loops.append(loop)
-        self._after = 0
+        loop = task.LoopingCall(self._refresh_stats)
+        loop.clock = self.clock
+        loop.start(STATS_INTERVAL, now=True).addErrback(
+            lambda fail: self.log.failure("accounting loop failed", fail)
+        )
+        self._loops.append(loop)
+        self.outbox.start()
         self._caught_up = False
         self._unanswered.clear()
         self._more()
@@ -157,11 +146,6 @@ class AccountingService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if hasattr(self.writer, "remove_listener"):
-            try:
-                self.writer.remove_listener(self._writer_committed)
-            except ValueError:
-                pass
         for call in [*self._timers.values(), self._stats_call]:
             if call is not None and call.active():
                 call.cancel()
@@ -172,58 +156,37 @@ class AccountingService(Service):
         while self.client.in_flight and waited < STOP_GRACE:
             yield task.deferLater(self.clock, 0.1, lambda: None)
             waited += 0.1
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        if self._deleting is not None:
-            yield self._deleting
-        yield self._flush()
-        if self._deleting is not None:
-            yield self._deleting
+        self.outbox.stop()
+        yield self.outbox.drain()
         yield self.client.stop()
 
     # -- reading the outbox ---------------------------------------------------------
 
     def _more(self):
         """Something was added to the outbox: read on."""
-        self._exhausted = False
+        self.outbox.added()
         self._pump()
 
     def _pump(self):
         if not self.running or not self.config.enabled:
             return
-        if self._reading:
-            self._again = True
-            return
         room = self.read_ahead - self.client.pending
-        if room <= 0:
+        if room <= 0 and not self.outbox.reading:
             return
-        self._reading = True
-        self._again = False
-        d = defer.maybeDeferred(self.store.outbox, SINK, self._after, room)
-        d.addCallback(self._read, room)
-        d.addErrback(self._read_failed)
+        self.outbox.read(room)
 
-    def _read(self, items, limit):
-        self._reading = False
+    def _read(self, items):
         for item in items:
-            self._after = max(self._after, item.id)
             self._handle(item)
-        if len(items) >= limit or self._again:
+        if not self.outbox.caught_up:
             self._pump()
             return
         # read to the end: what is added later comes with committed() or
         # an Interim-Update, not with answers
-        self._exhausted = True
         if not self._caught_up:
             self._caught_up = True
             for leg in list(self._open):
                 self._schedule_interim(leg)
-
-    def _read_failed(self, failure):
-        self._reading = False
-        self.log.failure("reading the RADIUS outbox failed; retrying", failure)
-        self.clock.callLater(1.0, self._pump)
 
     def _handle(self, item: OutboxItem):
         try:
@@ -295,43 +258,11 @@ class AccountingService(Service):
             if note is not None:
                 self._delete(note)
         # read again in pages, not one item per answer
-        if not self._exhausted and self.client.pending <= self.read_ahead // 2:
+        if not self.outbox.caught_up and self.client.pending <= self.read_ahead // 2:
             self._pump()
 
-    # -- deleting what was answered --------------------------------------------------
-
     def _delete(self, item_id):
-        self._done.append(item_id)
-        if self._flush_call is None and self._deleting is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
-
-    def _flush(self):
-        self._flush_call = None
-        if self._deleting is not None or not self._done:
-            return defer.succeed(None)
-        ids, self._done = self._done, []
-        d = defer.maybeDeferred(
-            self.writer.submit, WriteBatch(outbox_done=[(SINK, i) for i in ids])
-        )
-        self._deleting = d
-
-        def done(result):
-            self._deleting = None
-            self._stats_soon()
-            if self._done and self._flush_call is None:
-                self._flush_call = self.clock.callLater(0, self._flush)
-
-        def failed(failure):
-            # not deleted yet: try again; a crash meanwhile only means these
-            # are sent again after the restart (at least once)
-            self.log.failure("deleting answered RADIUS items failed; retrying", failure)
-            self._deleting = None
-            self._done[:0] = ids
-            if self._flush_call is None:
-                self._flush_call = self.clock.callLater(1.0, self._flush)
-
-        d.addCallbacks(done, failed)
-        return d
+        self.outbox.delete(item_id)
 
     # -- Interim-Updates --------------------------------------------------------------
 
@@ -402,20 +333,6 @@ class AccountingService(Service):
             self._stats = yield self.store.outbox_stats(SINK)
         except Exception:  # noqa: BLE001 - visibility only; logged
             self.log.failure("RADIUS outbox statistics failed")
-
-    @defer.inlineCallbacks
-    def _refresh_peers(self):
-        try:
-            gateways = yield self.store.gateways()
-        except Exception:  # noqa: BLE001 - an optional attribute; logged
-            self.log.failure("reading gateway addresses failed")
-            return
-        self._peers = {g.key: g.peer for g in gateways if g.peer}
-
-    def _writer_committed(self, batch, result):
-        for g in batch.gateways:
-            if g.peer:
-                self._peers[g.key] = g.peer
 
     def status(self) -> dict:
         """JSON-able: what the web page and the metrics show."""

@@ -23,6 +23,7 @@ from cdrd.values import (
     CallEvent,
     CallRecord,
     Cdr,
+    GatewayState,
     Leg,
     LegAnswer,
     LegStart,
@@ -192,6 +193,16 @@ class CallModel:
         self._heaps: dict[str, list] = {}  # gateway -> [(first_id, boot, ref)], lazy
         self._applied: dict[str, int] = {}  # gateway -> highest event id applied
         self._phone_cache: dict[tuple[str, int | None], tuple[str, str]] = {}
+        # gateway -> its address (host:port) as last stored; a leg keeps the
+        # one it began with (cdrd-Gateway-Address in all its packets)
+        self._peers: dict[str, str] = {}
+
+    # -- the gateways' state ------------------------------------------------
+
+    def gateway_seen(self, state: GatewayState) -> None:
+        """A gateway's state was stored (its LOGIN, or read at recovery)."""
+        if state.peer:
+            self._peers[state.key] = state.peer
 
     # -- queries ---------------------------------------------------------
 
@@ -436,6 +447,7 @@ class CallModel:
             cui=cui,
             cli=cli,
             dialled=dialled,
+            peer=self._peers.get(call.gateway, ""),
         )
         return _LegState(leg)
 

@@ -172,7 +172,10 @@ class CallService(Service):
 
     async def _recover(self) -> None:
         cursors = await self.store.cursors()
-        gateways = {g.key for g in await self.store.gateways()} | set(cursors)
+        states = await self.store.gateways()
+        for state in states:
+            self.model.gateway_seen(state)
+        gateways = {g.key for g in states} | set(cursors)
         now = self._now()
         for gateway in sorted(gateways):
             cursor = cursors.get(gateway)
@@ -255,6 +258,9 @@ class CallService(Service):
 
     def _committed(self, batch, result) -> None:
         """A writer commit listener: apply the newly stored events in order."""
+        for state in batch.gateways:
+            # a gateway's address is committed (LOGIN) before any of its calls
+            self.model.gateway_seen(state)
         if not result.events:
             return  # our own derived batches, or gateway state only
         if self._recovering:

@@ -36,10 +36,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cdrd.config import SYSLOG_FACILITIES, SyslogConfig
-from cdrd.interfaces import ICdrSink, WriteBatch
+from cdrd.interfaces import ICdrSink
 from cdrd.outputs import messages
 from cdrd.outputs.messages import CdrEntry
 from cdrd.outputs.transports import MessageTooLong, make_target
+from cdrd.store.outbox import OutboxConsumer
 from cdrd.values import CallEnd
 
 SINK = "syslog"
@@ -88,16 +89,11 @@ class SyslogSink(Service):
         self.target = target if target is not None else make_target(config.target, reactor, clock)
         self._pending: deque[tuple[int, CdrEntry]] = deque()
         self._unconfirmed: deque[tuple[int, float, CdrEntry]] = deque()
-        self._after = 0  # highest outbox id read
+        # the outbox's reading and batched deletions; the policy is here
+        self.outbox = OutboxConsumer(SINK, store, writer, clock, received=self._read, retry=self._pump)
         self._stored = 0  # outbox depth, counted (resynced every resync_interval)
         self._started = False  # the outbox depth is known, the target started
         self._stopping = False
-        self._reading = False
-        self._more = True  # the outbox may hold items after _after
-        self._generation = 0  # committed() calls, to tell a stale "caught up"
-        self._done: list[int] = []
-        self._deleting: defer.Deferred | None = None
-        self._flush_call = None
         self._wake_call = None
         self._confirm_call = None
         self._retry_delay = self.retry_initial
@@ -122,8 +118,7 @@ class SyslogSink(Service):
         if not count:
             return
         self._stored += count
-        self._more = True
-        self._generation += 1
+        self.outbox.added()
         self._pump()
 
     # -- the message ------------------------------------------------------------------
@@ -151,9 +146,7 @@ class SyslogSink(Service):
         self._started = False
         self._pending.clear()
         self._unconfirmed.clear()
-        self._after = 0
-        self._more = True
-        self._reading = False
+        self.outbox.start()
         self._run += 1
         self._start()
 
@@ -191,7 +184,8 @@ class SyslogSink(Service):
     def stopService(self):
         Service.stopService(self)
         self._stopping = True
-        for name in ("_wake_call", "_confirm_call", "_flush_call"):
+        self.outbox.stop()
+        for name in ("_wake_call", "_confirm_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -199,19 +193,8 @@ class SyslogSink(Service):
         if self._resync is not None and self._resync.running:
             self._resync.stop()
         d = self.target.stop() if self._started else defer.succeed(None)
-        d.addBoth(lambda _: self._drain())
+        d.addBoth(lambda _: self.outbox.drain())
         return d
-
-    @defer.inlineCallbacks
-    def _drain(self):
-        """Wait for the deletions in flight, then submit the rest (bounded)."""
-        for _ in range(10):
-            if self._deleting is not None:
-                yield self._deleting
-                continue
-            if not self._done:
-                return
-            yield self._flush()
 
     # -- the target's listener ------------------------------------------------------------
 
@@ -325,33 +308,19 @@ class SyslogSink(Service):
             self._delete(item_id)
 
     def _read_more(self):
-        if self._reading or not self._more:
+        if self.outbox.reading or self.outbox.caught_up:
             return
         room = self.window - len(self._pending)
         excess = self._stored - self.config.buffer
         limit = max(room, min(excess, self.window))
         if limit <= 0:
             return
-        self._reading = True
-        generation = self._generation
-        d = defer.maybeDeferred(self.store.outbox, SINK, self._after, limit)
-        d.addCallbacks(
-            self._read,
-            self._read_failed,
-            callbackArgs=(limit, generation, self._run),
-            errbackArgs=(self._run,),
-        )
+        self.outbox.read(limit)
 
-    def _read(self, items, limit, generation, run):
-        if run != self._run:
-            return  # read by an earlier run of the service
-        self._reading = False
+    def _read(self, items):
         if not self.running:
             return
         for item in items:
-            if item.id <= self._after:
-                continue
-            self._after = item.id
             try:
                 entry = CdrEntry.from_bytes(item.payload)
             except ValueError as e:
@@ -363,18 +332,7 @@ class SyslogSink(Service):
                 self._delete(item.id)
                 continue
             self._pending.append((item.id, entry))
-        if len(items) < limit and generation == self._generation:
-            self._more = False
         self._pump()
-
-    def _read_failed(self, failure, run):
-        if run != self._run:
-            return
-        self._reading = False
-        if not self.running:
-            return
-        self.log.failure("syslog: reading the outbox failed; retrying", failure)
-        self._wake(1.0)
 
     # -- confirming TCP writes ------------------------------------------------------------
 
@@ -424,49 +382,21 @@ class SyslogSink(Service):
 
     @defer.inlineCallbacks
     def _resync_depth(self):
-        if self._deleting is not None or self._done or self._reading:
+        if self.outbox.deleting or self.outbox.reading:
             return
         try:
             depth, _ = yield self.store.outbox_stats(SINK)
         except Exception:  # noqa: BLE001 - a statistic only; logged, next round retries
             self.log.failure("syslog: outbox statistics failed")
             return
-        if self._deleting is None and not self._done:
+        if not self.outbox.deleting:
             self._stored = depth or 0
 
     # -- deleting what was sent --------------------------------------------------------------
 
     def _delete(self, item_id: int):
         self._stored -= 1
-        self._done.append(item_id)
-        if self._flush_call is None and self._deleting is None and not self._stopping:
-            self._flush_call = self.clock.callLater(0, self._flush)
-
-    def _flush(self):
-        self._flush_call = None
-        if self._deleting is not None or not self._done:
-            return defer.succeed(None)
-        ids, self._done = self._done, []
-        d = defer.maybeDeferred(
-            self.writer.submit, WriteBatch(outbox_done=[(SINK, i) for i in ids])
-        )
-        self._deleting = d
-
-        def done(_):
-            self._deleting = None
-            if self._done and self._flush_call is None and not self._stopping:
-                self._flush_call = self.clock.callLater(0, self._flush)
-
-        def failed(failure):
-            # not deleted: a crash now means they are sent again (at least once)
-            self.log.failure("syslog: deleting sent outbox items failed; retrying", failure)
-            self._deleting = None
-            self._done[:0] = ids
-            if self._flush_call is None and not self._stopping:
-                self._flush_call = self.clock.callLater(1.0, self._flush)
-
-        d.addCallbacks(done, failed)
-        return d
+        self.outbox.delete(item_id)
 
     # -- visibility -----------------------------------------------------------------------
 

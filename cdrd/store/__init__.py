@@ -7,34 +7,12 @@ schema and its migrations, and the group-commit BatchWriter.
 from __future__ import annotations
 
 import os
-import re
+
+from cdrd.values import CONNINFO_PASSWORD, QUERY_PASSWORD, safe_url  # noqa: F401 - safe_url is the store's too
 
 
 class StoreClosed(Exception):
     """The store is not open (any IStore: memory, SQLite, PostgreSQL)."""
-
-
-_CONNINFO_PASSWORD = re.compile(r"(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]\w*password=)[^&#]*", re.IGNORECASE)
-
-
-def safe_url(url: str) -> str:
-    """
-    A database URL, or a libpq conninfo string, fit for a log line or an
-    error message: every password (``user:PASSWORD@host``, a
-    ``?password=``/``sslpassword=`` query parameter, ``password=`` of a
-    conninfo) written ``***``.  Where the URL is ambiguous (characters a
-    URL must percent-encode), more is hidden, never less.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _CONNINFO_PASSWORD.sub(r"\1***", url)
-    at = rest.rfind("@")
-    if at != -1:
-        user, colon, _ = rest[:at].partition(":")
-        if colon and not any(c in user for c in "/?#"):
-            rest = f"{user}:***{rest[at:]}"
-    return f"{scheme}://" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 def redact(text: str, url: str) -> str:
@@ -44,14 +22,14 @@ def redact(text: str, url: str) -> str:
     found = []
     scheme, sep, rest = url.partition("://")
     if not sep:
-        found += [m.group(2).strip("'") for m in _CONNINFO_PASSWORD.finditer(url)]
+        found += [m.group(2).strip("'") for m in CONNINFO_PASSWORD.finditer(url)]
     else:
         at = rest.rfind("@")
         if at != -1:
             user, colon, password = rest[:at].partition(":")
             if colon and not any(c in user for c in "/?#"):
                 found.append(password)
-        found += [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(rest)]
+        found += [m.group(0).split("=", 1)[1] for m in QUERY_PASSWORD.finditer(rest)]
     for secret in {f for p in found for f in (p, unquote(p)) if f}:
         text = text.replace(secret, "***")
     return text

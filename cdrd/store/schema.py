@@ -11,7 +11,7 @@ one that has shipped.
 
 from __future__ import annotations
 
-from cdrd.config import split_gateway_key
+from cdrd.values import split_gateway_key
 
 #: CallQuery.filter -> the record's notation (``pstn`` and ``all`` are not
 #: notations: see MemoryStore.calls / SqlStore.calls).

@@ -20,8 +20,9 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from cdrd.interfaces import WriteBatch, WriteResult
+from cdrd.interfaces import IBatchWriter, WriteBatch, WriteResult
 
 Listener = Callable[[WriteBatch, WriteResult], object]
 
@@ -62,6 +63,7 @@ def merge_batches(batches) -> WriteBatch:
     })
 
 
+@implementer(IBatchWriter)
 class BatchWriter(Service):
     """
     The only writer of the store.  At most one transaction in flight; the

@@ -34,13 +34,10 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-SCHEME = "scrypt"
+from cdrd.values import MAX_MEMORY, MAX_WORK, SCHEME, parse_hash  # noqa: F401 - the checker's bounds
+
 N, R, P = 2**14, 8, 1
 KEY_BYTES = 32
-#: the most a stored hash may ask for: scrypt's memory (128 * n * r bytes;
-#: 16 MiB for the default) and work (n * r * p; 2**17 for the default, 8x)
-MAX_MEMORY = 64 * 1024 * 1024
-MAX_WORK = 2**20
 _MAXMEM = 2 * MAX_MEMORY  # hashlib's limit, above what a valid hash needs
 
 log = Logger()
@@ -58,31 +55,6 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int = KEY
     return hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=dklen
     )
-
-
-def parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
-    """
-    The parts of a stored hash; ValueError (saying why, never echoing it)
-    if it is not one cdrd can check: config.py refuses such a value at start.
-    """
-    parts = text.split("$")
-    if len(parts) != 6 or parts[0] != SCHEME:
-        raise ValueError("not scrypt$n$r$p$salt$hash")
-    try:
-        n, r, p = (int(x) for x in parts[1:4])
-        salt, key = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
-    except ValueError:
-        raise ValueError("not scrypt$n$r$p$salt$hash (numbers, hex)") from None
-    if n < 2 or n & (n - 1) or not 0 < r <= 64 or not 0 < p <= 16:
-        raise ValueError("scrypt parameters out of range (n a power of 2, r 1..64, p 1..16)")
-    if 128 * n * r > MAX_MEMORY or n * r * p > MAX_WORK:
-        raise ValueError(
-            f"scrypt cost too high (128*n*r at most {MAX_MEMORY // 2**20} MiB, "
-            f"n*r*p at most 2**{MAX_WORK.bit_length() - 1}); make it with cdrd-passwd"
-        )
-    if not salt or not key:
-        raise ValueError("empty salt or hash")
-    return n, r, p, salt, key
 
 
 def verify_password(password: str, stored: str, user: str = "") -> bool:

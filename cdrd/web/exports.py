@@ -12,8 +12,6 @@ export never sits in memory whole, and stops when the client goes.
 
 from __future__ import annotations
 
-import csv
-import io
 from urllib.parse import unquote
 
 from klein import Klein
@@ -23,7 +21,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
 from zope.interface import implementer
 
-from cdrd.values import rfc3339
+from cdrd.values import csv_line, rfc3339
 from cdrd.web.api import summary_csv
 from cdrd.web.query import CALL_PARAMS, CDR_PARAMS, BadParameter, call_query, cdr_query, parse_search
 from cdrd.web.render import REPORT_COLUMNS, report_cells
@@ -175,6 +173,5 @@ def spreadsheet_safe(text: str) -> str:
 
 
 def csv_row(cells) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(cells)
-    return out.getvalue().encode("utf-8")
+    """A download's row, CRLF-terminated (RFC 4180), by cdrd's one encoder."""
+    return (csv_line(cells) + "\r\n").encode("utf-8")

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 from attrs import frozen
 
-from cdrd.config import GATEWAY_ID, gateway_key, split_gateway_key
 from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, CdrQuery
+from cdrd.values import GATEWAY_ID, gateway_key, split_gateway_key
 
 MAX_LIMIT = 1000
 #: The page's words for the filters, in the seed report's order.

@@ -14,7 +14,7 @@ from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
 from tests.accounting import examples
 from tests.accounting.freeradius import FreeRadius, distinct, duplicates
-from tests.accounting.outbox import OutboxStore, Writer
+from tests.outbox import OutboxStore, Writer
 
 pytestmark = pytest.mark.integration
 
@@ -147,12 +147,15 @@ async def test_legs_and_cdrs_arrive_as_specified(radius):
 
 @pytest_twisted.ensureDeferred
 async def test_largest_possible_stop_is_accepted(radius):
+    from attrs import evolve
+
     from cdrd.accounting import packets
     from cdrd.values import LegStart
 
     svc, store = service(config(radius))
     leg, stop = examples.largest_stop()
-    svc._peers[leg.gateway] = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
+    leg = evolve(leg, peer="[2001:db8:1234:5678:9abc:def0:1234:5678]:65535")
+    stop = evolve(stop, leg=leg)
     outputs = [LegStart(leg, stop.answered), stop]
     (payload,) = [packets.Payload.from_bytes(p) for p in svc.spool([stop], 0)]
     assert packets.packet_size(svc.dictionary, payload.attributes) == 3542

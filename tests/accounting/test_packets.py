@@ -295,12 +295,13 @@ def test_every_stop_fits_whatever_the_input(leg, texts, peer):
     """Leg values far over an attribute, CDRs of any length: every packet
     within 4096 bytes and 200 attributes, every CDR whole."""
     cdrs = tuple(_cdr(n, text + "9" * pad) for n, (text, pad) in enumerate(texts))
+    leg = attrs_evolve(leg, peer=peer or "")
     outputs = [
         LegStart(leg, 0),
         LegAnswer(leg, 1000),
         LegStop(leg, 5000, 1000, "", cdrs),
     ]
-    ps = spool(outputs, 0, "2001:db8::1", True, peers={leg.gateway: peer})
+    ps = spool(outputs, 0, "2001:db8::1", True)
     reqs = [p for p in ps if p.kind == "req"]
     assert_within_limits(reqs)
     if packets.called_later(leg):

@@ -6,16 +6,17 @@ import errno
 import json
 import random
 
+from attrs import evolve
 from zope.interface.verify import verifyObject
 
 from cdrd.accounting.packets import load_dictionary
 from cdrd.accounting.service import AccountingService
 from cdrd.config import RadiusConfig, RadiusServer
 from cdrd.interfaces import ICdrSink
-from cdrd.values import GatewayState, LegStart
+from cdrd.values import LegStart
 from tests.accounting import examples
 from tests.accounting.fakes import FakeReactor, answer, decode
-from tests.accounting.outbox import OutboxStore, Writer
+from tests.outbox import OutboxStore, Writer
 
 D = load_dictionary(32473)
 SECRET = "sekrit"
@@ -99,14 +100,12 @@ def test_spool_is_pure_json_payloads():
 
 
 def test_spool_uses_gateway_address():
+    """The call model puts the gateway's address on the leg (tests/calls)."""
     svc, store, r = make()
-    store.gateway_states = [
-        GatewayState(
-            "8200_000C2A020082", "8200", "000C2A020082", peer="198.51.100.7:40000"
-        )
-    ]
     svc.startService()
-    payload = svc.spool(examples.e1()[:1], 0)[0]
+    start = examples.e1()[0]
+    start = evolve(start, leg=evolve(start.leg, peer="198.51.100.7:40000"))
+    payload = svc.spool([start], 0)[0]
     assert ["cdrd-Gateway-Address", "198.51.100.7:40000"] in json.loads(payload)["a"]
 
 

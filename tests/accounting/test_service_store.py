@@ -170,25 +170,3 @@ def test_every_request_is_delivered_through_losses_and_crashes(steps, seed):
         r.advance(3)
     assert outbox(store) == []
     assert spooled and delivered >= spooled
-
-
-def test_gateway_address_from_the_committed_login():
-    from cdrd.values import GatewayState
-
-    r = FakeReactor()
-    store = MemoryStore()
-    svc, writer = make(store, r)
-    svc.startService()
-    assert "cdrd-Gateway-Address" not in str(svc.spool(examples.e1()[:1], 0))
-    writer.submit(
-        WriteBatch(
-            gateways=[
-                GatewayState(
-                    examples.GW, "8200", "000C2A020082", peer="198.51.100.7:40000"
-                )
-            ]
-        )
-    )
-    r.advance(0)
-    payload = svc.spool(examples.e1()[:1], 0)[0]
-    assert b'["cdrd-Gateway-Address","198.51.100.7:40000"]' in payload

@@ -125,6 +125,27 @@ def gateway_state():
     return GatewayState(key=GW, id="8200", mac="000C2A020082", boot="b1")
 
 
+def test_legs_carry_the_gateway_address_of_its_stored_state():
+    """The address the gateway's LOGIN stored is on every leg it begins (and
+    so in its RADIUS packets); after a restart it is read back from the store."""
+    from cdrd.accounting import packets
+
+    peer = "198.51.100.7:40000"
+    rig = Rig()
+    rig.writer.submit(WriteBatch(gateways=[evolve(gateway_state(), peer=peer)]))
+    pump(rig.clock)
+    rig.send(unstamped(parse_events(E4)))
+    starts = [o for o in rig.sink.seen if isinstance(o, LegStart)]
+    assert starts and {o.leg.peer for o in starts} == {peer}
+    payload = packets.spool(starts[:1], 0, None, False)[0].to_bytes()
+    assert b'["cdrd-Gateway-Address","198.51.100.7:40000"]' in payload
+    rig.crash()
+    again = Rig(store=rig.store, clock=rig.clock)
+    again.send(unstamped(parse_events(E5)))
+    starts = [o for o in again.sink.seen if isinstance(o, LegStart)]
+    assert starts and {o.leg.peer for o in starts} == {peer}
+
+
 def test_sink_interface():
     verifyObject(ICdrSink, RecordingSink())
 

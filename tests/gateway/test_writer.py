@@ -10,8 +10,9 @@ import sqlite3
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
-from cdrd.interfaces import WriteBatch
+from cdrd.interfaces import IBatchWriter, WriteBatch
 from cdrd.store.memory import MemoryStore
 from cdrd.store.writer import BatchWriter, EarlierWriteFailed
 from cdrd.values import CallEvent, LogEntry
@@ -140,3 +141,10 @@ def test_synthetic_events_do_not_tie_a_gateway():
     rig.submit("stale", WriteBatch(events=[ev("A_1", None)]))
     rig.settle()
     assert rig.outcomes == {"a": ValueError, "stale": "ok"}
+
+
+def test_the_batch_writer_and_the_unit_tests_writer_provide_ibatchwriter():
+    from tests.outbox import OutboxStore, Writer
+
+    assert verifyObject(IBatchWriter, BatchWriter(MemoryStore(), Clock()))
+    assert verifyObject(IBatchWriter, Writer(OutboxStore()))

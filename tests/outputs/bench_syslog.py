@@ -18,8 +18,8 @@ from twisted.internet import reactor, task
 
 from cdrd.config import SyslogConfig
 from cdrd.outputs.syslog import SyslogSink
+from tests.outbox import OutboxStore, Writer
 from tests.outputs.cdrs import numbered
-from tests.outputs.outbox import OutboxStore, Writer
 from tests.outputs.rsyslog import Rsyslog
 
 

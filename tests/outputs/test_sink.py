@@ -21,8 +21,8 @@ from cdrd.interfaces import ICdrSink
 from cdrd.outputs.messages import CdrEntry
 from cdrd.outputs.syslog import SyslogSink
 from cdrd.outputs.transports import MessageTooLong, TcpTarget
+from tests.outbox import OutboxStore, Writer
 from tests.outputs.cdrs import E1_LINE, E4_LINES, e1, e4, numbered
-from tests.outputs.outbox import OutboxStore, Writer
 
 
 class FakeDatagramTarget:

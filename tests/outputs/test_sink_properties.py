@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from cdrd.config import SyslogConfig
 from cdrd.outputs.syslog import SyslogSink
 from cdrd.outputs.transports import TcpTarget
+from tests.outbox import OutboxStore, Writer
 from tests.outputs.cdrs import numbered
-from tests.outputs.outbox import OutboxStore, Writer
 from tests.outputs.test_sink import FakeDatagramTarget, TcpTransport, frames
 
 CUI = re.compile(rb",(N\d+),")

@@ -137,8 +137,8 @@ async def test_tcp_stop_is_bounded_with_a_collector_that_never_reads():
 
     from cdrd.config import SyslogConfig
     from cdrd.outputs.syslog import SyslogSink
+    from tests.outbox import OutboxStore, Writer
     from tests.outputs.cdrs import numbered
-    from tests.outputs.outbox import OutboxStore, Writer
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -2,8 +2,8 @@
 
 import pytest
 import pytest_twisted
-from attrs import frozen
 
+from cdrd.calls.model import OpenCall
 from cdrd.web.query import day_start_ms
 from tests.web import fixtures as F
 
@@ -252,15 +252,6 @@ async def test_bad_parameters_are_400_with_error(make_site, query, word):
 async def test_unknown_api_path_is_json_404(make_site):
     site = await make_site()
     assert "error" in await site.json("/api/nothing", code=404)
-
-
-@frozen
-class OpenCall:
-    gateway: str
-    boot: str
-    ref: int
-    begin: int
-    port: int | None
 
 
 class Calls:
