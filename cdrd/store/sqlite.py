@@ -147,18 +147,25 @@ class SQLiteStore(SqlStore):
 
     def reclaim(self, pages):
         """PRAGMA incremental_vacuum: at most `pages` free pages given back,
-        in the writer's thread (one short transaction)."""
+        in the writer's thread (one short transaction of its own)."""
         if self.auto_vacuum != INCREMENTAL:
             return defer.succeed((0, 0))
 
-        def fn(cur):
-            free = cur.execute("PRAGMA freelist_count").fetchone()[0]
+        if self._pool is None:
+            return defer.fail(StoreClosed(f"{self!r} is not open"))
+
+        def fn():
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed(f"{self!r} is not open")
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
             if free:
-                # every freed page is a row of the pragma's result: step them all
-                cur.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-            left = cur.execute("PRAGMA freelist_count").fetchone()[0]
+                # its own transaction, stepped to the end: a cursor's
+                # execute() steps once, and gives back one page
+                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+            left = conn.execute("PRAGMA freelist_count").fetchone()[0]
             return free - left, left
-        return self._run(fn, write=True)
+        return deferToThreadPool(self.reactor, self._pool, fn)
 
     def close(self):
         pool, self._pool = self._pool, None
