@@ -166,7 +166,7 @@ class RetentionConfig:
     # seconds between sweeps (one also runs at start-up): at least hourly
     interval: float = 3600.0
     # rows deleted per transaction: one delete stays a few milliseconds
-    batch: int = 500
+    batch: int = 200
 
     def days(self, kind: str) -> int:
         """The days `kind` ("events", "log", "records") is kept; 0 = forever."""

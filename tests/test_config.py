@@ -102,7 +102,7 @@ def test_retention_keeps_everything_unless_told():
     assert (d.events_days, d.log_days, d.records_days) == (0, 0, 0)
     r = C.parse({"retention": {"events_days": 7, "log_days": 30, "records_days": 400, "interval": 600}}).retention
     assert [r.days(k) for k in ("events", "log", "records")] == [7, 30, 400]
-    assert (r.interval, r.batch) == (600, 500)
+    assert (r.interval, r.batch) == (600, 200)
 
 
 def test_interim_zero_turns_it_off():
