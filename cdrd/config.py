@@ -275,6 +275,23 @@ class CsvConfig:
 
 
 @frozen
+class RetentionConfig:
+    """How long the store keeps each kind of row (docs/store.md, "Retention")."""
+
+    events_days: int = 0  # raw gateway events; 0 = keep forever
+    log_days: int = 0  # the gateway log
+    records_days: int = 0  # call records with their CDRs
+    # seconds between sweeps (one also runs at start-up): at least hourly
+    interval: float = 3600.0
+    # rows deleted per transaction: one delete stays a few milliseconds
+    batch: int = 200
+
+    def days(self, kind: str) -> int:
+        """The days `kind` ("events", "log", "records") is kept; 0 = forever."""
+        return getattr(self, f"{kind}_days")
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     gateways: Mapping[str, GatewayConfig] = field(factory=dict, converter=_frozen_map)
@@ -282,6 +299,7 @@ class Config:
     syslog: SyslogConfig = field(factory=SyslogConfig)
     web: WebConfig = field(factory=WebConfig)
     csv: CsvConfig = field(factory=CsvConfig)
+    retention: RetentionConfig = field(factory=RetentionConfig)
 
     def gateway(self, key: str) -> GatewayConfig | None:
         return self.gateways.get(key)
@@ -359,7 +377,7 @@ def _kind_name(kind) -> str:
 
 def parse(data: Mapping[str, Any]) -> Config:
     root = _Section("", dict(data))
-    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv"})
+    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention"})
     return Config(
         server=_server(root.table("server")),
         gateways=_gateways(root.table("gateways")),
@@ -367,6 +385,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         syslog=_syslog(root.table("syslog")),
         web=_web(root.table("web")),
         csv=_csv(root.table("csv")),
+        retention=_retention(root.table("retention")),
     )
 
 
@@ -531,6 +550,24 @@ def _syslog(s: _Section) -> SyslogConfig:
 
 #: what ``cdrd-passwd`` prints (cdrd.web.auth): scrypt$n$r$p$salt$key, hex
 WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-9a-f]{2,128}\$[0-9a-f]{2,256}\Z")
+
+
+def _retention(s: _Section) -> RetentionConfig:
+    d = RetentionConfig()
+    s.unknown({a.name for a in RetentionConfig.__attrs_attrs__})
+    interval = s.number("interval", d.interval, minimum=60)
+    if interval > 3600:
+        raise ConfigError(s.setting("interval"), f"{interval:g} is above 3600 (a sweep runs at least hourly)")
+    batch = s.integer("batch", d.batch, minimum=1)
+    if batch > 10_000:
+        raise ConfigError(s.setting("batch"), f"{batch} is above 10000 (one delete must stay short)")
+    return RetentionConfig(
+        events_days=s.integer("events_days", d.events_days),
+        log_days=s.integer("log_days", d.log_days),
+        records_days=s.integer("records_days", d.records_days),
+        interval=interval,
+        batch=batch,
+    )
 
 
 def _csv(s: _Section) -> CsvConfig:

@@ -79,6 +79,23 @@ class WriteResult:
     events: tuple[CallEvent, ...] = ()
 
 
+# -- what retention deletes -------------------------------------------------
+
+#: the kinds of rows retention deletes ([retention] <kind>_days)
+RETENTION_KINDS = ("events", "log", "records")
+
+
+@frozen
+class Expired:
+    """What one ``IStore.expire`` batch did."""
+
+    deleted: int  # rows of the kind deleted (records: call records)
+    cdrs: int = 0  # records: the CDRs deleted with them
+    #: where the next batch of the same sweep goes on (a position in the
+    #: kind's time order); None: nothing older than the cutoff is left to look at
+    after: tuple[int, str | int] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
+
+
 # -- what the pages and the API ask -----------------------------------------
 
 CALL_FILTERS = ("all", "in", "out", "pstn", "out-failed", "in-reject", "other")
@@ -351,6 +368,37 @@ class IStore(Interface):
 
     def outbox_stats(sink):
         """Deferred[tuple[int, int | None]]: (depth, created ms of the oldest)."""
+
+    def expire(kind, before, limit, after=None, stale_after=0):
+        """
+        Retention: delete, in one short write transaction, at most `limit`
+        rows of `kind` (RETENTION_KINDS) older than `before` (ms UTC), the
+        oldest first, from `after` on (the previous batch's Expired.after).
+        Deferred[Expired].
+
+        - "events": Time < before, but never an event the call model's
+          recovery replays (id >= its gateway's cursor replay_from, or a
+          gateway without a cursor).
+        - "log": Time < before.
+        - "records": Begin < before, with the CDRs the call wrote
+          (billed_call; created by it for rows without one), and their
+          counts taken off the hourly sums; but never a record written
+          while an outbox item that is still there was already stored (an
+          output has not delivered it), nor one of a gateway that ended
+          within `stale_after` ms before the first event its recovery
+          replays (recovery marks those calls ended).
+        """
+
+    def oldest():
+        """Deferred[dict[str, int | None]]: per RETENTION_KINDS the time (ms
+        UTC) of the oldest row held (events and log: Time; records: Begin),
+        None when there is none."""
+
+    def reclaim(pages):
+        """Give at most `pages` free pages of the file back to the file
+        system (SQLite incremental vacuum).  Deferred[tuple[int, int]]:
+        (pages given back, free pages left).  Stores that reuse their
+        space themselves (PostgreSQL, memory) return (0, 0)."""
 
 
 class IBatchWriter(Interface):

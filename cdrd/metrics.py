@@ -39,7 +39,8 @@ class Metrics:
     The registry of one cdrd service.  `sources` are read at scrape time:
     ``gateways`` (GatewayFactory), ``calls`` (CallService), ``radius``
     (RadiusClient), ``syslog`` (a status() callable), ``outboxes``
-    (sink name -> callable returning (items, oldest age in s)).
+    (sink name -> callable returning (items, oldest age in s)),
+    ``retention`` (RetentionService).
     """
 
     def __init__(self, writer=None, gateways=None, process: bool = True, **sources):
@@ -144,6 +145,9 @@ class CdrdCollector:
         yield by_notation
         yield counter("cdrd_cdrs", "CDRs written", value=m.cdrs)
         yield from _outboxes(m.sources.get("outboxes") or {})
+        retention = m.sources.get("retention")
+        if retention is not None:
+            yield from _retention(retention)
         radius = m.sources.get("radius")
         if radius is not None:
             yield from _radius(radius)
@@ -165,6 +169,25 @@ def _outboxes(outboxes: Mapping[str, Callable[[], tuple[int, float]]]):
         age.add_metric([sink], oldest)
     yield items
     yield age
+
+
+def _retention(service):
+    deleted = CounterMetricFamily(
+        "cdrd_retention_deleted", "Rows retention deleted, by kind (cdrs: with their records)", labels=["kind"])
+    for kind, n in service.deleted.items():
+        deleted.add_metric([kind], n)
+    yield deleted
+    days = GaugeMetricFamily("cdrd_retention_kept_days", "Days each kind is kept ([retention]); 0: forever",
+                             labels=["kind"])
+    oldest = GaugeMetricFamily("cdrd_retention_oldest_seconds",
+                               "Age of the oldest row held, by kind, as the last sweep found it", labels=["kind"])
+    now = service.clock.seconds()
+    for kind, kept in service.kept().items():
+        days.add_metric([kind], kept["days"])
+        if kept["oldest"] is not None:
+            oldest.add_metric([kind], max(0.0, now - kept["oldest"] / 1000))
+    yield days
+    yield oldest
 
 
 def _radius(client):

@@ -184,6 +184,7 @@ class CdrdService(MultiService):
         self.writer = None
         self.calls = None
         self.gateways = None
+        self.retention = None
         self.listeners: list[Listener] = []
         # server.metrics_endpoint: listens from the start (probes and
         # metrics only), so that a standby answers /readyz with its reason
@@ -401,8 +402,13 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     monitor = Monitor(store, reactor, config.server.outbox_alert_age, outboxes,
                       syslog=status.get("syslog"), flood=gateways.flood)
     monitor.setServiceParent(root)
+    # after the CallService: its first sweep runs once the open calls are recovered
+    from cdrd.store.retention import RetentionService
+
+    root.retention = retention = RetentionService(store, reactor, config.retention, config.server.stale_after)
+    retention.setServiceParent(root)
     root.metrics = Metrics(writer, gateways, calls=calls, outboxes=monitor.outboxes, syslog=status.get("syslog"),
-                           radius=accounting.client if config.radius.enabled else None)
+                           radius=accounting.client if config.radius.enabled else None, retention=retention)
 
     web = WebApp(
         config, store, reactor, calls=calls, feed=feed, status=status,

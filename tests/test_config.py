@@ -35,7 +35,7 @@ def test_example_file_lists_every_setting_with_its_default():
     sections = {
         "server": C.ServerConfig, 'gateways."8200_000C2A020082"': C.GatewayConfig,
         "radius": C.RadiusConfig, "syslog": C.SyslogConfig, "web": C.WebConfig,
-        "csv": C.CsvConfig,
+        "csv": C.CsvConfig, "retention": C.RetentionConfig,
     }
     not_default = {("server", "allow_unknown_gateways"), ("gateways", "ports"), ("gateways", "lines")}
     for section, cls in sections.items():
@@ -74,6 +74,15 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"gateways": {"8200": {}}}, 'gateways."8200"'),
         ({"csv": {"directory": 7}}, "csv.directory"),
         ({"csv": {"dir": "x"}}, "csv.dir"),
+        ({"retention": {"events_days": -1}}, "retention.events_days"),
+        ({"retention": {"log_days": 1.5}}, "retention.log_days"),
+        ({"retention": {"records_days": "30"}}, "retention.records_days"),
+        ({"retention": {"records_days": True}}, "retention.records_days"),
+        ({"retention": {"interval": 7200}}, "retention.interval"),
+        ({"retention": {"interval": 10}}, "retention.interval"),
+        ({"retention": {"batch": 0}}, "retention.batch"),
+        ({"retention": {"batch": 100_000}}, "retention.batch"),
+        ({"retention": {"days": 3}}, "retention.days"),
         # a hash a request could not afford to check (n = 2**20, 128 MiB)
         ({"web": {"users": {"admin": "scrypt$1048576$8$1$" + "ab" * 16 + "$" + "cd" * 32}}},
          "web.users.admin"),
@@ -86,6 +95,14 @@ def test_errors_name_the_setting(data, setting):
         C.parse(data)
     assert e.value.setting == setting
     assert str(e.value).startswith(setting + ": ")
+
+
+def test_retention_keeps_everything_unless_told():
+    d = C.parse({}).retention
+    assert (d.events_days, d.log_days, d.records_days) == (0, 0, 0)
+    r = C.parse({"retention": {"events_days": 7, "log_days": 30, "records_days": 400, "interval": 600}}).retention
+    assert [r.days(k) for k in ("events", "log", "records")] == [7, 30, 400]
+    assert (r.interval, r.batch) == (600, 200)
 
 
 def test_interim_zero_turns_it_off():

@@ -195,3 +195,26 @@ def test_no_secret_of_the_config_reaches_any_log_event():
         text = repr(event) + (formatEvent(event) or "")
         for secret in secrets:
             assert secret not in text, event
+
+
+def test_retention_sweeps_once_the_calls_are_recovered_and_stops_with_cdrd():
+    from cdrd.interfaces import WriteBatch
+    from tests.store.values import DAY, log_entry
+
+    store = JournalStore()
+    MemoryStore.write(store, WriteBatch(log=[log_entry(DAY - 3 * 86_400_000), log_entry(DAY)]))
+    config = C.parse({"server": {"database": "memory:"}, "retention": {"log_days": 2}})
+    reactor = MemoryReactorClock()
+    reactor.advance(DAY / 1000)
+    svc = build_service(config, reactor, store=store)
+    svc.startService()
+    store.opening.callback(None)
+    assert svc.retention.sweeps == 0 and len(store._log) == 2  # recovering: no sweep yet
+    store.recovering.callback(None)
+    reactor.advance(0)
+    assert svc.retention.sweeps == 1 and [e.time for e in store._log] == [DAY]
+    assert 'cdrd_retention_deleted_total{kind="log"} 1.0' in svc.metrics.page()[0].decode()
+    stopped = svc.stopService()
+    for _ in range(5):
+        reactor.advance(0.001)
+    assert stopped.called and not svc.retention.running

@@ -15,11 +15,13 @@ from zope.interface import implementer
 from cdrd.interfaces import (
     CALL_SORTS,
     CDR_SORTS,
+    RETENTION_KINDS,
     SUMMARY_GROUPS,
     CallPage,
     CallStats,
     CallTotals,
     CuiTotals,
+    Expired,
     IStore,
     SummaryRow,
     WriteResult,
@@ -74,6 +76,7 @@ class MemoryStore:
         self._log = []
         self._gateways = {}
         self._records = {}  # id -> CallRecord, insertion order
+        self._outbox_marks = {}  # call id -> highest outbox id stored when it was written
         self._cdrs = {}  # id -> Cdr, written order
         self._cursors = {}
         self._outbox = {}  # sink -> {id: OutboxItem}, ids increasing
@@ -139,8 +142,13 @@ class MemoryStore:
         self._next_log = next_log
         for g in batch.gateways:
             self._gateways[g.key] = g
+        mark = max((i for items in self._outbox.values() for i in items), default=0)
+        if outbox:
+            mark = max(mark, outbox[-1].id)
         for r in batch.records:
-            self._records.setdefault(r.id, r)
+            if r.id not in self._records:
+                self._records[r.id] = r
+                self._outbox_marks[r.id] = mark
         for c in batch.cdrs:
             self._cdrs.setdefault(c.id, c)
         for c in batch.cursors:
@@ -401,3 +409,73 @@ class MemoryStore:
         oldest = next(iter(items.values()))  # the lowest id: written first
         return defer.succeed((len(items), oldest.created))
 
+
+    # -- retention ------------------------------------------------------------
+
+    def expire(self, kind, before, limit, after=None, stale_after=0):
+        if kind not in RETENTION_KINDS:
+            return defer.fail(ValueError(f"unknown retention kind {kind!r}"))
+        if self.closed:
+            return defer.fail(StoreClosed("the memory store is closed"))
+        return defer.succeed(getattr(self, f"_expire_{kind}")(before, limit, after, stale_after))
+
+    @staticmethod
+    def _oldest_first(rows, key, before, limit, after):
+        """(time, id, row) of `rows` with time < before after `after`, oldest first."""
+        chosen = sorted(
+            (key(r), r.id, r) for r in rows
+            if key(r) < before and (after is None or (key(r), r.id) > tuple(after))
+        )
+        return chosen[:limit]
+
+    @staticmethod
+    def _next(chosen, limit):
+        return chosen[-1][:2] if len(chosen) >= limit else None
+
+    def _expire_log(self, before, limit, after, stale_after):
+        chosen = self._oldest_first(self._log, lambda e: e.time, before, limit, after)
+        gone = {i for _, i, _ in chosen}
+        self._log = [e for e in self._log if e.id not in gone]
+        return Expired(deleted=len(gone), after=self._next(chosen, limit))
+
+    def _expire_events(self, before, limit, after, stale_after):
+        chosen = self._oldest_first(self._events, lambda e: e.time, before, limit, after)
+        replay = {g: c.replay_from for g, c in self._cursors.items()}
+        gone = {i for _, i, e in chosen if i < replay.get(e.gateway, 0)}
+        self._events = [e for e in self._events if e.id not in gone]
+        return Expired(deleted=len(gone), after=self._next(chosen, limit))
+
+    def _expire_records(self, before, limit, after, stale_after):
+        chosen = self._oldest_first(self._records.values(), lambda r: r.begin, before, limit, after)
+        undelivered = [i for items in self._outbox.values() for i in items]
+        first_undelivered = min(undelivered) if undelivered else None
+        held_since = {}
+        for g, c in self._cursors.items():
+            first = next((e for e in self._events if e.gateway == g and e.id >= c.replay_from), None)
+            if first is not None:
+                held_since[g] = first.time - stale_after
+        gone = {
+            i for _, i, r in chosen
+            if (first_undelivered is None or self._outbox_marks[i] < first_undelivered)
+            and (r.gateway not in held_since or r.end < held_since[r.gateway])
+        }
+        cdrs = [
+            c.id for c in self._cdrs.values()
+            if c.billed_call in gone or (c.billed_call == "" and c.call in gone)
+        ]
+        for i in cdrs:
+            del self._cdrs[i]
+        for i in gone:
+            del self._records[i]
+            del self._outbox_marks[i]
+        return Expired(deleted=len(gone), cdrs=len(cdrs), after=self._next(chosen, limit))
+
+    def oldest(self):
+        return defer.succeed({
+            "events": min((e.time for e in self._events), default=None),
+            "log": min((e.time for e in self._log), default=None),
+            "records": min((r.begin for r in self._records.values()), default=None),
+        })
+
+    def reclaim(self, pages):
+        return defer.succeed((0, 0))

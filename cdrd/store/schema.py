@@ -238,6 +238,18 @@ MIGRATIONS.append([
     "ALTER TABLE cdrs ADD COLUMN billed_call TEXT NOT NULL DEFAULT ''",
 ])
 
+MIGRATIONS.append([
+    # retention (docs/store.md, "Retention"): the highest outbox id stored
+    # when a record was written (0: the outbox was empty).  While an outbox
+    # item with an id at or below it is left, an output may not have
+    # delivered the record, and retention keeps it.  Rows stored before
+    # count as written now.
+    "ALTER TABLE calls ADD COLUMN outbox_mark BIGINT NOT NULL DEFAULT 0",
+    "UPDATE calls SET outbox_mark = (SELECT COALESCE(MAX(id), 0) FROM outbox)",
+    # the CDRs a record's deletion takes with it
+    "CREATE INDEX cdrs_billed_call ON cdrs (billed_call)",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 

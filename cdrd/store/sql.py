@@ -16,11 +16,13 @@ from twisted.logger import Logger
 from cdrd.interfaces import (
     CALL_SORTS,
     CDR_SORTS,
+    RETENTION_KINDS,
     SUMMARY_GROUPS,
     CallPage,
     CallStats,
     CallTotals,
     CuiTotals,
+    Expired,
     ModelCursor,
     OutboxItem,
     SummaryRow,
@@ -320,14 +322,6 @@ class SqlStore:
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
                 [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
-        if batch.records:
-            new = self._new_records(cur, batch.records)
-            self._many(
-                cur,
-                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
-                [_record_row(r) for r in new],
-            )
-            self._count_hours(cur, new)
         self._many(
             cur,
             f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
@@ -345,6 +339,16 @@ class SqlStore:
             "INSERT INTO outbox (sink, payload, created) VALUES (?, ?, ?)",
             [(o.sink, bytes(o.payload), o.created) for o in batch.outbox],
         )
+        if batch.records:
+            # after this batch's outbox items: the record waits for them too
+            mark = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+            new = self._new_records(cur, batch.records)
+            self._many(
+                cur,
+                f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
+                [(*_record_row(r), mark) for r in new],
+            )
+            self._count_hours(cur, new)
         done: dict[str, list[int]] = {}
         for sink, item_id in batch.outbox_done:
             done.setdefault(sink, []).append(item_id)
@@ -374,7 +378,8 @@ class SqlStore:
                 del fresh[stored]
         return list(fresh.values())
 
-    def _count_hours(self, cur, records) -> None:
+    def _count_hours(self, cur, records, sign: int = 1) -> None:
+        """Add `records` to call_hours (sign -1: take them off)."""
         sums: dict[tuple[str, int], list[int]] = {}
         index = _HOUR_INDEX
         for r in records:
@@ -403,8 +408,16 @@ class SqlStore:
             f"INSERT INTO call_hours (gateway, hour, {columns})"
             f" VALUES ({', '.join('?' * (2 + len(HOUR_COLUMNS)))})"
             f" ON CONFLICT (gateway, hour) DO UPDATE SET {adds}",
-            [(g, h, *row) for (g, h), row in sums.items()],
+            [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()],
         )
+        if sign < 0:
+            hours = sorted({h for _, h in sums})
+            for i in range(0, len(hours), MAX_ROWS):
+                part = hours[i:i + MAX_ROWS]
+                self._exec(
+                    cur, f"DELETE FROM call_hours WHERE hour IN ({', '.join('?' * len(part))}) AND calls <= 0",
+                    part,
+                )
 
     # -- queries ---------------------------------------------------------------
 
@@ -914,3 +927,110 @@ class SqlStore:
             ).fetchone()
             return int(depth), (None if oldest is None else oldest[0])
         return self._read(q)
+
+    # -- retention (docs/store.md, "Retention") -------------------------------
+
+    def expire(self, kind, before, limit, after=None, stale_after=0):
+        from twisted.internet import defer
+
+        if kind not in RETENTION_KINDS:
+            return defer.fail(ValueError(f"unknown retention kind {kind!r}"))
+        fn = getattr(self, f"_expire_{kind}")
+        return self._run(fn, int(before), int(limit), after, int(stale_after), write=True)
+
+    def _oldest_first(self, cur, table, column, before, limit, after, extra=""):
+        """Rows (id, column, ...) of `table` with column < before after the
+        keyset `after` = (column, id), the oldest first, at most `limit`."""
+        where = _Where().add(f"{column} < ?", before)
+        if after is not None:
+            t, i = after
+            where.add(f"{column} >= ? AND ({column} > ? OR id > ?)", t, t, i)
+        return self._exec(
+            cur,
+            f"SELECT id, {column}{extra} FROM {table}{where.sql} ORDER BY {column}, id LIMIT ?",
+            (*where.params, limit),
+        ).fetchall()
+
+    def _delete_ids(self, cur, table, column, ids) -> int:
+        deleted = 0
+        for i in range(0, len(ids), MAX_ROWS):
+            part = ids[i:i + MAX_ROWS]
+            deleted += max(self._exec(
+                cur, f"DELETE FROM {table} WHERE {column} IN ({', '.join('?' * len(part))})", part
+            ).rowcount, 0)
+        return deleted
+
+    @staticmethod
+    def _next(rows, limit):
+        return (rows[-1][1], rows[-1][0]) if len(rows) >= limit else None
+
+    def _expire_log(self, cur, before, limit, after, stale_after) -> Expired:
+        rows = self._oldest_first(cur, "log", "time", before, limit, after)
+        deleted = self._delete_ids(cur, "log", "id", [r[0] for r in rows])
+        return Expired(deleted=deleted, after=self._next(rows, limit))
+
+    def _replay_from(self, cur) -> dict[str, int]:
+        return dict(self._exec(cur, "SELECT gateway, replay_from FROM cursors").fetchall())
+
+    def _expire_events(self, cur, before, limit, after, stale_after) -> Expired:
+        rows = self._oldest_first(cur, "events", "time", before, limit, after, ", gateway")
+        replay = self._replay_from(cur)
+        # a gateway without a cursor: its recovery replays everything
+        ids = [i for i, _, g in rows if i < replay.get(g, 0)]
+        deleted = self._delete_ids(cur, "events", "id", ids)
+        return Expired(deleted=deleted, after=self._next(rows, limit))
+
+    def _expire_records(self, cur, before, limit, after, stale_after) -> Expired:
+        rows = self._oldest_first(
+            cur, "calls", "begin_ms", before, limit, after, ", gateway, end_ms, outbox_mark")
+        if not rows:
+            return Expired(deleted=0)
+        first_undelivered = self._exec(cur, "SELECT MIN(id) FROM outbox").fetchone()[0]
+        replay = self._replay_from(cur)
+        held_since = {}  # gateway -> records that end from then on are kept
+        for g in {r[2] for r in rows}:
+            if g in replay:
+                first = self._exec(
+                    cur, "SELECT time FROM events WHERE gateway = ? AND id >= ? ORDER BY id LIMIT 1",
+                    (g, replay[g]),
+                ).fetchone()
+                if first is not None:
+                    held_since[g] = first[0] - stale_after
+        ids = [
+            i for i, _, g, end, mark in rows
+            if (first_undelivered is None or mark < first_undelivered)
+            and (g not in held_since or end < held_since[g])
+        ]
+        records = []
+        for i in range(0, len(ids), MAX_ROWS):
+            part = ids[i:i + MAX_ROWS]
+            records += [_record(r) for r in self._exec(
+                cur, f"SELECT {CALL_COLS} FROM calls WHERE id IN ({', '.join('?' * len(part))})", part
+            ).fetchall()]
+        cdrs = self._delete_ids(cur, "cdrs", "billed_call", ids)
+        for i in range(0, len(ids), MAX_ROWS):
+            part = ids[i:i + MAX_ROWS]
+            cdrs += max(self._exec(
+                cur,
+                f"DELETE FROM cdrs WHERE billed_call = '' AND call IN ({', '.join('?' * len(part))})",
+                part,
+            ).rowcount, 0)
+        deleted = self._delete_ids(cur, "calls", "id", ids)
+        self._count_hours(cur, records, sign=-1)
+        return Expired(deleted=deleted, cdrs=cdrs, after=self._next(rows, limit))
+
+    def oldest(self):
+        def q(cur):
+            out = {}
+            for kind, table, column in (
+                ("events", "events", "time"), ("log", "log", "time"), ("records", "calls", "begin_ms"),
+            ):
+                row = self._exec(cur, f"SELECT MIN({column}) FROM {table}").fetchone()
+                out[kind] = None if row[0] is None else int(row[0])
+            return out
+        return self._read(q)
+
+    def reclaim(self, pages):
+        from twisted.internet import defer
+
+        return defer.succeed((0, 0))

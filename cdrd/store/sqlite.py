@@ -25,6 +25,8 @@ from cdrd.store import StoreClosed
 from cdrd.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
+#: pages of a fresh file: auto_vacuum=INCREMENTAL is set before the first table
+INCREMENTAL = 2
 CACHE_KIB = 64 * 1024
 READERS = 2
 
@@ -53,6 +55,9 @@ class SQLiteStore(SqlStore):
         self._lock = threading.Lock()
         self._active_fd: int | None = None
         self.schema_version: int | None = None
+        #: PRAGMA auto_vacuum once open: 2 (incremental) gives freed space
+        #: back (reclaim); 0 reuses it only (cdrd-vacuum converts the file)
+        self.auto_vacuum: int | None = None
 
     def __repr__(self):
         return f"<SQLiteStore {self.path!r}>"
@@ -94,6 +99,12 @@ class SQLiteStore(SqlStore):
                 self._read_pool = ThreadPool(1, self.readers, name=f"cdrd-sqlite-read:{self.path}")
                 self._read_pool.start()
             self._logger.info("store {path} open, schema version {version}", path=self.path, version=version)
+            if self.auto_vacuum != INCREMENTAL and self.path != ":memory:":
+                self._logger.info(
+                    "store {path}: auto_vacuum is off, so space that retention frees is reused"
+                    " but not given back to the file system; stop cdrd and run cdrd-vacuum {path} once",
+                    path=self.path,
+                )
 
         def failed(f):
             pool, self._pool = self._pool, None
@@ -112,6 +123,9 @@ class SQLiteStore(SqlStore):
     def _connect(self) -> int:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # a new file: retention's freed pages can go back (reclaim)
+                conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal" and self.path != ":memory:":
                 raise sqlite3.OperationalError(f"could not switch {self.path} to WAL (got {mode})")
@@ -127,8 +141,31 @@ class SQLiteStore(SqlStore):
         except BaseException:
             conn.close()
             raise
+        self.auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
         self._conn = conn
         return version
+
+    def reclaim(self, pages):
+        """PRAGMA incremental_vacuum: at most `pages` free pages given back,
+        in the writer's thread (one short transaction of its own)."""
+        if self.auto_vacuum != INCREMENTAL:
+            return defer.succeed((0, 0))
+
+        if self._pool is None:
+            return defer.fail(StoreClosed(f"{self!r} is not open"))
+
+        def fn():
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed(f"{self!r} is not open")
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free:
+                # its own transaction, stepped to the end: a cursor's
+                # execute() steps once, and gives back one page
+                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+            left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return free - left, left
+        return deferToThreadPool(self.reactor, self._pool, fn)
 
     def close(self):
         pool, self._pool = self._pool, None

@@ -23,7 +23,7 @@ from attrs import frozen
 from klein import Klein
 from twisted.logger import Logger
 
-from cdrd.interfaces import CDR_SORTS, CallTotals, EventQuery, LogQuery
+from cdrd.interfaces import CDR_SORTS, RETENTION_KINDS, CallTotals, EventQuery, LogQuery
 from cdrd.store.schema import HOUR_MS, QUARTER_MS
 from cdrd.values import CallEvent, CallRecord, Cdr, LegAnswer, LegStart, LegStop, rfc3339
 from cdrd.web.query import (
@@ -343,6 +343,29 @@ def summary_csv(summary: Summary) -> bytes:
     return b"".join(out)
 
 
+#: what each retention kind is called on the dashboard
+RETENTION_NAMES = {"events": "Raw events", "log": "Gateway log", "records": "Call records and CDRs"}
+
+
+async def retention(store, config, zone: ZoneInfo) -> list[dict]:
+    """
+    What the store keeps, per kind ([retention]): the days (0 = forever)
+    and the oldest row held now, with its local day.
+    """
+    oldest = await store.oldest()
+    out = []
+    for kind in RETENTION_KINDS:
+        days = config.retention.days(kind)
+        first = oldest.get(kind)
+        out.append({
+            "kind": kind, "name": RETENTION_NAMES[kind], "days": days,
+            "kept": f"{days} day{'s' if days != 1 else ''}" if days else "forever",
+            "oldest": _rfc(first),
+            "oldest_day": None if first is None else f"{datetime.fromtimestamp(first / 1000, zone):%Y-%m-%d}",
+        })
+    return out
+
+
 class ApiApp:
     app = Klein()
     log = Logger()
@@ -400,6 +423,14 @@ class ApiApp:
         check_allowed(request, ())
         gateways = await self.store.gateways()
         return json_response(request, {"gateways": [gateway_json(g) for g in gateways]})
+
+    @app.route("/retention", methods=["GET"])
+    async def retention_(self, request):
+        check_allowed(request, ())
+        kinds = await retention(self.store, self.config, self.zone)
+        return json_response(request, {
+            "retention": {k.pop("kind"): {f: k[f] for f in ("days", "kept", "oldest", "oldest_day")} for k in kinds},
+        })
 
     @app.route("/log", methods=["GET"])
     async def gateway_log(self, request):

@@ -26,7 +26,7 @@ from cdrd.interfaces import CDR_SORTS as CDR_SORT_KEYS
 from cdrd.interfaces import EventQuery, LogQuery
 from cdrd.values import hhmmss
 from cdrd.web import views
-from cdrd.web.api import SUMMARY_LIMIT, call_summary, call_whole
+from cdrd.web.api import SUMMARY_LIMIT, call_summary, call_whole, retention
 from cdrd.web.query import (
     CALL_PARAMS,
     CDR_PARAMS,
@@ -670,6 +670,7 @@ class Pages:
             open_more=max(0, len(open_calls or ()) - 50),
             open_columns=[(c, None) for c in ("Gateway", "Call-Ref", "Port", "Begin", "Age")],
             outputs=_outputs(web.outputs()),
+            retention=await retention(web.store, web.config, web.zone),
             stream="/dashboard/stream" if web.feed is not None else "",
         )
 

@@ -20,6 +20,7 @@ from cdrd.interfaces import (
     CdrQuery,
     CuiTotals,
     EventQuery,
+    Expired,
     IStore,
     LogQuery,
     SummaryRow,
@@ -44,6 +45,7 @@ from tests.store.values import (
 )
 
 deferred_test = pytest_twisted.ensureDeferred
+DAY_MS = 24 * 3_600_000
 
 
 def oracle_calls(records, q):
@@ -630,6 +632,146 @@ class StoreContract:
         assert len(await store.outbox_matching("radius", r.id, 1)) == 1
         await store.write(WriteBatch(outbox_done=[("radius", found[0].id)]))
         assert [i.id for i in await store.outbox_matching("radius", r.id, 10)] == [found[1].id]
+
+
+    # -- retention (issue 11) -----------------------------------------------------
+
+    async def expire_all(self, store, kind, before, limit=3, stale_after=0):
+        """Batches of `limit` until the sweep is through: (deleted, cdrs, batches)."""
+        deleted = cdrs = batches = 0
+        after = None
+        for _ in range(1000):
+            got = await store.expire(kind, before, limit, after, stale_after=stale_after)
+            assert isinstance(got, Expired) and got.deleted <= limit
+            deleted, cdrs, batches = deleted + got.deleted, cdrs + got.cdrs, batches + 1
+            if got.after is None:
+                return deleted, cdrs, batches
+            after = got.after
+        raise AssertionError("the sweep never ended")
+
+    @deferred_test
+    async def test_expire_log_deletes_only_what_is_older_than_the_cutoff(self, store):
+        times = [DAY - 3 * HOUR, DAY - 2 * HOUR, DAY - 1, DAY - 1, DAY, DAY + 1, DAY - 5 * HOUR, DAY - 1]
+        await store.write(WriteBatch(log=[log_entry(t, detail=str(n)) for n, t in enumerate(times)]))
+        assert await store.oldest() == {"events": None, "log": DAY - 5 * HOUR, "records": None}
+        assert await self.expire_all(store, "log", DAY, limit=2) == (6, 0, 4)
+        assert sorted(e.time for e in await store.log(LogQuery())) == [DAY, DAY + 1]
+        assert (await store.oldest())["log"] == DAY
+        # nothing older left: one batch that finds nothing
+        assert await store.expire("log", DAY, 2) == Expired(deleted=0)
+
+    @deferred_test
+    async def test_expire_never_deletes_events_that_recovery_replays(self, store):
+        old = [event(n, ref=n, time=DAY - 10 * HOUR + n) for n in range(1, 9)]
+        other = [event(n, ref=n, time=DAY - 10 * HOUR, gateway=KEY2) for n in range(1, 4)]
+        new = [event(n, ref=n, time=DAY + n) for n in range(9, 12)]
+        ids = [e.id for e in (await store.write(WriteBatch(events=old + other + new))).events]
+        # KEY's oldest open call began at its 6th event; KEY2 has no cursor:
+        # its events were never applied
+        await store.write(WriteBatch(cursors=[cursor(applied=ids[-1], replay_from=ids[5])]))
+        assert await self.expire_all(store, "events", DAY, limit=2) == (5, 0, 6)
+        left = await store.events(EventQuery(newest_first=False, limit=100))
+        assert [(e.gateway, e.seq) for e in left] == [
+            (KEY, 6), (KEY, 7), (KEY, 8), (KEY2, 1), (KEY2, 2), (KEY2, 3), (KEY, 9), (KEY, 10), (KEY, 11)]
+        assert (await store.oldest())["events"] == DAY - 10 * HOUR
+
+    @deferred_test
+    async def test_expire_records_takes_their_cdrs_and_keeps_the_hour_sums_true(self, store):
+        records, cdrs = searchable(300)
+        # a CDR created by one call and billed by another (a transfer), and
+        # one of a row written before billed_call existed
+        moved = cdr(records[0].id, 7, records[0].begin, billed_call=records[-1].id)
+        older = cdr(records[1].id, 8, records[1].begin, billed_call="")
+        cdrs += [moved, older]
+        await store.write(WriteBatch(records=records[:150], cdrs=cdrs[:100]))
+        await store.write(WriteBatch(records=records[150:], cdrs=cdrs[100:]))
+        cutoff = DAY + 7 * HOUR + 30 * 60_000  # not on a whole hour
+        deleted, gone_cdrs, _ = await self.expire_all(store, "records", cutoff, limit=40)
+        kept = [r for r in records if r.begin >= cutoff]
+        kept_ids = {r.id for r in kept}
+        kept_cdrs = [c for c in cdrs if (c.billed_call or c.call) in kept_ids]
+        assert 0 < deleted == len(records) - len(kept) and 0 < len(kept)
+        assert gone_cdrs == len(cdrs) - len(kept_cdrs)
+        page = await store.calls(CallQuery(limit=1000))
+        assert sorted(r.id for r in page.records) == sorted(kept_ids)
+        assert page.total == page.filtered == len(kept)
+        assert sorted(c.id for c in (await store.cdrs(CdrQuery(limit=1000)))[1]) == sorted(c.id for c in kept_cdrs)
+        # every count the pages read from the hourly sums agrees with the records left
+        span = (DAY - 48 * HOUR, DAY + 72 * HOUR)
+        assert await store.call_totals(CallQuery(since=span[0], until=span[1])) == oracle_totals(kept)
+        for flt in CALL_FILTERS:
+            q = CallQuery(since=span[0], until=span[1], filter=flt, limit=0)
+            got = await store.calls(q)
+            assert (got.total, got.filtered) == oracle_calls(kept, q)[:2]
+        stats = await store.call_stats(*span, 24 * HOUR)
+        assert sum(s.calls for s in stats) == len(kept)
+        assert all(s.start + 24 * HOUR > cutoff for s in stats)
+        hourly = {(s.gateway, s.start): s.calls for s in await store.call_stats(*span, HOUR)}
+        want = {}
+        for r in kept:
+            key = (r.gateway, r.begin // HOUR * HOUR)
+            want[key] = want.get(key, 0) + 1
+        assert hourly == want
+        by_gateway = await store.call_summary(CallQuery(since=span[0], until=span[1]), "gateway")
+        assert sum(r.totals.calls for r in by_gateway) == len(kept)
+        assert (await store.oldest())["records"] == min(r.begin for r in kept)
+
+    @deferred_test
+    async def test_expire_never_deletes_a_record_an_outbox_has_not_delivered(self, store):
+        old = DAY - 30 * DAY_MS
+        await store.write(WriteBatch(records=[record(1, old)]))  # the outbox was empty
+        await store.write(WriteBatch(records=[record(2, old)], outbox=[item("radius", b"stop 2")]))
+        await store.write(WriteBatch(records=[record(3, old)], outbox=[item("syslog", b"cdr 3")]))
+        await store.write(WriteBatch(records=[record(4, old)]))  # written while 2 and 3 wait
+        assert await self.expire_all(store, "records", DAY, limit=10) == (1, 0, 1)
+        radius = await store.outbox("radius", 0, 10)
+        await store.write(WriteBatch(outbox_done=[("radius", radius[0].id)]))
+        # 3's item still waits, so nothing written since it stored goes
+        assert await self.expire_all(store, "records", DAY, limit=10) == (1, 0, 1)
+        syslog = await store.outbox("syslog", 0, 10)
+        await store.write(WriteBatch(
+            outbox_done=[("syslog", syslog[0].id)], records=[record(5, old)], outbox=[item("radius", b"stop 5")]))
+        assert await self.expire_all(store, "records", DAY, limit=10) == (2, 0, 1)
+        assert [r.ref for r in (await store.calls(CallQuery())).records] == [5]
+
+    @deferred_test
+    async def test_expire_keeps_records_that_recovery_marks_ended(self, store):
+        """Recovery tombstones the calls that ended up to stale_after before
+        the first event it replays: deleting them would record them again."""
+        first = DAY - 2 * HOUR
+        events = (await store.write(WriteBatch(events=[event(1, ref=9, time=first)]))).events
+        await store.write(WriteBatch(
+            records=[
+                record(1, first - 3 * HOUR, end=first - 3 * HOUR + 1),
+                record(2, first - HOUR, end=first - 10),  # ended within 60 s before
+                record(3, first - HOUR, end=first - 10, gateway=KEY2),  # no open call there
+            ],
+            cursors=[cursor(applied=events[0].id, replay_from=events[0].id)],
+        ))
+        assert await self.expire_all(store, "records", DAY, limit=10, stale_after=60_000) == (2, 0, 1)
+        assert [r.ref for r in (await store.calls(CallQuery())).records] == [2]
+        assert await self.expire_all(store, "records", DAY, limit=10, stale_after=0) == (1, 0, 1)
+
+    @deferred_test
+    async def test_expire_goes_on_past_what_it_keeps(self, store):
+        """A batch of held rows only moves on: later batches still delete."""
+        events = (await store.write(WriteBatch(
+            events=[event(n, ref=n, time=DAY - 100 + n) for n in range(1, 7)],
+            cursors=[cursor(applied=0, replay_from=0)],
+        ))).events
+        await store.write(WriteBatch(events=[event(1, ref=1, time=DAY - 200, gateway=KEY2)]))
+        await store.write(WriteBatch(cursors=[cursor(applied=events[-1].id, replay_from=events[-1].id + 1)]))
+        got = await store.expire("events", DAY, 1)  # KEY2's: no cursor, kept
+        assert got.deleted == 0 and got.after is not None
+        got = await store.expire("events", DAY, 4, got.after)
+        assert got.deleted == 4
+        assert await store.expire("events", DAY, 4, got.after) == Expired(deleted=2)
+        assert [e.gateway for e in await store.events(EventQuery())] == [KEY2]
+
+    @deferred_test
+    async def test_expire_refuses_an_unknown_kind(self, store):
+        with pytest.raises(ValueError, match="gateways"):
+            await store.expire("gateways", DAY, 10)
 
 
 class DurableStoreContract(StoreContract):
