@@ -562,9 +562,9 @@ def _retention(s: _Section) -> RetentionConfig:
     if batch > 10_000:
         raise ConfigError(s.setting("batch"), f"{batch} is above 10000 (one delete must stay short)")
     return RetentionConfig(
-        events_days=s.integer("events_days", d.events_days),
-        log_days=s.integer("log_days", d.log_days),
-        records_days=s.integer("records_days", d.records_days),
+        events_days=s.integer("events_days", d.events_days, minimum=0),
+        log_days=s.integer("log_days", d.log_days, minimum=0),
+        records_days=s.integer("records_days", d.records_days, minimum=0),
         interval=interval,
         batch=batch,
     )
