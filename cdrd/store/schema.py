@@ -250,6 +250,12 @@ MIGRATIONS.append([
     "CREATE INDEX cdrs_billed_call ON cdrs (billed_call)",
 ])
 
+MIGRATIONS.append([
+    # the billing page's totals per CUI (docs/web.md): for the CUIs of one
+    # page, index-only over each CUI's range of start
+    "CREATE INDEX cdrs_cui_start ON cdrs (cui, start, gateway, duration)",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 

@@ -830,6 +830,11 @@ class SqlStore:
                 )
         if query.cause is not None:
             where.add("status = ?", query.cause)
+        if query.cuis is not None:
+            if not query.cuis:
+                where.add("1 = 0")
+            else:
+                where.add(f"cui IN ({', '.join('?' * len(query.cuis))})", *query.cuis)
         return where
 
     def cdrs(self, query):

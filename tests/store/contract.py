@@ -135,6 +135,7 @@ def oracle_cdrs(cdrs, q):
             and (q.max_duration is None or d <= q.max_duration)
             and (q.windows is None or any(a <= c.start < b for a, b in q.windows))
             and (q.cause is None or c.status == q.cause)
+            and (q.cuis is None or c.cui in q.cuis)
         )
 
     out = [c for c in cdrs if keep(c)]
@@ -607,6 +608,8 @@ class StoreContract:
             CdrQuery(number="252", min_duration=1000), CdrQuery(max_duration=999),
             CdrQuery(windows=((DAY, DAY + 12 * HOUR),)), CdrQuery(cause="busy"), CdrQuery(cause=""),
             CdrQuery(since=DAY, until=DAY + DAY, cui="B"),
+            CdrQuery(cuis=("ACME-1", "BETA", "nobody")), CdrQuery(cuis=()),
+            CdrQuery(cuis=("ACME-1",), since=DAY, until=DAY + DAY, gateway=KEY),
         ]
         for q in queries:
             for sort in CDR_SORTS:
