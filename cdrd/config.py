@@ -176,9 +176,17 @@ class ServerConfig:
     clock_tolerance: float = field(default=5.0, validator=_at_least(0))
     stale_after: float = field(default=86400.0, validator=_at_least(60))
     max_divert_depth: int = field(default=8, validator=_at_least(1))
-    # gateway connections open at once (logged in or not); more are refused.
-    # Keep it below the process's open-files limit (systemd LimitNOFILE)
+    # gateways logged in at once; one more LOGIN is answered unavailable.
+    # Connections not logged in have budgets of their own (below).  Keep
+    # max_connections + unauthenticated_total below the process's
+    # open-files limit (systemd LimitNOFILE)
     max_connections: int = field(default=1000, validator=_at_least(1))
+    # connections not logged in, per source address and in all: when a
+    # budget is full, its oldest connection gives way to the new one
+    unauthenticated_per_address: int = field(default=64, validator=_at_least(1))
+    unauthenticated_total: int = field(default=1024, validator=_at_least(1))
+    # seconds a connection may take to log in
+    login_timeout: float = field(default=10.0, validator=_at_least(1))
     # /metrics (and the probes) without auth on a listener of its own,
     # e.g. "tcp:9510:interface=10.0.0.5"; "" = off (see docs/monitoring.md)
     metrics_endpoint: str = ""
@@ -403,6 +411,9 @@ def _server(s: _Section) -> ServerConfig:
         stale_after=s.number("stale_after", d.stale_after),
         max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth),
         max_connections=s.integer("max_connections", d.max_connections),
+        unauthenticated_per_address=s.integer("unauthenticated_per_address", d.unauthenticated_per_address),
+        unauthenticated_total=s.integer("unauthenticated_total", d.unauthenticated_total),
+        login_timeout=s.number("login_timeout", d.login_timeout),
         metrics_endpoint=s.text("metrics_endpoint", d.metrics_endpoint),
         outbox_alert_age=s.number("outbox_alert_age", d.outbox_alert_age),
         bad_packet_flood=s.integer("bad_packet_flood", d.bad_packet_flood),
