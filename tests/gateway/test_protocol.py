@@ -736,7 +736,7 @@ def test_giving_way_is_logged_once_a_minute_with_the_count():
     logged = []
     globalLogPublisher.addObserver(logged.append)
     try:
-        h = Harness(unauthenticated_per_address=1)
+        h = Harness(unauthenticated_per_address=1, login_timeout=600)
         for _ in range(5):
             h.connect()
         h.clock.advance(61)
