@@ -686,6 +686,7 @@ class GatewaySession:
         self.closed_why = self.closed_why or DISCONNECT
         self.phase = CLOSING
         self._events, self._log, self._ack = [], [], 0
+        self._heard, self._received, self._duplicates = None, 0, 0
         return log
 
     # -- verbs of a logged-in gateway ----------------------------------------------
