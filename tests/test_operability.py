@@ -21,8 +21,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from cdrd import config as C
 from cdrd.gateway.codec import parse_line
+from cdrd.service import DaemonStatus, build_service
 from cdrd.systemd import notify
-from cdrd.tap import DaemonStatus, build_config, build_service
+from cdrd.tap import build_config
 from cdrd.web.auth import hash_password
 from tests.test_tap import LOGIN, JournalStore
 

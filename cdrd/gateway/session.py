@@ -514,7 +514,7 @@ class GatewaySession:
     seq stored in order) and follows the events handed to the store.
     """
 
-    config: Config
+    config: Config = field(repr=False)
     peer: str
     nonce: str
     phase: str = AWAITING_LOGIN
