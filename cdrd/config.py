@@ -57,6 +57,15 @@ def _at_least(minimum):
     return check
 
 
+def _at_most(maximum, why: str):
+    def check(inst, attribute, value):
+        if value > maximum:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise ConfigError(_setting(inst, attribute), f"{shown} is above {maximum} ({why})")
+
+    return check
+
+
 def _one_of(*choices, message: str):
     def check(inst, attribute, value):
         if value not in choices:
@@ -286,13 +295,16 @@ class CsvConfig:
 class RetentionConfig:
     """How long the store keeps each kind of row (docs/store.md, "Retention")."""
 
-    events_days: int = 0  # raw gateway events; 0 = keep forever
-    log_days: int = 0  # the gateway log
-    records_days: int = 0  # call records with their CDRs
+    SECTION = "retention"
+
+    events_days: int = field(default=0, validator=_at_least(0))  # raw gateway events; 0 = keep forever
+    log_days: int = field(default=0, validator=_at_least(0))  # the gateway log
+    records_days: int = field(default=0, validator=_at_least(0))  # call records with their CDRs
     # seconds between sweeps (one also runs at start-up): at least hourly
-    interval: float = 3600.0
+    interval: float = field(default=3600.0, validator=[
+        _at_least(60), _at_most(3600, "a sweep runs at least hourly")])
     # rows deleted per transaction: one delete stays a few milliseconds
-    batch: int = 200
+    batch: int = field(default=200, validator=[_at_least(1), _at_most(10_000, "one delete must stay short")])
 
     def days(self, kind: str) -> int:
         """The days `kind` ("events", "log", "records") is kept; 0 = forever."""
@@ -566,18 +578,12 @@ WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-
 def _retention(s: _Section) -> RetentionConfig:
     d = RetentionConfig()
     s.unknown({a.name for a in RetentionConfig.__attrs_attrs__})
-    interval = s.number("interval", d.interval, minimum=60)
-    if interval > 3600:
-        raise ConfigError(s.setting("interval"), f"{interval:g} is above 3600 (a sweep runs at least hourly)")
-    batch = s.integer("batch", d.batch, minimum=1)
-    if batch > 10_000:
-        raise ConfigError(s.setting("batch"), f"{batch} is above 10000 (one delete must stay short)")
     return RetentionConfig(
-        events_days=s.integer("events_days", d.events_days, minimum=0),
-        log_days=s.integer("log_days", d.log_days, minimum=0),
-        records_days=s.integer("records_days", d.records_days, minimum=0),
-        interval=interval,
-        batch=batch,
+        events_days=s.integer("events_days", d.events_days),
+        log_days=s.integer("log_days", d.log_days),
+        records_days=s.integer("records_days", d.records_days),
+        interval=s.number("interval", d.interval),
+        batch=s.integer("batch", d.batch),
     )
 
 
