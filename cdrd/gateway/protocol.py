@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from cdrd.config import Config
 from cdrd.gateway import session as S
+from cdrd.gateway.budget import ConnectionBudgets, LogEvery
 from cdrd.gateway.codec import MAX_LINE, format_message
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
@@ -54,35 +55,6 @@ class _Refused(Protocol):
         self.transport.loseConnection()
 
 
-class _Budget:
-    """Connections not logged in, oldest first: in all and per source address."""
-
-    def __init__(self):
-        self.all: dict[GatewayProtocol, None] = {}  # insertion order: oldest first
-        self.by_host: dict[str, dict[GatewayProtocol, None]] = {}
-
-    def __len__(self) -> int:
-        return len(self.all)
-
-    def add(self, proto: GatewayProtocol) -> None:
-        self.all[proto] = None
-        self.by_host.setdefault(proto.host, {})[proto] = None
-
-    def discard(self, proto: GatewayProtocol) -> None:
-        if self.all.pop(proto, 0) is None:
-            of_host = self.by_host[proto.host]
-            del of_host[proto]
-            if not of_host:
-                del self.by_host[proto.host]
-
-    def oldest(self, host: str | None = None) -> GatewayProtocol | None:
-        pool = self.all if host is None else self.by_host.get(host, {})
-        return next(iter(pool), None)
-
-    def of(self, host: str) -> int:
-        return len(self.by_host.get(host, ()))
-
-
 class GatewayFactory(Factory):
     """Serves GWP/1 for every gateway of this node."""
 
@@ -107,82 +79,60 @@ class GatewayFactory(Factory):
         self.make_nonce = make_nonce
         self._paused: set[GatewayProtocol] = set()
         self.connections: set[GatewayProtocol] = set()
-        # not logged in (oldest first), and logging in or logged in
-        self.unauthenticated = _Budget()
-        self.authenticated: set[GatewayProtocol] = set()
+        server = config.server
+        self.budgets = ConnectionBudgets(
+            server.unauthenticated_per_address, server.unauthenticated_total, server.max_connections)
         self.stopping = False
         # read by cdrd.metrics at scrape time; `ack_latency(seconds)` is set there
         self.events_received = self.events_duplicate = 0
         self.connections_given_way = 0  # not logged in, closed for a newer connection
         self.ack_latency = None
         self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
-        # operator log lines about refusals and evictions: at most one a
-        # minute each, with the count (a flood must not flood the log)
-        self._refused = self._given_way = 0
-        self._refusal_logged: float | None = None
-        self._give_way_logged: float | None = None
+        # operator log lines about refusals and connections that gave way:
+        # at most one a minute each, with the count
+        self._refusals = LogEvery(REFUSAL_LOG_INTERVAL)
+        self._given_way = LogEvery(REFUSAL_LOG_INTERVAL)
 
     def buildProtocol(self, addr):
         if self.stopping:
-            self._refuse(addr, "cdrd is stopping")
+            self._refuse(f"{_host(addr)}:{getattr(addr, 'port', '?')}", "cdrd is stopping")
             return _Refused()
-        server = self.config.server
-        host = _host(addr)
-        if self.unauthenticated.of(host) >= server.unauthenticated_per_address:
-            self._give_way(self.unauthenticated.oldest(host), "server.unauthenticated_per_address")
-        if len(self.unauthenticated) >= server.unauthenticated_total:
-            self._give_way(self.unauthenticated.oldest(), "server.unauthenticated_total")
+        for proto, setting in self.budgets.arriving(S.visible(_host(addr))):
+            self._give_way(proto, setting)
         return GatewayProtocol(self, addr)
 
     def connected(self, proto: GatewayProtocol) -> None:
         self.connections.add(proto)
-        self.unauthenticated.add(proto)
+        self.budgets.waiting(proto, proto.host)
 
     def admit(self, proto: GatewayProtocol, key: str) -> bool:
-        """
-        `proto`'s LOGIN passed its checks: it leaves the budget of
-        connections not logged in.  False: `server.max_connections`
-        gateways are logged in (or logging in) already; a gateway already
-        known here (a relogin, its writes in flight) always has room.
-        """
-        self.unauthenticated.discard(proto)
+        """`proto`'s LOGIN of `key` passed its checks: is there room for one more gateway?"""
+        if self.budgets.admit(proto, known=self.registry.get(key) is not None):
+            return True
         limit = self.config.server.max_connections
-        if len(self.authenticated) >= limit and self.registry.get(key) is None:
-            self._refuse(proto.peer, f"{limit} gateways logged in (server.max_connections)")
-            return False
-        self.authenticated.add(proto)
-        return True
+        self._refuse(proto.peer, f"{limit} gateways logged in (server.max_connections)")
+        return False
 
     def _give_way(self, proto: GatewayProtocol, setting: str) -> None:
-        limit = getattr(self.config.server, setting.split(".", 1)[1])
         proto.giveWay(setting)
         self.connections_given_way += 1
-        self._given_way += 1
-        now = self.clock.seconds()
-        if self._give_way_logged is not None and now - self._give_way_logged < REFUSAL_LOG_INTERVAL:
-            return
-        self.log.warn(
-            "{count} connection(s) not logged in gave way to newer ones, the last from {peer}:"
-            " {limit} not logged in ({setting})",
-            count=self._given_way, peer=proto.peer, limit=limit, setting=setting,
-        )
-        self._given_way = 0
-        self._give_way_logged = now
+        count = self._given_way.note(self.clock.seconds())
+        if count is not None:
+            self.log.warn(
+                "{count} connection(s) not logged in gave way to newer ones, the last from {peer}:"
+                " {limit} not logged in ({setting})",
+                count=count, peer=proto.peer, setting=setting,
+                limit=getattr(self.config.server, setting.split(".", 1)[1]),
+            )
 
-    def _refuse(self, peer, why: str) -> None:
+    def _refuse(self, peer: str, why: str) -> None:
         """One log line per minute at most, with the count: a flood must not flood the log."""
-        self._refused += 1
-        now = self.clock.seconds()
-        if self._refusal_logged is not None and now - self._refusal_logged < REFUSAL_LOG_INTERVAL:
-            return
-        if not isinstance(peer, str):
-            peer = f"{_host(peer)}:{getattr(peer, 'port', '?')}"
-        self.log.warn(
-            "refused {count} gateway connection(s), the last from {peer}: {why}",
-            count=self._refused, peer=peer, why=why,
-        )
-        self._refused = 0
-        self._refusal_logged = now
+        count = self._refusals.note(self.clock.seconds())
+        if count is not None:
+            self.log.warn(
+                "refused {count} gateway connection(s), the last from {peer}: {why}",
+                count=count, peer=peer, why=why,
+            )
 
     def shutdown(self) -> None:
         """
@@ -210,8 +160,7 @@ class GatewayFactory(Factory):
 
     def closing(self, proto: GatewayProtocol) -> None:
         """`proto` is closing (its transport may take a while): it counts in no budget now."""
-        self.unauthenticated.discard(proto)
-        self.authenticated.discard(proto)
+        self.budgets.leave(proto)
 
     def forget(self, proto: GatewayProtocol) -> None:
         self._paused.discard(proto)
