@@ -390,7 +390,7 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
             skew=link.state.skew_ms,
         )
         self.setTimeout(self.factory.config.server.idle_timeout)
-        self._do(self.session.accepted(self.now(), link.state, link.committed))
+        self._do(self.session.accepted(self.now(), link.state, link.committed, secrets.token_hex(4)))
         self._flush()
         if self.session.phase == S.LOGGED_IN:
             self.transport.resumeProducing()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import secrets
 from collections import deque
 from collections.abc import Mapping
 
@@ -641,16 +640,17 @@ class GatewaySession:
             received=look_up.received, heard=heard,
         )
 
-    def accepted(self, now: int, state: GatewayState, last: int) -> list:
+    def accepted(self, now: int, state: GatewayState, last: int, session_id: str) -> list:
         """
         The login's outcome is stored: OK, then the lines queued meanwhile.
-        `last` is the highest seq of the gateway stored in order.
+        `last` is the highest seq of the gateway stored in order;
+        `session_id` the OK's ``session=``.
         """
         if self.phase != LOGGING_IN:
             return []
         self.phase = LOGGED_IN
         self.boot, self.skew_ms, self.submitted = state.boot, state.skew_ms, last
-        actions: list = [Send("OK", {"session": secrets.token_hex(4), "last": str(last)})]
+        actions: list = [Send("OK", {"session": session_id, "last": str(last)})]
         queued, self._queued = self._queued, []
         for line in queued:
             if self.phase != LOGGED_IN:

@@ -285,9 +285,9 @@ def logged_in(last=0) -> S.GatewaySession:
     s = session()
     (look_up,) = s.line(NOW, PLAIN.encode())
     outcome = s.decide(NOW, look_up, None, set(), False, None)
-    actions = s.accepted(NOW, outcome.state, last)
+    actions = s.accepted(NOW, outcome.state, last, "7f3a")
     assert [type(a) for a in actions] == [S.Send] and actions[0].verb == "OK"
-    assert actions[0].fields["last"] == str(last)
+    assert actions[0].fields == {"session": "7f3a", "last": str(last)}
     s.flush()
     return s
 
@@ -320,7 +320,7 @@ class TestGatewaySession:
         assert s.line(NOW, b"EV seq=1 ref=1 type=HOOK_OFF port=1") == []
         assert s.line(NOW, b"PING") == []
         outcome = s.decide(NOW, look_up, None, set(), False, None)
-        actions = s.accepted(NOW, outcome.state, 0)
+        actions = s.accepted(NOW, outcome.state, 0, "7f3a")
         assert [a.verb for a in actions] == ["OK", "PONG"]
         batch = s.flush()
         assert [e.seq for e in batch.events] == [1] and batch.ack == 1
