@@ -73,6 +73,7 @@ integration: system-deps venv
 
 bench: venv
 	$(PY) bench/ingest.py
+	$(PY) bench/budgets.py
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py
 	$(PY) bench/report.py

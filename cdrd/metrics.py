@@ -136,6 +136,12 @@ class CdrdCollector:
                                 value=len(g.registry.online()) if g is not None else 0)
         yield GaugeMetricFamily("cdrd_gateway_connections", "Gateway TCP connections open",
                                 value=len(g.connections) if g is not None else 0)
+        yield GaugeMetricFamily("cdrd_gateway_connections_not_logged_in",
+                                "Gateway TCP connections that have not logged in",
+                                value=g.budgets.not_logged_in if g is not None else 0)
+        yield counter("cdrd_gateway_connections_given_way",
+                      "Connections not logged in closed for a newer one (a budget full)",
+                      value=g.connections_given_way if g is not None else 0)
         calls = self.m.sources.get("calls")
         yield GaugeMetricFamily("cdrd_calls_open", "Calls open in the call model",
                                 value=calls.model.open_count() if calls is not None else 0)
