@@ -250,6 +250,12 @@ MIGRATIONS.append([
     "CREATE INDEX cdrs_billed_call ON cdrs (billed_call)",
 ])
 
+MIGRATIONS.append([
+    # a coalesced gateway log entry (cdrd.gateway.coalesce): how many times
+    # it happened within its minute; entries stored before happened once
+    "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 

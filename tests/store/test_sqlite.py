@@ -13,7 +13,7 @@ import pytest_twisted
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
-from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, WriteBatch
+from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, LogQuery, WriteBatch
 from cdrd.store import open_store
 from cdrd.store.schema import (
     MIGRATIONS,
@@ -313,5 +313,26 @@ async def test_migration_4_holds_records_stored_before_until_the_outbox_empties(
         item = (await store.outbox("radius", 0, 1))[0]
         await store.write(WriteBatch(outbox_done=[("radius", item.id)]))
         assert (await store.expire("records", DAY + 1, 10)).deleted == 2
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_5_counts_the_log_entries_stored_before_once(path):
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_VERSION_DDL)
+    for index in range(4):
+        for statement in migration_statements("sqlite", index):
+            conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (4)")
+    conn.execute("INSERT INTO log (time, event, peer, gateway, mac, detail)"
+                  " VALUES (1, 'Bad Packet', '127.0.0.1:4000', '???', '', 'unknown verb')")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        [entry] = await store.log(LogQuery())
+        assert (entry.event, entry.count) == ("Bad Packet", 1)
     finally:
         await store.close()
