@@ -79,8 +79,9 @@ class WriteBatch:
 class LogCount:
     """
     The count so far of a gateway log entry that stands for repeats
-    (cdrd.gateway.coalesce): the stored row with the entry's time, event
-    and peer gets `count`.  Absolute, not an increment: writing it twice is
+    (cdrd.gateway.coalesce): the stored rows with the entry's time, event,
+    peer, gateway and MAC get `count` (the coalescer never opens two
+    entries alike).  Absolute, not an increment: writing it twice is
     harmless.  No row (deleted by retention, or its insert failed): nothing.
     """
 

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from cdrd.config import Config
 from cdrd.gateway import session as S
+from cdrd.gateway.coalesce import GatewayLogCoalescer
 from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line, seq_hint
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
@@ -87,6 +88,7 @@ class GatewayFactory(Factory):
         self.events_received = self.events_duplicate = 0
         self.ack_latency = None
         self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
+        self.coalescer = GatewayLogCoalescer(writer, clock)  # repeated log entries: one row with a count
         self._refusal_logged: float | None = None
 
     def buildProtocol(self, addr):
@@ -121,6 +123,7 @@ class GatewayFactory(Factory):
         self.stopping = True
         for proto in list(self.connections):
             proto.serverShutdown()
+        self.coalescer.close()
 
     # -- back-pressure: the store is the bottleneck, not memory -------------
 
@@ -141,7 +144,7 @@ class GatewayFactory(Factory):
         self.connections.discard(proto)
 
     def submit(self, batch: WriteBatch) -> Deferred:
-        d = self.writer.submit(batch)
+        d = self.coalescer.submit(batch)
         submitted = self.clock.seconds()  # the lines' receipt: this reactor turn
 
         def done(result):

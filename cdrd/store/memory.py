@@ -164,10 +164,10 @@ class MemoryStore:
         return WriteResult(events=tuple(inserted))
 
     def _set_log_count(self, c) -> None:
-        key = (c.entry.time, c.entry.event, c.entry.peer)
+        key = (c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac)
         for i in range(len(self._log) - 1, -1, -1):  # a coalesced entry is a recent one
             e = self._log[i]
-            if (e.time, e.event, e.peer) == key:
+            if (e.time, e.event, e.peer, e.gateway, e.mac) == key:
                 self._log[i] = evolve(e, count=c.count)
 
     # -- queries -----------------------------------------------------------

@@ -315,8 +315,9 @@ class SqlStore:
         )
         for c in batch.log_counts:  # a few a batch: one per coalesced entry every few seconds
             self._exec(
-                cur, "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ?",  # the log_time index
-                (c.count, c.entry.time, c.entry.event, c.entry.peer),
+                cur,
+                "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?",
+                (c.count, c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac),  # log_time
             )
         if batch.gateways:
             updates = ", ".join(f"{f} = excluded.{f}" for f in GATEWAY_FIELDS[1:])
