@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest import BIN, free_port, stop, wait_port  # noqa: E402
 
-from cdrd.gateway.codec import format_gateway_time, format_message, parse_line  # noqa: E402
+from cdrd.gateway.codec import format_message  # noqa: E402
+from tests.integration.daemon import GatewayClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COALESCED = ("Bad Packet", "Gateway Disconnect", "Login Rejected")
@@ -72,29 +73,15 @@ def start(tree: Path, tmp: Path) -> tuple[subprocess.Popen, int, Path]:
     return proc, port, db
 
 
-class Gateway:
+class Gateway(GatewayClient):
     """One logged-in gateway, one event in flight: the time to each ACK."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.read()  # HELLO
-        self.sock.sendall(format_message("LOGIN", {
-            "proto": "1", "gw": "8200", "mac": "000C2A020082", "fxs": "2", "fxo": "2", "isdn": "0",
-            "callref": "1", "time": format_gateway_time(int(time.time() * 1000))}))
-        ok = self.read()
+        super().__init__(port)
+        ok = self.login(callref=1)
         if ok.verb != "OK":
             raise RuntimeError(f"login answered {ok.verb} {ok.fields}")
         self.seq = 0
-
-    def read(self):
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed by cdrd")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return parse_line(line)
 
     def event(self) -> float:
         self.seq += 1

@@ -46,7 +46,8 @@ def test_a_garbage_flood_adds_one_row_a_minute_and_loses_no_count_at_stop(tmp_pa
         assert gw.read().verb == "BYE"
         gw.close()
     finally:
-        assert daemon.stop() == -signal.SIGTERM  # a clean stop (twistd re-raises it), at once: the counts of the last seconds are only in memory
+        # a clean stop (twistd re-raises SIGTERM), at once: the last seconds' counts are only in memory
+        assert daemon.stop() == -signal.SIGTERM
 
     db = sqlite3.connect(tmp_path / "cdrd.sqlite")
     rows = db.execute(
