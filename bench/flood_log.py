@@ -195,8 +195,11 @@ def tree_of(ref: str, tmp: Path) -> Path:
     """The files of git revision `ref` of this repository, in tmp (read from git, nothing else touched)."""
     out = tmp / ref.replace("/", "_")
     out.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True)
+    if archive.returncode:
+        why = archive.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        raise SystemExit(f"flood_log: --baseline {ref}: git archive failed ({why[0]}); name a revision, or 'none'")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
     return out
 
 

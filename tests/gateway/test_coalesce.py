@@ -261,3 +261,25 @@ def test_a_rejected_gateway_retrying_is_one_row():
     h.settle()
     [entry] = h.log()
     assert (entry.event, entry.gateway, entry.count) == ("Login Rejected", "8200", 7)
+
+
+def test_an_ack_behind_a_coalesced_bad_packet_waits_for_the_events_before_it():
+    from tests.gateway.test_writer import ScriptedStore
+
+    store = ScriptedStore()
+    h = Harness(store=store)
+    gw = h.login()
+    h.replies(gw)
+    gw.dataReceived(b"BOGUS\n")  # the window's first Bad Packet: written
+    h.settle()
+    h.replies(gw)
+    store.hold = True
+    gw.dataReceived(b"EV seq=1 ref=1 type=HOOK_OFF port=1\n")
+    h.settle()
+    gw.dataReceived(b"BOGUS\nEV seq=1 ref=1 type=HOOK_OFF port=1\n")  # a repeat and a duplicate: nothing to write
+    h.settle()
+    assert [m.verb for m in h.replies(gw)] == ["ERR"]  # no ACK while seq 1 is not stored
+    while store.held:
+        store.held.pop(0).callback(None)
+        h.settle()
+    assert [(m.verb, m.fields["seq"]) for m in h.replies(gw)] == [("ACK", "1"), ("ACK", "1")]
