@@ -211,6 +211,8 @@ class CdrQuery:
         default=None, converter=lambda v: None if v is None else tuple(tuple(w) for w in v)
     )
     cause: str | None = None
+    #: only CDRs of these CUIs exactly (the per-CUI totals of one page's CUIs)
+    cuis: tuple[str, ...] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
     #: "written" (the default; what `after` pages) or a CDR_SORTS column, then written order
     sort: str = "written"
     descending: bool = False

@@ -353,6 +353,7 @@ class MemoryStore:
                 and (query.max_duration is None or duration <= query.max_duration)
                 and _in_windows(c.start, query.windows)
                 and (query.cause is None or c.status == query.cause)
+                and (query.cuis is None or c.cui in query.cuis)
             ):
                 out.append(c)
         return out

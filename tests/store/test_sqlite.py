@@ -320,8 +320,8 @@ async def test_migration_4_holds_records_stored_before_until_the_outbox_empties(
 
 
 @pytest_twisted.ensureDeferred
-async def test_migration_5_counts_the_log_entries_stored_before_once(path):
-    conn = database_at(path, 4)
+async def test_migration_6_counts_the_log_entries_stored_before_once(path):
+    conn = database_at(path, 5)
     conn.execute("INSERT INTO log (time, event, peer, gateway, mac, detail)"
                   " VALUES (1, 'Bad Packet', '127.0.0.1:4000', '???', '', 'unknown verb')")
     conn.commit()
