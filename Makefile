@@ -77,6 +77,7 @@ bench: venv
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py
 	$(PY) bench/report.py
+	$(PY) bench/flood_log.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

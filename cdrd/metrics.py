@@ -132,6 +132,13 @@ class CdrdCollector:
                       value=(g.events_duplicate if g is not None else 0) + m.store_duplicates)
         yield counter("cdrd_bad_packets", "Bad packets (ERR code=bad) from gateways",
                       value=g.flood.total if g is not None else 0)
+        log_entries = counter("cdrd_gateway_log_entries", "Gateway log entries, by event, each repeat counted"
+                              " (the store keeps repeats as one entry with a count)", labels=["event"])
+        for event, n in sorted(g.coalescer.counted.items() if g is not None else ()):
+            log_entries.add_metric([event], n)
+        yield log_entries
+        yield GaugeMetricFamily("cdrd_gateway_log_windows", "Coalesced gateway log entries being counted",
+                                value=g.coalescer.tracked if g is not None else 0)
         yield GaugeMetricFamily("cdrd_gateways_online", "Gateways logged in",
                                 value=len(g.registry.online()) if g is not None else 0)
         yield GaugeMetricFamily("cdrd_gateway_connections", "Gateway TCP connections open",

@@ -29,6 +29,7 @@ from tests.test_tap import LOGIN, JournalStore
 
 FAMILIES = {
     "cdrd_events_received", "cdrd_events_stored", "cdrd_events_duplicate", "cdrd_bad_packets",
+    "cdrd_gateway_log_entries", "cdrd_gateway_log_windows",
     "cdrd_ack_latency_seconds", "cdrd_store_commit_seconds", "cdrd_store_batch_events",
     "cdrd_gateways_online", "cdrd_gateway_connections", "cdrd_calls_open", "cdrd_calls", "cdrd_cdrs",
     "cdrd_gateway_connections_not_logged_in", "cdrd_gateway_connections_given_way",
@@ -103,6 +104,9 @@ def test_metrics_count_what_the_gateway_sent_and_the_store_kept():
     assert m[("cdrd_events_stored_total", ())] == 2
     assert m[("cdrd_events_duplicate_total", ())] == 1
     assert m[("cdrd_bad_packets_total", ())] == 1
+    assert m[("cdrd_gateway_log_entries_total", (("event", "Bad Packet"),))] == 1
+    assert m[("cdrd_gateway_log_entries_total", (("event", "Login"),))] == 1
+    assert m[("cdrd_gateway_log_windows", ())] == 1
     assert m[("cdrd_gateways_online", ())] == 1
     assert m[("cdrd_gateway_connections", ())] == 1
     assert m[("cdrd_gateway_connections_not_logged_in", ())] == 0

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from cdrd.config import Config
 from cdrd.gateway import session as S
 from cdrd.gateway.budget import ConnectionBudgets, LogEvery
+from cdrd.gateway.coalesce import GatewayLogCoalescer
 from cdrd.gateway.codec import MAX_LINE, format_message
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
@@ -88,6 +89,7 @@ class GatewayFactory(Factory):
         self.connections_given_way = 0  # not logged in, closed for a newer connection
         self.ack_latency = None
         self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
+        self.coalescer = GatewayLogCoalescer(writer, clock)  # repeated log entries: one row with a count
         # operator log lines about refusals and connections that gave way:
         # at most one a minute each, with the count
         self._refusals = LogEvery(REFUSAL_LOG_INTERVAL)
@@ -143,6 +145,7 @@ class GatewayFactory(Factory):
         self.stopping = True
         for proto in list(self.connections):
             proto.serverShutdown()
+        self.coalescer.close()
 
     # -- back-pressure: the store is the bottleneck, not memory -------------
 
@@ -168,7 +171,7 @@ class GatewayFactory(Factory):
         self.closing(proto)
 
     def submit(self, batch: WriteBatch) -> Deferred:
-        d = self.writer.submit(batch)
+        d = self.coalescer.submit(batch)
         submitted = self.clock.seconds()  # the lines' receipt: this reactor turn
 
         def done(result):

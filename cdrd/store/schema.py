@@ -274,6 +274,12 @@ MIGRATIONS.append([
     f" COALESCE(SUM(duration), 0) FROM cdrs GROUP BY start / {HOUR_MS}",
 ])
 
+MIGRATIONS.append([
+    # a coalesced gateway log entry (cdrd.gateway.coalesce): how many times
+    # it happened within its minute; entries stored before happened once
+    "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 
