@@ -101,6 +101,7 @@ class CallService(Service):
         self._held: dict[str, list] = {}  # sink name -> products, in order
         self._waiters: list[defer.Deferred] = []
         self.written = 0  # derived transactions committed, for tests and status
+        self.failed_writes = 0  # failed tries of the write being retried (0: none failing)
 
     # -- the API used by other rooms ---------------------------------------
 
@@ -400,6 +401,9 @@ class CallService(Service):
     def _written(self, _result, pending: _Pending, after: _After) -> None:
         self._inflight = None
         self.written += 1
+        if self.failed_writes:
+            self.log.info("calls: products written after {tries} failed tries", tries=self.failed_writes)
+            self.failed_writes = 0
         self._hold(after)
         for sink in self.sinks:
             products = after.delivered.get(sink.name)
@@ -443,8 +447,11 @@ class CallService(Service):
 
     def _write_failed(self, failure, pending: _Pending) -> None:
         self._inflight = None
-        self.log.error(
-            "calls: writing {products} products failed ({error}); retrying in {delay}s",
+        self.failed_writes += 1
+        # one line when the store starts refusing, not one per retry: an
+        # outage of an hour would be 3,600 lines (the writer says when it ends)
+        (self.log.error if self.failed_writes == 1 else self.log.debug)(
+            "calls: writing {products} products failed ({error}); retrying every {delay}s",
             products=len(pending.products),
             error=failure.getErrorMessage(),
             delay=RETRY_DELAY,

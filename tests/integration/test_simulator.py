@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def sim(*args: str) -> list[str]:
 
 def stored_sequences(daemon: Daemon) -> dict[str, tuple[int, int, int, int]]:
     """Per gateway: (events, distinct seqs, lowest seq, highest seq), and the gateways' last_seq."""
-    with sqlite3.connect(daemon.database[len("sqlite:"):]) as db:
+    # closing(): a sqlite3 connection's own `with` commits, it does not close
+    with closing(sqlite3.connect(daemon.database[len("sqlite:"):])) as db:
         rows = db.execute(
             "SELECT gateway, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events"
             " WHERE seq IS NOT NULL GROUP BY gateway"
