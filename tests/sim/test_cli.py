@@ -124,3 +124,14 @@ def test_load_against_real_cdrd(tmp_path):
         assert summary["acked"] == summary["events"]
     finally:
         daemon.stop()
+
+
+def test_load_without_a_server_retries_until_its_connect_timeout(tmp_path):
+    from tests.integration.daemon import free_port
+
+    done = sim("load", "--server", f"tcp:127.0.0.1:{free_port()}", "--gateways", "3", "--calls", "1",
+               "--connect-timeout", "2.5")
+    assert done.returncode == 1
+    assert "cdrd-sim: 3 of 3 gateways not logged in after 2.5 s (is the server up?)" in done.stderr
+    bad = sim("load", "--server", "tcp:127.0.0.1:9", "--calls", "1", "--connect-timeout", "0")
+    assert bad.returncode == 2 and "--connect-timeout" in bad.stderr
