@@ -68,6 +68,7 @@ class _Writes:
     held: dict[str, list] = field(factory=dict)  # sink name -> products, in order
     waiters: list[defer.Deferred] = field(factory=list)  # idle() callers
     written: int = 0  # derived transactions committed, for tests and status
+    failed: int = 0  # failed tries of the write being retried (0: none failing)
 
 
 @define
@@ -120,6 +121,11 @@ class CallService(Service):
     @property
     def written(self) -> int:
         return self._writes.written
+
+    @property
+    def failed_writes(self) -> int:
+        """Failed tries of the write being retried (0: none failing)."""
+        return self._writes.failed
 
     # -- the API used by other rooms ---------------------------------------
 
@@ -419,6 +425,9 @@ class CallService(Service):
     def _written(self, _result, pending: _Pending, after: _After) -> None:
         self._writes.inflight = None
         self._writes.written += 1
+        if self._writes.failed:
+            self.log.info("calls: products written after {tries} failed tries", tries=self._writes.failed)
+            self._writes.failed = 0
         self._hold(after)
         for sink in self.sinks:
             products = after.delivered.get(sink.name)
@@ -462,8 +471,11 @@ class CallService(Service):
 
     def _write_failed(self, failure, pending: _Pending) -> None:
         self._writes.inflight = None
-        self.log.error(
-            "calls: writing {products} products failed ({error}); retrying in {delay}s",
+        self._writes.failed += 1
+        # one line when the store starts refusing, not one per retry: an
+        # outage of an hour would be 3,600 lines (the writer says when it ends)
+        (self.log.error if self._writes.failed == 1 else self.log.debug)(
+            "calls: writing {products} products failed ({error}); retrying every {delay}s",
             products=len(pending.products),
             error=failure.getErrorMessage(),
             delay=RETRY_DELAY,

@@ -455,8 +455,10 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def _store_failed(self, failure, what: str):
         # the writer logged the store's error once per transaction; this
-        # says whom it hit
-        self.log.warn(
+        # says whom it hit (not worth a line per gateway while the writer
+        # already says that the store refuses every write)
+        refusing = getattr(self.factory.writer, "refusing", None) is not None
+        (self.log.debug if refusing else self.log.warn)(
             "store write failed ({what}) for gateway {gateway} from {peer}: {error}",
             what=what, gateway=self.session.gw, peer=self.peer,
             error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
