@@ -428,6 +428,8 @@ class IBatchWriter(Interface):
 
     pending = Attribute("Events submitted and not yet committed (int): the back-pressure figure.")
     busy = Attribute("A transaction is in flight or submissions wait (bool).")
+    refusing = Attribute(
+        "Why the store refuses writes (str: disk full, database down), or None while it takes them.")
 
     def submit(batch):
         """Deferred[WriteResult] firing once the transaction holding the

@@ -457,7 +457,7 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
         # the writer logged the store's error once per transaction; this
         # says whom it hit (not worth a line per gateway while the writer
         # already says that the store refuses every write)
-        refusing = getattr(self.factory.writer, "refusing", None) is not None
+        refusing = self.factory.writer.refusing is not None
         (self.log.debug if refusing else self.log.warn)(
             "store write failed ({what}) for gateway {gateway} from {peer}: {error}",
             what=what, gateway=self.session.gw, peer=self.peer,
