@@ -402,12 +402,18 @@ class SqlStore:
                 if duration is not None:
                     row[1] += 1
                     row[2] += duration
+        self._add_hours(cur, "cdr_hours", ("cdrs", "answered", "duration"), sums, sign)
+
+    def _add_hours(self, cur, table: str, columns, sums, sign: int) -> None:
+        """Add `sums` ((gateway, hour) -> a value per column) to an hourly
+        table, times `sign`; taking off (-1) deletes the hours left empty
+        (their first column, the count, at 0)."""
+        adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
         self._many(
             cur,
-            "INSERT INTO cdr_hours (gateway, hour, cdrs, answered, duration) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (gateway, hour) DO UPDATE SET cdrs = cdr_hours.cdrs + excluded.cdrs,"
-            " answered = cdr_hours.answered + excluded.answered,"
-            " duration = cdr_hours.duration + excluded.duration",
+            f"INSERT INTO {table} (gateway, hour, {', '.join(columns)})"
+            f" VALUES ({', '.join('?' * (2 + len(columns)))})"
+            f" ON CONFLICT (gateway, hour) DO UPDATE SET {adds}",
             [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()],
         )
         if sign < 0:
@@ -415,7 +421,8 @@ class SqlStore:
             for i in range(0, len(hours), MAX_ROWS):
                 part = hours[i:i + MAX_ROWS]
                 self._exec(
-                    cur, f"DELETE FROM cdr_hours WHERE hour IN ({', '.join('?' * len(part))}) AND cdrs <= 0",
+                    cur,
+                    f"DELETE FROM {table} WHERE hour IN ({', '.join('?' * len(part))}) AND {columns[0]} <= 0",
                     part,
                 )
 
@@ -442,23 +449,7 @@ class SqlStore:
                     if answered:
                         row[index["attempts_answered"]] += 1
                         row[index["talk"]] += r.talk or 0
-        columns = ", ".join(HOUR_COLUMNS)
-        adds = ", ".join(f"{c} = call_hours.{c} + excluded.{c}" for c in HOUR_COLUMNS)
-        self._many(
-            cur,
-            f"INSERT INTO call_hours (gateway, hour, {columns})"
-            f" VALUES ({', '.join('?' * (2 + len(HOUR_COLUMNS)))})"
-            f" ON CONFLICT (gateway, hour) DO UPDATE SET {adds}",
-            [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()],
-        )
-        if sign < 0:
-            hours = sorted({h for _, h in sums})
-            for i in range(0, len(hours), MAX_ROWS):
-                part = hours[i:i + MAX_ROWS]
-                self._exec(
-                    cur, f"DELETE FROM call_hours WHERE hour IN ({', '.join('?' * len(part))}) AND calls <= 0",
-                    part,
-                )
+        self._add_hours(cur, "call_hours", HOUR_COLUMNS, sums, sign)
 
     # -- queries ---------------------------------------------------------------
 
