@@ -494,9 +494,19 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                "--window", str(args.window), "--seed", str(args.seed), "--drain", str(args.drain)]
         if args.closed:
             cmd.append("--closed")
+        spy = None
+        if args.py_spy and mode != "bare":
+            # py-spy (pip install py-spy) samples cdrd while the load runs
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--nonblocking",
+                 "--format", "raw", "-o", str(args.py_spy / f"{mode}-{tree.name}-{rate:g}.txt"),
+                 "-d", str(int(args.duration) + 1), "-p", str(server.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done = subprocess.run(cmd, cwd=ROOT, env=environment(ROOT), capture_output=True,
                               timeout=args.duration + args.drain + 120)
         wall = time.monotonic() - w0
+        if spy is not None:
+            spy.wait(30)
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
         result["peers_cpu_pct"] = 100 * (sum(cpu_seconds(p) for p in peer_pids) - peer0) / wall
         out = done.stdout.decode().strip().splitlines()
@@ -583,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stop-above", action="store_true",
                    help="stop a tree's rates after its first rate over the objective")
+    p.add_argument("--py-spy", type=Path, help="a directory: a py-spy --gil profile of cdrd per run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv[1:] if client else argv)
     if client:
