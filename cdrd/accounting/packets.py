@@ -142,10 +142,7 @@ def leg_attributes(leg: Leg, nas_ip: str | None) -> list[tuple[str, object]]:
     if user:
         attrs.append(("User-Name", _text(user)))
     if nas_ip:
-        if ipaddress.ip_address(nas_ip).version == 6:
-            attrs.append(("NAS-IPv6-Address", nas_ip))
-        else:
-            attrs.append(("NAS-IP-Address", nas_ip))
+        attrs.append((_nas_address(nas_ip), nas_ip))
     attrs.append(("NAS-Identifier", _text(leg.gateway)))
     for number, kind in ((leg.port, "fxs"), (leg.pport, "fxo")):
         if number is not None:
@@ -169,8 +166,18 @@ def leg_attributes(leg: Leg, nas_ip: str | None) -> list[tuple[str, object]]:
     return attrs
 
 
+@functools.lru_cache(maxsize=16)
+def _nas_address(nas_ip: str) -> str:
+    """The attribute of cdrd's address (one configured value: cached)."""
+    if ipaddress.ip_address(nas_ip).version == 6:
+        return "NAS-IPv6-Address"
+    return "NAS-IP-Address"
+
+
 def _chunks(text: str, size: int) -> list[str]:
     """UTF-8 text in pieces of at most `size` bytes, never splitting a character."""
+    if len(text) * 4 <= size or len(text.encode()) <= size:
+        return [text]  # the common case: one piece
     out, current, length = [], [], 0
     for ch in text:
         n = len(ch.encode())
