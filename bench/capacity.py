@@ -31,9 +31,15 @@ acknowledged per second: saturation.
 Printed per run: offered and acknowledged calls/s and events/s, ACK p50 /
 p99 / max (ms), how late the client sent (p99 of its send lag: large means
 client-limited, not server-limited), client and server CPU (% of one core,
-from getrusage and /proc), the outboxes' largest depth (sampled every
-0.25 s from the store) and the seconds they took to drain after the last
-ACK, and for ``full`` the CDRs stored and delivered to each peer.
+from getrusage and /proc), the server's CPU ms per call (the outboxes'
+delivery included: the figure a busy, shared machine disturbs least), the
+peers' CPU (FreeRADIUS, rsyslog), the outboxes' largest depth (sampled
+every 0.25 s from the store) and the seconds they took to drain after the
+last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
+share of time something waited for a CPU; high means the figures are the
+machine's, not cdrd's), and for ``full`` the CDRs stored and delivered to
+each peer.  A rate counts for the capacity only with ACK p99 <= 100 ms,
+every event acknowledged, the outboxes drained and every CDR delivered.
 
 Event lines come from a pool of pre-rendered calls (cdrd.sim.load's shapes)
 with only seq and ref filled in when sent; their t= times end at the run's
@@ -48,20 +54,20 @@ import json
 import os
 import random
 import resource
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import ingest  # noqa: E402
+from bench.ingest import drop_postgres, free_port, postgres_database, stop  # noqa: E402
 
 #: The objective: ACK p99 at most this (ms) for a rate to count.
 P99_LIMIT_MS = 100.0
@@ -108,7 +114,7 @@ def run_client(args) -> dict:
     total_calls = round(args.rate * args.duration) if not args.closed else 0
     state = {"connected": 0, "t0": None, "sent_calls": 0, "done_sending": False,
              "errors": 0, "lags": [], "latencies": [], "acked_events": 0, "sent_events": 0,
-             "acked_in_window": 0, "finished": False}
+             "acked_in_window": 0, "calls_in_window": 0, "finished": False}
     gateways: list[Gateway] = []
 
     class Gateway(Protocol):
@@ -165,8 +171,11 @@ def run_client(args) -> dict:
                 state["acked_in_window"] += top - self.acked
             self.acked = top
             track, lat = self.track, state["latencies"]
+            before = len(lat)
             while track and track[0][0] <= top:
                 lat.append(now - track.popleft()[1])
+            if t0 is not None and now <= t0 + args.duration:
+                state["calls_in_window"] += len(lat) - before
             if args.closed and not state["done_sending"]:
                 self.fill(now)
             if state["done_sending"]:
@@ -284,7 +293,8 @@ def run_client(args) -> dict:
         "errors": state["errors"],
         "events_per_s": (state["acked_in_window"] / args.duration) if args.closed
         else acked / max(1e-9, state["sent_at"] - state["t0"]),
-        "calls_per_s": calls_done / max(1e-9, (args.duration if args.closed else state["sent_at"] - state["t0"])),
+        "calls_per_s": state["calls_in_window"] / args.duration if args.closed
+        else calls_done / max(1e-9, state["sent_at"] - state["t0"]),
         "p50_ms": percentile(lat, 0.50),
         "p99_ms": percentile(lat, 0.99),
         "max_ms": max(lat, default=0.0),
@@ -298,39 +308,14 @@ def run_client(args) -> dict:
 # -- the driver ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str, logs=()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.settimeout(2.0)
-                if s.recv(512).startswith(b"HELLO "):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    stop(proc)
-    tail = "".join(Path(p).read_text(errors="replace")[-1500:] for p in logs if Path(p).exists())
-    raise RuntimeError(f"{what} not listening on {port}:\n{tail}")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+    """bench/ingest.py's wait, stopping the process and showing its logs on failure."""
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+        ingest.wait_port(port, proc, timeout, what)
+    except RuntimeError as e:
+        stop(proc)
+        tail = "".join(Path(p).read_text(errors="replace")[-1500:] for p in logs if Path(p).exists())
+        raise RuntimeError(f"{e}:\n{tail}") from None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -422,18 +407,6 @@ def stored_cdrs(database: str) -> set[str]:
 
     with psycopg.connect(database, connect_timeout=5) as conn:
         return {r[0] for r in conn.execute("SELECT id FROM cdrs")}
-
-
-def postgres_database() -> tuple[str, str]:
-    name = f"cdrd_capacity_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
-    return f"postgresql://postgres@127.0.0.1:5432/{name}", name
-
-
-def drop_postgres(name: str) -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
-                    f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
 def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:

@@ -330,13 +330,18 @@ def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
     assert len(pkts) == 2 and all(len(raw) <= 4096 for raw, _ in r.ports[0].written)
     assert reassemble_records(pkts) == ([line], ["f" * 32])
     assert pkts[0]["Calling-Station-Id"] == ["3" * 253]
+    deleted_once_every_part_is_answered(svc, store, r, 2)
+
+
+def deleted_once_every_part_is_answered(svc, store, r, parts):
+    """The one item of a Stop sent in `parts` packets stays until all are answered."""
     answer(r.ports[0], r.ports[0].written[0][0], SECRET.encode(), D)
     r.advance(0)
     assert len(store.items) == 1  # not before every part is answered
     answer_all(r, svc)
     r.advance(0)
     assert not store.items
-    assert svc.status()["sent"] == svc.status()["answered"] == 2
+    assert svc.status()["sent"] == svc.status()["answered"] == parts
 
 
 def test_facts_from_the_ingest_path_send_the_same_packets():
@@ -374,13 +379,7 @@ def test_a_stop_of_facts_over_one_packet_is_deleted_once_every_part_is_answered(
     pkts = sent(r)
     assert len(pkts) > 1 and [p["cdrd-CDR-Part"][0] for p in pkts][-1] == f"{len(pkts)}/{len(pkts)}"
     assert [line for p in pkts for line in p["cdrd-CDR"]] == [c.line for c in cdrs]
-    answer(r.ports[0], r.ports[0].written[0][0], SECRET.encode(), D)
-    r.advance(0)
-    assert len(store.items) == 1  # not before every part is answered
-    answer_all(r, svc)
-    r.advance(0)
-    assert not store.items
-    assert svc.status()["sent"] == svc.status()["answered"] == len(pkts)
+    deleted_once_every_part_is_answered(svc, store, r, len(pkts))
 
 
 def called(pkts, leg_suffix, status):
