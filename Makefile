@@ -73,8 +73,7 @@ integration: system-deps venv
 
 bench: venv
 	$(PY) bench/ingest.py
-	$(PY) bench/capacity.py --mode bare --closed
-	$(PY) bench/capacity.py --mode sqlite --closed
+	$(PY) bench/capacity.py --mode sqlite --closed --window 1024 --floor
 	$(PY) bench/capacity.py --mode sqlite --rates 500,1000,2000,3000
 	$(PY) bench/capacity.py --mode full --rates 500,1000,2000
 	$(PY) bench/capacity.py --mode postgresql --rates 500,1000,2000

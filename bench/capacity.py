@@ -5,8 +5,7 @@ stays within 100 ms, with the outboxes bounded and every CDR delivered.
     .venv/bin/python bench/capacity.py --mode full --rates 500,1000,2000
     .venv/bin/python bench/capacity.py --mode sqlite --rates 1000,2000,3000 \\
         --tree /work/h15-base --tree .          # baseline and change, alternating
-    .venv/bin/python bench/capacity.py --mode bare --closed --window 256
-    .venv/bin/python bench/capacity.py --mode sqlite --closed --window 256
+    .venv/bin/python bench/capacity.py --mode sqlite --closed --window 1024 --floor
 
 Modes (the server under test):
 
@@ -584,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stop-above", action="store_true",
                    help="stop a tree's rates after its first rate over the objective")
+    p.add_argument("--floor", action="store_true",
+                   help="also run the bare server in every round (the floor, same run)")
     p.add_argument("--py-spy", type=Path, help="a directory: a py-spy --gil profile of cdrd per run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv[1:] if client else argv)
@@ -608,15 +609,27 @@ def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             for rnd in range(args.rounds):
                 order = trees if (rnd + len(results)) % 2 == 0 else list(reversed(trees))
-                for tree in order:
-                    if tree in over:
+                runs = [(args.mode, tree) for tree in order]
+                if args.floor and args.mode != "bare":
+                    runs.insert(rnd % 2 * len(runs), ("bare", ROOT))  # first, then last: alternating
+                floor = None
+                for mode, tree in runs:
+                    if tree in over and mode == args.mode:
                         continue
                     n += 1
-                    r = one_run(args.mode, tree, rate, args, Path(tmpdir) / f"run{n}")
+                    r = one_run(mode, tree, rate, args, Path(tmpdir) / f"run{n}")
                     results.append(r)
                     print(show(r, trees), flush=True)
-                    if args.stop_above and not args.closed and not passed(r):
+                    if mode == "bare":
+                        floor = r
+                    elif args.stop_above and not args.closed and not passed(r):
                         over.add(tree)
+                if floor is not None and "error" not in floor and args.closed:
+                    for r in results[-len(runs):]:
+                        if r["mode"] != "bare" and "error" not in r:
+                            print(f"  {Path(r['tree']).name}/bare: {r['events_per_s'] / floor['events_per_s']:.2f}"
+                                  f" of the floor's events/s (the floor's server at {floor['server_cpu_pct']:.0f} %"
+                                  f" of a core, its client at {floor['client_cpu_pct']:.0f} %)", flush=True)
     if not args.closed:
         for tree in trees:
             ok = [r["rate"] for r in results if r["tree"] == str(tree) and passed(r)]
