@@ -629,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                         if r["mode"] != "bare" and "error" not in r:
                             print(f"  {Path(r['tree']).name}/bare: {r['events_per_s'] / floor['events_per_s']:.2f}"
                                   f" of the floor's events/s (the floor's server at {floor['server_cpu_pct']:.0f} %"
-                                  f" of a core, its client at {floor['client_cpu_pct']:.0f} %)", flush=True)
+                                  f" of a core, its client at {floor['client_cpu_pct']:.0f} %)"
+                                  + ("" if floor["server_cpu_pct"] >= 90 else
+                                     ": the floor was NOT saturated, the ratio is an upper bound"), flush=True)
     if not args.closed:
         for tree in trees:
             ok = [r["rate"] for r in results if r["tree"] == str(tree) and passed(r)]
