@@ -196,9 +196,14 @@ class AccountingService(Service):
             expanded = packets.expand(
                 Payload.from_bytes(item.payload), self.config.nas_ip, self.dictionary
             )
-        except (ValueError, KeyError, TypeError):
-            # kept in the outbox for an operator: a swallowed item is lost data
-            self.log.error("unreadable RADIUS outbox item {id}", id=item.id)
+        except (ValueError, KeyError, TypeError) as e:
+            # kept in the outbox for an operator: a swallowed item is lost
+            # data (unreadable, or facts with a value out of its
+            # attribute's range, e.g. an Event-Timestamp past 2106)
+            self.log.error(
+                "RADIUS outbox item {id} cannot be read or built ({error}): left in the outbox",
+                id=item.id, error=str(e),
+            )
             return
         payload = expanded[0]
         if payload.kind == packets.OPEN:
@@ -232,20 +237,34 @@ class AccountingService(Service):
                     self._answered, item.id, payload
                 )
                 return
-            parts = packets.fit(self.dictionary, payload)
             # stored by an older cdrd over FreeRADIUS's limits: sent as the
             # packets spool() makes now, deleted once all are answered
-            if not packets.fits_exactly(self.dictionary, parts[-1].attributes):
-                self.log.error(
-                    "RADIUS outbox item {id} is over FreeRADIUS's limits and cannot be"
-                    " split again (a part of an older split): FreeRADIUS will drop it",
-                    id=item.id,
-                )
+            parts = packets.fit(self.dictionary, payload)
         else:
             parts = expanded  # a Stop whose CDRs take several packets
+        bodies = []
+        for part in parts:
+            try:
+                bodies.append(packets.encode_attributes(self.dictionary, part.attributes))
+            except ValueError as e:
+                # a value out of its attribute's range (Event-Timestamp
+                # past 2106): never handed to the client, which encodes
+                # again at every retransmission; kept for an operator
+                self._unanswered.pop(item.id, None)
+                self.log.error(
+                    "RADIUS outbox item {id} cannot be encoded ({error}): left in the outbox",
+                    id=item.id, error=str(e),
+                )
+                return
+        if parts is not expanded and not packets.fits_exactly(self.dictionary, parts[-1].attributes):
+            self.log.error(
+                "RADIUS outbox item {id} is over FreeRADIUS's limits and cannot be"
+                " split again (a part of an older split): FreeRADIUS will drop it",
+                id=item.id,
+            )
         self.sent += len(parts)
         d = defer.gatherResults(
-            [self.client.send(p).addCallback(self._count) for p in parts]
+            [self.client.send(p, b).addCallback(self._count) for p, b in zip(parts, bodies, strict=True)]
         )
         d.addCallback(self._delivered, item.id, payload)
 

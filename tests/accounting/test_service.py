@@ -382,6 +382,31 @@ def test_a_stop_of_facts_over_one_packet_is_deleted_once_every_part_is_answered(
     deleted_once_every_part_is_answered(svc, store, r, len(pkts))
 
 
+def test_an_item_that_cannot_be_encoded_stays_and_the_rest_is_sent():
+    """A Stop whose Event-Timestamp is past 2106 (a gateway's clock): the
+    ingest path stores its facts without building it; the sender logs the
+    item, leaves it in the outbox and sends the items after it."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    from cdrd.values import Leg, LegStart, LegStop
+
+    svc, store, r = make(interim=0)
+    svc.startService()
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cli="b")
+    far = 253_402_300_799_999  # 9999-12-31, the model's last time
+    # built when read (an inbound Stop keeps room for a number), and encoded
+    out = evolve(leg, id="c/2", direction="outbound", dialled="2252")
+    for o in (LegStop(leg, far, None, ""), LegStop(out, far, None, ""), LegStart(evolve(leg, id="c/1"), 0)):
+        store.spooled("radius", svc.spool_facts([o], 0), created=0)
+    with capturedLogs() as logs:
+        svc._pump()
+    assert [p["Acct-Session-Id"] for p in sent(r)] == [["c/1"]]
+    assert [e["id"] for e in logs if e.get("log_level") == LogLevel.error] == [1, 2]
+    answer_all(r, svc)
+    r.advance(0)
+    assert sorted(store.items) == [1, 2]
+
+
 def called(pkts, leg_suffix, status):
     return [
         p.get("Called-Station-Id")
