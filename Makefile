@@ -78,9 +78,11 @@ bench: venv
 	$(PY) bench/capacity.py --mode full --rates 500,1000,2000
 	$(PY) bench/capacity.py --mode postgresql --rates 500,1000,2000
 	$(PY) bench/spool.py
+	$(PY) bench/budgets.py
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py
 	$(PY) bench/report.py
+	$(PY) bench/flood_log.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

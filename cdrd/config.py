@@ -57,6 +57,15 @@ def _at_least(minimum):
     return check
 
 
+def _at_most(maximum, why: str):
+    def check(inst, attribute, value):
+        if value > maximum:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise ConfigError(_setting(inst, attribute), f"{shown} is above {maximum} ({why})")
+
+    return check
+
+
 def _one_of(*choices, message: str):
     def check(inst, attribute, value):
         if value not in choices:
@@ -176,9 +185,17 @@ class ServerConfig:
     clock_tolerance: float = field(default=5.0, validator=_at_least(0))
     stale_after: float = field(default=86400.0, validator=_at_least(60))
     max_divert_depth: int = field(default=8, validator=_at_least(1))
-    # gateway connections open at once (logged in or not); more are refused.
-    # Keep it below the process's open-files limit (systemd LimitNOFILE)
+    # gateways logged in at once; one more LOGIN is answered unavailable.
+    # Connections not logged in have budgets of their own (below).  Keep
+    # max_connections + unauthenticated_total below the process's
+    # open-files limit (systemd LimitNOFILE)
     max_connections: int = field(default=1000, validator=_at_least(1))
+    # connections not logged in, per source address and in all: when a
+    # budget is full, its oldest connection gives way to the new one
+    unauthenticated_per_address: int = field(default=64, validator=_at_least(1))
+    unauthenticated_total: int = field(default=1024, validator=_at_least(1))
+    # seconds a connection may take to log in
+    login_timeout: float = field(default=10.0, validator=_at_least(1))
     # /metrics (and the probes) without auth on a listener of its own,
     # e.g. "tcp:9510:interface=10.0.0.5"; "" = off (see docs/monitoring.md)
     metrics_endpoint: str = ""
@@ -278,13 +295,16 @@ class CsvConfig:
 class RetentionConfig:
     """How long the store keeps each kind of row (docs/store.md, "Retention")."""
 
-    events_days: int = 0  # raw gateway events; 0 = keep forever
-    log_days: int = 0  # the gateway log
-    records_days: int = 0  # call records with their CDRs
+    SECTION = "retention"
+
+    events_days: int = field(default=0, validator=_at_least(0))  # raw gateway events; 0 = keep forever
+    log_days: int = field(default=0, validator=_at_least(0))  # the gateway log
+    records_days: int = field(default=0, validator=_at_least(0))  # call records with their CDRs
     # seconds between sweeps (one also runs at start-up): at least hourly
-    interval: float = 3600.0
+    interval: float = field(default=3600.0, validator=[
+        _at_least(60), _at_most(3600, "a sweep runs at least hourly")])
     # rows deleted per transaction: one delete stays a few milliseconds
-    batch: int = 200
+    batch: int = field(default=200, validator=[_at_least(1), _at_most(10_000, "one delete must stay short")])
 
     def days(self, kind: str) -> int:
         """The days `kind` ("events", "log", "records") is kept; 0 = forever."""
@@ -403,6 +423,9 @@ def _server(s: _Section) -> ServerConfig:
         stale_after=s.number("stale_after", d.stale_after),
         max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth),
         max_connections=s.integer("max_connections", d.max_connections),
+        unauthenticated_per_address=s.integer("unauthenticated_per_address", d.unauthenticated_per_address),
+        unauthenticated_total=s.integer("unauthenticated_total", d.unauthenticated_total),
+        login_timeout=s.number("login_timeout", d.login_timeout),
         metrics_endpoint=s.text("metrics_endpoint", d.metrics_endpoint),
         outbox_alert_age=s.number("outbox_alert_age", d.outbox_alert_age),
         bad_packet_flood=s.integer("bad_packet_flood", d.bad_packet_flood),
@@ -555,18 +578,12 @@ WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-
 def _retention(s: _Section) -> RetentionConfig:
     d = RetentionConfig()
     s.unknown({a.name for a in RetentionConfig.__attrs_attrs__})
-    interval = s.number("interval", d.interval, minimum=60)
-    if interval > 3600:
-        raise ConfigError(s.setting("interval"), f"{interval:g} is above 3600 (a sweep runs at least hourly)")
-    batch = s.integer("batch", d.batch, minimum=1)
-    if batch > 10_000:
-        raise ConfigError(s.setting("batch"), f"{batch} is above 10000 (one delete must stay short)")
     return RetentionConfig(
-        events_days=s.integer("events_days", d.events_days, minimum=0),
-        log_days=s.integer("log_days", d.log_days, minimum=0),
-        records_days=s.integer("records_days", d.records_days, minimum=0),
-        interval=interval,
-        batch=batch,
+        events_days=s.integer("events_days", d.events_days),
+        log_days=s.integer("log_days", d.log_days),
+        records_days=s.integer("records_days", d.records_days),
+        interval=s.number("interval", d.interval),
+        batch=s.integer("batch", d.batch),
     )
 
 

@@ -55,6 +55,8 @@ class WriteBatch:
     - events: inserted unless (gateway, seq) is stored already (seq None is
       always inserted); the store assigns increasing ids in commit order.
     - log: gateway log entries, appended.
+    - log_counts: the counts of coalesced log entries stored before (in an
+      earlier batch), set (see LogCount).
     - gateways: upserted by key.
     - records, cdrs: inserted unless their id is stored already (a call is
       recorded once; a CDR is written once, whatever is replayed).
@@ -70,6 +72,21 @@ class WriteBatch:
     cursors: tuple[ModelCursor, ...] = field(default=(), converter=tuple)
     outbox: tuple[OutboxItem, ...] = field(default=(), converter=tuple)
     outbox_done: tuple[tuple[str, int], ...] = field(default=(), converter=tuple)
+    log_counts: tuple[LogCount, ...] = field(default=(), converter=tuple)
+
+
+@frozen
+class LogCount:
+    """
+    The count so far of a gateway log entry that stands for repeats
+    (cdrd.gateway.coalesce): the stored rows with the entry's time, event,
+    peer, gateway and MAC get `count` (the coalescer never opens two
+    entries alike).  Absolute, not an increment: writing it twice is
+    harmless.  No row (deleted by retention, or its insert failed): nothing.
+    """
+
+    entry: LogEntry  # as written in the earlier batch
+    count: int
 
 
 @frozen
@@ -194,6 +211,8 @@ class CdrQuery:
         default=None, converter=lambda v: None if v is None else tuple(tuple(w) for w in v)
     )
     cause: str | None = None
+    #: only CDRs of these CUIs exactly (the per-CUI totals of one page's CUIs)
+    cuis: tuple[str, ...] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
     #: "written" (the default; what `after` pages) or a CDR_SORTS column, then written order
     sort: str = "written"
     descending: bool = False

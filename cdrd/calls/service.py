@@ -56,6 +56,33 @@ def _describe(product: ModelOutput) -> str:
     return f"{type(product).__name__} {product.leg.id}"
 
 
+@define
+class _Writes:
+    """The products on their way to the store, and who waits for them."""
+
+    pending: _Pending = field(factory=_Pending)  # produced, not yet submitted
+    inflight: defer.Deferred | None = None  # the derived transaction in flight
+    retry: object | None = None  # IDelayedCall: a failed write tried again
+    # products a sink's spool() refused, held for it and retried with
+    # every later write (docs/calls.md, "A sink that cannot spool")
+    held: dict[str, list] = field(factory=dict)  # sink name -> products, in order
+    waiters: list[defer.Deferred] = field(factory=list)  # idle() callers
+    written: int = 0  # derived transactions committed, for tests and status
+
+
+@define
+class _Recovery:
+    active: bool = False
+    early: list = field(factory=list)  # committed events seen while recovering
+
+
+@define
+class _Sweep:
+    looping: task.LoopingCall | None = None
+    stale_sent: set = field(factory=set)  # calls a STALE event was written for
+
+
+@define(eq=False, slots=False, repr=False)
 class CallService(Service):
     """
     `store` is an IStore, `writer` the BatchWriter every write goes through,
@@ -66,41 +93,33 @@ class CallService(Service):
     and what the model produces meanwhile waits for the next one.
     """
 
+    config: Config
+    store: object
+    writer: object
+    clock: object
+    sinks: tuple = field(default=(), converter=tuple)
+    replay_page: int = REPLAY_PAGE
+    sweep_interval: float = SWEEP_INTERVAL
+    tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY
+    model: CallModel = field(init=False)
+    #: fires once the open calls are recovered
+    recovered: defer.Deferred = field(init=False, factory=defer.Deferred)
+    _writes: _Writes = field(init=False, factory=_Writes)
+    _recovery: _Recovery = field(init=False, factory=_Recovery)
+    _sweep: _Sweep = field(init=False, factory=_Sweep)
+
     log = Logger()
 
-    def __init__(
-        self,
-        config: Config,
-        store,
-        writer,
-        clock,
-        sinks=(),
-        replay_page: int = REPLAY_PAGE,
-        sweep_interval: float = SWEEP_INTERVAL,
-        tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY,
-    ):
-        self.config = config
-        self.store = store
-        self.writer = writer
-        self.clock = clock
-        self.sinks = tuple(sinks)
-        self.replay_page = replay_page
-        self.sweep_interval = sweep_interval
-        self.stale_after_ms = int(config.server.stale_after * 1000)
-        self.model = CallModel(config, tombstones_per_gateway)
-        self.recovered: defer.Deferred = defer.Deferred()
-        self._recovering = False
-        self._early: list = []  # committed events seen while recovering
-        self._pending = _Pending()
-        self._inflight: defer.Deferred | None = None
-        self._retry = None
-        self._sweeper: task.LoopingCall | None = None
-        self._stale_sent: set = set()
-        # products a sink's spool() refused, held for it and retried with
-        # every later write (docs/calls.md, "A sink that cannot spool")
-        self._held: dict[str, list] = {}  # sink name -> products, in order
-        self._waiters: list[defer.Deferred] = []
-        self.written = 0  # derived transactions committed, for tests and status
+    def __attrs_post_init__(self):
+        self.model = CallModel(self.config, self.tombstones_per_gateway)
+
+    @property
+    def stale_after_ms(self) -> int:
+        return int(self.config.server.stale_after * 1000)
+
+    @property
+    def written(self) -> int:
+        return self._writes.written
 
     # -- the API used by other rooms ---------------------------------------
 
@@ -112,17 +131,17 @@ class CallService(Service):
 
     def idle(self) -> defer.Deferred:
         """Fires once every product so far is written and the sinks told."""
-        if self._inflight is None and not self._pending and self._retry is None:
+        if self._writes.inflight is None and not self._writes.pending and self._writes.retry is None:
             return defer.succeed(None)
         d = defer.Deferred()
-        self._waiters.append(d)
+        self._writes.waiters.append(d)
         return d
 
     # -- lifecycle ---------------------------------------------------------
 
     def startService(self):
         super().startService()
-        self._recovering = True
+        self._recovery.active = True
         self.writer.add_listener(self._committed)
         d = defer.ensureDeferred(self._recover())
         d.addCallbacks(self._recovery_done, self._recovery_failed)
@@ -130,16 +149,16 @@ class CallService(Service):
 
     def stopService(self):
         super().stopService()
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        if self._sweep.looping is not None and self._sweep.looping.running:
+            self._sweep.looping.stop()
         try:
             self.writer.remove_listener(self._committed)
         except ValueError:
             pass
-        if self._retry is not None and self._retry.active():
+        if self._writes.retry is not None and self._writes.retry.active():
             # the store refuses our writes: stopping must not wait for it
-            self._retry.cancel()
-            self._retry = None
+            self._writes.retry.cancel()
+            self._writes.retry = None
             self._left_for_replay()
         d = self.idle()
         d.addCallback(self._stopped)
@@ -151,7 +170,7 @@ class CallService(Service):
         the cursors of those products were not written either, so the next
         start replays their events and makes them again.
         """
-        pending, self._pending = self._pending, _Pending()
+        pending, self._writes.pending = self._writes.pending, _Pending()
         if pending:
             self.log.warn(
                 "calls: stopping with {products} products unwritten (the store refused"
@@ -161,7 +180,7 @@ class CallService(Service):
         self._maybe_idle()
 
     def _stopped(self, _) -> None:
-        held, self._held = self._held, {}
+        held, self._writes.held = self._writes.held, {}
         for name, products in held.items():
             self._lost(name, products, "cdrd stopped")
 
@@ -216,7 +235,7 @@ class CallService(Service):
                 for event in page:
                     products = self._apply(event)
                     if event.id > applied and products:
-                        self._pending.products.extend(products)
+                        self._writes.pending.products.extend(products)
                 replayed += len(page)
                 after = page[-1].id
                 if len(page) < self.replay_page:
@@ -226,7 +245,7 @@ class CallService(Service):
                 and self.model.applied(gateway) is not None
                 and self.model.applied(gateway) > applied
             ):
-                self._pending.cursors[gateway] = self._cursor(gateway)
+                self._writes.pending.cursors[gateway] = self._cursor(gateway)
             self.log.info(
                 "calls: gateway {gateway} recovered: {replayed} events replayed"
                 " from id {start}, {open} calls open",
@@ -237,20 +256,20 @@ class CallService(Service):
             )
 
     def _recovery_done(self, _):
-        self._recovering = False
-        early, self._early = self._early, []
+        self._recovery.active = False
+        early, self._recovery.early = self._recovery.early, []
         self._take_all(early)
         self._flush()
-        self._sweeper = task.LoopingCall(self.sweep)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(self.sweep_interval, now=False).addErrback(
+        self._sweep.looping = task.LoopingCall(self.sweep)
+        self._sweep.looping.clock = self.clock
+        self._sweep.looping.start(self.sweep_interval, now=False).addErrback(
             lambda f: self.log.failure("stale sweep stopped", f)
         )
         d = self.idle()
         d.addCallback(lambda _: self.recovered.callback(None))
 
     def _recovery_failed(self, failure):
-        self._recovering = False
+        self._recovery.active = False
         self.log.failure("calls: recovery failed", failure)
         self.recovered.errback(failure)
 
@@ -263,14 +282,14 @@ class CallService(Service):
             self.model.gateway_seen(state)
         if not result.events:
             return  # our own derived batches, or gateway state only
-        if self._recovering:
-            self._early.extend(result.events)
+        if self._recovery.active:
+            self._recovery.early.extend(result.events)
             return
         self._take_all(result.events)
         self._flush()
 
     def _take_all(self, events) -> None:
-        products = self._pending.products
+        products = self._writes.pending.products
         touched = set()
         for event in events:
             out = self._apply(event)
@@ -279,7 +298,7 @@ class CallService(Service):
             touched.add(event.gateway)
         for gateway in touched:
             if self.model.applied(gateway) is not None:
-                self._pending.cursors[gateway] = self._cursor(gateway)
+                self._writes.pending.cursors[gateway] = self._cursor(gateway)
 
     def _apply(self, event: CallEvent) -> list:
         try:
@@ -294,7 +313,7 @@ class CallService(Service):
             return []
         for p in products:
             if isinstance(p, CallEnd):
-                self._stale_sent.discard(
+                self._sweep.stale_sent.discard(
                     (p.record.gateway, p.record.boot, p.record.ref)
                 )
         return products
@@ -311,9 +330,9 @@ class CallService(Service):
     # -- writing products, in order -----------------------------------------
 
     def _flush(self) -> None:
-        if self._inflight is not None or self._retry is not None or not self._pending:
+        if self._writes.inflight is not None or self._writes.retry is not None or not self._writes.pending:
             return
-        pending, self._pending = self._pending, _Pending()
+        pending, self._writes.pending = self._writes.pending, _Pending()
         self._write(pending)
 
     def _write(self, pending: _Pending) -> None:
@@ -329,7 +348,7 @@ class CallService(Service):
             )
             self._requeue(pending)
             return
-        self._inflight = d = self.writer.submit(batch)
+        self._writes.inflight = d = self.writer.submit(batch)
         d.addCallbacks(
             self._written,
             self._write_failed,
@@ -349,7 +368,7 @@ class CallService(Service):
         outbox = []
         after = _After()
         for sink in self.sinks:
-            waiting = self._held.get(sink.name, [])
+            waiting = self._writes.held.get(sink.name, [])
             todo = waiting + products if waiting else products
             if not todo:
                 continue
@@ -400,8 +419,8 @@ class CallService(Service):
         return payloads, spooled, refused
 
     def _written(self, _result, pending: _Pending, after: _After) -> None:
-        self._inflight = None
-        self.written += 1
+        self._writes.inflight = None
+        self._writes.written += 1
         self._hold(after)
         for sink in self.sinks:
             products = after.delivered.get(sink.name)
@@ -424,7 +443,7 @@ class CallService(Service):
                 shed, refused = refused[:-HELD_LIMIT], refused[-HELD_LIMIT:]
                 self._lost(name, shed, "it holds more than {limit} already")
             after.held[name] = refused
-        self._held = after.held
+        self._writes.held = after.held
 
     def _lost(self, sink: str, products: list, why: str) -> None:
         self.log.error(
@@ -441,10 +460,10 @@ class CallService(Service):
 
     def held(self) -> dict[str, int]:
         """Products each sink could not spool yet (status pages, tests)."""
-        return {name: len(products) for name, products in self._held.items()}
+        return {name: len(products) for name, products in self._writes.held.items()}
 
     def _write_failed(self, failure, pending: _Pending) -> None:
-        self._inflight = None
+        self._writes.inflight = None
         self.log.error(
             "calls: writing {products} products failed ({error}); retrying in {delay}s",
             products=len(pending.products),
@@ -455,21 +474,21 @@ class CallService(Service):
 
     def _requeue(self, pending: _Pending) -> None:
         # keep the order: this batch goes first, what came since after it
-        later, self._pending = self._pending, pending
+        later, self._writes.pending = self._writes.pending, pending
         pending.products.extend(later.products)
         pending.cursors.update(later.cursors)
         if not self.running:
             self._left_for_replay()
             return
-        self._retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
+        self._writes.retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
 
     def _retry_now(self) -> None:
-        self._retry = None
+        self._writes.retry = None
         self._flush()
 
     def _maybe_idle(self) -> None:
-        if self._inflight is None and not self._pending and self._retry is None:
-            waiters, self._waiters = self._waiters, []
+        if self._writes.inflight is None and not self._writes.pending and self._writes.retry is None:
+            waiters, self._writes.waiters = self._writes.waiters, []
             for d in waiters:
                 d.callback(None)
 
@@ -483,9 +502,9 @@ class CallService(Service):
             now, self.stale_after_ms
         ):
             key = (gateway, boot, ref)
-            if key in self._stale_sent:
+            if key in self._sweep.stale_sent:
                 continue
-            self._stale_sent.add(key)
+            self._sweep.stale_sent.add(key)
             events.append(
                 CallEvent(
                     gateway=gateway,
@@ -506,7 +525,7 @@ class CallService(Service):
 
     def _stale_failed(self, failure, events) -> None:
         for e in events:
-            self._stale_sent.discard((e.gateway, e.boot, e.ref))
+            self._sweep.stale_sent.discard((e.gateway, e.boot, e.ref))
         self.log.error(
             "calls: writing {count} STALE events failed: {error}",
             count=len(events),

@@ -250,6 +250,36 @@ MIGRATIONS.append([
     "CREATE INDEX cdrs_billed_call ON cdrs (billed_call)",
 ])
 
+MIGRATIONS.append([
+    # the billing page's totals per CUI (docs/web.md): for the CUIs of one
+    # page, index-only over each CUI's range of start
+    "CREATE INDEX cdrs_cui_start ON cdrs (cui, start, gateway, duration)",
+    # per gateway (and for all, gateway "*") and per hour of start, the CDRs'
+    # count, answered and duration: the billing page's count over a month or
+    # a year reads hundreds of rows, not millions (like call_hours).  Written
+    # in the same transaction as the CDRs it counts.
+    """CREATE TABLE cdr_hours (
+        gateway TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        cdrs BIGINT NOT NULL,
+        answered BIGINT NOT NULL,
+        duration BIGINT NOT NULL,
+        PRIMARY KEY (gateway, hour)
+    )""",
+    "INSERT INTO cdr_hours (gateway, hour, cdrs, answered, duration)"
+    f" SELECT gateway, start / {HOUR_MS} * {HOUR_MS}, COUNT(*), COUNT(duration), COALESCE(SUM(duration), 0)"
+    f" FROM cdrs GROUP BY gateway, start / {HOUR_MS}",
+    "INSERT INTO cdr_hours (gateway, hour, cdrs, answered, duration)"
+    f" SELECT '{ALL_GATEWAYS}', start / {HOUR_MS} * {HOUR_MS}, COUNT(*), COUNT(duration),"
+    f" COALESCE(SUM(duration), 0) FROM cdrs GROUP BY start / {HOUR_MS}",
+])
+
+MIGRATIONS.append([
+    # a coalesced gateway log entry (cdrd.gateway.coalesce): how many times
+    # it happened within its minute; entries stored before happened once
+    "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 

@@ -47,7 +47,7 @@ from cdrd.store.schema import (
 from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
 
 EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
-LOG_COLS = "id, time, event, peer, gateway, mac, detail"
+LOG_COLS = "id, time, event, peer, gateway, mac, detail, count"
 GATEWAY_FIELDS = (
     "key", "id", "mac", "last_seq", "boot", "boot_token", "restarts", "fxs", "fxo",
     "isdn", "callref", "firmware", "peer", "login", "skew_ms", "last_heard", "online",
@@ -76,8 +76,8 @@ def _event(row) -> CallEvent:
 
 
 def _log(row) -> LogEntry:
-    id_, time, event, peer, gateway, mac, detail = row
-    return LogEntry(time=time, event=event, peer=peer, gateway=gateway, mac=mac, detail=detail, id=id_)
+    id_, time, event, peer, gateway, mac, detail, count = row
+    return LogEntry(time=time, event=event, peer=peer, gateway=gateway, mac=mac, detail=detail, id=id_, count=count)
 
 
 def _gateway(row) -> GatewayState:
@@ -310,9 +310,15 @@ class SqlStore:
                     raise RuntimeError("events inserted by another writer during a write transaction")
         self._many(
             cur,
-            "INSERT INTO log (time, event, peer, gateway, mac, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail) for e in batch.log],
+            "INSERT INTO log (time, event, peer, gateway, mac, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in batch.log],
         )
+        for c in batch.log_counts:  # a few a batch: one per coalesced entry every few seconds
+            self._exec(
+                cur,
+                "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?",
+                (c.count, c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac),  # log_time
+            )
         if batch.gateways:
             updates = ", ".join(f"{f} = excluded.{f}" for f in GATEWAY_FIELDS[1:])
             marks = ", ".join("?" * len(GATEWAY_FIELDS))
@@ -322,11 +328,14 @@ class SqlStore:
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
                 [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
-        self._many(
-            cur,
-            f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
-            [_cdr_row(c) for c in batch.cdrs],
-        )
+        if batch.cdrs:
+            new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
+            self._many(
+                cur,
+                f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
+                [_cdr_row(c) for c in new_cdrs],
+            )
+            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new_cdrs])
         self._many(
             cur,
             "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
@@ -367,16 +376,48 @@ class SqlStore:
 
     def _new_records(self, cur, records) -> list:
         """The records not stored yet (a record is stored once), first of each id."""
+        return self._new_rows(cur, "calls", records)
+
+    def _new_rows(self, cur, table: str, values) -> list:
+        """The `values` (records, CDRs) whose id `table` does not hold yet, first of each id."""
         fresh = {}
-        for r in records:
-            fresh.setdefault(r.id, r)
+        for v in values:
+            fresh.setdefault(v.id, v)
         ids = list(fresh)
         for i in range(0, len(ids), MAX_ROWS):
             chunk = ids[i:i + MAX_ROWS]
             marks = ", ".join("?" * len(chunk))
-            for (stored,) in self._exec(cur, f"SELECT id FROM calls WHERE id IN ({marks})", chunk):
+            for (stored,) in self._exec(cur, f"SELECT id FROM {table} WHERE id IN ({marks})", chunk):
                 del fresh[stored]
         return list(fresh.values())
+
+    def _count_cdr_hours(self, cur, cdrs, sign: int = 1) -> None:
+        """Add CDRs, (gateway, start, duration) each, to cdr_hours (sign -1: take them off)."""
+        sums: dict[tuple[str, int], list[int]] = {}
+        for gateway, start, duration in cdrs:
+            hour = start // HOUR_MS * HOUR_MS
+            for g in (gateway, ALL_GATEWAYS):
+                row = sums.setdefault((g, hour), [0, 0, 0])
+                row[0] += 1
+                if duration is not None:
+                    row[1] += 1
+                    row[2] += duration
+        self._many(
+            cur,
+            "INSERT INTO cdr_hours (gateway, hour, cdrs, answered, duration) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (gateway, hour) DO UPDATE SET cdrs = cdr_hours.cdrs + excluded.cdrs,"
+            " answered = cdr_hours.answered + excluded.answered,"
+            " duration = cdr_hours.duration + excluded.duration",
+            [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()],
+        )
+        if sign < 0:
+            hours = sorted({h for _, h in sums})
+            for i in range(0, len(hours), MAX_ROWS):
+                part = hours[i:i + MAX_ROWS]
+                self._exec(
+                    cur, f"DELETE FROM cdr_hours WHERE hour IN ({', '.join('?' * len(part))}) AND cdrs <= 0",
+                    part,
+                )
 
     def _count_hours(self, cur, records, sign: int = 1) -> None:
         """Add `records` to call_hours (sign -1: take them off)."""
@@ -830,6 +871,11 @@ class SqlStore:
                 )
         if query.cause is not None:
             where.add("status = ?", query.cause)
+        if query.cuis is not None:
+            if not query.cuis:
+                where.add("1 = 0")
+            else:
+                where.add(f"cui IN ({', '.join('?' * len(query.cuis))})", *query.cuis)
         return where
 
     def cdrs(self, query):
@@ -851,7 +897,7 @@ class SqlStore:
             order = _order(CDR_SORT_COLUMN[query.sort], query.descending, "seq")
 
         def q(cur):
-            total = self._exec(cur, f"SELECT COUNT(*) FROM cdrs{where.sql}", where.params).fetchone()[0]
+            total = self._cdr_count(cur, query, where)
             page = []
             if query.limit > 0 and query.offset < total:
                 rows = self._exec(
@@ -863,6 +909,28 @@ class SqlStore:
                 page = [_cdr(r) for r in rows]
             return int(total), page
         return self._read(q)
+
+    def _cdr_count(self, cur, query, where: _Where) -> int:
+        """The CDRs a query matches: a search by gateway and time only sums
+        cdr_hours over its whole hours and counts its edges by index."""
+        plain = all(getattr(query, term) is None for term in (
+            "cui", "call", "number", "min_duration", "max_duration", "windows", "cause", "cuis"))
+        if not plain:
+            return int(self._exec(cur, f"SELECT COUNT(*) FROM cdrs{where.sql}", where.params).fetchone()[0])
+        whole, edges = _hours(query.since, query.until)
+        total = 0
+        if whole is not None:
+            total += int(self._exec(
+                cur, "SELECT COALESCE(SUM(cdrs), 0) FROM cdr_hours WHERE gateway = ? AND hour >= ? AND hour < ?",
+                (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
+            ).fetchone()[0])
+        for a, b in edges:
+            edge = _Where()
+            if query.gateway is not None:
+                edge.add("gateway = ?", query.gateway)
+            edge.range("start", a, b)
+            total += int(self._exec(cur, f"SELECT COUNT(*) FROM cdrs{edge.sql}", edge.params).fetchone()[0])
+        return total
 
     def cui_totals(self, query):
         where = self._cdr_where(query)
@@ -1007,14 +1075,18 @@ class SqlStore:
             records += [_record(r) for r in self._exec(
                 cur, f"SELECT {CALL_COLS} FROM calls WHERE id IN ({', '.join('?' * len(part))})", part
             ).fetchall()]
-        cdrs = self._delete_ids(cur, "cdrs", "billed_call", ids)
+        gone = []  # (gateway, start, duration) of the CDRs deleted, for cdr_hours
         for i in range(0, len(ids), MAX_ROWS):
             part = ids[i:i + MAX_ROWS]
-            cdrs += max(self._exec(
+            marks = ", ".join("?" * len(part))
+            gone += self._exec(
                 cur,
-                f"DELETE FROM cdrs WHERE billed_call = '' AND call IN ({', '.join('?' * len(part))})",
-                part,
-            ).rowcount, 0)
+                f"DELETE FROM cdrs WHERE billed_call IN ({marks}) OR (billed_call = '' AND call IN ({marks}))"
+                " RETURNING gateway, start, duration",
+                (*part, *part),
+            ).fetchall()
+        cdrs = len(gone)
+        self._count_cdr_hours(cur, gone, sign=-1)
         deleted = self._delete_ids(cur, "calls", "id", ids)
         self._count_hours(cur, records, sign=-1)
         return Expired(deleted=deleted, cdrs=cdrs, after=self._next(rows, limit))

@@ -38,6 +38,7 @@ from cdrd.web.query import (
     call_query,
     cdr_query,
     check_allowed,
+    cui_totals,
     days_with_records,
     local_day,
     parse_gateway,
@@ -476,12 +477,13 @@ class ApiApp:
         s = parse_search(request, self.zone, allowed=CDR_PARAMS, sorts=CDR_SORTS)
         q = cdr_query(s, arg(request, "call"), default_sort="start")
         total, cdrs = await self.store.cdrs(q)
-        by_cui = await self.store.cui_totals(q)
+        by_cui, scope = await cui_totals(self.store, q, total, cdrs)
         return json_response(request, {
             "total": total,
             "offset": s.offset,
             "limit": s.limit,
             "cdrs": [cdr_json(c) for c in cdrs],
+            "cui_totals_scope": scope,
             "cui_totals": [
                 {"cui": t.cui, "cdrs": t.cdrs, "answered": t.answered,
                  "minutes": round(t.duration / 60_000, 3)}

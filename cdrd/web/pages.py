@@ -37,6 +37,7 @@ from cdrd.web.query import (
     arg,
     call_query,
     cdr_query,
+    cui_totals,
     day_start_ms,
     days_with_records,
     local_day,
@@ -46,7 +47,7 @@ from cdrd.web.query import (
     parse_month,
     parse_search,
 )
-from cdrd.web.render import REPORT_COLUMNS, event_row, report_cells
+from cdrd.web.render import REPORT_COLUMNS, event_row, log_event_text, report_cells
 
 #: the report's columns and the CallQuery sort key of each (None: not sortable)
 REPORT_SORTS = {
@@ -480,7 +481,7 @@ class Pages:
         s = parse_search(request, web.zone, default_day=web.today(), allowed=CDR_PARAMS, sorts=CDR_SORT_KEYS)
         query = cdr_query(s, default_sort="start")  # billing's columns by start
         total, cdrs = await web.store.cdrs(query)
-        per_cui = await web.store.cui_totals(query)
+        per_cui, cui_scope = await cui_totals(web.store, query, total, cdrs)
         form = form_values(request, **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
         params = _search_params(form)
         cui_rows = None
@@ -503,7 +504,7 @@ class Pages:
             total=total,
             links={"csv": views.url("/cdrs.csv", params), "json": views.url("/api/cdrs", params)},
             cui_columns=[(c, None) for c in ("CUI", "CDRs", "Answered", "Duration", "Minutes")],
-            cui_totals=cui_rows,
+            cui_totals=cui_rows, cui_scope=cui_scope,
             columns=[(c, CDR_SORTS.get(c)) for c in CDR_COLUMNS], rows=rows,
             sorting={**self._sorting("/cdrs", params, s), "sort": s.sort or "start"},
             paging=paging("/cdrs", params, s.offset, s.limit, len(rows), total),
@@ -529,7 +530,7 @@ class Pages:
             cell("Gateway", e.gateway, href=views.url("/log", params, gateway=e.gateway, offset=None) if e.gateway != "???" else None),
             cell("MAC", e.mac),
             cell("Peer", e.peer),
-            cell("Event", e.event, tag="log " + views._css_class(e.event)),
+            cell("Event", log_event_text(e), tag="log " + views._css_class(e.event)),
             cell("Detail", e.detail, cls="detail"),
         ]) for e in entries]
         return self.render(

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, CdrQuery
 from cdrd.values import GATEWAY_ID, gateway_key, split_gateway_key
@@ -380,3 +380,21 @@ def cdr_query(
         sort="written" if keyset else (s.sort or default_sort),
         descending=False if keyset else s.descending,
     )
+
+
+#: The per-CUI totals beside the billing CDRs cover every CUI of the search
+#: while it matches at most this many CDRs; beyond that, the CUIs of the
+#: page shown (a month of every gateway is half a million CDRs: summing
+#: them all on every page turn would cost seconds; docs/web.md).
+CUI_TOTALS_ALL = 10_000
+
+
+async def cui_totals(store, query: CdrQuery, total: int, page) -> tuple[list, str]:
+    """
+    The per-CUI totals of a CDR search whose count is `total` and whose
+    shown page is `page`, and their scope: "all" (every CUI of the search)
+    or "page" (the CUIs on `page`, each over the whole search).
+    """
+    if total <= CUI_TOTALS_ALL:
+        return await store.cui_totals(query), "all"
+    return await store.cui_totals(evolve(query, cuis=sorted({c.cui for c in page}))), "page"

@@ -22,6 +22,7 @@ from cdrd.interfaces import (
     EventQuery,
     Expired,
     IStore,
+    LogCount,
     LogQuery,
     SummaryRow,
     WriteBatch,
@@ -135,6 +136,7 @@ def oracle_cdrs(cdrs, q):
             and (q.max_duration is None or d <= q.max_duration)
             and (q.windows is None or any(a <= c.start < b for a, b in q.windows))
             and (q.cause is None or c.status == q.cause)
+            and (q.cuis is None or c.cui in q.cuis)
         )
 
     out = [c for c in cdrs if keep(c)]
@@ -251,6 +253,25 @@ class StoreContract:
         page = await store.log(LogQuery(limit=2, offset=1))
         assert [e.time - DAY for e in page] == [3, 2]
         assert await store.log(LogQuery(gateway="9999")) == []
+
+    @deferred_test
+    async def test_a_coalesced_log_entry_keeps_its_row_and_takes_its_count(self, store):
+        first = log_entry(DAY + 1, "Bad Packet", gateway="???", mac="", detail="unknown verb", peer="127.0.0.9:4001")
+        same_time_other_peer = log_entry(DAY + 1, "Bad Packet", gateway="???", mac="", peer="127.0.0.9:4002")
+        await store.write(WriteBatch(log=[first, same_time_other_peer, log_entry(DAY + 2, "Login")]))
+        assert [e.count for e in await store.log(LogQuery())] == [1, 1, 1]
+
+        await store.write(WriteBatch(log_counts=[LogCount(first, 2_597)]))
+        await store.write(WriteBatch(log_counts=[LogCount(first, 2_598)], log=[log_entry(DAY + 3, "Logout")]))
+        entries = await store.log(LogQuery())
+        assert [(e.event, e.peer, e.count) for e in entries] == [
+            ("Logout", "127.0.0.1:2348", 1), ("Login", "127.0.0.1:2348", 1),
+            ("Bad Packet", "127.0.0.9:4002", 1), ("Bad Packet", "127.0.0.9:4001", 2_598)]
+        assert entries[3].detail == "unknown verb" and entries[3].time == DAY + 1
+        # a count whose row is gone (retention) or was never stored changes nothing
+        gone = log_entry(DAY + 9, "Bad Packet", peer="127.0.0.9:4003")
+        await store.write(WriteBatch(log_counts=[LogCount(gone, 5)]))
+        assert len(await store.log(LogQuery())) == 4
 
     # -- gateways and cursors -------------------------------------------------
 
@@ -607,6 +628,8 @@ class StoreContract:
             CdrQuery(number="252", min_duration=1000), CdrQuery(max_duration=999),
             CdrQuery(windows=((DAY, DAY + 12 * HOUR),)), CdrQuery(cause="busy"), CdrQuery(cause=""),
             CdrQuery(since=DAY, until=DAY + DAY, cui="B"),
+            CdrQuery(cuis=("ACME-1", "BETA", "nobody")), CdrQuery(cuis=()),
+            CdrQuery(cuis=("ACME-1",), since=DAY, until=DAY + DAY, gateway=KEY),
         ]
         for q in queries:
             for sort in CDR_SORTS:
@@ -715,6 +738,24 @@ class StoreContract:
         by_gateway = await store.call_summary(CallQuery(since=span[0], until=span[1]), "gateway")
         assert sum(r.totals.calls for r in by_gateway) == len(kept)
         assert (await store.oldest())["records"] == min(r.begin for r in kept)
+        await self.assert_cdr_counts(store, kept_cdrs)
+
+    async def assert_cdr_counts(self, store, cdrs):
+        """Every plain count (the hourly CDR sums and their edges) agrees with `cdrs`."""
+        for gateway in (None, KEY, KEY2, "nobody"):
+            for since, until in ((None, None), (DAY, DAY + DAY), (DAY - 48 * HOUR, DAY + 72 * HOUR),
+                                 (DAY + 7 * HOUR + 1, DAY + 30 * HOUR - 1), (DAY + 5 * 60_000, DAY + 40 * 60_000),
+                                 (None, DAY + 9 * HOUR + 17), (DAY + 3 * HOUR + 5, None)):
+                q = CdrQuery(gateway=gateway, since=since, until=until, limit=0)
+                assert (await store.cdrs(q))[0] == oracle_cdrs(cdrs, q)[0], q
+
+    @deferred_test
+    async def test_cdr_counts_from_the_hourly_sums_count_each_cdr_once(self, store):
+        records, cdrs = searchable(300)
+        await store.write(WriteBatch(records=records, cdrs=cdrs[:120]))
+        # written again (a replay after a crash): stored and counted once
+        await store.write(WriteBatch(cdrs=cdrs[100:] + cdrs[100:110]))
+        await self.assert_cdr_counts(store, cdrs)
 
     @deferred_test
     async def test_expire_never_deletes_a_record_an_outbox_has_not_delivered(self, store):

@@ -11,6 +11,7 @@ import pytest_twisted
 from cdrd.accounting.packets import Payload
 from cdrd.interfaces import OutboxItem, WriteBatch
 from cdrd.values import call_id
+from cdrd.web import query as web_query
 from tests.web import fixtures as F
 
 GW = F.GW
@@ -169,6 +170,22 @@ async def test_summary_csv(make_site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_wide_cdr_search_totals_the_cuis_of_its_page(make_site, monkeypatch):
+    # beyond CUI_TOTALS_ALL CDRs, the totals cover the page's CUIs (each over
+    # the whole search), not every CUI: a month of every gateway stays cheap
+    monkeypatch.setattr(web_query, "CUI_TOTALS_ALL", 2)
+    site = await make_site()
+    body = await site.json(f"/api/cdrs?{DAY}&limit=1")
+    assert body["total"] == 3 and body["cui_totals_scope"] == "page"
+    assert [c["cui"] for c in body["cdrs"]] == [F.GW2_CDR.cui]
+    assert body["cui_totals"] == [{"cui": F.GW2_CDR.cui, "cdrs": 1, "answered": 1, "minutes": 1.5}]
+    _, page = await site.get(f"/cdrs?{DAY}&limit=1")
+    assert "the CUIs of this page, over all 3 CDRs" in page.decode()
+    body = await site.json(f"/api/cdrs?{DAY}&limit=3")
+    assert body["cui_totals_scope"] == "page" and len(body["cui_totals"]) == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_cdrs_search_order_and_totals_per_cui(make_site):
     site = await make_site()
     body = await site.json(f"/api/cdrs?{DAY}")
@@ -183,6 +200,7 @@ async def test_cdrs_search_order_and_totals_per_cui(make_site):
         {"cui": "ACME, Ltd", "cdrs": 1, "answered": 1, "minutes": 1.5},
         {"cui": "CARRIER-ACME", "cdrs": 1, "answered": 0, "minutes": 0.0},
     ]
+    assert body["cui_totals_scope"] == "all"
     async def ids(q):
         return [c["id"] for c in (await site.json("/api/cdrs?" + q))["cdrs"]]
     assert await ids("cui=CARRIER") == [F.E3_CDR.id]
