@@ -73,6 +73,11 @@ integration: system-deps venv
 
 bench: venv
 	$(PY) bench/ingest.py
+	$(PY) bench/capacity.py --mode sqlite --closed --window 256 --floor
+	$(PY) bench/capacity.py --mode sqlite --rates 500,1000,2000,3000
+	$(PY) bench/capacity.py --mode full --rates 500,1000,2000
+	$(PY) bench/capacity.py --mode postgresql --rates 500,1000,2000
+	$(PY) bench/spool.py
 	$(PY) bench/budgets.py
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py

@@ -470,6 +470,20 @@ class ICdrSink(Interface):
         """`outputs` and their outbox items are durable: deliver."""
 
 
+class ILazyCdrSink(ICdrSink):
+    """
+    A durable sink whose outbox items may be compact facts that the sink
+    builds its messages from when it reads them (RADIUS: attributes, sizes,
+    split Stops), so that the ingest path pays only for the facts.  The
+    CallService stores ``spool_facts`` instead of ``spool`` for it; the
+    sink reads both forms.
+    """
+
+    def spool_facts(outputs, now):
+        """Pure: list[bytes] to store in this sink's outbox for `outputs`,
+        delivering what ``spool`` would (in order; maybe fewer items)."""
+
+
 class IEventListener(Interface):
     """Told of gateway events and log entries once they are stored (live pages)."""
 

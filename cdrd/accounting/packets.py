@@ -15,6 +15,14 @@ Payload kinds:
 - ``"dial"``: a note, never sent: the number the caller of an inbound leg
   dialled first, learnt after its Start; its Interim-Updates and Stop
   carry it as Called-Station-Id (see docs/accounting.md).
+
+What the CallService stores on the ingest path is the *facts* of a request
+(`spool_facts`): the leg's values, and for a Stop its session time, cause
+and CDRs; the sender expands them into attributes (`expand`) when it reads
+the outbox, so building attributes, sizing and splitting Stops costs the
+ingest path nothing (issue 15).  `spool` is `expand` of `spool_facts`: one
+definition of what a request carries.  A payload stored with its attributes
+(an older cdrd, `spool`) is sent as it is.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from io import StringIO
 from pathlib import Path
 
-from attrs import evolve, frozen
+from attrs import frozen
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccountingRequest, AcctPacket
 from pyrad.tools import EncodeAttr
@@ -134,10 +142,7 @@ def leg_attributes(leg: Leg, nas_ip: str | None) -> list[tuple[str, object]]:
     if user:
         attrs.append(("User-Name", _text(user)))
     if nas_ip:
-        if ipaddress.ip_address(nas_ip).version == 6:
-            attrs.append(("NAS-IPv6-Address", nas_ip))
-        else:
-            attrs.append(("NAS-IP-Address", nas_ip))
+        attrs.append((_nas_address(nas_ip), nas_ip))
     attrs.append(("NAS-Identifier", _text(leg.gateway)))
     for number, kind in ((leg.port, "fxs"), (leg.pport, "fxo")):
         if number is not None:
@@ -161,8 +166,18 @@ def leg_attributes(leg: Leg, nas_ip: str | None) -> list[tuple[str, object]]:
     return attrs
 
 
+@functools.lru_cache(maxsize=16)
+def _nas_address(nas_ip: str) -> str:
+    """The attribute of cdrd's address (one configured value: cached)."""
+    if ipaddress.ip_address(nas_ip).version == 6:
+        return "NAS-IPv6-Address"
+    return "NAS-IP-Address"
+
+
 def _chunks(text: str, size: int) -> list[str]:
     """UTF-8 text in pieces of at most `size` bytes, never splitting a character."""
+    if len(text) * 4 <= size or len(text.encode()) <= size:
+        return [text]  # the common case: one piece
     out, current, length = [], [], 0
     for ch in text:
         n = len(ch.encode())
@@ -249,8 +264,11 @@ def split_stop(
     """
     groups = [cdr_attributes(c, n, billed) for n, c in enumerate(cdrs, 1)]
     sized = fixed + list(reserve)
-    if fits(dictionary, sized + [a for g in groups for a in g]):
-        return [fixed + [a for g in groups for a in g]]
+    flat = [a for g in groups for a in g]
+    # the cheap bound first: it holds for every Stop but those with long
+    # values or many CDRs, which are sized exactly
+    if _surely_fits(sized + flat) or fits(dictionary, sized + flat):
+        return [fixed + flat]
     digits = 1
     while True:
         parts = _fill(
@@ -310,6 +328,15 @@ _CDR_ATTRIBUTES = frozenset({"cdrd-CDR-Id", "cdrd-CDR", "cdrd-CDR-Continued"})
 class _StoredCdr:
     id: str
     line: str
+
+
+@frozen
+class _FactCdr:
+    """A CDR as a Stop's facts keep it: what cdr_attributes reads."""
+
+    id: str
+    line: str
+    call: str
 
 
 def fit(dictionary: Dictionary, payload: Payload) -> list[Payload]:
@@ -416,31 +443,36 @@ class Payload:
     event: int  # ms UTC of the event that caused it
     attributes: tuple[tuple[str, object], ...] = ()
     answered: int | None = None  # markers: ms UTC of the answer
+    # the request's facts (spool_facts), expanded into `attributes` when
+    # read (expand); None for a payload stored with its attributes
+    facts: tuple | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "k": self.kind,
-                "leg": self.leg,
-                "s": self.status,
-                "t": self.event,
-                "a": [list(a) for a in self.attributes],
-                "ans": self.answered,
-            },
-            separators=(",", ":"),
-        ).encode()
+        d = {"k": self.kind, "leg": self.leg, "s": self.status, "t": self.event}
+        if self.facts is None:
+            d["a"] = [list(a) for a in self.attributes]
+        else:
+            d["f"] = self.facts
+        d["ans"] = self.answered
+        return _encode_json(d).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Payload:
         d = json.loads(data.decode())  # str: json skips guessing the encoding
+        facts = d.get("f")
         return cls(
             kind=d["k"],
             leg=d["leg"],
             status=d["s"],
             event=d["t"],
-            attributes=tuple(map(tuple, d["a"])),
+            attributes=tuple(map(tuple, d.get("a", ()))),
             answered=d.get("ans"),
+            facts=None if facts is None else tuple(facts),
         )
+
+
+#: json.dumps(..., separators=(",", ":")) without building an encoder a call
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def request_attributes(leg_attrs, status: str, event: int, extra=()) -> list:
@@ -465,18 +497,22 @@ def interim(marker: Payload, now: int) -> Payload:
     )
 
 
-def spool(
-    outputs, now: int, nas_ip: str | None, interims: bool, dictionary=None
-) -> list[Payload]:
+def leg_facts(leg: Leg) -> list:
+    """A leg's values as a request's facts keep them (in Leg's field order)."""
+    return [leg.id, leg.call, leg.gateway, leg.ref, leg.direction, leg.port, leg.pport,
+            leg.cui, leg.cli, leg.dialled, leg.peer]
+
+
+def spool_facts(outputs, now: int, interims: bool) -> list[Payload]:
     """
-    The payloads for the call model's `outputs`: a Start per LegStart, an
-    open marker per LegAnswer (if Interim-Updates are on), and a Stop per
-    LegStop (several Stops, numbered with cdrd-CDR-Part, only if its CDRs
-    overflow one packet).  CallEnd gives nothing: its CDRs come with the
-    last LegStop.  `dictionary` only sizes the packets (the vendor number
-    does not change a size).
+    The payloads for the call model's `outputs`, as facts (`expand` makes
+    their attributes): a Start per LegStart, an open marker per LegAnswer
+    (if Interim-Updates are on), a Stop per LegStop, and a dial note where
+    an inbound leg started before anything was dialled.  CallEnd gives
+    nothing: its CDRs come with the last LegStop.  One payload per request
+    whatever its size: a Stop whose CDRs overflow a packet is split when
+    expanded.
     """
-    dictionary = dictionary or _sizing_dictionary()
     ends = _call_ends(outputs)
     out: list[Payload] = []
     inbound_dialled = {
@@ -486,34 +522,77 @@ def spool(
     }
     for i, o in enumerate(outputs):
         if isinstance(o, LegStart):
-            base = leg_attributes(o.leg, nas_ip)
-            out.append(request(base, START, o.time, o.leg.id))
+            out.append(Payload("req", o.leg.id, START, o.time, facts=(leg_facts(o.leg),)))
             if _first_outbound(o.leg) and o.leg.call not in inbound_dialled:
                 # the caller's leg started before anything was dialled
                 number = (("Called-Station-Id", _text(o.leg.dialled)),)
                 out.append(Payload(DIAL, inbound_leg(o.leg.call), "", o.time, number))
         elif isinstance(o, LegAnswer):
             if interims:
-                base = leg_attributes(o.leg, nas_ip)
-                out.append(
-                    Payload(OPEN, o.leg.id, "", o.time, tuple(base), answered=o.time)
-                )
+                out.append(Payload(OPEN, o.leg.id, "", o.time, answered=o.time,
+                                   facts=(leg_facts(o.leg),)))
         elif isinstance(o, LegStop):
-            leg = o.leg
-            if i in ends and ends[i] != leg.call:
+            leg = leg_facts(o.leg)
+            if i in ends and ends[i] != o.leg.call:
                 # a leg moved into this call by a transfer: its Stop (with
                 # the call's CDRs, if last) is booked to the call it ended in
-                leg = evolve(leg, call=ends[i])
-            base = leg_attributes(leg, nas_ip)
-            common = [
-                ("Acct-Session-Time", o.session_ms // 1000),
-                ("Acct-Terminate-Cause", terminate_cause(o.cause)),
-            ]
-            fixed = request_attributes(base, STOP, o.time, common)
-            reserve = CALLED_RESERVE if called_later(o.leg) else ()
-            for attrs in split_stop(dictionary, fixed, o.cdrs, reserve, leg.call):
-                out.append(Payload("req", o.leg.id, STOP, o.time, tuple(attrs)))
+                leg[1] = ends[i]
+            cdrs = [[c.id, c.line, c.call] for c in o.cdrs]
+            facts = (leg, o.session_ms // 1000, o.cause, cdrs, called_later(o.leg))
+            out.append(Payload("req", o.leg.id, STOP, o.time, facts=facts))
     return out
+
+
+def expand(payload: Payload, nas_ip: str | None, dictionary=None) -> list[Payload]:
+    """
+    The requests (or marker) of a stored payload, with their attributes:
+    a payload of facts (spool_facts) is built here, a Stop split into
+    numbered parts only if its CDRs overflow one packet; a payload stored
+    with its attributes is itself.  ValueError, KeyError or TypeError for
+    facts that are not a request's.  `dictionary` only sizes the packets.
+    """
+    if payload.facts is None:
+        return [payload]
+    leg = Leg(*payload.facts[0])
+    base = leg_attributes(leg, nas_ip)
+    if payload.kind == OPEN:
+        return [Payload(OPEN, payload.leg, "", payload.event, tuple(base), answered=payload.answered)]
+    if payload.kind != "req":
+        raise ValueError(f"no facts for a payload of kind {payload.kind!r}")
+    if payload.status == START:
+        return [request(base, START, payload.event, payload.leg)]
+    if payload.status != STOP:
+        raise ValueError(f"no facts for a {payload.status!r} request")
+    _, session, cause, cdrs, later = payload.facts
+    common = [
+        ("Acct-Session-Time", session),
+        ("Acct-Terminate-Cause", terminate_cause(cause)),
+    ]
+    fixed = request_attributes(base, STOP, payload.event, common)
+    reserve = CALLED_RESERVE if later else ()
+    stored = [_FactCdr(*c) for c in cdrs]
+    return [
+        Payload("req", payload.leg, STOP, payload.event, tuple(attrs))
+        for attrs in split_stop(dictionary or _sizing_dictionary(), fixed, stored, reserve, leg.call)
+    ]
+
+
+def spool(
+    outputs, now: int, nas_ip: str | None, interims: bool, dictionary=None
+) -> list[Payload]:
+    """
+    The payloads for the call model's `outputs` with their attributes (what
+    the sender sends): `expand` of each of `spool_facts`, so a Stop whose
+    CDRs overflow one packet is several payloads, numbered with
+    cdrd-CDR-Part.  `dictionary` only sizes the packets (the vendor number
+    does not change a size).
+    """
+    dictionary = dictionary or _sizing_dictionary()
+    return [
+        p
+        for facts in spool_facts(outputs, now, interims)
+        for p in expand(facts, nas_ip, dictionary)
+    ]
 
 
 def _call_ends(outputs) -> dict[int, str]:

@@ -1,9 +1,13 @@
 """
 AccountingService: the durable RADIUS spool, an ICdrSink named "radius".
 
-The call model's products become payloads (packets.spool) that the
-CallService stores in the "radius" outbox in the same transaction as the
-call's records.  This service then reads the outbox in id order, sends
+The call model's products become payloads that the CallService stores in
+the "radius" outbox in the same transaction as the call's records: their
+facts (`spool_facts`, ILazyCdrSink), which this service expands into
+attributes when it reads them (packets.expand), so that building, sizing
+and splitting requests costs the ingest path nothing; a payload stored with
+its attributes (`spool`, an older cdrd) is sent as it is.  This service
+reads the outbox in id order, sends
 through the RadiusClient, and deletes an item only once a verified
 Accounting-Response for it arrived (batched deletions through the writer).
 A restart, or kill -9, reads the outbox again from the start.
@@ -28,7 +32,7 @@ from zope.interface import implementer
 from cdrd.accounting import packets
 from cdrd.accounting.client import RadiusClient
 from cdrd.accounting.packets import INTERIM, STOP, Payload
-from cdrd.interfaces import ICdrSink, OutboxItem, WriteBatch
+from cdrd.interfaces import ILazyCdrSink, OutboxItem, WriteBatch
 from cdrd.store.outbox import OutboxConsumer
 from cdrd.values import LegStop
 
@@ -43,7 +47,7 @@ READ_AHEAD = 1024
 STOP_GRACE = 2.0
 
 
-@implementer(ICdrSink)
+@implementer(ILazyCdrSink)
 class AccountingService(Service):
     """RADIUS accounting of call legs (accounting.md)."""
 
@@ -99,17 +103,16 @@ class AccountingService(Service):
     # -- ICdrSink ---------------------------------------------------------------
 
     def spool(self, outputs, now):
+        return self._payloads(packets.spool, outputs, now, self.config.nas_ip)
+
+    def spool_facts(self, outputs, now):
+        return self._payloads(packets.spool_facts, outputs, now)
+
+    def _payloads(self, build, outputs, now, *nas_ip):
         if not self.config.enabled:
             return []
-        return [
-            p.to_bytes()
-            for p in packets.spool(
-                outputs,
-                now,
-                self.config.nas_ip,
-                interims=self.config.interim_interval > 0,
-            )
-        ]
+        interims = self.config.interim_interval > 0
+        return [p.to_bytes() for p in build(outputs, now, *nas_ip, interims=interims)]
 
     def committed(self, outputs):
         if not self.config.enabled:
@@ -190,11 +193,19 @@ class AccountingService(Service):
 
     def _handle(self, item: OutboxItem):
         try:
-            payload = Payload.from_bytes(item.payload)
-        except (ValueError, KeyError, TypeError):
-            # kept in the outbox for an operator: a swallowed item is lost data
-            self.log.error("unreadable RADIUS outbox item {id}", id=item.id)
+            expanded = packets.expand(
+                Payload.from_bytes(item.payload), self.config.nas_ip, self.dictionary
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            # kept in the outbox for an operator: a swallowed item is lost
+            # data (unreadable, or facts with a value out of its
+            # attribute's range, e.g. an Event-Timestamp past 2106)
+            self.log.error(
+                "RADIUS outbox item {id} cannot be read or built ({error}): left in the outbox",
+                id=item.id, error=str(e),
+            )
             return
+        payload = expanded[0]
         if payload.kind == packets.OPEN:
             if payload.leg in self._stopped:
                 self._delete(item.id)
@@ -215,19 +226,37 @@ class AccountingService(Service):
             self._leg_stopped(payload.leg)
         number = self._dialled.get(payload.leg)
         if number is not None:
-            payload = packets.with_called(payload, number)
+            expanded = [packets.with_called(p, number) for p in expanded]
+            payload = expanded[0]
         self._unanswered[item.id] = item.created
-        body = packets.encode_within_limits(self.dictionary, payload)
-        if body is not None:  # always, but for an older cdrd's items
-            self.sent += 1
-            self.client.send(payload, body).addCallback(
-                self._answered, item.id, payload
-            )
-            return
-        parts = packets.fit(self.dictionary, payload)
-        # stored by an older cdrd over FreeRADIUS's limits: sent as the
-        # packets spool() makes now, deleted once all are answered
-        if not packets.fits_exactly(self.dictionary, parts[-1].attributes):
+        if len(expanded) == 1:
+            body = packets.encode_within_limits(self.dictionary, payload)
+            if body is not None:  # always, but for an older cdrd's items
+                self.sent += 1
+                self.client.send(payload, body).addCallback(
+                    self._answered, item.id, payload
+                )
+                return
+            # stored by an older cdrd over FreeRADIUS's limits: sent as the
+            # packets spool() makes now, deleted once all are answered
+            parts = packets.fit(self.dictionary, payload)
+        else:
+            parts = expanded  # a Stop whose CDRs take several packets
+        bodies = []
+        for part in parts:
+            try:
+                bodies.append(packets.encode_attributes(self.dictionary, part.attributes))
+            except ValueError as e:
+                # a value out of its attribute's range (Event-Timestamp
+                # past 2106): never handed to the client, which encodes
+                # again at every retransmission; kept for an operator
+                self._unanswered.pop(item.id, None)
+                self.log.error(
+                    "RADIUS outbox item {id} cannot be encoded ({error}): left in the outbox",
+                    id=item.id, error=str(e),
+                )
+                return
+        if parts is not expanded and not packets.fits_exactly(self.dictionary, parts[-1].attributes):
             self.log.error(
                 "RADIUS outbox item {id} is over FreeRADIUS's limits and cannot be"
                 " split again (a part of an older split): FreeRADIUS will drop it",
@@ -235,7 +264,7 @@ class AccountingService(Service):
             )
         self.sent += len(parts)
         d = defer.gatherResults(
-            [self.client.send(p).addCallback(self._count) for p in parts]
+            [self.client.send(p, b).addCallback(self._count) for p, b in zip(parts, bodies, strict=True)]
         )
         d.addCallback(self._delivered, item.id, payload)
 

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
-from cdrd.interfaces import ModelCursor, OutboxItem, WriteBatch
+from cdrd.interfaces import ILazyCdrSink, ModelCursor, OutboxItem, WriteBatch
 from cdrd.values import STALE, CallEnd, CallEvent, ModelOutput
 
 REPLAY_PAGE = 5000
@@ -397,8 +397,10 @@ class CallService(Service):
 
     def _spool(self, sink, products: list, now: int, retried: int):
         """(payloads, products spooled, products refused) of `sink`."""
+        # a lazy sink builds its messages when it reads them, off this path
+        spool = sink.spool_facts if ILazyCdrSink.providedBy(sink) else sink.spool
         try:
-            return list(sink.spool(products, now)), products, []
+            return list(spool(products, now)), products, []
         except Exception:
             pass
         # one by one, to find the products it refuses (spool is per product
@@ -406,7 +408,7 @@ class CallService(Service):
         payloads, spooled, refused = [], [], []
         for n, p in enumerate(products):
             try:
-                got = list(sink.spool([p], now))
+                got = list(spool([p], now))
             except Exception:
                 refused.append(p)
                 if n >= retried:  # the held ones were logged when first refused

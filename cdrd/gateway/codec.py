@@ -238,20 +238,34 @@ def _day_ms(date: str) -> int:
     return int(dt.timestamp()) * 1000
 
 
+@functools.lru_cache(maxsize=4096)
+def _minute_ms(prefix: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM`` as ms since the epoch, None for a bad hour or
+    minute; ValueError for a bad date.  Cached: a gateway's events share
+    their minute, so a time costs its seconds only (issue 15)."""
+    if prefix[10] != "T" or prefix[13] != ":":
+        return None
+    clock = prefix[11:13] + prefix[14:16]
+    if not (clock.isascii() and clock.isdigit()):
+        return None
+    hour, minute = int(clock[:2]), int(clock[2:])
+    if hour >= 24 or minute >= 60:
+        return None
+    return _day_ms(prefix[:10]) + (hour * 60 + minute) * 60_000
+
+
 def parse_gateway_time(text: str) -> int:
     """
     A gateway's ``YYYY-MM-DDTHH:MM:SS[.mmm]`` (no zone, read as UTC) as ms
     since the epoch; ValueError for anything else.
     """
     n = len(text)
-    if (n == 19 or (n == 23 and text[19] == ".")) and text[10] == "T" \
-            and text[13] == ":" and text[16] == ":":
-        clock = text[11:13] + text[14:16] + text[17:19] + text[20:23]
-        if clock.isascii() and clock.isdigit():
-            hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:6])
-            if hour < 24 and minute < 60 and second < 60:
-                ms = ((hour * 60 + minute) * 60 + second) * 1000 + int(clock[6:] or 0)
-                return _day_ms(text[:10]) + ms
+    if (n == 19 or (n == 23 and text[19] == ".")) and text[16] == ":":
+        seconds = text[17:19] + text[20:23]
+        if seconds.isascii() and seconds.isdigit() and int(seconds[:2]) < 60:
+            minute = _minute_ms(text[:16])
+            if minute is not None:
+                return minute + int(seconds[:2]) * 1000 + int(seconds[2:] or 0)
     raise ValueError(f"not a gateway time: {text!r}")
 
 

@@ -49,7 +49,7 @@ class CdrEntry:
     billed_call: str = ""  # the call whose end wrote it ("" from older entries)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
+        return _encode_json(
             {
                 "v": PAYLOAD_VERSION,
                 "id": self.id,
@@ -58,9 +58,7 @@ class CdrEntry:
                 "gateway": self.gateway,
                 "call": self.call,
                 "billed_call": self.billed_call,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
+            }
         ).encode()
 
     @classmethod
@@ -88,6 +86,10 @@ class CdrEntry:
         if not isinstance(entry.time, int) or isinstance(entry.time, bool):
             raise ValueError("syslog outbox payload with a bad time")
         return entry
+
+
+#: json.dumps(..., separators=(",", ":"), ensure_ascii=False), one encoder
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def spool(outputs) -> list[CdrEntry]:

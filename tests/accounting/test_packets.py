@@ -412,3 +412,51 @@ def test_encoding_is_pyrads_byte_for_byte(leg, texts, ident, delay, nas_ip):
         reply.code = 5
         data = reply.ReplyPacket()
         assert pkt.VerifyReply(pkt.CreateReply(packet=data), data)
+
+
+def test_facts_are_stored_smaller_and_expand_to_the_requests():
+    """What the ingest path stores (spool_facts) comes back from the
+    outbox's bytes as the same requests spool() builds, and is smaller."""
+    from cdrd.accounting.packets import expand, spool_facts
+
+    outputs = examples.all_examples()
+    for nas_ip in (None, "192.0.2.10", "2001:db8::1"):
+        for interims in (True, False):
+            facts = spool_facts(outputs, 0, interims)
+            stored = [Payload.from_bytes(f.to_bytes()) for f in facts]
+            assert [p for f in stored for p in expand(f, nas_ip, D)] == spool(
+                outputs, 0, nas_ip, interims
+            )
+    built = spool(outputs, 0, "192.0.2.10", True)
+    facts = spool_facts(outputs, 0, True)
+    assert len(facts) == len(built)  # no Stop of the examples is split
+    assert sum(len(f.to_bytes()) for f in facts) < 0.6 * sum(len(p.to_bytes()) for p in built)
+
+
+def test_a_stop_of_facts_splits_when_expanded():
+    from cdrd.accounting.packets import expand, spool_facts
+
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
+    cdrs = tuple(_cdr(n, "7" * 60) for n in range(40))
+    (facts,) = spool_facts([LegStop(leg, 5000, 1000, "", cdrs)], 0, True)
+    parts = expand(Payload.from_bytes(facts.to_bytes()), None, D)
+    assert len(parts) > 1
+    assert [dict(p.attributes)["cdrd-CDR-Part"] for p in parts] == [
+        f"{n}/{len(parts)}" for n in range(1, len(parts) + 1)
+    ]
+
+
+def test_facts_that_are_no_request_are_refused():
+    import pytest
+
+    from cdrd.accounting.packets import expand
+
+    leg = ["c/0", "c", "g", 1, "inbound", 1, None, "", "", "", ""]
+    for bad in (
+        Payload("req", "c/0", "Interim-Update", 0, facts=(leg,)),
+        Payload("dial", "c/0", "", 0, facts=(leg,)),
+        Payload("req", "c/0", "Start", 0, facts=(leg[:3],)),
+        Payload("req", "c/0", "Stop", 0, facts=(leg, 1)),
+    ):
+        with pytest.raises((ValueError, TypeError)):
+            expand(bad, None, D)

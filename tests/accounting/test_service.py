@@ -330,13 +330,81 @@ def test_oversized_stop_stored_by_an_older_cdrd_is_split_when_sent():
     assert len(pkts) == 2 and all(len(raw) <= 4096 for raw, _ in r.ports[0].written)
     assert reassemble_records(pkts) == ([line], ["f" * 32])
     assert pkts[0]["Calling-Station-Id"] == ["3" * 253]
+    deleted_once_every_part_is_answered(svc, store, r, 2)
+
+
+def deleted_once_every_part_is_answered(svc, store, r, parts):
+    """The one item of a Stop sent in `parts` packets stays until all are answered."""
     answer(r.ports[0], r.ports[0].written[0][0], SECRET.encode(), D)
     r.advance(0)
     assert len(store.items) == 1  # not before every part is answered
     answer_all(r, svc)
     r.advance(0)
     assert not store.items
-    assert svc.status()["sent"] == svc.status()["answered"] == 2
+    assert svc.status()["sent"] == svc.status()["answered"] == parts
+
+
+def test_facts_from_the_ingest_path_send_the_same_packets():
+    """The CallService stores spool_facts (ILazyCdrSink): the service sends
+    exactly the packets of the requests spool() builds, in the same order."""
+    from cdrd.interfaces import ILazyCdrSink
+
+    outputs = examples.all_examples()
+    wire = []
+    for lazy in (False, True):
+        svc, store, r = make(interim=600)
+        assert ILazyCdrSink.providedBy(svc)
+        svc.startService()
+        now = int(r.seconds() * 1000)
+        spooled = svc.spool_facts(outputs, now) if lazy else svc.spool(outputs, now)
+        store.spooled("radius", spooled, created=now)
+        svc.committed(outputs)
+        answer_all(r, svc)
+        r.advance(0)
+        assert not store.items  # every call of the examples ends
+        wire.append([{k: v for k, v in p.items() if k != "Acct-Delay-Time"} for p in sent(r)])
+    assert wire[0] == wire[1] and len(wire[0]) > 20
+
+
+def test_a_stop_of_facts_over_one_packet_is_deleted_once_every_part_is_answered():
+    from cdrd.values import Cdr, Leg, LegStop
+
+    svc, store, r = make(interim=0)
+    svc.startService()
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="a", cli="b")
+    cdrs = tuple(Cdr(f"{n:032x}", "c", "g", 0, 1000, 5000, "", "a", "7" * 60, "b") for n in range(40))
+    store.spooled("radius", svc.spool_facts([LegStop(leg, 5000, 1000, "", cdrs)], 0), created=0)
+    assert len(store.items) == 1
+    svc._pump()
+    pkts = sent(r)
+    assert len(pkts) > 1 and [p["cdrd-CDR-Part"][0] for p in pkts][-1] == f"{len(pkts)}/{len(pkts)}"
+    assert [line for p in pkts for line in p["cdrd-CDR"]] == [c.line for c in cdrs]
+    deleted_once_every_part_is_answered(svc, store, r, len(pkts))
+
+
+def test_an_item_that_cannot_be_encoded_stays_and_the_rest_is_sent():
+    """A Stop whose Event-Timestamp is past 2106 (a gateway's clock): the
+    ingest path stores its facts without building it; the sender logs the
+    item, leaves it in the outbox and sends the items after it."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    from cdrd.values import Leg, LegStart, LegStop
+
+    svc, store, r = make(interim=0)
+    svc.startService()
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cli="b")
+    far = 253_402_300_799_999  # 9999-12-31, the model's last time
+    # built when read (an inbound Stop keeps room for a number), and encoded
+    out = evolve(leg, id="c/2", direction="outbound", dialled="2252")
+    for o in (LegStop(leg, far, None, ""), LegStop(out, far, None, ""), LegStart(evolve(leg, id="c/1"), 0)):
+        store.spooled("radius", svc.spool_facts([o], 0), created=0)
+    with capturedLogs() as logs:
+        svc._pump()
+    assert [p["Acct-Session-Id"] for p in sent(r)] == [["c/1"]]
+    assert [e["id"] for e in logs if e.get("log_level") == LogLevel.error] == [1, 2]
+    answer_all(r, svc)
+    r.advance(0)
+    assert sorted(store.items) == [1, 2]
 
 
 def called(pkts, leg_suffix, status):
