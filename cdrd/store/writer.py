@@ -95,6 +95,7 @@ class BatchWriter(Service):
         # why the store refuses writes (unavailable, not one bad row), or
         # None: logged once when it begins and once when it clears
         self.refusing: str | None = None
+        self._refused = 0  # writes failed since the store began refusing (logged at debug)
 
     # -- the API -------------------------------------------------------------
 
@@ -185,8 +186,11 @@ class BatchWriter(Service):
     def _tell(self, batch, result) -> None:
         self.transactions += 1
         if self.refusing is not None:
-            self.log.info("the store takes writes again", alert="store_refusing_writes", state="clears")
-            self.refusing = None
+            self.log.info(
+                "the store takes writes again ({count} writes failed meanwhile)",
+                count=self._refused, alert="store_refusing_writes", state="clears",
+            )
+            self.refusing, self._refused = None, 0
         for fn in list(self._listeners):
             try:
                 fn(batch, result)
@@ -253,13 +257,19 @@ class BatchWriter(Service):
         self._next()
 
     def _report(self, failure, batch, submissions: int) -> None:
-        if self.refusing is None and store_unavailable(failure):
-            self.refusing = f"{failure.type.__name__}: {failure.getErrorMessage()}"
-            self.log.critical(
-                "the store refuses writes: {error}; gateways get ERR unavailable until it takes them again",
-                error=self.refusing, alert="store_refusing_writes", state="begins",
-            )
-        self.log.error(
+        # an outage is two lines, when it begins and when it ends (with the
+        # count): not one per write, 20 a second under load
+        level = self.log.error
+        if store_unavailable(failure):
+            if self.refusing is None:
+                self.refusing = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+                self.log.critical(
+                    "the store refuses writes: {error}; gateways get ERR unavailable until it takes them again",
+                    error=self.refusing, alert="store_refusing_writes", state="begins",
+                )
+            self._refused += 1
+            level = self.log.debug
+        level(
             "store write of {events} events, {log} log entries, {records} records, {cdrs} CDRs"
             " ({submissions} submissions) failed: {error}{then}",
             events=len(batch.events), log=len(batch.log), records=len(batch.records),

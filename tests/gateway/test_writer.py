@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from cdrd.interfaces import IBatchWriter, WriteBatch
@@ -132,6 +134,45 @@ def test_an_unavailable_store_is_not_tried_once_per_submission():
     rig.submit("later", batch("G_0", 2))
     rig.settle()
     assert rig.outcomes["later"] == "ok"
+
+
+@pytest.fixture
+def capture_log():
+    """The BatchWriter's log events while the test runs."""
+    events: list[dict] = []
+
+    def observe(event):
+        if event.get("log_namespace", "").startswith("cdrd.store.writer"):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_an_outage_is_two_log_lines_whatever_the_writes_it_fails(capture_log):
+    # one line when the store begins refusing, one when it takes writes
+    # again (with the count); the writes that fail meanwhile at debug
+    rig = Rig()
+    rig.store.down = True
+    for n in range(5):
+        rig.submit(f"g{n}", batch(f"G_{n}", 1))
+        rig.settle()
+    assert rig.writer.refusing == "OperationalError: database or disk is full"
+    rig.store.down = False
+    rig.submit("later", batch("G_0", 2))
+    rig.settle()
+    assert rig.writer.refusing is None
+    loud = [e for e in capture_log if e["log_level"] > LogLevel.debug]
+    assert [(e["log_level"], e.get("state")) for e in loud] == [
+        (LogLevel.critical, "begins"), (LogLevel.info, "clears")]
+    assert loud[1]["count"] == 5
+    assert sum(1 for e in capture_log if e["log_level"] == LogLevel.debug
+               and "failed" in e["log_format"]) == 5
+    # a bad row is still an error: it is not an outage
+    rig.submit("bad", batch("G_9", 1, poison=True))
+    rig.settle()
+    assert [e["log_level"] for e in capture_log if e["log_level"] > LogLevel.debug][2:] == [LogLevel.error]
 
 
 def test_synthetic_events_do_not_tie_a_gateway():
