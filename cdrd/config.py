@@ -292,6 +292,19 @@ class RetentionConfig:
 
 
 @frozen
+class ClusterConfig:
+    """Several active nodes on one PostgreSQL (docs/store.md, "Several nodes")."""
+
+    SECTION = "cluster"
+
+    # seconds a node's gateway leases outlive its last renewal (a dead
+    # node's gateways and outboxes move on after this)
+    lease_seconds: float = field(default=10.0, validator=_at_least(2))
+    # this node's name in the leases and the log; "" = host name and pid
+    node: str = field(default="", validator=_bytes_at_most(200))
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     gateways: Mapping[str, GatewayConfig] = field(factory=dict, converter=_frozen_map)
@@ -300,6 +313,7 @@ class Config:
     web: WebConfig = field(factory=WebConfig)
     csv: CsvConfig = field(factory=CsvConfig)
     retention: RetentionConfig = field(factory=RetentionConfig)
+    cluster: ClusterConfig = field(factory=ClusterConfig)
 
     def gateway(self, key: str) -> GatewayConfig | None:
         return self.gateways.get(key)
@@ -377,7 +391,7 @@ def _kind_name(kind) -> str:
 
 def parse(data: Mapping[str, Any]) -> Config:
     root = _Section("", dict(data))
-    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention"})
+    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention", "cluster"})
     return Config(
         server=_server(root.table("server")),
         gateways=_gateways(root.table("gateways")),
@@ -386,6 +400,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         web=_web(root.table("web")),
         csv=_csv(root.table("csv")),
         retention=_retention(root.table("retention")),
+        cluster=_cluster(root.table("cluster")),
     )
 
 
@@ -568,6 +583,15 @@ def _retention(s: _Section) -> RetentionConfig:
         interval=interval,
         batch=batch,
     )
+
+
+def _cluster(s: _Section) -> ClusterConfig:
+    d = ClusterConfig()
+    s.unknown({a.name for a in ClusterConfig.__attrs_attrs__})
+    seconds = s.number("lease_seconds", d.lease_seconds, minimum=2)
+    if seconds > 300:
+        raise ConfigError(s.setting("lease_seconds"), f"{seconds:g} is above 300 (a dead node's gateways would wait)")
+    return ClusterConfig(lease_seconds=seconds, node=s.text("node", d.node, limit=200))
 
 
 def _csv(s: _Section) -> CsvConfig:
