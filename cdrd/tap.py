@@ -185,6 +185,7 @@ class CdrdService(MultiService):
         self.calls = None
         self.gateways = None
         self.retention = None
+        self.cluster = None
         self.listeners: list[Listener] = []
         # server.metrics_endpoint: listens from the start (probes and
         # metrics only), so that a standby answers /readyz with its reason
@@ -275,6 +276,9 @@ class CdrdService(MultiService):
     async def _mark_offline(self):
         """After a crash the store may still show gateways online."""
         from cdrd.interfaces import WriteBatch
+
+        if getattr(self.store, "leases", None) is not None:
+            return  # PostgreSQL: online only under a live lease (cdrd.cluster)
 
         stale = [evolve(g, online=False) for g in await self.store.gateways() if g.online]
         if stale:
@@ -430,6 +434,10 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         root.listeners.append(listener)
         if setting == "server.metrics_endpoint":
             root.probes = listener
+    if getattr(store, "leases", None) is not None:  # PostgreSQL: one node of several
+        from cdrd.cluster import install
+
+        install(root, config, reactor, feed=feed)
     return root
 
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
 from cdrd.interfaces import ModelCursor, OutboxItem, WriteBatch
+from cdrd.store.leases import LeaseLost
 from cdrd.values import STALE, CallEnd, CallEvent, ModelOutput
 
 REPLAY_PAGE = 5000
@@ -100,6 +101,10 @@ class CallService(Service):
         # every later write (docs/calls.md, "A sink that cannot spool")
         self._held: dict[str, list] = {}  # sink name -> products, in order
         self._waiters: list[defer.Deferred] = []
+        # several nodes on one PostgreSQL (cdrd.cluster): no gateway is
+        # recovered at start; each is loaded when this node takes its lease
+        self.recover_all = True
+        self._loading: dict[str, list] = {}  # gateway being adopted -> its events committed meanwhile
         self.written = 0  # derived transactions committed, for tests and status
 
     # -- the API used by other rooms ---------------------------------------
@@ -109,6 +114,54 @@ class CallService(Service):
 
     def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
         return self.model.open_calls(gateway)
+
+    def adopt(self, gateway: str) -> defer.Deferred:
+        """
+        This node owns `gateway` from now on (it took its lease): load its
+        open calls and cursor from the store, as a restart would.  Its
+        events committed meanwhile are applied after.  Fires once loaded.
+        """
+        self.release(gateway)
+        self._loading[gateway] = []
+        d = defer.ensureDeferred(self._adopt(gateway))
+
+        def done(result):
+            early = self._loading.pop(gateway, [])
+            if early:
+                self._take_all(early)
+            self._flush()
+            return result
+
+        return d.addBoth(done)
+
+    async def _adopt(self, gateway: str) -> None:
+        state = await self.store.gateway(gateway)
+        if state is not None:
+            self.model.gateway_seen(state)
+        cursor = (await self.store.cursors()).get(gateway)
+        pending = _Pending()
+        await self._recover_gateway(gateway, cursor, self._now(), pending)
+        self._pending.products.extend(pending.products)
+        self._pending.cursors.update(pending.cursors)
+
+    def release(self, gateway: str) -> None:
+        """
+        Another node owns `gateway` now: forget its calls, and drop its
+        products not written yet (the new owner makes them again from the
+        events after the cursor stored, which did not move either).
+        """
+        self.model.forget(gateway)
+        self._loading.pop(gateway, None)
+        self._stale_sent = {k for k in self._stale_sent if k[0] != gateway}
+        self._drop(self._pending, {gateway})
+        for name, products in list(self._held.items()):
+            self._held[name] = [p for p in products if _gateway_of(p) != gateway]
+
+    @staticmethod
+    def _drop(pending: _Pending, gateways: set) -> None:
+        pending.products[:] = [p for p in pending.products if _gateway_of(p) not in gateways]
+        for g in gateways:
+            pending.cursors.pop(g, None)
 
     def idle(self) -> defer.Deferred:
         """Fires once every product so far is written and the sinks told."""
@@ -176,65 +229,70 @@ class CallService(Service):
         for state in states:
             self.model.gateway_seen(state)
         gateways = {g.key for g in states} | set(cursors)
+        if not self.recover_all:
+            return  # several nodes: a gateway is loaded when this node takes it (adopt)
         now = self._now()
         for gateway in sorted(gateways):
-            cursor = cursors.get(gateway)
-            applied = cursor.applied if cursor is not None else 0
-            start = cursor.replay_from if cursor is not None else 1
-            # Calls ended already are tombstoned, except those that a
-            # TRANSFER in the replayed range joins into a call still open.
-            transferred = set()
-            oldest = now
-            after = start - 1
-            while True:
-                page = await self.store.events_after(gateway, after, self.replay_page)
-                if not page:
-                    break
-                if after == start - 1:
-                    oldest = min(oldest, page[0].time)
-                transferred.update(
-                    (e.boot, e.ref) for e in page if e.type == "TRANSFER"
-                )
-                after = page[-1].id
-                if len(page) < self.replay_page:
-                    break
-            if cursor is not None:
-                # a call with events in the replayed range ended at most
-                # stale_after before its first one
-                since = min(now, oldest) - self.stale_after_ms
-                # kept whatever the per-gateway bound: the replay goes over
-                # all of them at once, late events of theirs included
-                for boot, ref in await self.store.ended_calls(gateway, since):
-                    if (boot, ref) not in transferred:
-                        self.model.mark_ended(gateway, boot, ref, keep=True)
-            after = start - 1
-            replayed = 0
-            while True:
-                page = await self.store.events_after(gateway, after, self.replay_page)
-                if not page:
-                    break
-                for event in page:
-                    products = self._apply(event)
-                    if event.id > applied and products:
-                        self._pending.products.extend(products)
-                replayed += len(page)
-                after = page[-1].id
-                if len(page) < self.replay_page:
-                    break
-            if (
-                replayed
-                and self.model.applied(gateway) is not None
-                and self.model.applied(gateway) > applied
-            ):
-                self._pending.cursors[gateway] = self._cursor(gateway)
-            self.log.info(
-                "calls: gateway {gateway} recovered: {replayed} events replayed"
-                " from id {start}, {open} calls open",
-                gateway=gateway,
-                replayed=replayed,
-                start=start,
-                open=len(self.model.open_calls(gateway)),
+            await self._recover_gateway(gateway, cursors.get(gateway), now, self._pending)
+
+    async def _recover_gateway(self, gateway: str, cursor, now: int, pending: _Pending) -> None:
+        """Rebuild `gateway`'s open calls from its cursor on (docs/calls.md)."""
+        applied = cursor.applied if cursor is not None else 0
+        start = cursor.replay_from if cursor is not None else 1
+        # Calls ended already are tombstoned, except those that a
+        # TRANSFER in the replayed range joins into a call still open.
+        transferred = set()
+        oldest = now
+        after = start - 1
+        while True:
+            page = await self.store.events_after(gateway, after, self.replay_page)
+            if not page:
+                break
+            if after == start - 1:
+                oldest = min(oldest, page[0].time)
+            transferred.update(
+                (e.boot, e.ref) for e in page if e.type == "TRANSFER"
             )
+            after = page[-1].id
+            if len(page) < self.replay_page:
+                break
+        if cursor is not None:
+            # a call with events in the replayed range ended at most
+            # stale_after before its first one
+            since = min(now, oldest) - self.stale_after_ms
+            # kept whatever the per-gateway bound: the replay goes over
+            # all of them at once, late events of theirs included
+            for boot, ref in await self.store.ended_calls(gateway, since):
+                if (boot, ref) not in transferred:
+                    self.model.mark_ended(gateway, boot, ref, keep=True)
+        after = start - 1
+        replayed = 0
+        while True:
+            page = await self.store.events_after(gateway, after, self.replay_page)
+            if not page:
+                break
+            for event in page:
+                products = self._apply(event)
+                if event.id > applied and products:
+                    pending.products.extend(products)
+            replayed += len(page)
+            after = page[-1].id
+            if len(page) < self.replay_page:
+                break
+        if (
+            replayed
+            and self.model.applied(gateway) is not None
+            and self.model.applied(gateway) > applied
+        ):
+            pending.cursors[gateway] = self._cursor(gateway)
+        self.log.info(
+            "calls: gateway {gateway} recovered: {replayed} events replayed"
+            " from id {start}, {open} calls open",
+            gateway=gateway,
+            replayed=replayed,
+            start=start,
+            open=len(self.model.open_calls(gateway)),
+        )
 
     def _recovery_done(self, _):
         self._recovering = False
@@ -266,7 +324,12 @@ class CallService(Service):
         if self._recovering:
             self._early.extend(result.events)
             return
-        self._take_all(result.events)
+        events = result.events
+        if self._loading:
+            events = []
+            for e in result.events:
+                (self._loading[e.gateway] if e.gateway in self._loading else events).append(e)
+        self._take_all(events)
         self._flush()
 
     def _take_all(self, events) -> None:
@@ -443,6 +506,21 @@ class CallService(Service):
 
     def _write_failed(self, failure, pending: _Pending) -> None:
         self._inflight = None
+        if failure.check(LeaseLost):
+            # another node took these gateways: theirs to make again
+            self.log.warn(
+                "calls: gateway {gateways} moved to another cdrd node; its unwritten products are its",
+                gateways=", ".join(failure.value.gateways),
+            )
+            for gateway in failure.value.gateways:
+                self.release(gateway)
+            self._drop(pending, set(failure.value.gateways))
+            later, self._pending = self._pending, pending  # the others' go first, as they were
+            pending.products.extend(later.products)
+            pending.cursors.update(later.cursors)
+            self._flush()
+            self._maybe_idle()
+            return
         self.log.error(
             "calls: writing {products} products failed ({error}); retrying in {delay}s",
             products=len(pending.products),

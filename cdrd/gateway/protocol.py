@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 
 from attrs import evolve
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line, 
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
 from cdrd.interfaces import WriteBatch
+from cdrd.store.leases import LeaseLost
 from cdrd.values import CallEvent, LogEntry, rfc3339
 
 LOGIN_TIMEOUT = 30.0  # seconds a connection may take to log in
@@ -88,6 +89,8 @@ class GatewayFactory(Factory):
         self.ack_latency = None
         self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
         self._refusal_logged: float | None = None
+        # several nodes (cdrd.cluster): a LOGIN first takes the gateway's lease
+        self.claim: Callable[[str], Deferred] = lambda key: succeed(None)
 
     def buildProtocol(self, addr):
         limit = self.config.server.max_connections
@@ -353,7 +356,8 @@ class GatewayProtocol(Protocol):
         self.transport.pauseProducing()
         registry = self.factory.registry
         registry.begin_login(req.key)
-        d = self.factory.store.gateway(req.key)
+        d = self.factory.claim(req.key)
+        d.addCallback(lambda _: self.factory.store.gateway(req.key))
         d.addCallback(self._settled, req)
         d.addCallback(self._loggedIn, req, received)
 
@@ -554,6 +558,9 @@ class GatewayProtocol(Protocol):
             what=what, gateway=self.gw, peer=self.peer,
             error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
         )
+        if failure.check(LeaseLost) and self.phase != CLOSING and self.transport is not None:
+            self.close(S.RELOGIN_KICKOUT)  # it logged in on another cdrd node
+            return
         if what == "events" and self.link is not None:
             # `committed` stops here until the next login (the writer fails
             # this gateway's later submissions already queued, too)

@@ -17,7 +17,9 @@ never commit for it again (LeaseLost).
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import psycopg
 from twisted.internet import defer
@@ -28,13 +30,37 @@ from zope.interface import implementer
 from cdrd.interfaces import IStore
 from cdrd.store import StoreClosed, safe_url
 from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
-from cdrd.store.sql import GATEWAY_FIELDS, SqlStore, _gateway
+from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
 
 #: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
 WRITE_LOCK = 0x63647264
 THREADS = 4
 #: cluster.lease_seconds when the store is built without a config
 LEASE_SECONDS = 10.0
+
+#: NOTIFY channel of the live feeds (docs/web.md, "Several nodes")
+FEED_CHANNEL = "cdrd_feed"
+#: a NOTIFY payload is at most 8000 bytes
+FEED_PAYLOAD = 7000
+
+
+def _feed_payloads(node: str, events, log, calls: list[str]) -> list[str]:
+    """JSON payloads: {"node", "events": [first, last], "log": [first, last], "calls": [ids]}."""
+    if not (events or log or calls):
+        return []
+    payloads = []
+    head = {"node": node, "events": events, "log": log, "calls": []}
+    size = len(json.dumps(head))
+    for call in calls:
+        if size + len(call) + 4 > FEED_PAYLOAD:
+            payloads.append(json.dumps(head))
+            head = {"node": node, "events": None, "log": None, "calls": []}
+            size = len(json.dumps(head))
+        head["calls"].append(call)
+        size += len(call) + 4
+    payloads.append(json.dumps(head))
+    return payloads
+
 
 #: the gateways' columns, online only while a node holds a live lease
 _PRESENT_COLS = ", ".join(
@@ -60,6 +86,8 @@ class PostgresStore(SqlStore):
         self._lock = threading.Lock()
         self.schema_version: int | None = None
         self.leases = leases if leases is not None else Leases(default_node_name(), LEASE_SECONDS)
+        self._listen_pool: ThreadPool | None = None
+        self._listening = False
 
     def __repr__(self):
         return f"<PostgresStore {safe_url(self._url)}>"
@@ -99,6 +127,14 @@ class PostgresStore(SqlStore):
         return defer.succeed(None)
 
     def close(self):
+        self._listening = False
+        listen_pool, self._listen_pool = self._listen_pool, None
+        if listen_pool is not None:
+            get_pool = getattr(self.reactor, "getThreadPool", None)
+            if get_pool is not None:
+                deferToThreadPool(self.reactor, get_pool(), listen_pool.stop)
+            else:
+                listen_pool.stop()
         pool = self._pool
         if pool is None:
             return defer.succeed(None)
@@ -150,7 +186,58 @@ class PostgresStore(SqlStore):
     def _write(self, cur, batch):
         # under the write lock: a node that lost a gateway commits nothing for it
         self.leases.check(cur, batch_gateways(batch))
-        return super()._write(cur, batch)
+        log_before = self._max_id(cur, "log") if batch.log else 0
+        result = super()._write(cur, batch)
+        # the other nodes' live feeds: what this commit added (delivered at
+        # commit, in commit order; the write lock makes the id ranges ours)
+        for payload in _feed_payloads(
+            self.leases.node,
+            (result.events[0].id, result.events[-1].id) if result.events else None,
+            (log_before + 1, self._max_id(cur, "log")) if batch.log else None,
+            [r.id for r in batch.records],
+        ):
+            cur.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, payload))
+        return result
+
+    def _max_id(self, cur, table: str) -> int:
+        return cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+
+    def log_between(self, first: int, last: int):
+        """Deferred[list[LogEntry]]: the gateway log entries with ids first..last."""
+        def q(cur):
+            rows = cur.execute(
+                f"SELECT {LOG_COLS} FROM log WHERE id BETWEEN %s AND %s ORDER BY id", (first, last)
+            ).fetchall()
+            return [_log(r) for r in rows]
+        return self._read(q)
+
+    def listen(self, received) -> None:
+        """
+        Call `received(payload: dict)` in the reactor thread for every
+        commit of any node on this database (LISTEN cdrd_feed), until
+        close(); a lost connection is reconnected after a second.
+        """
+        if self._listen_pool is not None:
+            return
+        self._listening = True
+        self._listen_pool = ThreadPool(1, 1, name="cdrd-postgresql-listen")
+        self._listen_pool.start()
+        self._listen_pool.callInThread(self._listen_loop, received)
+
+    def _listen_loop(self, received) -> None:
+        while self._listening:
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=self.connect_timeout) as conn:
+                    conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    while self._listening:
+                        for note in conn.notifies(timeout=0.5):
+                            self.reactor.callFromThread(received, json.loads(note.payload))
+            except psycopg.Error as e:
+                if self._listening:
+                    self.reactor.callFromThread(
+                        self._logger.warn, "store {url}: the live feed's LISTEN failed ({error}); again in 1 s",
+                        url=safe_url(self._url), error=str(e).strip())
+                    time.sleep(1.0)  # in the listen thread, never the reactor
 
     def gateways(self):
         def q(cur):
