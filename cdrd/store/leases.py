@@ -193,7 +193,19 @@ class Leases:
             (self.lease_ms, self.node),
         ).fetchall()
         renewed = dict(rows)
-        lost = [g for g, token in held.items() if renewed.get(g) != token]
+        missed = [g for g, token in held.items() if renewed.get(g) != token]
+        if not missed:
+            return []
+        # a take of this node's own may be committing meanwhile (its row not
+        # visible to the UPDATE yet): lost is only what the row now shows
+        # held by another node or another token
+        now = {
+            gateway: (node, token)
+            for gateway, node, token in cur.execute(
+                "SELECT gateway, node, token FROM gateway_leases WHERE gateway = ANY(%s)", (missed,)
+            )
+        }
+        lost = [g for g in missed if g in now and now[g] != (self.node, held[g])]
         with self._lock:
             for g in lost:
                 if self._held.get(g) == held[g]:

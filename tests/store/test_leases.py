@@ -121,6 +121,17 @@ async def test_renewal_finds_the_leases_taken(nodes):
 
 
 @pytest_twisted.ensureDeferred
+async def test_renewal_racing_a_take_of_its_own_loses_nothing(nodes):
+    """A take notes its token before its commit; a renewal in between finds
+    no row (or the old one) and must not call the gateway lost."""
+    a, _, _ = nodes
+    await a.take_lease(KEY2)
+    a.leases._held[KEY] = 1  # as while the take's INSERT is not committed yet
+    assert await a.renew_leases() == []
+    assert a.leases.held() == {KEY: 1, KEY2: 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_work_is_taken_only_once_expired(nodes):
     a, b, url = nodes
     assert (await a.take_expired_lease(WORK)).token == 1
