@@ -27,6 +27,7 @@ from attrs import evolve
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cdrd.interfaces import WriteBatch
 from cdrd.store.leases import WORK
@@ -62,6 +63,7 @@ class Cluster(Service):
         self._loop: task.LoopingCall | None = None
         self._poll: task.LoopingCall | None = None
         self._ticking: defer.Deferred | None = None
+        self._failing = False  # the last tick failed (logged once)
         self.adopted = 0  # orphaned gateways adopted, for tests and status
 
     # -- a LOGIN ------------------------------------------------------------------
@@ -112,13 +114,19 @@ class Cluster(Service):
 
         def over(result):
             self._ticking = None
+            if self._failing and not isinstance(result, Failure):
+                self._failing = False
+                self.log.info("cluster: renewing the leases again")
             return result
 
         def failed(failure):
             # a database away (failover): the leases live on until they
-            # expire, and the writes they fence fail anyway meanwhile
-            self.log.warn("cluster: renewing the leases failed ({error}); again in {interval:.1f} s",
-                          error=failure.getErrorMessage(), interval=self.interval)
+            # expire, and the writes they fence fail anyway meanwhile.  One
+            # line per outage, not one per try.
+            if not self._failing:
+                self._failing = True
+                self.log.warn("cluster: renewing the leases failed ({error}); trying every {interval:.1f} s",
+                              error=failure.getErrorMessage(), interval=self.interval)
 
         return d.addBoth(over).addErrback(failed)
 
