@@ -146,3 +146,62 @@ def test_a_dead_nodes_gateway_that_never_returns_is_adopted(tmp_path, pg_databas
     finally:
         a.stop()
         b.stop()
+
+
+class Stream:
+    """A server-sent events stream read off a raw socket: (event, data) pairs."""
+
+    def __init__(self, port: int, path: str):
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
+        self.buf = b""
+
+    def until(self, predicate) -> list[tuple[str, dict]]:
+        """Read messages until `predicate(messages)`; the messages."""
+        import json
+
+        deadline = time.monotonic() + 15
+        while True:
+            messages = []
+            for block in self.buf.split(b"\n\n"):
+                fields = dict(line.split(": ", 1) for line in block.decode().splitlines() if ": " in line)
+                if "data" in fields and fields["data"].startswith("{"):
+                    messages.append((fields.get("event", "message"), json.loads(fields["data"])))
+            if predicate(messages):
+                return messages
+            assert time.monotonic() < deadline, messages
+            self.buf += self.sock.recv(65536)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_every_node_streams_what_another_node_stored(tmp_path, pg_database):
+    """The live feeds hear the other nodes' commits (LISTEN/NOTIFY cdrd_feed)."""
+    _, url = pg_database
+    a, b = nodes(tmp_path, url)
+    try:
+        a.start()
+        b.start()
+        events = Stream(b.web_port, "/api/events/stream")
+        dashboard = Stream(b.web_port, "/dashboard/stream")
+        events.until(lambda m: True)
+        t0 = int(time.time() * 1000)
+        client = GatewayClient(a.gateway_port)  # on a, not b
+        open_call(client, t0)
+        client.send("EV", seq="5", ref="75", t=format_gateway_time(t0 + 127_250), type="HOOK_ON", port="1")
+        read_until_ack(client, 5)
+        client.close()
+        got = events.until(lambda m: sum(1 for _, d in m if d.get("gateway") == "8200_000C2A020082") >= 5)
+        assert [d["seq"] for _, d in got if d.get("gateway") == "8200_000C2A020082"] == [1, 2, 3, 4, 5]
+        kinds = dashboard.until(lambda m: any(kind == "call" for kind, _ in m))
+        assert {"heard", "log", "call"} <= {kind for kind, _ in kinds}
+        (call,) = [d for kind, d in kinds if kind == "call"]
+        assert (call["gateway"], call["answered"], call["talk"]) == ("8200_000C2A020082", True, 120_000)
+        events.close()
+        dashboard.close()
+    finally:
+        a.stop()
+        b.stop()
