@@ -76,6 +76,7 @@ bench: venv
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py
 	$(PY) bench/report.py
+	$(PY) bench/nodes.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

@@ -368,16 +368,23 @@ class _Section:
             raise ConfigError(self.setting(key), f"longer than {limit} bytes")
         return value
 
-    def number(self, key: str, default: float, minimum: float | None = None) -> float:
+    def number(self, key: str, default: float, minimum: float | None = None,
+               maximum: float | None = None, why: str = "") -> float:
+        """A number within [minimum, maximum]; `why` says why the maximum."""
         value = self.get(key, float, default)
         if minimum is not None and value < minimum:
             raise ConfigError(self.setting(key), f"{value:g} is below {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.setting(key), f"{value:g} is above {maximum:g} ({why})")
         return value
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, minimum: int | None = None,
+                maximum: int | None = None, why: str = "") -> int:
         value = self.get(key, int, default)
         if minimum is not None and value < minimum:
             raise ConfigError(self.setting(key), f"{value} is below {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.setting(key), f"{value} is above {maximum} ({why})")
         return value
 
     def table(self, key: str) -> _Section:
@@ -570,28 +577,23 @@ WEB_PASSWORD_HASH = re.compile(r"scrypt\$[0-9]{1,8}\$[0-9]{1,3}\$[0-9]{1,3}\$[0-
 def _retention(s: _Section) -> RetentionConfig:
     d = RetentionConfig()
     s.unknown({a.name for a in RetentionConfig.__attrs_attrs__})
-    interval = s.number("interval", d.interval, minimum=60)
-    if interval > 3600:
-        raise ConfigError(s.setting("interval"), f"{interval:g} is above 3600 (a sweep runs at least hourly)")
-    batch = s.integer("batch", d.batch, minimum=1)
-    if batch > 10_000:
-        raise ConfigError(s.setting("batch"), f"{batch} is above 10000 (one delete must stay short)")
     return RetentionConfig(
         events_days=s.integer("events_days", d.events_days, minimum=0),
         log_days=s.integer("log_days", d.log_days, minimum=0),
         records_days=s.integer("records_days", d.records_days, minimum=0),
-        interval=interval,
-        batch=batch,
+        interval=s.number("interval", d.interval, minimum=60, maximum=3600, why="a sweep runs at least hourly"),
+        batch=s.integer("batch", d.batch, minimum=1, maximum=10_000, why="one delete must stay short"),
     )
 
 
 def _cluster(s: _Section) -> ClusterConfig:
     d = ClusterConfig()
     s.unknown({a.name for a in ClusterConfig.__attrs_attrs__})
-    seconds = s.number("lease_seconds", d.lease_seconds, minimum=2)
-    if seconds > 300:
-        raise ConfigError(s.setting("lease_seconds"), f"{seconds:g} is above 300 (a dead node's gateways would wait)")
-    return ClusterConfig(lease_seconds=seconds, node=s.text("node", d.node, limit=200))
+    return ClusterConfig(
+        lease_seconds=s.number("lease_seconds", d.lease_seconds, minimum=2, maximum=300,
+                               why="a dead node's gateways would wait"),
+        node=s.text("node", d.node, limit=200),
+    )
 
 
 def _csv(s: _Section) -> CsvConfig:

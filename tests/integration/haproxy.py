@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tests.integration.daemon import ROOT, free_port
+from tests.processes import terminate
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CONFIG = ROOT / "etc" / "haproxy.cfg"
@@ -63,11 +64,5 @@ class HAProxy:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None

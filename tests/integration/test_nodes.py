@@ -55,6 +55,19 @@ def nodes(tmp_path, url, names=("a", "b")) -> list[Daemon]:
     return out
 
 
+@pytest.fixture
+def running(tmp_path, pg_database):
+    """Nodes a and b on one database, both started (every node active)."""
+    a, b = nodes(tmp_path, pg_database[1])
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
 def open_call(client, t0: int) -> None:
     assert client.login().fields["last"] == "0"
     for seq, (dt, etype, extra) in enumerate(CALL, start=1):
@@ -77,53 +90,39 @@ def end_call_and_check(client, t0: int, *readers: Daemon) -> None:
         assert sorted(e["seq"] for e in events) == [1, 2, 3, 4, 5]
 
 
-def test_a_gateway_moves_to_another_live_node_with_its_open_call(tmp_path, pg_database):
+def test_a_gateway_moves_to_another_live_node_with_its_open_call(running):
     """A LOGIN on b takes the gateway from a: a's connection is kicked out,
     b carries the open call on, and a can store nothing more for it."""
-    _, url = pg_database
-    a, b = nodes(tmp_path, url)
-    try:
-        a.start()
-        b.start()  # both active: no standby
-        t0 = int(time.time() * 1000)
-        old = GatewayClient(a.gateway_port)
-        open_call(old, t0)
+    a, b = running  # both active: no standby
+    t0 = int(time.time() * 1000)
+    old = GatewayClient(a.gateway_port)
+    open_call(old, t0)
 
-        client = GatewayClient(b.gateway_port)
-        ok = client.login(callref=76)
-        assert (ok.verb, ok.fields["last"]) == ("OK", "4")
-        # a lets go: its renewal finds the lease taken, closes the connection
-        with pytest.raises(ConnectionError):
-            while True:
-                old.read()
-        old.close()
-        a.wait_for(lambda: "was taken by another cdrd node" in a.log_text(), what="a letting go")
-        end_call_and_check(client, t0, a, b)
-        assert "Relogin Kickout" in str(a.api("/api/log?limit=50"))
-    finally:
-        a.stop()
-        b.stop()
+    client = GatewayClient(b.gateway_port)
+    ok = client.login(callref=76)
+    assert (ok.verb, ok.fields["last"]) == ("OK", "4")
+    # a lets go: its renewal finds the lease taken, closes the connection
+    with pytest.raises(ConnectionError):
+        while True:
+            old.read()
+    old.close()
+    a.wait_for(lambda: "was taken by another cdrd node" in a.log_text(), what="a letting go")
+    end_call_and_check(client, t0, a, b)
+    assert "Relogin Kickout" in str(a.api("/api/log?limit=50"))
 
 
-def test_a_dead_nodes_gateway_carries_on_at_another_node(tmp_path, pg_database):
-    _, url = pg_database
-    a, b = nodes(tmp_path, url)
-    try:
-        a.start()
-        b.start()
-        t0 = int(time.time() * 1000)
-        client = GatewayClient(a.gateway_port)
-        open_call(client, t0)
-        a.kill9()
-        client.close()
-        # the gateway's reconnect (its second address) takes the lease at once
-        client = GatewayClient(b.gateway_port)
-        ok = client.login(callref=76)  # its counter moved on with call 75: no reboot
-        assert (ok.verb, ok.fields["last"]) == ("OK", "4")
-        end_call_and_check(client, t0, b)
-    finally:
-        a.stop()
-        b.stop()
+def test_a_dead_nodes_gateway_carries_on_at_another_node(running):
+    a, b = running
+    t0 = int(time.time() * 1000)
+    client = GatewayClient(a.gateway_port)
+    open_call(client, t0)
+    a.kill9()
+    client.close()
+    # the gateway's reconnect (its second address) takes the lease at once
+    client = GatewayClient(b.gateway_port)
+    ok = client.login(callref=76)  # its counter moved on with call 75: no reboot
+    assert (ok.verb, ok.fields["last"]) == ("OK", "4")
+    end_call_and_check(client, t0, b)
 
 
 def test_a_dead_nodes_gateway_that_never_returns_is_adopted(tmp_path, pg_database):
@@ -178,30 +177,23 @@ class Stream:
         self.sock.close()
 
 
-def test_every_node_streams_what_another_node_stored(tmp_path, pg_database):
+def test_every_node_streams_what_another_node_stored(running):
     """The live feeds hear the other nodes' commits (LISTEN/NOTIFY cdrd_feed)."""
-    _, url = pg_database
-    a, b = nodes(tmp_path, url)
-    try:
-        a.start()
-        b.start()
-        events = Stream(b.web_port, "/api/events/stream")
-        dashboard = Stream(b.web_port, "/dashboard/stream")
-        events.until(lambda m: True)
-        t0 = int(time.time() * 1000)
-        client = GatewayClient(a.gateway_port)  # on a, not b
-        open_call(client, t0)
-        client.send("EV", seq="5", ref="75", t=format_gateway_time(t0 + 127_250), type="HOOK_ON", port="1")
-        read_until_ack(client, 5)
-        client.close()
-        got = events.until(lambda m: sum(1 for _, d in m if d.get("gateway") == "8200_000C2A020082") >= 5)
-        assert [d["seq"] for _, d in got if d.get("gateway") == "8200_000C2A020082"] == [1, 2, 3, 4, 5]
-        kinds = dashboard.until(lambda m: any(kind == "call" for kind, _ in m))
-        assert {"heard", "log", "call"} <= {kind for kind, _ in kinds}
-        (call,) = [d for kind, d in kinds if kind == "call"]
-        assert (call["gateway"], call["answered"], call["talk"]) == ("8200_000C2A020082", True, 120_000)
-        events.close()
-        dashboard.close()
-    finally:
-        a.stop()
-        b.stop()
+    a, b = running
+    events = Stream(b.web_port, "/api/events/stream")
+    dashboard = Stream(b.web_port, "/dashboard/stream")
+    events.until(lambda m: True)
+    t0 = int(time.time() * 1000)
+    client = GatewayClient(a.gateway_port)  # on a, not b
+    open_call(client, t0)
+    client.send("EV", seq="5", ref="75", t=format_gateway_time(t0 + 127_250), type="HOOK_ON", port="1")
+    read_until_ack(client, 5)
+    client.close()
+    got = events.until(lambda m: sum(1 for _, d in m if d.get("gateway") == "8200_000C2A020082") >= 5)
+    assert [d["seq"] for _, d in got if d.get("gateway") == "8200_000C2A020082"] == [1, 2, 3, 4, 5]
+    kinds = dashboard.until(lambda m: any(kind == "call" for kind, _ in m))
+    assert {"heard", "log", "call"} <= {kind for kind, _ in kinds}
+    (call,) = [d for kind, d in kinds if kind == "call"]
+    assert (call["gateway"], call["answered"], call["talk"]) == ("8200_000C2A020082", True, 120_000)
+    events.close()
+    dashboard.close()
