@@ -275,9 +275,9 @@ class CdrdService(MultiService):
 
     async def _mark_offline(self):
         """After a crash the store may still show gateways online."""
-        from cdrd.interfaces import WriteBatch
+        from cdrd.interfaces import ILeasedStore, WriteBatch
 
-        if getattr(self.store, "leases", None) is not None:
+        if ILeasedStore.providedBy(self.store):
             return  # PostgreSQL: online only under a live lease (cdrd.cluster)
 
         stale = [evolve(g, online=False) for g in await self.store.gateways() if g.online]
@@ -434,7 +434,9 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         root.listeners.append(listener)
         if setting == "server.metrics_endpoint":
             root.probes = listener
-    if getattr(store, "leases", None) is not None:  # PostgreSQL: one node of several
+    from cdrd.interfaces import ILeasedStore
+
+    if ILeasedStore.providedBy(store):  # PostgreSQL: one node of several
         from cdrd.cluster import install
 
         install(root, config, reactor, feed=feed)

@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cdrd.interfaces import IStore
+from cdrd.interfaces import ILeasedStore
 from cdrd.store import StoreClosed, safe_url
 from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
 from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
@@ -69,7 +69,7 @@ _PRESENT_COLS = ", ".join(
 )
 
 
-@implementer(IStore)
+@implementer(ILeasedStore)
 class PostgresStore(SqlStore):
     dialect = "postgresql"
     like = "ILIKE"

@@ -9,8 +9,9 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from zope.interface.verify import verifyObject
 
-from cdrd.interfaces import ModelCursor, WriteBatch
+from cdrd.interfaces import ILeasedStore, ModelCursor, WriteBatch
 from cdrd.store.leases import WORK, LeaseLost, Leases
 from cdrd.store.postgresql import PostgresStore
 from tests.store.values import KEY, KEY2, event, gateway_state
@@ -38,6 +39,11 @@ def sql(url, statement, params=()):
 def expire_all(url):
     """As if lease_seconds had passed with nobody renewing."""
     sql(url, "UPDATE gateway_leases SET expires = 0")
+
+
+def test_the_postgresql_store_is_a_leased_store(nodes):
+    a, _, _ = nodes
+    assert verifyObject(ILeasedStore, a)
 
 
 @pytest_twisted.ensureDeferred
