@@ -64,6 +64,7 @@ class Cluster(Service):
         self._poll: task.LoopingCall | None = None
         self._ticking: defer.Deferred | None = None
         self._failing = False  # the last tick failed (logged once)
+        self._loading: dict[str, defer.Deferred] = {}  # gateway -> its adoption in progress
         self.adopted = 0  # orphaned gateways adopted, for tests and status
 
     # -- a LOGIN ------------------------------------------------------------------
@@ -74,13 +75,26 @@ class Cluster(Service):
 
         def taken(lease):
             if not lease.moved:
-                return None
+                # held here already; an adoption of it may still be loading
+                loading = self._loading.get(gateway)
+                return None if loading is None else _waiter(loading)
             self.log.info(
                 "cluster: gateway {gateway} is this node's ({node}, token {token}); loading its open calls",
                 gateway=gateway, node=self.node, token=lease.token)
-            return self.calls.adopt(gateway)
+            return self._load(gateway)
 
         return d.addCallback(taken)
+
+    def _load(self, gateway: str) -> defer.Deferred:
+        """The call model adopts `gateway`; a claim meanwhile waits for it."""
+        d = self._loading[gateway] = self.calls.adopt(gateway)
+
+        def loaded(result):
+            if self._loading.get(gateway) is d:
+                del self._loading[gateway]
+            return result
+
+        return d.addBoth(loaded)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -171,7 +185,7 @@ class Cluster(Service):
         self.adopted += 1
         self.log.info("cluster: adopting gateway {gateway} (its node's lease expired with calls open)",
                       gateway=gateway)
-        await self.calls.adopt(gateway)
+        await self._load(gateway)
         state = await self.store.gateway(gateway)
         if state is not None and state.online and self.gateways.registry.connection(gateway) is None:
             await self.writer.submit(WriteBatch(gateways=[evolve(state, online=False)]))
@@ -210,6 +224,18 @@ class Cluster(Service):
         records = [r for r in [await self.store.call_record(c) for c in note.get("calls") or ()] if r]
         if records:
             self.feed.records_stored(records)
+
+
+def _waiter(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing with `d` (success or not), leaving `d`'s result alone."""
+    waiter = defer.Deferred()
+
+    def fire(result):
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return waiter
 
 
 def install(root, config, reactor, feed=None) -> Cluster:
