@@ -229,6 +229,9 @@ class PostgresStore(SqlStore):
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=self.connect_timeout) as conn:
                     conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    self.reactor.callFromThread(
+                        self._logger.info, "store {url}: listening for the other nodes' commits (live feeds)",
+                        url=safe_url(self._url))
                     while self._listening:
                         for note in conn.notifies(timeout=0.5):
                             self.reactor.callFromThread(received, json.loads(note.payload))

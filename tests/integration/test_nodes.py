@@ -156,6 +156,8 @@ class Stream:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
         self.buf = b""
+        while b"\r\n\r\n" not in self.buf:  # the response has begun: subscribed
+            self.buf += self.sock.recv(65536)
 
     def until(self, predicate) -> list[tuple[str, dict]]:
         """Read messages until `predicate(messages)`; the messages."""
@@ -180,9 +182,9 @@ class Stream:
 def test_every_node_streams_what_another_node_stored(running):
     """The live feeds hear the other nodes' commits (LISTEN/NOTIFY cdrd_feed)."""
     a, b = running
+    b.wait_for(lambda: "listening for the other nodes' commits" in b.log_text(), what="b's LISTEN")
     events = Stream(b.web_port, "/api/events/stream")
     dashboard = Stream(b.web_port, "/dashboard/stream")
-    events.until(lambda m: True)
     t0 = int(time.time() * 1000)
     client = GatewayClient(a.gateway_port)  # on a, not b
     open_call(client, t0)
