@@ -73,9 +73,11 @@ integration: system-deps venv
 
 bench: venv
 	$(PY) bench/ingest.py
+	$(PY) bench/budgets.py
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py
 	$(PY) bench/report.py
+	$(PY) bench/flood_log.py
 	$(PY) bench/nodes.py
 
 clean:

@@ -100,29 +100,36 @@ def drop_postgres(name: str) -> None:
                     f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
-def start_cdrd(tmp: Path, database: str) -> tuple[subprocess.Popen, int]:
+def start_cdrd(tmp: Path, database: str, extra_config: str = "", logfile: Path | None = None,
+               timeout: float = 30) -> tuple[subprocess.Popen, int]:
+    """
+    cdrd on `database` (a server.database URL); `extra_config` is appended
+    to its config file (tables after [server]); its log goes to `logfile`
+    (default tmp/cdrd.log), its output next to it (.out).
+    """
     port, web = free_port(), free_port()
+    logfile = logfile or tmp / "cdrd.log"
+    output = logfile.with_suffix(".out")
     config = tmp / "cdrd.toml"
     config.write_text(
         "[server]\n"
         f'gateway_endpoint = "tcp:{port}:interface=127.0.0.1"\n'
         f'web_endpoint = "tcp:{web}:interface=127.0.0.1"\n'
         f'database = "{database}"\n'
-        "allow_unknown_gateways = true\n"
+        "allow_unknown_gateways = true\n" + extra_config
     )
-    log = open(tmp / "cdrd.out", "wb")
     proc = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={tmp / 'cdrd.log'}", "cdrd",
+        [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={logfile}", "cdrd",
          "--config", str(config)],
-        cwd=ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=environment(), stdout=open(output, "wb"), stderr=subprocess.STDOUT,
     )
     try:
-        wait_port(port, proc, 30, "cdrd")
+        wait_port(port, proc, timeout, "cdrd")
     except RuntimeError:
         stop(proc)
-        tail = (tmp / "cdrd.out").read_text(errors="replace")[-1500:]
-        if (tmp / "cdrd.log").exists():
-            tail += (tmp / "cdrd.log").read_text(errors="replace")[-1500:]
+        tail = output.read_text(errors="replace")[-1500:]
+        if logfile.exists():
+            tail += logfile.read_text(errors="replace")[-1500:]
         raise RuntimeError(f"cdrd did not start:\n{tail}") from None
     return proc, port
 

@@ -38,7 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest import free_port, load, stop  # noqa: E402
+from ingest import load, stop  # noqa: E402
+from ingest import start_cdrd as ingest_start_cdrd  # noqa: E402
 
 from cdrd.store.schema import MIGRATIONS, SCHEMA_VERSION_DDL, migration_statements  # noqa: E402
 
@@ -112,24 +113,10 @@ def fill(path: Path, n_events: int, n_log: int, n_records: int) -> float:
 
 
 def start_cdrd(tmp: Path, database: Path, retention: str, batch: int) -> tuple[subprocess.Popen, int, Path]:
-    from ingest import environment, wait_port
-
-    port, web = free_port(), free_port()
-    config = tmp / "cdrd.toml"
-    config.write_text(
-        "[server]\n"
-        f'gateway_endpoint = "tcp:{port}:interface=127.0.0.1"\n'
-        f'web_endpoint = "tcp:{web}:interface=127.0.0.1"\n'
-        f'database = "sqlite:{database}"\n'
-        "allow_unknown_gateways = true\n"
-        f"[retention]\n{retention}\nbatch = {batch}\n"
-    )
+    """cdrd on the SQLite file `database` with a [retention] section; its log file is new each time."""
     logfile = tmp / f"cdrd-{time.monotonic_ns()}.log"
-    proc = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={logfile}", "cdrd", "--config", str(config)],
-        cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    wait_port(port, proc, 60, "cdrd")
+    proc, port = ingest_start_cdrd(tmp, f"sqlite:{database}", f"[retention]\n{retention}\nbatch = {batch}\n",
+                                   logfile=logfile, timeout=60)
     return proc, port, logfile
 
 

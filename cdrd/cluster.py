@@ -197,10 +197,7 @@ class Cluster(Service):
         self.calls.release(gateway)
         connection = self.gateways.registry.connection(gateway)
         if connection is not None:
-            entry = connection.kickedOut(int(self.clock.seconds() * 1000))
-            self.writer.submit(WriteBatch(log=[entry])).addErrback(
-                lambda f: self.log.warn("cluster: logging the kickout of {gateway} failed: {error}",
-                                        gateway=gateway, error=f.getErrorMessage()))
+            self.gateways.moved(connection)
 
     # -- the other nodes' commits (LISTEN cdrd_feed) -------------------------------------
 
@@ -240,7 +237,7 @@ def _waiter(d: defer.Deferred) -> defer.Deferred:
 
 def install(root, config, reactor, feed=None) -> Cluster:
     """
-    Make the CdrdService `root` (built by cdrd.tap.build_service on a
+    Make the CdrdService `root` (built by cdrd.service.build_service on a
     PostgreSQL store) one node of several: its leases' settings, no
     recovery of every gateway at start, the outputs' delivery and the
     retention sweeps moved under the #work lease, LOGINs claiming leases.
@@ -259,5 +256,5 @@ def install(root, config, reactor, feed=None) -> Cluster:
                       config.cluster.lease_seconds, work, feed=feed, outputs=outputs)
     cluster.setServiceParent(root)
     root.gateways.claim = cluster.claim
-    root.cluster = cluster
+    root.parts.cluster = cluster
     return cluster

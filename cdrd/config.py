@@ -57,6 +57,15 @@ def _at_least(minimum):
     return check
 
 
+def _at_most(maximum, why: str):
+    def check(inst, attribute, value):
+        if value > maximum:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise ConfigError(_setting(inst, attribute), f"{shown} is above {maximum} ({why})")
+
+    return check
+
+
 def _one_of(*choices, message: str):
     def check(inst, attribute, value):
         if value not in choices:
@@ -176,9 +185,17 @@ class ServerConfig:
     clock_tolerance: float = field(default=5.0, validator=_at_least(0))
     stale_after: float = field(default=86400.0, validator=_at_least(60))
     max_divert_depth: int = field(default=8, validator=_at_least(1))
-    # gateway connections open at once (logged in or not); more are refused.
-    # Keep it below the process's open-files limit (systemd LimitNOFILE)
+    # gateways logged in at once; one more LOGIN is answered unavailable.
+    # Connections not logged in have budgets of their own (below).  Keep
+    # max_connections + unauthenticated_total below the process's
+    # open-files limit (systemd LimitNOFILE)
     max_connections: int = field(default=1000, validator=_at_least(1))
+    # connections not logged in, per source address and in all: when a
+    # budget is full, its oldest connection gives way to the new one
+    unauthenticated_per_address: int = field(default=64, validator=_at_least(1))
+    unauthenticated_total: int = field(default=1024, validator=_at_least(1))
+    # seconds a connection may take to log in
+    login_timeout: float = field(default=10.0, validator=_at_least(1))
     # /metrics (and the probes) without auth on a listener of its own,
     # e.g. "tcp:9510:interface=10.0.0.5"; "" = off (see docs/monitoring.md)
     metrics_endpoint: str = ""
@@ -278,13 +295,16 @@ class CsvConfig:
 class RetentionConfig:
     """How long the store keeps each kind of row (docs/store.md, "Retention")."""
 
-    events_days: int = 0  # raw gateway events; 0 = keep forever
-    log_days: int = 0  # the gateway log
-    records_days: int = 0  # call records with their CDRs
+    SECTION = "retention"
+
+    events_days: int = field(default=0, validator=_at_least(0))  # raw gateway events; 0 = keep forever
+    log_days: int = field(default=0, validator=_at_least(0))  # the gateway log
+    records_days: int = field(default=0, validator=_at_least(0))  # call records with their CDRs
     # seconds between sweeps (one also runs at start-up): at least hourly
-    interval: float = 3600.0
+    interval: float = field(default=3600.0, validator=[
+        _at_least(60), _at_most(3600, "a sweep runs at least hourly")])
     # rows deleted per transaction: one delete stays a few milliseconds
-    batch: int = 200
+    batch: int = field(default=200, validator=[_at_least(1), _at_most(10_000, "one delete must stay short")])
 
     def days(self, kind: str) -> int:
         """The days `kind` ("events", "log", "records") is kept; 0 = forever."""
@@ -299,7 +319,8 @@ class ClusterConfig:
 
     # seconds a node's gateway leases outlive its last renewal (a dead
     # node's gateways and outboxes move on after this)
-    lease_seconds: float = field(default=10.0, validator=_at_least(2))
+    lease_seconds: float = field(default=10.0, validator=[
+        _at_least(2), _at_most(300, "a dead node's gateways would wait")])
     # this node's name in the leases and the log; "" = host name and pid
     node: str = field(default="", validator=_bytes_at_most(200))
 
@@ -368,23 +389,16 @@ class _Section:
             raise ConfigError(self.setting(key), f"longer than {limit} bytes")
         return value
 
-    def number(self, key: str, default: float, minimum: float | None = None,
-               maximum: float | None = None, why: str = "") -> float:
-        """A number within [minimum, maximum]; `why` says why the maximum."""
+    def number(self, key: str, default: float, minimum: float | None = None) -> float:
         value = self.get(key, float, default)
         if minimum is not None and value < minimum:
             raise ConfigError(self.setting(key), f"{value:g} is below {minimum:g}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(self.setting(key), f"{value:g} is above {maximum:g} ({why})")
         return value
 
-    def integer(self, key: str, default: int, minimum: int | None = None,
-                maximum: int | None = None, why: str = "") -> int:
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
         value = self.get(key, int, default)
         if minimum is not None and value < minimum:
             raise ConfigError(self.setting(key), f"{value} is below {minimum}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(self.setting(key), f"{value} is above {maximum} ({why})")
         return value
 
     def table(self, key: str) -> _Section:
@@ -425,6 +439,9 @@ def _server(s: _Section) -> ServerConfig:
         stale_after=s.number("stale_after", d.stale_after),
         max_divert_depth=s.integer("max_divert_depth", d.max_divert_depth),
         max_connections=s.integer("max_connections", d.max_connections),
+        unauthenticated_per_address=s.integer("unauthenticated_per_address", d.unauthenticated_per_address),
+        unauthenticated_total=s.integer("unauthenticated_total", d.unauthenticated_total),
+        login_timeout=s.number("login_timeout", d.login_timeout),
         metrics_endpoint=s.text("metrics_endpoint", d.metrics_endpoint),
         outbox_alert_age=s.number("outbox_alert_age", d.outbox_alert_age),
         bad_packet_flood=s.integer("bad_packet_flood", d.bad_packet_flood),
@@ -578,11 +595,11 @@ def _retention(s: _Section) -> RetentionConfig:
     d = RetentionConfig()
     s.unknown({a.name for a in RetentionConfig.__attrs_attrs__})
     return RetentionConfig(
-        events_days=s.integer("events_days", d.events_days, minimum=0),
-        log_days=s.integer("log_days", d.log_days, minimum=0),
-        records_days=s.integer("records_days", d.records_days, minimum=0),
-        interval=s.number("interval", d.interval, minimum=60, maximum=3600, why="a sweep runs at least hourly"),
-        batch=s.integer("batch", d.batch, minimum=1, maximum=10_000, why="one delete must stay short"),
+        events_days=s.integer("events_days", d.events_days),
+        log_days=s.integer("log_days", d.log_days),
+        records_days=s.integer("records_days", d.records_days),
+        interval=s.number("interval", d.interval),
+        batch=s.integer("batch", d.batch),
     )
 
 
@@ -590,9 +607,8 @@ def _cluster(s: _Section) -> ClusterConfig:
     d = ClusterConfig()
     s.unknown({a.name for a in ClusterConfig.__attrs_attrs__})
     return ClusterConfig(
-        lease_seconds=s.number("lease_seconds", d.lease_seconds, minimum=2, maximum=300,
-                               why="a dead node's gateways would wait"),
-        node=s.text("node", d.node, limit=200),
+        lease_seconds=s.number("lease_seconds", d.lease_seconds),
+        node=s.text("node", d.node),
     )
 
 

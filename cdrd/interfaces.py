@@ -55,6 +55,8 @@ class WriteBatch:
     - events: inserted unless (gateway, seq) is stored already (seq None is
       always inserted); the store assigns increasing ids in commit order.
     - log: gateway log entries, appended.
+    - log_counts: the counts of coalesced log entries stored before (in an
+      earlier batch), set (see LogCount).
     - gateways: upserted by key.
     - records, cdrs: inserted unless their id is stored already (a call is
       recorded once; a CDR is written once, whatever is replayed).
@@ -70,6 +72,21 @@ class WriteBatch:
     cursors: tuple[ModelCursor, ...] = field(default=(), converter=tuple)
     outbox: tuple[OutboxItem, ...] = field(default=(), converter=tuple)
     outbox_done: tuple[tuple[str, int], ...] = field(default=(), converter=tuple)
+    log_counts: tuple[LogCount, ...] = field(default=(), converter=tuple)
+
+
+@frozen
+class LogCount:
+    """
+    The count so far of a gateway log entry that stands for repeats
+    (cdrd.gateway.coalesce): the stored rows with the entry's time, event,
+    peer, gateway and MAC get `count` (the coalescer never opens two
+    entries alike).  Absolute, not an increment: writing it twice is
+    harmless.  No row (deleted by retention, or its insert failed): nothing.
+    """
+
+    entry: LogEntry  # as written in the earlier batch
+    count: int
 
 
 @frozen
@@ -439,6 +456,8 @@ class IBatchWriter(Interface):
 
     pending = Attribute("Events submitted and not yet committed (int): the back-pressure figure.")
     busy = Attribute("A transaction is in flight or submissions wait (bool).")
+    refusing = Attribute(
+        "Why the store refuses writes (str: disk full, database down), or None while it takes them.")
 
     def submit(batch):
         """Deferred[WriteResult] firing once the transaction holding the

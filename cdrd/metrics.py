@@ -132,10 +132,23 @@ class CdrdCollector:
                       value=(g.events_duplicate if g is not None else 0) + m.store_duplicates)
         yield counter("cdrd_bad_packets", "Bad packets (ERR code=bad) from gateways",
                       value=g.flood.total if g is not None else 0)
+        log_entries = counter("cdrd_gateway_log_entries", "Gateway log entries, by event, each repeat counted"
+                              " (the store keeps repeats as one entry with a count)", labels=["event"])
+        for event, n in sorted(g.coalescer.counted.items() if g is not None else ()):
+            log_entries.add_metric([event], n)
+        yield log_entries
+        yield GaugeMetricFamily("cdrd_gateway_log_windows", "Coalesced gateway log entries being counted",
+                                value=g.coalescer.tracked if g is not None else 0)
         yield GaugeMetricFamily("cdrd_gateways_online", "Gateways logged in",
                                 value=len(g.registry.online()) if g is not None else 0)
         yield GaugeMetricFamily("cdrd_gateway_connections", "Gateway TCP connections open",
                                 value=len(g.connections) if g is not None else 0)
+        yield GaugeMetricFamily("cdrd_gateway_connections_not_logged_in",
+                                "Gateway TCP connections that have not logged in",
+                                value=g.budgets.not_logged_in if g is not None else 0)
+        yield counter("cdrd_gateway_connections_given_way",
+                      "Connections not logged in closed for a newer one (a budget full)",
+                      value=g.connections_given_way if g is not None else 0)
         calls = self.m.sources.get("calls")
         yield GaugeMetricFamily("cdrd_calls_open", "Calls open in the call model",
                                 value=calls.model.open_count() if calls is not None else 0)

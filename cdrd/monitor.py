@@ -41,48 +41,61 @@ class Condition:
         self.active = active
 
 
+@define
+class _Watch:
+    """What the monitor remembers between checks."""
+
+    late: dict[str, Condition]  # sink -> its outbox_late condition
+    syslog_down: Condition = field(factory=lambda: Condition(
+        "syslog_target_down",
+        "syslog target {target} is down: {error}; CDR lines wait in the outbox",
+        "syslog target {target} is up again",
+    ))
+    syslog_seen_down: bool = False
+    stored: dict[str, tuple[int, int | None]] = field(factory=dict)  # sink -> (depth, created ms of the oldest)
+    loop: task.LoopingCall | None = None
+
+
+def _outbox_late() -> Condition:
+    return Condition(
+        "outbox_late",
+        "output {sink}: the oldest of {items} items waiting has waited {age:.0f} s"
+        " (server.outbox_alert_age {limit:g} s)",
+        "output {sink}: delivering again, the oldest of {items} items waiting has waited {age:.0f} s",
+    )
+
+
+@define(eq=False, slots=False, repr=False)
 class Monitor(Service):
     """
     `outboxes`: sink name -> callable returning (items, age of the oldest
     in s), or None for a sink whose figures this monitor reads from the
-    store.  `syslog`: the syslog sink's status() callable, or None.
+    store (then `outboxes` holds a reader of them).  `syslog`: the syslog
+    sink's status() callable, or None.
     """
+
+    store: object
+    clock: object
+    outbox_alert_age: float
+    outboxes: dict[str, Callable[[], tuple[int, float]] | None]
+    syslog: Callable | None = None
+    flood: object | None = None  # the gateways' BadPacketFlood, swept here
+    interval: float = INTERVAL
+    _from_store: frozenset[str] = field(init=False)
+    _watch: _Watch = field(init=False)
 
     log = Logger()
 
-    def __init__(self, store, clock, outbox_alert_age: float, outboxes: dict[str, Callable | None],
-                 syslog=None, flood=None, interval: float = INTERVAL):
-        self.store = store
-        self.clock = clock
-        self.alert_age = outbox_alert_age
-        self.interval = interval
-        self.syslog = syslog
-        self.flood = flood
-        self._stored: dict[str, tuple[int, int | None]] = {}  # sink -> (depth, created ms of the oldest)
-        self._from_store = {name for name, read in outboxes.items() if read is None}
-        self.outboxes: dict[str, Callable[[], tuple[int, float]]] = {
-            name: read if read is not None else self._reader(name) for name, read in outboxes.items()
+    def __attrs_post_init__(self):
+        self._from_store = frozenset(name for name, read in self.outboxes.items() if read is None)
+        self.outboxes = {
+            name: read if read is not None else self._reader(name) for name, read in self.outboxes.items()
         }
-        self._late = {
-            name: Condition(
-                "outbox_late",
-                "output {sink}: the oldest of {items} items waiting has waited {age:.0f} s"
-                " (server.outbox_alert_age {limit:g} s)",
-                "output {sink}: delivering again, the oldest of {items} items waiting has waited {age:.0f} s",
-            )
-            for name in self.outboxes
-        }
-        self._syslog_down = Condition(
-            "syslog_target_down",
-            "syslog target {target} is down: {error}; CDR lines wait in the outbox",
-            "syslog target {target} is up again",
-        )
-        self._syslog_seen_down = False
-        self._loop = None
+        self._watch = _Watch(late={name: _outbox_late() for name in self.outboxes})
 
     def _reader(self, name: str):
         def read() -> tuple[int, float]:
-            depth, oldest = self._stored.get(name, (0, None))
+            depth, oldest = self._watch.stored.get(name, (0, None))
             if not depth or oldest is None:
                 return depth, 0.0
             return depth, max(0.0, self.clock.seconds() - oldest / 1000)
@@ -91,16 +104,16 @@ class Monitor(Service):
 
     def startService(self):
         super().startService()
-        self._loop = task.LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(
+        self._watch.loop = task.LoopingCall(self.check)
+        self._watch.loop.clock = self.clock
+        self._watch.loop.start(self.interval, now=True).addErrback(
             lambda f: self.log.failure("monitor stopped", f))
 
     def stopService(self):
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        if self._watch.loop is not None and self._watch.loop.running:
+            self._watch.loop.stop()
+        self._watch.loop = None
         return defer.succeed(None)
 
     @defer.inlineCallbacks
@@ -110,17 +123,18 @@ class Monitor(Service):
         for name, read in self.outboxes.items():
             if name in self._from_store:
                 try:
-                    self._stored[name] = yield self.store.outbox_stats(name)
+                    self._watch.stored[name] = yield self.store.outbox_stats(name)
                 except Exception as e:  # the store down: the writer says so; keep the last figures
                     self.log.debug("outbox_stats({sink}) failed: {error}", sink=name, error=str(e))
             items, age = read()
-            self._late[name].check(age > self.alert_age, sink=name, items=items, age=age, limit=self.alert_age)
+            limit = self.outbox_alert_age
+            self._watch.late[name].check(age > limit, sink=name, items=items, age=age, limit=limit)
         if self.syslog is not None:
             status = self.syslog()
             down = not status["connected"]
             # down at two checks in a row: not the moment of a reconnect
-            self._syslog_down.check(
-                down and self._syslog_seen_down, target=status["target"],
+            self._watch.syslog_down.check(
+                down and self._watch.syslog_seen_down, target=status["target"],
                 error=status.get("last_error") or "not connected",
             )
-            self._syslog_seen_down = down
+            self._watch.syslog_seen_down = down

@@ -85,6 +85,11 @@ class LogEntry:
     mac: str = ""
     detail: str = ""
     id: int | None = None
+    #: how many times this entry happened: repeated Bad Packet, Gateway
+    #: Disconnect and Login Rejected entries from one address within a
+    #: minute are stored as one (cdrd.gateway.coalesce); `time`, `peer` and
+    #: `detail` are the first one's
+    count: int = 1
 
 
 @frozen

@@ -47,6 +47,7 @@ class OutboxStore(MemoryStore):
 class Writer:
     pending = 0
     busy = False
+    refusing = None
 
     def __init__(self, store):
         self.store = store

@@ -212,6 +212,11 @@ def test_cui_from_radius_settings():
         (lambda: C.ServerConfig(timezone="Mars/Olympus"), "server.timezone"),
         (lambda: C.WebConfig(realm='a"b'), "web.realm"),
         (lambda: C.CsvConfig(directory="d" * 5000), "csv.directory"),
+        (lambda: C.RetentionConfig(events_days=-1), "retention.events_days"),
+        (lambda: C.RetentionConfig(interval=7200), "retention.interval"),
+        (lambda: C.RetentionConfig(batch=0), "retention.batch"),
+        (lambda: C.ServerConfig(unauthenticated_per_address=0), "server.unauthenticated_per_address"),
+        (lambda: C.ServerConfig(login_timeout=0.5), "server.login_timeout"),
     ],
 )
 def test_config_classes_refuse_bad_values_where_they_are_built(build, setting):

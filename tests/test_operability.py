@@ -21,15 +21,18 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from cdrd import config as C
 from cdrd.gateway.codec import parse_line
+from cdrd.service import DaemonStatus, build_service
 from cdrd.systemd import notify
-from cdrd.tap import DaemonStatus, build_config, build_service
+from cdrd.tap import build_config
 from cdrd.web.auth import hash_password
 from tests.test_tap import LOGIN, JournalStore
 
 FAMILIES = {
     "cdrd_events_received", "cdrd_events_stored", "cdrd_events_duplicate", "cdrd_bad_packets",
+    "cdrd_gateway_log_entries", "cdrd_gateway_log_windows",
     "cdrd_ack_latency_seconds", "cdrd_store_commit_seconds", "cdrd_store_batch_events",
     "cdrd_gateways_online", "cdrd_gateway_connections", "cdrd_calls_open", "cdrd_calls", "cdrd_cdrs",
+    "cdrd_gateway_connections_not_logged_in", "cdrd_gateway_connections_given_way",
     "cdrd_outbox_items", "cdrd_outbox_oldest_age_seconds",
     "process_cpu_seconds", "process_open_fds", "python_info",
 }
@@ -101,12 +104,26 @@ def test_metrics_count_what_the_gateway_sent_and_the_store_kept():
     assert m[("cdrd_events_stored_total", ())] == 2
     assert m[("cdrd_events_duplicate_total", ())] == 1
     assert m[("cdrd_bad_packets_total", ())] == 1
+    assert m[("cdrd_gateway_log_entries_total", (("event", "Bad Packet"),))] == 1
+    assert m[("cdrd_gateway_log_entries_total", (("event", "Login"),))] == 1
+    assert m[("cdrd_gateway_log_windows", ())] == 1
     assert m[("cdrd_gateways_online", ())] == 1
     assert m[("cdrd_gateway_connections", ())] == 1
+    assert m[("cdrd_gateway_connections_not_logged_in", ())] == 0
+    assert m[("cdrd_gateway_connections_given_way_total", ())] == 0
     assert m[("cdrd_calls_open", ())] == 1
     assert m[("cdrd_ack_latency_seconds_count", ())] >= 1
     assert m[("cdrd_store_batch_events_sum", ())] == 2
     assert m[("cdrd_store_commit_seconds_count", ())] >= 1
+
+
+def test_metrics_count_connections_not_logged_in_and_those_that_gave_way():
+    svc, reactor = started(unauthenticated_per_address=2)
+    for _ in range(5):
+        gateway(svc, reactor, b"")
+    m = scrape(svc)
+    assert m[("cdrd_gateway_connections_not_logged_in", ())] == 2
+    assert m[("cdrd_gateway_connections_given_way_total", ())] == 3
 
 
 def test_metrics_page_has_every_family_and_follows_the_text_format():

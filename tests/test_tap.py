@@ -1,5 +1,5 @@
 """
-cdrd.tap's wiring over a MemoryReactorClock: what listens when, the order
+cdrd.service's wiring over a MemoryReactorClock: what listens when, the order
 of shut-down, and endpoints checked at config time.  The same over a real
 twistd process is in tests/integration/test_lifecycle.py.
 """
@@ -14,9 +14,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from cdrd import config as C
 from cdrd.gateway.codec import parse_line
 from cdrd.interfaces import LogQuery
+from cdrd.service import build_service
 from cdrd.store import StoreClosed
 from cdrd.store.memory import MemoryStore
-from cdrd.tap import build_config, build_service
+from cdrd.tap import build_config
 
 LOGIN = b"LOGIN proto=1 gw=8200 mac=000C2A020082 fxs=2 fxo=2 isdn=0 callref=74 time=2026-11-22T10:00:00\n"
 

@@ -513,6 +513,22 @@ class CallModel:
         if call.inbound is None:
             self._start_inbound(call, time, out, port=call.port, pport=call.pport)
 
+    def _dial(self, call: _Call, time: int, out: list, digits: str | None, pstn: bool, pport=None) -> None:
+        """
+        DIAL (`pstn` False) or PSTN_DIAL: digits before the answer are the
+        number dialled (they start the outbound leg), after it DTMF.
+        """
+        if digits is not None:
+            history, before = ("pstn_dial", "pstn_before_answer") if pstn else ("dialed", "digits_before_answer")
+            if getattr(call, history) is None:
+                setattr(call, history, [])
+            getattr(call, history).append(digits)
+            if call.connect is None:
+                setattr(call, before, getattr(call, before) + 1)
+        self._ensure_inbound(call, time, out)
+        if call.outbound is None and call.connect is None:
+            self._start_outbound(call, time, out, digits or "", pport=pport)
+
     def _start_outbound(
         self, call: _Call, time: int, out: list, dialled: str, port=None, pport=None
     ) -> None:
@@ -589,27 +605,9 @@ class CallModel:
             if call.outbound is None:
                 self._start_outbound(call, time, out, to, port=port)
         elif kind == "DIAL":
-            digits = fields.get("digits")
-            if digits is not None:
-                if call.dialed is None:
-                    call.dialed = []
-                call.dialed.append(digits)
-                if call.connect is None:
-                    call.digits_before_answer += 1
-            self._ensure_inbound(call, time, out)
-            if call.outbound is None and call.connect is None:
-                self._start_outbound(call, time, out, digits or "")
+            self._dial(call, time, out, fields.get("digits"), pstn=False)
         elif kind == "PSTN_DIAL":
-            digits = fields.get("digits")
-            if digits is not None:
-                if call.pstn_dial is None:
-                    call.pstn_dial = []
-                call.pstn_dial.append(digits)
-                if call.connect is None:
-                    call.pstn_before_answer += 1
-            self._ensure_inbound(call, time, out)
-            if call.outbound is None and call.connect is None:
-                self._start_outbound(call, time, out, digits or "", pport=pport)
+            self._dial(call, time, out, fields.get("digits"), pstn=True, pport=pport)
         elif kind in RINGS:
             if kind == "RING":
                 call.rung = True

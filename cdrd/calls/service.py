@@ -57,6 +57,37 @@ def _describe(product: ModelOutput) -> str:
     return f"{type(product).__name__} {product.leg.id}"
 
 
+@define
+class _Writes:
+    """The products on their way to the store, and who waits for them."""
+
+    pending: _Pending = field(factory=_Pending)  # produced, not yet submitted
+    inflight: defer.Deferred | None = None  # the derived transaction in flight
+    retry: object | None = None  # IDelayedCall: a failed write tried again
+    # products a sink's spool() refused, held for it and retried with
+    # every later write (docs/calls.md, "A sink that cannot spool")
+    held: dict[str, list] = field(factory=dict)  # sink name -> products, in order
+    waiters: list[defer.Deferred] = field(factory=list)  # idle() callers
+    written: int = 0  # derived transactions committed, for tests and status
+    failed: int = 0  # failed tries of the write being retried (0: none failing)
+
+
+@define
+class _Recovery:
+    active: bool = False
+    early: list = field(factory=list)  # committed events seen while recovering
+    # several nodes (cdrd.cluster): gateway being adopted -> its events
+    # committed meanwhile, applied once its open calls are loaded
+    loading: dict[str, list] = field(factory=dict)
+
+
+@define
+class _Sweep:
+    looping: task.LoopingCall | None = None
+    stale_sent: set = field(factory=set)  # calls a STALE event was written for
+
+
+@define(eq=False, slots=False, repr=False)
 class CallService(Service):
     """
     `store` is an IStore, `writer` the BatchWriter every write goes through,
@@ -67,45 +98,41 @@ class CallService(Service):
     and what the model produces meanwhile waits for the next one.
     """
 
+    config: Config
+    store: object
+    writer: object
+    clock: object
+    sinks: tuple = field(default=(), converter=tuple)
+    replay_page: int = REPLAY_PAGE
+    sweep_interval: float = SWEEP_INTERVAL
+    tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY
+    # several nodes on one PostgreSQL (cdrd.cluster): False, no gateway is
+    # recovered at start; each is loaded when this node takes its lease
+    recover_all: bool = True
+    model: CallModel = field(init=False)
+    #: fires once the open calls are recovered
+    recovered: defer.Deferred = field(init=False, factory=defer.Deferred)
+    _writes: _Writes = field(init=False, factory=_Writes)
+    _recovery: _Recovery = field(init=False, factory=_Recovery)
+    _sweep: _Sweep = field(init=False, factory=_Sweep)
+
     log = Logger()
 
-    def __init__(
-        self,
-        config: Config,
-        store,
-        writer,
-        clock,
-        sinks=(),
-        replay_page: int = REPLAY_PAGE,
-        sweep_interval: float = SWEEP_INTERVAL,
-        tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY,
-    ):
-        self.config = config
-        self.store = store
-        self.writer = writer
-        self.clock = clock
-        self.sinks = tuple(sinks)
-        self.replay_page = replay_page
-        self.sweep_interval = sweep_interval
-        self.stale_after_ms = int(config.server.stale_after * 1000)
-        self.model = CallModel(config, tombstones_per_gateway)
-        self.recovered: defer.Deferred = defer.Deferred()
-        self._recovering = False
-        self._early: list = []  # committed events seen while recovering
-        self._pending = _Pending()
-        self._inflight: defer.Deferred | None = None
-        self._retry = None
-        self._sweeper: task.LoopingCall | None = None
-        self._stale_sent: set = set()
-        # products a sink's spool() refused, held for it and retried with
-        # every later write (docs/calls.md, "A sink that cannot spool")
-        self._held: dict[str, list] = {}  # sink name -> products, in order
-        self._waiters: list[defer.Deferred] = []
-        # several nodes on one PostgreSQL (cdrd.cluster): no gateway is
-        # recovered at start; each is loaded when this node takes its lease
-        self.recover_all = True
-        self._loading: dict[str, list] = {}  # gateway being adopted -> its events committed meanwhile
-        self.written = 0  # derived transactions committed, for tests and status
+    def __attrs_post_init__(self):
+        self.model = CallModel(self.config, self.tombstones_per_gateway)
+
+    @property
+    def stale_after_ms(self) -> int:
+        return int(self.config.server.stale_after * 1000)
+
+    @property
+    def written(self) -> int:
+        return self._writes.written
+
+    @property
+    def failed_writes(self) -> int:
+        """Failed tries of the write being retried (0: none failing)."""
+        return self._writes.failed
 
     # -- the API used by other rooms ---------------------------------------
 
@@ -122,11 +149,11 @@ class CallService(Service):
         events committed meanwhile are applied after.  Fires once loaded.
         """
         self.release(gateway)
-        self._loading[gateway] = []
+        self._recovery.loading[gateway] = []
         d = defer.ensureDeferred(self._adopt(gateway))
 
         def done(result):
-            early = self._loading.pop(gateway, [])
+            early = self._recovery.loading.pop(gateway, [])
             if early:
                 self._take_all(early)
             self._flush()
@@ -141,8 +168,8 @@ class CallService(Service):
         cursor = (await self.store.cursors()).get(gateway)
         pending = _Pending()
         await self._recover_gateway(gateway, cursor, self._now(), pending)
-        self._pending.products.extend(pending.products)
-        self._pending.cursors.update(pending.cursors)
+        self._writes.pending.products.extend(pending.products)
+        self._writes.pending.cursors.update(pending.cursors)
 
     def release(self, gateway: str) -> None:
         """
@@ -151,11 +178,11 @@ class CallService(Service):
         events after the cursor stored, which did not move either).
         """
         self.model.forget(gateway)
-        self._loading.pop(gateway, None)
-        self._stale_sent = {k for k in self._stale_sent if k[0] != gateway}
-        self._drop(self._pending, {gateway})
-        for name, products in list(self._held.items()):
-            self._held[name] = [p for p in products if _gateway_of(p) != gateway]
+        self._recovery.loading.pop(gateway, None)
+        self._sweep.stale_sent = {k for k in self._sweep.stale_sent if k[0] != gateway}
+        self._drop(self._writes.pending, {gateway})
+        for name, products in list(self._writes.held.items()):
+            self._writes.held[name] = [p for p in products if _gateway_of(p) != gateway]
 
     @staticmethod
     def _drop(pending: _Pending, gateways: set) -> None:
@@ -165,17 +192,17 @@ class CallService(Service):
 
     def idle(self) -> defer.Deferred:
         """Fires once every product so far is written and the sinks told."""
-        if self._inflight is None and not self._pending and self._retry is None:
+        if self._writes.inflight is None and not self._writes.pending and self._writes.retry is None:
             return defer.succeed(None)
         d = defer.Deferred()
-        self._waiters.append(d)
+        self._writes.waiters.append(d)
         return d
 
     # -- lifecycle ---------------------------------------------------------
 
     def startService(self):
         super().startService()
-        self._recovering = True
+        self._recovery.active = True
         self.writer.add_listener(self._committed)
         d = defer.ensureDeferred(self._recover())
         d.addCallbacks(self._recovery_done, self._recovery_failed)
@@ -183,16 +210,16 @@ class CallService(Service):
 
     def stopService(self):
         super().stopService()
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        if self._sweep.looping is not None and self._sweep.looping.running:
+            self._sweep.looping.stop()
         try:
             self.writer.remove_listener(self._committed)
         except ValueError:
             pass
-        if self._retry is not None and self._retry.active():
+        if self._writes.retry is not None and self._writes.retry.active():
             # the store refuses our writes: stopping must not wait for it
-            self._retry.cancel()
-            self._retry = None
+            self._writes.retry.cancel()
+            self._writes.retry = None
             self._left_for_replay()
         d = self.idle()
         d.addCallback(self._stopped)
@@ -204,7 +231,7 @@ class CallService(Service):
         the cursors of those products were not written either, so the next
         start replays their events and makes them again.
         """
-        pending, self._pending = self._pending, _Pending()
+        pending, self._writes.pending = self._writes.pending, _Pending()
         if pending:
             self.log.warn(
                 "calls: stopping with {products} products unwritten (the store refused"
@@ -214,7 +241,7 @@ class CallService(Service):
         self._maybe_idle()
 
     def _stopped(self, _) -> None:
-        held, self._held = self._held, {}
+        held, self._writes.held = self._writes.held, {}
         for name, products in held.items():
             self._lost(name, products, "cdrd stopped")
 
@@ -233,7 +260,7 @@ class CallService(Service):
             return  # several nodes: a gateway is loaded when this node takes it (adopt)
         now = self._now()
         for gateway in sorted(gateways):
-            await self._recover_gateway(gateway, cursors.get(gateway), now, self._pending)
+            await self._recover_gateway(gateway, cursors.get(gateway), now, self._writes.pending)
 
     async def _recover_gateway(self, gateway: str, cursor, now: int, pending: _Pending) -> None:
         """Rebuild `gateway`'s open calls from its cursor on (docs/calls.md)."""
@@ -295,20 +322,20 @@ class CallService(Service):
         )
 
     def _recovery_done(self, _):
-        self._recovering = False
-        early, self._early = self._early, []
+        self._recovery.active = False
+        early, self._recovery.early = self._recovery.early, []
         self._take_all(early)
         self._flush()
-        self._sweeper = task.LoopingCall(self.sweep)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(self.sweep_interval, now=False).addErrback(
+        self._sweep.looping = task.LoopingCall(self.sweep)
+        self._sweep.looping.clock = self.clock
+        self._sweep.looping.start(self.sweep_interval, now=False).addErrback(
             lambda f: self.log.failure("stale sweep stopped", f)
         )
         d = self.idle()
         d.addCallback(lambda _: self.recovered.callback(None))
 
     def _recovery_failed(self, failure):
-        self._recovering = False
+        self._recovery.active = False
         self.log.failure("calls: recovery failed", failure)
         self.recovered.errback(failure)
 
@@ -321,19 +348,20 @@ class CallService(Service):
             self.model.gateway_seen(state)
         if not result.events:
             return  # our own derived batches, or gateway state only
-        if self._recovering:
-            self._early.extend(result.events)
+        if self._recovery.active:
+            self._recovery.early.extend(result.events)
             return
         events = result.events
-        if self._loading:
+        if self._recovery.loading:
             events = []
             for e in result.events:
-                (self._loading[e.gateway] if e.gateway in self._loading else events).append(e)
+                loading = self._recovery.loading.get(e.gateway)
+                (loading if loading is not None else events).append(e)
         self._take_all(events)
         self._flush()
 
     def _take_all(self, events) -> None:
-        products = self._pending.products
+        products = self._writes.pending.products
         touched = set()
         for event in events:
             out = self._apply(event)
@@ -342,7 +370,7 @@ class CallService(Service):
             touched.add(event.gateway)
         for gateway in touched:
             if self.model.applied(gateway) is not None:
-                self._pending.cursors[gateway] = self._cursor(gateway)
+                self._writes.pending.cursors[gateway] = self._cursor(gateway)
 
     def _apply(self, event: CallEvent) -> list:
         try:
@@ -357,7 +385,7 @@ class CallService(Service):
             return []
         for p in products:
             if isinstance(p, CallEnd):
-                self._stale_sent.discard(
+                self._sweep.stale_sent.discard(
                     (p.record.gateway, p.record.boot, p.record.ref)
                 )
         return products
@@ -374,9 +402,9 @@ class CallService(Service):
     # -- writing products, in order -----------------------------------------
 
     def _flush(self) -> None:
-        if self._inflight is not None or self._retry is not None or not self._pending:
+        if self._writes.inflight is not None or self._writes.retry is not None or not self._writes.pending:
             return
-        pending, self._pending = self._pending, _Pending()
+        pending, self._writes.pending = self._writes.pending, _Pending()
         self._write(pending)
 
     def _write(self, pending: _Pending) -> None:
@@ -392,7 +420,7 @@ class CallService(Service):
             )
             self._requeue(pending)
             return
-        self._inflight = d = self.writer.submit(batch)
+        self._writes.inflight = d = self.writer.submit(batch)
         d.addCallbacks(
             self._written,
             self._write_failed,
@@ -412,7 +440,7 @@ class CallService(Service):
         outbox = []
         after = _After()
         for sink in self.sinks:
-            waiting = self._held.get(sink.name, [])
+            waiting = self._writes.held.get(sink.name, [])
             todo = waiting + products if waiting else products
             if not todo:
                 continue
@@ -461,8 +489,11 @@ class CallService(Service):
         return payloads, spooled, refused
 
     def _written(self, _result, pending: _Pending, after: _After) -> None:
-        self._inflight = None
-        self.written += 1
+        self._writes.inflight = None
+        self._writes.written += 1
+        if self._writes.failed:
+            self.log.info("calls: products written after {tries} failed tries", tries=self._writes.failed)
+            self._writes.failed = 0
         self._hold(after)
         for sink in self.sinks:
             products = after.delivered.get(sink.name)
@@ -485,7 +516,7 @@ class CallService(Service):
                 shed, refused = refused[:-HELD_LIMIT], refused[-HELD_LIMIT:]
                 self._lost(name, shed, "it holds more than {limit} already")
             after.held[name] = refused
-        self._held = after.held
+        self._writes.held = after.held
 
     def _lost(self, sink: str, products: list, why: str) -> None:
         self.log.error(
@@ -502,10 +533,10 @@ class CallService(Service):
 
     def held(self) -> dict[str, int]:
         """Products each sink could not spool yet (status pages, tests)."""
-        return {name: len(products) for name, products in self._held.items()}
+        return {name: len(products) for name, products in self._writes.held.items()}
 
     def _write_failed(self, failure, pending: _Pending) -> None:
-        self._inflight = None
+        self._writes.inflight = None
         if failure.check(LeaseLost):
             # another node took these gateways: theirs to make again
             self.log.warn(
@@ -515,37 +546,41 @@ class CallService(Service):
             for gateway in failure.value.gateways:
                 self.release(gateway)
             self._drop(pending, set(failure.value.gateways))
-            later, self._pending = self._pending, pending  # the others' go first, as they were
-            pending.products.extend(later.products)
-            pending.cursors.update(later.cursors)
+            self._put_first(pending)  # the others' go first, as they were
             self._flush()
             self._maybe_idle()
             return
-        self.log.error(
-            "calls: writing {products} products failed ({error}); retrying in {delay}s",
+        self._writes.failed += 1
+        # one line when the store starts refusing, not one per retry: an
+        # outage of an hour would be 3,600 lines (the writer says when it ends)
+        (self.log.error if self._writes.failed == 1 else self.log.debug)(
+            "calls: writing {products} products failed ({error}); retrying every {delay}s",
             products=len(pending.products),
             error=failure.getErrorMessage(),
             delay=RETRY_DELAY,
         )
         self._requeue(pending)
 
-    def _requeue(self, pending: _Pending) -> None:
-        # keep the order: this batch goes first, what came since after it
-        later, self._pending = self._pending, pending
+    def _put_first(self, pending: _Pending) -> None:
+        """Keep the order: `pending` goes first, what came since after it."""
+        later, self._writes.pending = self._writes.pending, pending
         pending.products.extend(later.products)
         pending.cursors.update(later.cursors)
+
+    def _requeue(self, pending: _Pending) -> None:
+        self._put_first(pending)
         if not self.running:
             self._left_for_replay()
             return
-        self._retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
+        self._writes.retry = self.clock.callLater(RETRY_DELAY, self._retry_now)
 
     def _retry_now(self) -> None:
-        self._retry = None
+        self._writes.retry = None
         self._flush()
 
     def _maybe_idle(self) -> None:
-        if self._inflight is None and not self._pending and self._retry is None:
-            waiters, self._waiters = self._waiters, []
+        if self._writes.inflight is None and not self._writes.pending and self._writes.retry is None:
+            waiters, self._writes.waiters = self._writes.waiters, []
             for d in waiters:
                 d.callback(None)
 
@@ -559,9 +594,9 @@ class CallService(Service):
             now, self.stale_after_ms
         ):
             key = (gateway, boot, ref)
-            if key in self._stale_sent:
+            if key in self._sweep.stale_sent:
                 continue
-            self._stale_sent.add(key)
+            self._sweep.stale_sent.add(key)
             events.append(
                 CallEvent(
                     gateway=gateway,
@@ -582,7 +617,7 @@ class CallService(Service):
 
     def _stale_failed(self, failure, events) -> None:
         for e in events:
-            self._stale_sent.discard((e.gateway, e.boot, e.ref))
+            self._sweep.stale_sent.discard((e.gateway, e.boot, e.ref))
         self.log.error(
             "calls: writing {count} STALE events failed: {error}",
             count=len(events),

@@ -1,10 +1,13 @@
 """
-GWP/1 over a stream transport: bytes in, session rules applied, events
-handed to the BatchWriter, ACK written once they are durable.
+GWP/1 over a stream transport: bytes to lines, lines to the GatewaySession
+(cdrd.gateway.session, the rules), its actions to writes and store batches;
+ACK once they are durable.
 
-The protocol holds only per-connection state (line buffer, timers, the
-bad-packet meter).  A gateway's state lives in the GatewayRegistry; its
-open calls in the call model.
+The protocol holds only per-connection plumbing (line buffer, timer,
+transport).  A gateway's state lives in the GatewayRegistry; its open calls
+in the call model.  The factory keeps the connection budgets: connections
+not logged in per source address and in all (the oldest gives way to a new
+one), gateways logged in (`server.max_connections`).
 """
 
 from __future__ import annotations
@@ -17,40 +20,36 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from cdrd.config import Config
 from cdrd.gateway import session as S
-from cdrd.gateway.codec import MAX_LINE, BadPacket, format_message, parse_line, seq_hint
+from cdrd.gateway.budget import ConnectionBudgets, LogEvery
+from cdrd.gateway.coalesce import GatewayLogCoalescer
+from cdrd.gateway.codec import MAX_LINE, format_message
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
-from cdrd.interfaces import WriteBatch
+from cdrd.interfaces import IBatchWriter, WriteBatch
 from cdrd.store.leases import LeaseLost
-from cdrd.values import CallEvent, LogEntry, rfc3339
+from cdrd.values import LogEntry
 
-LOGIN_TIMEOUT = 30.0  # seconds a connection may take to log in
-MAX_QUEUED_LINES = 256  # lines a client may send before its OK arrives
 HIGH_WATER = 20_000  # events waiting for the store: stop reading from gateways
 LOW_WATER = 5_000  # ... and read again below this
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
-
-AWAITING_LOGIN, LOGGING_IN, LOGGED_IN, CLOSING = range(4)
 
 
 def _ms(clock: IReactorTime) -> int:
     return int(clock.seconds() * 1000)
 
 
-def _seq_of(msg) -> int | None:
-    """A message's ``seq=`` where it is a valid one, for the ERR answering it."""
-    value = msg.fields.get("seq")
-    if value is None or not (0 < len(value) <= 18 and value.isascii() and value.isdigit()):
-        return None
-    return int(value) or None
+def _host(addr) -> str:
+    return str(getattr(addr, "host", "?"))
 
 
 class _Refused(Protocol):
-    """cdrd has `server.max_connections` open: say so and close."""
+    """cdrd is stopping: say so and close."""
 
     def connectionMade(self):
         self.transport.write(format_message(
@@ -67,7 +66,7 @@ class GatewayFactory(Factory):
         self,
         config: Config,
         store,
-        writer,
+        writer: IBatchWriter,
         clock: IReactorTime,
         registry: GatewayRegistry | None = None,
         open_refs: Callable[[str, str], set[int]] = lambda key, boot: set(),
@@ -82,38 +81,74 @@ class GatewayFactory(Factory):
         self.make_nonce = make_nonce
         self._paused: set[GatewayProtocol] = set()
         self.connections: set[GatewayProtocol] = set()
+        server = config.server
+        self.budgets = ConnectionBudgets(
+            server.unauthenticated_per_address, server.unauthenticated_total, server.max_connections)
         self.stopping = False
-        self._refused = 0  # connections refused since the last log line about it
         # read by cdrd.metrics at scrape time; `ack_latency(seconds)` is set there
         self.events_received = self.events_duplicate = 0
+        self.connections_given_way = 0  # not logged in, closed for a newer connection
         self.ack_latency = None
         self.flood = BadPacketFlood(clock, config.server.bad_packet_flood)
-        self._refusal_logged: float | None = None
-        # several nodes (cdrd.cluster): a LOGIN first takes the gateway's lease
+        self.coalescer = GatewayLogCoalescer(writer, clock)  # repeated log entries: one row with a count
+        # operator log lines about refusals and connections that gave way:
+        # at most one a minute each, with the count
+        self._refusals = LogEvery(REFUSAL_LOG_INTERVAL)
+        self._given_way = LogEvery(REFUSAL_LOG_INTERVAL)
+        # several nodes (cdrd.cluster): a LOGIN first takes the gateway's
+        # lease; fires once this node owns the gateway and its open calls
         self.claim: Callable[[str], Deferred] = lambda key: succeed(None)
 
     def buildProtocol(self, addr):
-        limit = self.config.server.max_connections
-        if self.stopping or len(self.connections) >= limit:
-            self._refuse(addr, limit)
+        if self.stopping:
+            self._refuse(f"{_host(addr)}:{getattr(addr, 'port', '?')}", "cdrd is stopping")
             return _Refused()
+        for proto, setting in self.budgets.arriving(S.visible(_host(addr))):
+            self._give_way(proto, setting)
         return GatewayProtocol(self, addr)
 
-    def _refuse(self, addr, limit: int) -> None:
+    def connected(self, proto: GatewayProtocol) -> None:
+        self.connections.add(proto)
+        self.budgets.waiting(proto, proto.host)
+
+    def admit(self, proto: GatewayProtocol, key: str) -> bool:
+        """`proto`'s LOGIN of `key` passed its checks: is there room for one more gateway?"""
+        if self.budgets.admit(proto, known=self.registry.get(key) is not None):
+            return True
+        limit = self.config.server.max_connections
+        self._refuse(proto.peer, f"{limit} gateways logged in (server.max_connections)")
+        return False
+
+    def _give_way(self, proto: GatewayProtocol, setting: str) -> None:
+        proto.giveWay(setting)
+        self.connections_given_way += 1
+        count = self._given_way.note(self.clock.seconds())
+        if count is not None:
+            self.log.warn(
+                "{count} connection(s) not logged in gave way to newer ones, the last from {peer}:"
+                " {limit} not logged in ({setting})",
+                count=count, peer=proto.peer, setting=setting,
+                limit=getattr(self.config.server, setting.split(".", 1)[1]),
+            )
+
+    def _refuse(self, peer: str, why: str) -> None:
         """One log line per minute at most, with the count: a flood must not flood the log."""
-        self._refused += 1
-        now = self.clock.seconds()
-        if self._refusal_logged is not None and now - self._refusal_logged < REFUSAL_LOG_INTERVAL:
-            return
-        self.log.warn(
-            "refused {count} gateway connection(s), the last from {peer}: {why}",
-            count=self._refused,
-            peer=f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}",
-            why="cdrd is stopping" if self.stopping
-            else f"{limit} connections open (server.max_connections)",
-        )
-        self._refused = 0
-        self._refusal_logged = now
+        count = self._refusals.note(self.clock.seconds())
+        if count is not None:
+            self.log.warn(
+                "refused {count} gateway connection(s), the last from {peer}: {why}",
+                count=count, peer=peer, why=why,
+            )
+
+    def moved(self, proto: GatewayProtocol) -> None:
+        """
+        `proto`'s gateway logged in on another cdrd node (it took the
+        lease): this connection goes as a relogin kickout, logged here.
+        """
+        entry = proto.kickedOut(_ms(self.clock))
+        self.submit(WriteBatch(log=[entry])).addErrback(
+            lambda f: self.log.warn("logging the kickout of gateway {key} failed: {error}",
+                                    key=entry.gateway, error=f.getErrorMessage()))
 
     def shutdown(self) -> None:
         """
@@ -124,27 +159,33 @@ class GatewayFactory(Factory):
         self.stopping = True
         for proto in list(self.connections):
             proto.serverShutdown()
+        self.coalescer.close()
 
     # -- back-pressure: the store is the bottleneck, not memory -------------
 
     def throttle(self, proto: GatewayProtocol) -> None:
-        if getattr(self.writer, "pending", 0) > HIGH_WATER and proto not in self._paused:
+        if self.writer.pending > HIGH_WATER and proto not in self._paused:
             self._paused.add(proto)
             proto.transport.pauseProducing()
 
     def committed(self) -> None:
-        if self._paused and getattr(self.writer, "pending", 0) < LOW_WATER:
+        if self._paused and self.writer.pending < LOW_WATER:
             paused, self._paused = self._paused, set()
             for proto in paused:
-                if proto.phase != CLOSING:
+                if proto.phase != S.CLOSING:
                     proto.transport.resumeProducing()
+
+    def closing(self, proto: GatewayProtocol) -> None:
+        """`proto` is closing (its transport may take a while): it counts in no budget now."""
+        self.budgets.leave(proto)
 
     def forget(self, proto: GatewayProtocol) -> None:
         self._paused.discard(proto)
         self.connections.discard(proto)
+        self.closing(proto)
 
     def submit(self, batch: WriteBatch) -> Deferred:
-        d = self.writer.submit(batch)
+        d = self.coalescer.submit(batch)
         submitted = self.clock.seconds()  # the lines' receipt: this reactor turn
 
         def done(result):
@@ -156,36 +197,39 @@ class GatewayFactory(Factory):
         return d.addBoth(done)
 
 
-class GatewayProtocol(Protocol):
+class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
+    """
+    Bytes to lines (LineOnlyReceiver), lines to the GatewaySession, and its
+    actions to writes, store batches and the registry; the login and idle
+    timeouts are TimeoutMixin's, on the factory's clock.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE + 1  # the CR of a CRLF is not counted (GatewaySession checks)
     log = Logger()
 
     def __init__(self, factory: GatewayFactory, addr):
         self.factory = factory
+        self.callLater = factory.clock.callLater  # TimeoutMixin's timers
+        self.host = S.visible(str(getattr(addr, "host", "?")))
         self.peer = S.visible(f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}")
-        self.phase = AWAITING_LOGIN
-        self.key: str | None = None
-        self.gw = "???"
-        self.mac = ""
+        self.session = S.GatewaySession(factory.config, self.peer, factory.make_nonce())
         self.link: GatewayLink | None = None
-        self._buffer = b""
-        self._queued: list[bytes] = []
-        self._timer = None
-        self._meter = S.BadPacketMeter()
-        self._closed_why: str | None = None  # the log already says why
         self._finished = False  # the connection's end is logged and stored
-        # collected while handling one chunk of data, written as one batch
-        self._events: list[CallEvent] = []
-        self._log: list[LogEntry] = []
-        self._ack = 0
+
+    @property
+    def phase(self) -> str:
+        return self.session.phase
+
+    def now(self) -> int:
+        return _ms(self.factory.clock)
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self):
-        self.factory.connections.add(self)
-        self.nonce = self.factory.make_nonce()
-        now = self.now()
-        self.send("HELLO", proto="1", nonce=self.nonce, time=rfc3339(now))
-        self._timer = self.factory.clock.callLater(LOGIN_TIMEOUT, self._timed_out)
+        self.factory.connected(self)
+        self.send(self.session.hello(self.now()))
+        self.setTimeout(self.factory.config.server.login_timeout)
 
     def connectionLost(self, reason):
         self._finish(self.now(), "connection lost or closed without LOGOUT")
@@ -195,6 +239,18 @@ class GatewayProtocol(Protocol):
         self._finish(self.now(), "cdrd is shutting down")
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def giveWay(self, setting: str) -> None:
+        """
+        Not logged in, the oldest of a full budget (`setting`): make room
+        for a newer connection.  Not a gateway log entry (no gateway is
+        known; the factory's log line counts them).
+        """
+        self.send(S.Send("ERR", {"code": "unavailable",
+                                 "reason": "too many connections not logged in; retry later"}))
+        self.session.close(f"gave way ({setting})")
+        self._finish(self.now(), "gave way")
+        self.transport.loseConnection()
 
     def _finish(self, now: int, why: str) -> None:
         """
@@ -207,207 +263,133 @@ class GatewayProtocol(Protocol):
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self.setTimeout(None)
         self.factory.forget(self)
-        self.phase = CLOSING
-        log = [] if self._closed_why is not None else [self.entry(S.DISCONNECT, why, now)]
-        self._closed_why = self._closed_why or S.DISCONNECT
-        self._events, self._ack = [], 0
-        log, self._log = self._log + log, []
+        log = self.session.finish(now, why)
         link = self.link
         registry = self.factory.registry
         if link is None or not registry.detach(link, self):
             if log:
                 self.factory.submit(WriteBatch(log=log)).addErrback(self._store_failed, "disconnect")
             return
-        self.log.info("gateway {key} from {peer} went offline", key=self.key, peer=self.peer)
+        self.log.info("gateway {key} from {peer} went offline", key=self.session.key, peer=self.peer)
 
-        def offline(_=None):
+        def offline(_):
             # a newer connection that attached meanwhile stored the state already
             state = [registry.offline_state(link)] if link.connection is None else []
             d = self.factory.submit(WriteBatch(log=log, gateways=state))
             d.addErrback(self._store_failed, "disconnect")
-            self._track(d, link)
+            registry.track(link, d)
 
-        if link.pending is not None:
-            link.pending.addCallback(offline)
-        else:
-            offline()
+        registry.settled(link).addCallback(offline)
 
-    def now(self) -> int:
-        return _ms(self.factory.clock)
-
-    def send(self, verb: str, **fields) -> None:
-        if self.transport is not None:
-            self.transport.write(format_message(verb, fields))
-
-    def close(self, why: str | None) -> None:
-        """Close; `why` is the log event already written for it (None: Disconnect is logged)."""
-        if self.phase == CLOSING:
-            return
-        self.phase = CLOSING
-        self._closed_why = why
-        self.transport.loseConnection()
-
-    def entry(self, event: str, detail: str, now: int) -> LogEntry:
-        return S.log_entry(now, event, self.peer, self.gw, self.mac, detail)
-
-    def _timed_out(self):
-        now = self.now()
-        if self.phase == LOGGED_IN:
-            silent = f"silent for {self.factory.config.server.idle_timeout:g} s"
-            self._log.append(self.entry(S.IDLE_TIMEOUT, silent, now))
-        else:
-            self._log.append(self.entry(S.DISCONNECT, f"no LOGIN within {LOGIN_TIMEOUT:g} s", now))
-        self._flush()
-        self.close(S.IDLE_TIMEOUT)
+    def timeoutConnection(self):
+        self._do([self.session.timed_out(self.now())])
 
     # -- bytes -----------------------------------------------------------------
 
     def dataReceived(self, data: bytes):
-        if self.phase == CLOSING:
+        if self.session.phase == S.CLOSING:
             return
-        if self.phase == LOGGED_IN:
-            self._timer.reset(self.factory.config.server.idle_timeout)
-            if self.link is not None:
-                self.link.hear(self.now())
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if self.phase == CLOSING:
-                break
-            self.lineReceived(line)
-        if self.phase != CLOSING and len(self._buffer) > MAX_LINE + 1:
-            seq = seq_hint(self._buffer)
-            self._buffer = b""
-            self.badPacket(f"line longer than {MAX_LINE} bytes", seq, close=True)
+        if self.session.phase == S.LOGGED_IN:
+            self.resetTimeout()
+            self.factory.registry.hear(self.link, self.now())
+        super().dataReceived(data)
         self._flush()
 
     def lineReceived(self, line: bytes):
-        if self.phase == LOGGING_IN:
-            if len(self._queued) >= MAX_QUEUED_LINES:
-                self.badPacket("too many lines before OK", seq_hint(line), close=True)
-            else:
-                self._queued.append(line)
-            return
-        if len(line) > MAX_LINE + (1 if line.endswith(b"\r") else 0):
-            self.badPacket(f"line longer than {MAX_LINE} bytes", seq_hint(line), close=True)
-            return
-        try:
-            msg = parse_line(line)
-        except BadPacket as e:
-            self.badPacket(e.reason, e.seq)
-            return
-        if msg is None:
-            return
-        if self.phase == AWAITING_LOGIN:
-            if msg.verb == "LOGIN":
-                self.loginReceived(msg)
-            else:
-                self.badPacket(f"expected LOGIN, got {msg.verb}", _seq_of(msg))
-        elif msg.verb == "EV":
-            self.eventReceived(msg)
-        elif msg.verb == "PING":
-            self.send("PONG")
-        elif msg.verb == "LOGOUT":
-            self.logoutReceived()
-        elif msg.verb == "LOGIN":
-            self.badPacket("already logged in", _seq_of(msg))
-        else:
-            self.badPacket(f"unknown verb {msg.verb}", _seq_of(msg))
+        self._do(self.session.line(self.now(), line))
 
-    def badPacket(self, reason: str, seq: int | None, close: bool = False):
-        now = self.now()
-        self.factory.flood.record(self.peer.rsplit(":", 1)[0])
-        fields = {"code": "bad"}
-        if seq is not None:
-            fields["seq"] = str(seq)
-        fields["reason"] = reason
-        self.send("ERR", **fields)
-        detail = reason if seq is None else f"seq {seq}: {reason}"
-        self._log.append(self.entry(S.BAD_PACKET, detail, now))
-        if self.phase != LOGGED_IN:
-            self.close(S.BAD_PACKET)
-        elif close or self._meter.record(now):
-            if not close:
-                self._log.append(self.entry(S.BAD_PACKET, f"{S.BAD_PACKET_LIMIT} bad packets within 60 s: closed", now))
-            self.close(S.BAD_PACKET)
+    def lineLengthExceeded(self, line: bytes):
+        partial = line is self._buffer
+        if partial:  # what is buffered of a line is over the limit: dropped
+            self._buffer = b""
+        self._do(self.session.too_long(self.now(), line, partial))
+
+    # -- the session's actions -----------------------------------------------------
+
+    def send(self, message: S.Send) -> None:
+        if self.transport is not None:
+            self.transport.write(format_message(message.verb, message.fields))
+
+    def _do(self, actions) -> None:
+        for action in actions:
+            handler = self._ACTIONS[type(action)]
+            handler(self, action)
+
+    def _close(self, action: S.Close) -> None:
+        self.session.close(action.why)
+        self.factory.closing(self)
+        self._flush()
+        self.setTimeout(None)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _count_bad_packet(self, action: S.CountBadPacket) -> None:
+        self.factory.flood.record(self.host)
+
+    def _rejected(self, action: S.Rejected) -> None:
+        self.log.warn(
+            "login of gateway {gw} from {peer} rejected: {detail}",
+            gw=action.entry.gateway, peer=self.peer, detail=action.entry.detail,
+        )
+
+    def _bye(self, action: S.Bye) -> None:
+        self._flush()
+
+        def bye(_):
+            self.send(S.Send("BYE"))
+            self.transport.loseConnection()
+
+        self.factory.registry.settled(self.link).addCallback(bye)
 
     # -- login -------------------------------------------------------------------
 
-    def loginReceived(self, msg):
-        received = self.now()  # the skew is measured here, not after the lookups
-        try:
-            req = S.check_login(msg, self.nonce, self.factory.config)
-        except S.LoginRefused as e:
-            self.gw, self.mac = e.gateway, e.mac
-            self.send("ERR", code=e.code, reason=e.reason)
-            entry = self.entry(S.LOGIN_REJECTED, f"code={e.code} {e.reason}", received)
-            self._log.append(entry)
-            self.log.warn(
-                "login of gateway {gw} from {peer} rejected: {detail}",
-                gw=entry.gateway, peer=self.peer, detail=entry.detail,
-            )
-            self.close(S.LOGIN_REJECTED)
+    def _look_up(self, look_up: S.LookUp) -> None:
+        key = look_up.request.key
+        if not self.factory.admit(self, key):
+            self.send(S.Send("ERR", {"code": "unavailable", "reason": "too many connections; retry later"}))
+            self._close(S.Close("refused"))
             return
-        self.phase = LOGGING_IN
-        self.gw, self.mac, self.key = req.gw, req.mac, req.key
+        # the LOGIN is in: the login timeout bounds the client, not the store
+        self.setTimeout(None)
         self.transport.pauseProducing()
         registry = self.factory.registry
-        registry.begin_login(req.key)
-        d = self.factory.claim(req.key)
-        d.addCallback(lambda _: self.factory.store.gateway(req.key))
-        d.addCallback(self._settled, req)
-        d.addCallback(self._loggedIn, req, received)
+        registry.begin_login(key)
+        d = self.factory.claim(key)
+        d.addCallback(lambda _: self.factory.store.gateway(key))
+        # wait until the gateway's earlier submissions have committed or failed
+        d.addCallback(lambda stored: registry.settled(registry.get(key)).addCallback(lambda _: stored))
+        d.addCallback(self._loggedIn, look_up)
 
         def ended(result):
-            registry.end_login(req.key)
+            registry.end_login(key)
             return result
 
         d.addBoth(ended)
         d.addErrback(self._store_failed, "login")
 
-    def _settled(self, stored, req):
-        """Wait until the gateway's earlier submissions have committed or failed."""
-        link = self.factory.registry.get(req.key)
-        if link is None or link.pending is None:
-            return stored
-        waiter = Deferred()
-        link.pending.addBoth(lambda _: waiter.callback(stored))
-        return waiter
-
-    def _loggedIn(self, stored, req, received: int):
-        if self.phase == CLOSING:
+    def _loggedIn(self, stored, look_up: S.LookUp):
+        if self.session.phase == S.CLOSING:
             return
         factory = self.factory
         now = self.now()
         registry = factory.registry
-        link = registry.get(req.key)
+        key = look_up.request.key
+        link = registry.get(key)
         heard = None
         if link is not None:
             # this node's live view is newer than any read of the store
             stored = evolve(link.state, last_seq=link.committed)
             heard = link.heard
-        old = registry.connection(req.key)
+        old = registry.connection(key)
         relogin = old is not None and old is not self
-        boot = stored.boot if stored is not None else (req.boot_token or "r0")
-        outcome = S.decide_login(
-            req,
-            stored,
-            factory.open_refs(req.key, boot),
-            now,
-            self.peer,
-            int(factory.config.server.clock_tolerance * 1000),
-            relogin,
-            received=received,
-            heard=heard,
-        )
+        boot = stored.boot if stored is not None else (look_up.request.boot_token or "r0")
+        outcome = self.session.decide(now, look_up, stored, factory.open_refs(key, boot), relogin, heard)
         log = list(outcome.log)
         if relogin:
             log.append(old.kickedOut(now))
         self.link = link = registry.attach(outcome.state, self)
-        link.state = evolve(link.state, last_seq=link.committed)
         batch = WriteBatch(
             events=[outcome.restart] if outcome.restart else [],
             log=log,
@@ -415,156 +397,92 @@ class GatewayProtocol(Protocol):
         )
         d = factory.submit(batch)
         d.addCallbacks(self._accepted, self._store_failed, callbackArgs=(link,), errbackArgs=("login",))
-        self._track(d, link)
+        registry.track(link, d)
 
     def _accepted(self, _, link: GatewayLink):
-        if self.phase == CLOSING:
+        if self.session.phase == S.CLOSING:
             return
-        self.phase = LOGGED_IN
-        self.send("OK", session=secrets.token_hex(4), last=str(link.committed))
         self.log.info(
             "gateway {key} logged in from {peer} (last={last}, boot={boot}, skew={skew} ms)",
-            key=self.key, peer=self.peer, last=link.committed, boot=link.state.boot,
+            key=self.session.key, peer=self.peer, last=link.committed, boot=link.state.boot,
             skew=link.state.skew_ms,
         )
-        self._timer.reset(self.factory.config.server.idle_timeout)
-        queued, self._queued = self._queued, []
-        for line in queued:
-            if self.phase != LOGGED_IN:
-                break
-            self.lineReceived(line)
+        self.setTimeout(self.factory.config.server.idle_timeout)
+        self._do(self.session.accepted(self.now(), link.state, link.committed, secrets.token_hex(4)))
         self._flush()
-        if self.phase == LOGGED_IN:
+        if self.session.phase == S.LOGGED_IN:
             self.transport.resumeProducing()
 
     def kickedOut(self, now: int) -> LogEntry:
         """A newer connection of the same gateway logged in: this one goes."""
-        entry = self.entry(S.RELOGIN_KICKOUT, f"Gateway[{self.gw}] from [{self.peer}] Relogin Kickout", now)
-        self._events, self._log = [], []
-        self.close(S.RELOGIN_KICKOUT)
+        entry, close = self.session.kicked_out(now)
+        self._close(close)
         return entry
 
-    def logoutReceived(self):
-        now = self.now()
-        self._log.append(self.entry(S.LOGOUT, f"[Logout: {self.gw}] [IP:{self.peer.rsplit(':', 1)[0]}]", now))
-        link = self.link
-        self._flush()
-        self.phase = CLOSING  # nothing more is read; BYE once all is stored
-        self._closed_why = S.LOGOUT
+    _ACTIONS = {
+        S.Send: send,
+        S.Close: _close,
+        S.LookUp: _look_up,
+        S.Rejected: _rejected,
+        S.CountBadPacket: _count_bad_packet,
+        S.Bye: _bye,
+    }
 
-        def bye(_=None):
-            self.send("BYE")
-            self.transport.loseConnection()
-
-        if link is not None and link.pending is not None:
-            link.pending.addBoth(bye)
-        else:
-            bye()
-
-    # -- events ------------------------------------------------------------------
-
-    def eventReceived(self, msg):
-        link = self.link
-        now = self.now()
-        try:
-            parsed = S.parse_event(msg, self.key, link.state.boot, link.state.skew_ms, now)
-        except BadPacket as e:
-            self.badPacket(e.reason, e.seq)
-            return
-        seq = parsed.seq
-        self.factory.events_received += 1
-        if parsed.problems:
-            reason = "; ".join(parsed.problems)
-            self.send("ERR", code="bad", seq=str(seq), reason=reason)
-            self._log.append(self.entry(S.BAD_PACKET, f"seq {seq}: {reason} (event stored)", now))
-        if seq > self._ack:
-            self._ack = seq
-        if seq <= link.submitted:
-            self.factory.events_duplicate += 1
-            return  # a duplicate: acked, not stored again
-        if seq > link.submitted + 1:
-            self._log.append(self.entry(S.SEQUENCE_GAP, f"expected seq {link.submitted + 1}, got {seq}", now))
-        link.submitted = seq
-        # heard "at" the event's own time when that is later (a clock ahead
-        # within the tolerance): a restart never ends a call before its events
-        link.hear(parsed.event.time)
-        self._events.append(parsed.event)
+    # -- the batch ---------------------------------------------------------------
 
     def _flush(self):
         """Write what this chunk produced as one batch; ACK when it commits."""
-        events, log, ack = self._events, self._log, self._ack
-        self._events, self._log, self._ack = [], [], 0
+        batch = self.session.flush()
+        if batch is None:
+            return
+        factory = self.factory
+        factory.events_received += batch.received
+        factory.events_duplicate += batch.duplicates
         link = self.link
-        if not events and not log:
-            if ack and link is not None:
-                self._ack_when_stored(link, ack)
+        registry = factory.registry
+        if not batch.events and not batch.log:
+            if batch.ack and link is not None:
+                self._ack_when_stored(link, batch.ack)
             return
         gateways = []
-        if events and link is not None:
-            link.state = evolve(link.state, last_seq=link.submitted, last_heard=link.heard)
-            gateways.append(link.state)
-        d = self.factory.submit(WriteBatch(events=events, log=log, gateways=gateways))
+        if batch.events and link is not None:
+            gateways.append(registry.submitting(link, batch.top, batch.heard))
+        d = factory.submit(WriteBatch(events=list(batch.events), log=list(batch.log), gateways=gateways))
         if link is None:
             d.addErrback(self._store_failed, "log")
             return
-        top = events[-1].seq if events else 0
         d.addCallbacks(
             self._stored, self._store_failed,
-            callbackArgs=(link, top, ack), errbackArgs=("events",),
+            callbackArgs=(link, batch.top, batch.ack), errbackArgs=("events",),
         )
-        self._track(d, link)
-        self.factory.throttle(self)
-
-    def _track(self, d: Deferred, link: GatewayLink) -> Deferred:
-        """
-        Make `link.pending` fire once `d` has settled (its own callbacks,
-        which update `link.committed`/`link.failed`, run first); then drop
-        the link if nothing needs it any more.
-        """
-        settled = Deferred()
-        link.pending = settled
-        registry = self.factory.registry
-
-        def done(result):
-            if link.pending is settled:
-                link.pending = None
-            settled.callback(None)
-            registry.release(link.state.key)
-            return result
-
-        return d.addBoth(done)
+        registry.track(link, d)
+        factory.throttle(self)
 
     def _stored(self, _, link: GatewayLink, top: int, ack: int):
-        if top and not link.failed:
-            link.committed = max(link.committed, top)
-        if ack and not link.failed and self._open():
-            self.send("ACK", seq=str(ack))
-
-    def _open(self) -> bool:
-        """Still talking to the gateway (a LOGOUT waits for its ACKs before BYE)."""
-        return self.phase == LOGGED_IN or self._closed_why == S.LOGOUT
+        if self.factory.registry.stored(link, top) and ack and self.session.talking:
+            self.send(S.Send("ACK", {"seq": str(ack)}))
 
     def _ack_when_stored(self, link: GatewayLink, ack: int):
         if ack <= link.committed:
-            self.send("ACK", seq=str(ack))
+            self.send(S.Send("ACK", {"seq": str(ack)}))
         elif link.pending is not None:
-            link.pending.addCallback(lambda _: self._stored(None, link, 0, ack))
+            self.factory.registry.settled(link).addCallback(lambda _: self._stored(None, link, 0, ack))
 
     def _store_failed(self, failure, what: str):
         # the writer logged the store's error once per transaction; this
-        # says whom it hit
-        self.log.warn(
+        # says whom it hit (not worth a line per gateway while the writer
+        # already says that the store refuses every write)
+        refusing = self.factory.writer.refusing is not None
+        (self.log.debug if refusing else self.log.warn)(
             "store write failed ({what}) for gateway {gateway} from {peer}: {error}",
-            what=what, gateway=self.gw, peer=self.peer,
+            what=what, gateway=self.session.gw, peer=self.peer,
             error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
         )
-        if failure.check(LeaseLost) and self.phase != CLOSING and self.transport is not None:
-            self.close(S.RELOGIN_KICKOUT)  # it logged in on another cdrd node
-            return
         if what == "events" and self.link is not None:
-            # `committed` stops here until the next login (the writer fails
-            # this gateway's later submissions already queued, too)
-            self.link.failed = True
-        if self.phase != CLOSING and self.transport is not None:
-            self.send("ERR", code="unavailable", reason="store write failed; reconnect and resend")
-            self.close("store")
+            self.factory.registry.fail(self.link)
+        if failure.check(LeaseLost) and self.session.phase != S.CLOSING and self.transport is not None:
+            self.factory.moved(self)
+            return
+        if self.session.phase != S.CLOSING and self.transport is not None:
+            self.send(S.Send("ERR", {"code": "unavailable", "reason": "store write failed; reconnect and resend"}))
+            self._close(S.Close("store"))

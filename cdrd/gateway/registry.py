@@ -90,7 +90,67 @@ class GatewayRegistry:
             link.state = state
         link.connection = connection
         link.heard = state.last_heard
+        link.state = evolve(link.state, last_seq=link.committed)
         return link
+
+    def hear(self, link: GatewayLink, when: int) -> None:
+        """Heard from the gateway at `when` (an event's time, a PING's arrival)."""
+        link.hear(when)
+
+    def submitting(self, link: GatewayLink, top: int, heard: int | None) -> GatewayState:
+        """Events up to `top` go to the writer: the gateway's state to store with them."""
+        if heard is not None:
+            link.hear(heard)
+        link.submitted = max(link.submitted, top)
+        link.state = evolve(link.state, last_seq=link.submitted, last_heard=link.heard)
+        return link.state
+
+    def stored(self, link: GatewayLink, top: int) -> bool:
+        """
+        A submission of the gateway committed (events up to `top`, 0: none);
+        False when an earlier one failed (then nothing is acknowledged until
+        the next login).
+        """
+        if link.failed:
+            return False
+        if top:
+            link.committed = max(link.committed, top)
+        return True
+
+    def fail(self, link: GatewayLink) -> None:
+        """
+        A write of the gateway's events failed: `committed` stops here until
+        the next login (the writer fails its later submissions already
+        queued, too).
+        """
+        link.failed = True
+
+    def track(self, link: GatewayLink, d: Deferred) -> Deferred:
+        """
+        Make `link.pending` fire once `d` has settled (its own callbacks,
+        which call `stored`/`fail`, run first); then drop the link if
+        nothing needs it any more.
+        """
+        settled = Deferred()
+        link.pending = settled
+
+        def done(result):
+            if link.pending is settled:
+                link.pending = None
+            settled.callback(None)
+            self.release(link.state.key)
+            return result
+
+        return d.addBoth(done)
+
+    def settled(self, link: GatewayLink | None) -> Deferred:
+        """Fires once the gateway's submissions in flight have settled (at once if none)."""
+        d = Deferred()
+        if link is None or link.pending is None:
+            d.callback(None)
+        else:
+            link.pending.addBoth(lambda _: d.callback(None))
+        return d
 
     def detach(self, link: GatewayLink, connection) -> bool:
         """The connection is gone; True if it spoke for the gateway (which is now offline)."""

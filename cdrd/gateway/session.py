@@ -14,17 +14,20 @@ import re
 from collections import deque
 from collections.abc import Mapping
 
-from attrs import evolve, frozen
+from attrs import define, evolve, field, frozen
 
 from cdrd.config import GATEWAY_ID, MAC, Config, gateway_key
 from cdrd.gateway.codec import (
+    MAX_LINE,
     BadPacket,
     Message,
     login_auth,
     parse_gateway_time,
+    parse_line,
+    seq_hint,
     split_auth,
 )
-from cdrd.values import GATEWAY_RESTART, CallEvent, GatewayState, LogEntry
+from cdrd.values import GATEWAY_RESTART, CallEvent, GatewayState, LogEntry, rfc3339
 
 # gateway log events (gateway-protocol.md, "The gateway log")
 LOGIN = "Login"
@@ -414,3 +417,332 @@ class BadPacketMeter:
         while self._times and self._times[0] <= now - self.window:
             self._times.popleft()
         return len(self._times) >= self.limit
+
+
+# -- the session: one connection's state machine ----------------------------------
+
+AWAITING_LOGIN = "awaiting login"
+LOGGING_IN = "logging in"  # the LOGIN passed its checks; the gateway is looked up
+LOGGED_IN = "logged in"
+CLOSING = "closing"
+
+MAX_QUEUED_LINES = 256  # lines a client may send before its OK arrives
+
+
+@frozen
+class Send:
+    """Write one message to the gateway."""
+
+    verb: str
+    fields: Mapping[str, str] = field(factory=dict)
+
+
+@frozen
+class Close:
+    """Close the connection; `why` is the log event that says why (None: a Gateway Disconnect is logged)."""
+
+    why: str | None
+
+
+@frozen
+class LookUp:
+    """
+    The LOGIN passed its checks: look the gateway up (once its earlier
+    writes have settled), decide the login (`GatewaySession.decide`) and
+    store its outcome; then `GatewaySession.accepted`.
+    """
+
+    request: LoginRequest
+    received: int  # ms; the skew is measured here
+
+
+@frozen
+class Rejected:
+    """A LOGIN refused: the operator's log says so (the ERR and the gateway log entry are in the other actions)."""
+
+    entry: LogEntry
+
+
+@frozen
+class CountBadPacket:
+    """One bad packet from the peer's address (the flood meter counts them)."""
+
+
+@frozen
+class Bye:
+    """LOGOUT: write what is collected, answer BYE once the gateway's writes have settled, close."""
+
+
+@frozen
+class Store:
+    """
+    What one chunk of bytes produced, written as one batch: `events`,
+    `log`, and `ack` (the highest seq seen, duplicates included), to be
+    acknowledged once every event up to it is committed.  `top` is the
+    highest seq handed to the store, `heard` the latest event time.
+    """
+
+    events: tuple[CallEvent, ...] = ()
+    log: tuple[LogEntry, ...] = ()
+    ack: int = 0
+    top: int = 0
+    heard: int | None = None
+    received: int = 0  # events read (for the metrics)
+    duplicates: int = 0  # ... of which duplicates
+
+
+def _seq_of(msg: Message) -> int | None:
+    """A message's ``seq=`` where it is a valid one, for the ERR answering it."""
+    value = msg.fields.get("seq")
+    if value is None or not _decimal(value, 18):
+        return None
+    return int(value) or None
+
+
+@define(eq=False)
+class GatewaySession:
+    """
+    GWP/1's rules for one connection, sans I/O: each call takes ``now``
+    (ms UTC) and what arrived, and returns the actions the protocol carries
+    out (`Send`, `Close`, `LookUp`, `Rejected`, `CountBadPacket`, `Bye`).
+    Events and log entries collect until `flush`, which returns them as
+    one `Store`: one TCP read is one write batch.
+
+    While the session speaks for its gateway it owns the gateway's `seq`
+    bookkeeping: `submitted` starts at the `last` of the OK (the highest
+    seq stored in order) and follows the events handed to the store.
+    """
+
+    config: Config = field(repr=False)
+    peer: str
+    nonce: str
+    phase: str = AWAITING_LOGIN
+    gw: str = "???"
+    mac: str = ""
+    key: str | None = None
+    boot: str = ""
+    skew_ms: int = 0
+    submitted: int = 0
+    #: the log event that says why the connection closed (None: not said yet)
+    closed_why: str | None = None
+    _meter: BadPacketMeter = field(factory=BadPacketMeter)
+    _queued: list[bytes] = field(factory=list)  # lines sent before the OK
+    # collected until `flush`
+    _events: list[CallEvent] = field(factory=list)
+    _log: list[LogEntry] = field(factory=list)
+    _ack: int = 0
+    _heard: int | None = None
+    _received: int = 0
+    _duplicates: int = 0
+
+    @property
+    def talking(self) -> bool:
+        """Still answering the gateway (a LOGOUT waits for its ACKs before BYE)."""
+        return self.phase == LOGGED_IN or self.closed_why == LOGOUT
+
+    def hello(self, now: int) -> Send:
+        return Send("HELLO", {"proto": "1", "nonce": self.nonce, "time": rfc3339(now)})
+
+    def entry(self, event: str, detail: str, now: int) -> LogEntry:
+        return log_entry(now, event, self.peer, self.gw, self.mac, detail)
+
+    # -- lines -------------------------------------------------------------------
+
+    def line(self, now: int, line: bytes) -> list:
+        """One line as it arrived (without its LF; a CR before it still there)."""
+        if self.phase == CLOSING:
+            return []
+        if self.phase == LOGGING_IN:
+            if len(self._queued) >= MAX_QUEUED_LINES:
+                return self.bad_packet(now, "too many lines before OK", seq_hint(line), close=True)
+            self._queued.append(line)
+            return []
+        if len(line) > MAX_LINE + (1 if line.endswith(b"\r") else 0):
+            return self.too_long(now, line)
+        try:
+            msg = parse_line(line)
+        except BadPacket as e:
+            return self.bad_packet(now, e.reason, e.seq)
+        if msg is None:
+            return []
+        if self.phase == AWAITING_LOGIN:
+            if msg.verb == "LOGIN":
+                return self._login(now, msg)
+            return self.bad_packet(now, f"expected LOGIN, got {msg.verb}", _seq_of(msg))
+        handler = self._VERBS.get(msg.verb)
+        if handler is None:
+            return self.bad_packet(now, f"unknown verb {msg.verb}", _seq_of(msg))
+        return handler(self, now, msg)
+
+    def too_long(self, now: int, line: bytes, partial: bool = False) -> list:
+        """
+        A line over the limit (`partial`: what is buffered of one): a bad
+        packet that closes at once.
+        """
+        if self.phase == CLOSING:
+            return []
+        if self.phase == LOGGING_IN and not partial:
+            # answered after the OK, as every line sent before it (enough of
+            # it kept to stay over the limit and to read its seq)
+            return self.line(now, line[:MAX_LINE + 2])
+        return self.bad_packet(now, f"line longer than {MAX_LINE} bytes", seq_hint(line), close=True)
+
+    def bad_packet(self, now: int, reason: str, seq: int | None, close: bool = False) -> list:
+        fields = {"code": "bad"}
+        if seq is not None:
+            fields["seq"] = str(seq)
+        fields["reason"] = reason
+        actions: list = [CountBadPacket(), Send("ERR", fields)]
+        self._log.append(self.entry(BAD_PACKET, reason if seq is None else f"seq {seq}: {reason}", now))
+        if self.phase != LOGGED_IN:
+            actions.append(self.close(BAD_PACKET))
+        elif close or self._meter.record(now):
+            if not close:
+                self._log.append(self.entry(
+                    BAD_PACKET, f"{BAD_PACKET_LIMIT} bad packets within 60 s: closed", now))
+            actions.append(self.close(BAD_PACKET))
+        return actions
+
+    def close(self, why: str | None) -> Close:
+        self.phase = CLOSING
+        if self.closed_why is None:
+            self.closed_why = why
+        return Close(why)
+
+    # -- login -------------------------------------------------------------------
+
+    def _login(self, now: int, msg: Message) -> list:
+        try:
+            req = check_login(msg, self.nonce, self.config)
+        except LoginRefused as e:
+            self.gw, self.mac = e.gateway, e.mac
+            entry = self.entry(LOGIN_REJECTED, f"code={e.code} {e.reason}", now)
+            self._log.append(entry)
+            return [Send("ERR", {"code": e.code, "reason": e.reason}), Rejected(entry),
+                    self.close(LOGIN_REJECTED)]
+        self.phase = LOGGING_IN
+        self.gw, self.mac, self.key = req.gw, req.mac, req.key
+        return [LookUp(req, now)]
+
+    def decide(
+        self,
+        now: int,
+        look_up: LookUp,
+        stored: GatewayState | None,
+        open_refs: set[int],
+        relogin: bool,
+        heard: int | None,
+    ) -> LoginOutcome:
+        """The login's outcome (`decide_login`) once the gateway is looked up."""
+        return decide_login(
+            look_up.request, stored, open_refs, now, self.peer,
+            int(self.config.server.clock_tolerance * 1000), relogin,
+            received=look_up.received, heard=heard,
+        )
+
+    def accepted(self, now: int, state: GatewayState, last: int, session_id: str) -> list:
+        """
+        The login's outcome is stored: OK, then the lines queued meanwhile.
+        `last` is the highest seq of the gateway stored in order;
+        `session_id` the OK's ``session=``.
+        """
+        if self.phase != LOGGING_IN:
+            return []
+        self.phase = LOGGED_IN
+        self.boot, self.skew_ms, self.submitted = state.boot, state.skew_ms, last
+        actions: list = [Send("OK", {"session": session_id, "last": str(last)})]
+        queued, self._queued = self._queued, []
+        for line in queued:
+            if self.phase != LOGGED_IN:
+                break
+            actions += self.line(now, line)
+        return actions
+
+    def kicked_out(self, now: int) -> tuple[LogEntry, Close]:
+        """A newer connection of the same gateway logged in: this one goes, with nothing more written."""
+        entry = self.entry(RELOGIN_KICKOUT, f"Gateway[{self.gw}] from [{self.peer}] Relogin Kickout", now)
+        self._events, self._log = [], []
+        return entry, self.close(RELOGIN_KICKOUT)
+
+    def timed_out(self, now: int) -> Close:
+        """Silent for too long (logged in) or no LOGIN in time: its log entry, then close."""
+        if self.phase == LOGGED_IN:
+            self._log.append(self.entry(
+                IDLE_TIMEOUT, f"silent for {self.config.server.idle_timeout:g} s", now))
+        else:
+            self._log.append(self.entry(
+                DISCONNECT, f"no LOGIN within {self.config.server.login_timeout:g} s", now))
+        return Close(IDLE_TIMEOUT)
+
+    def finish(self, now: int, why: str) -> list[LogEntry]:
+        """
+        The connection ended: what is left to log (a Gateway Disconnect
+        unless the log already says why it closed).  Events not yet flushed
+        are dropped (not acknowledged: the gateway resends them).
+        """
+        log = self._log
+        if self.closed_why is None:
+            log.append(self.entry(DISCONNECT, why, now))
+        self.closed_why = self.closed_why or DISCONNECT
+        self.phase = CLOSING
+        self._events, self._log, self._ack = [], [], 0
+        self._heard, self._received, self._duplicates = None, 0, 0
+        return log
+
+    # -- verbs of a logged-in gateway ----------------------------------------------
+
+    def _event(self, now: int, msg: Message) -> list:
+        try:
+            parsed = parse_event(msg, self.key, self.boot, self.skew_ms, now)
+        except BadPacket as e:
+            return self.bad_packet(now, e.reason, e.seq)
+        seq = parsed.seq
+        self._received += 1
+        actions: list = []
+        if parsed.problems:
+            reason = "; ".join(parsed.problems)
+            actions.append(Send("ERR", {"code": "bad", "seq": str(seq), "reason": reason}))
+            self._log.append(self.entry(BAD_PACKET, f"seq {seq}: {reason} (event stored)", now))
+        self._ack = max(self._ack, seq)
+        if seq <= self.submitted:
+            self._duplicates += 1
+            return actions  # a duplicate: acked, not stored again
+        if seq > self.submitted + 1:
+            self._log.append(self.entry(SEQUENCE_GAP, f"expected seq {self.submitted + 1}, got {seq}", now))
+        self.submitted = seq
+        # heard "at" the event's own time when that is later (a clock ahead
+        # within the tolerance): a restart never ends a call before its events
+        event_time = parsed.event.time
+        if self._heard is None or event_time > self._heard:
+            self._heard = event_time
+        self._events.append(parsed.event)
+        return actions
+
+    def _ping(self, now: int, msg: Message) -> list:
+        return [Send("PONG")]
+
+    def _logout(self, now: int, msg: Message) -> list:
+        self._log.append(self.entry(LOGOUT, f"[Logout: {self.gw}] [IP:{self.peer.rsplit(':', 1)[0]}]", now))
+        self.phase = CLOSING  # nothing more is read; BYE once all is stored
+        self.closed_why = LOGOUT
+        return [Bye()]
+
+    def _login_again(self, now: int, msg: Message) -> list:
+        return self.bad_packet(now, "already logged in", _seq_of(msg))
+
+    _VERBS = {"EV": _event, "PING": _ping, "LOGOUT": _logout, "LOGIN": _login_again}
+
+    # -- the batch -------------------------------------------------------------------
+
+    def flush(self) -> Store | None:
+        """What was collected since the last flush, as one `Store` (None: nothing)."""
+        if not (self._events or self._log or self._ack or self._received):
+            return None
+        store = Store(
+            events=tuple(self._events), log=tuple(self._log), ack=self._ack,
+            top=self._events[-1].seq if self._events else 0, heard=self._heard,
+            received=self._received, duplicates=self._duplicates,
+        )
+        self._events, self._log, self._ack = [], [], 0
+        self._heard, self._received, self._duplicates = None, 0, 0
+        return store

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1, help="random seed of the call mix")
     g.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to wait for the last ACKs after the last call")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for every gateway's first login (they retry meanwhile)")
     g.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     return p
 
@@ -175,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is None and args.calls is None:
         print("cdrd-sim load: give --duration and/or --calls", file=sys.stderr)
         return EXIT_USAGE
-    if args.gateways < 1 or args.rate <= 0 or args.window < 1:
-        print("cdrd-sim load: --gateways, --rate and --window must be positive", file=sys.stderr)
+    if args.gateways < 1 or args.rate <= 0 or args.window < 1 or args.connect_timeout <= 0 \
+            or args.drain_timeout <= 0:
+        print("cdrd-sim load: --gateways, --rate, --window, --connect-timeout and --drain-timeout"
+              " must be positive", file=sys.stderr)
         return EXIT_USAGE
     boot = args.boot or secrets.token_hex(4)
     identities = fleet(args.gateways, args.gw_base, secret, boot, args.mac_prefix)
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     def work(reactor):
         run = LoadRun(reactor, endpoint, identities, rate=args.rate, duration=args.duration,
                       calls=args.calls, window=args.window, seed=args.seed,
-                      drain_timeout=args.drain_timeout)
+                      drain_timeout=args.drain_timeout, connect_timeout=args.connect_timeout)
 
         def report(summary):
             print(summary.json() if args.json else summary.text())

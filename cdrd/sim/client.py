@@ -9,12 +9,20 @@ connection of it: HELLO -> LOGIN (signed where a secret is given) -> OK/ERR,
 then ``EV`` lines within a window of unacknowledged events, ``PING`` at an
 interval, ``LOGOUT`` -> ``BYE``.
 
+A gateway never gives up on a server that cannot take it now: a refused or
+dropped connection, and ``ERR code=unavailable`` (the store refusing
+writes, no room), are retried with a backoff of 1 s doubling to 60 s, with
+jitter; only a rejection (``proto``, ``auth``, ``denied``, ``bad`` at login)
+ends it.  A reconnect is not a reboot: the LOGIN keeps its ``boot`` and
+says the highest call reference used so far as ``callref``.
+
 The reactor is a parameter throughout; nothing here reads the wall clock
 except through ``clock.seconds()``.
 """
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
@@ -37,6 +45,11 @@ from cdrd.gateway.codec import (
     parse_line,
 )
 
+#: ERR codes at login that are a rejection: not retried until reconfigured
+#: (gateway-protocol.md, Session step 3).  Any other code (``unavailable``,
+#: or one this simulator does not know) means "retry later".
+REJECTIONS = frozenset({"proto", "auth", "denied", "bad"})
+
 
 class LoginRejected(Exception):
     """The server answered LOGIN with ERR (code, reason)."""
@@ -45,6 +58,45 @@ class LoginRejected(Exception):
         super().__init__(f"login rejected: code={code} reason={reason}")
         self.code = code
         self.reason = reason
+
+
+class ServerUnavailable(Exception):
+    """The server answered ERR with a code that means "retry later"."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"server unavailable: code={code} reason={reason}")
+        self.code = code
+        self.reason = reason
+
+
+def backoff_delay(retry: int, rng: random.Random, base: float = 1.0, cap: float = 60.0) -> float:
+    """
+    Seconds to wait before the `retry`-th attempt since the gateway was last
+    logged in (1, 2, ...): `base` doubling up to `cap`, times a jitter
+    factor in [0.5, 1] so
+    that a fleet cut off at once does not come back at once ("equal
+    jitter": never longer than the schedule, never below half of it).
+    """
+    step = min(cap, base * 2 ** min(max(retry, 1) - 1, 32))
+    return step * (0.5 + 0.5 * rng.random())
+
+
+@frozen
+class Outage:
+    """
+    A time a gateway was not logged in, from the loss of its connection (or
+    its first failed attempt) to its next OK; times are ``clock.seconds()``.
+    """
+
+    began: float
+    resumed: float
+    failed_attempts: int  # connects that ended before OK (refused, dropped, unavailable)
+    last_failed_attempt: float | None  # when the last of them began
+    retry_delay: float  # the backoff waited before the attempt that got OK
+
+    @property
+    def seconds(self) -> float:
+        return self.resumed - self.began
 
 
 @frozen
@@ -83,8 +135,11 @@ class ClientStats:
     sent: int = 0  # events sent for the first time
     resent: int = 0  # events sent again after a reconnect
     acked: int = 0  # events covered by an ACK or by the `last` of an OK
-    errors: int = 0  # ERR lines after login
+    errors: int = 0  # ERR lines after login (bad packets), not counting unavailable
+    unavailable: int = 0  # ERR code=unavailable (at login or after it)
+    connect_failures: int = 0  # attempts that ended before OK, unavailable included
     logins: int = 0
+    outages: list[Outage] = field(factory=list)
     # ms from the (last) send of an event to the ACK that covered it
     latencies_ms: list[float] = field(factory=list)
     # whole seconds since the start of the run -> events sent / acked in it
@@ -126,6 +181,7 @@ class SimGateway:
         callref: int = 0,
         seq: int | None = None,
         started: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -133,7 +189,11 @@ class SimGateway:
         self.clock = clock
         self.window = window
         self.ping_interval = ping_interval
+        # the LOGIN's callref: the gateway's call reference counter, which
+        # never goes below a ref it has sent (a lower one, while that call
+        # is open, would tell the server the gateway has rebooted)
         self.callref = callref
+        self.rng = rng if rng is not None else random.Random()
         self.next_seq = seq
         self.started = clock.seconds() if started is None else started
         self.pending: deque[OutgoingEvent] = deque()
@@ -143,6 +203,18 @@ class SimGateway:
         self.last_ok: int | None = None
         self.rejected: LoginRejected | None = None
         self._drain_waiters: list[defer.Deferred[None]] = []
+        # reconnecting (see `start`)
+        self._endpoint: IStreamClientEndpoint | None = None
+        self._reconnect_delay = 1.0
+        self._max_delay = 60.0
+        self._stopping = False
+        self._retry = None
+        self._failures = 0  # failed attempts since the last OK
+        self._retries = 0  # retries scheduled since the last OK: the backoff's step
+        self._delay = 0.0  # the backoff last scheduled
+        self._down_since: float | None = None
+        self._attempt_began = 0.0
+        self._last_failed_attempt: float | None = None
 
     # -- what the gateway says -------------------------------------------
 
@@ -197,13 +269,18 @@ class SimGateway:
         pending, inflight = self.pending, self.inflight
         seq = self.next_seq
         assert seq is not None  # set by the first OK
+        callref = self.callref
         while room and pending:
-            line = encode_event(seq, pending.popleft())
+            event = pending.popleft()
+            if event.ref > callref:
+                callref = event.ref
+            line = encode_event(seq, event)
             inflight[seq] = (line, now)
             lines.append(line)
             seq += 1
             room -= 1
         self.next_seq = seq
+        self.callref = callref
         self.stats.sent += len(lines)
         second = int(now - self.started)
         per = self.stats.sent_per_second
@@ -241,6 +318,14 @@ class SimGateway:
         self.last_ok = last
         self.stats.logins += 1
         now = self.clock.seconds()
+        if self._down_since is not None:
+            self.stats.outages.append(Outage(
+                began=self._down_since, resumed=now, failed_attempts=self._failures,
+                last_failed_attempt=self._last_failed_attempt, retry_delay=self._delay,
+            ))
+        self._down_since = self._last_failed_attempt = None
+        self._failures = self._retries = 0
+        self._delay = 0.0
         stored = 0
         while self.inflight and next(iter(self.inflight)) <= last:
             self.inflight.popitem(last=False)
@@ -303,14 +388,18 @@ class SimGateway:
         d = endpoint.connect(factory)
         return d.addCallback(lambda proto: proto.ready_d)
 
-    def start(self, endpoint: IStreamClientEndpoint, reconnect_delay: float = 1.0) -> defer.Deferred[None]:
+    def start(self, endpoint: IStreamClientEndpoint, reconnect_delay: float = 1.0,
+              max_delay: float = 60.0) -> defer.Deferred[None]:
         """
-        Stay connected until `finish` or `abort`: a lost connection (or a
-        failed attempt) is retried after `reconnect_delay` s; a rejected
-        login is not.  Fires at the first login, or fails with LoginRejected.
+        Stay connected until `finish` or `abort`.  A lost connection, a
+        failed attempt and ``ERR code=unavailable`` are retried after a
+        backoff, `reconnect_delay` s doubling up to `max_delay` s with
+        jitter (`backoff_delay`), for ever; a rejected login is not retried.
+        Fires at the first login, or fails with LoginRejected.
         """
         self._endpoint = endpoint
         self._reconnect_delay = reconnect_delay
+        self._max_delay = max_delay
         self._stopping = False
         self._retry = None
         self._online: defer.Deferred[None] = defer.Deferred()
@@ -319,6 +408,7 @@ class SimGateway:
 
     def _attempt(self) -> None:
         self._retry = None
+        self._attempt_began = self.clock.seconds()
         self.connect(self._endpoint).addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, conn: GatewayClientProtocol) -> None:
@@ -331,14 +421,24 @@ class SimGateway:
             if not self._online.called:
                 self._online.errback(failure)
             return
-        self.log.info("gateway {key}: connect failed: {why}",
-                      key=self.identity.key, why=failure.getErrorMessage())
-        self._schedule_retry()
+        self.stats.connect_failures += 1
+        self._failures += 1
+        if self._down_since is None:  # never logged in yet: down since it tried
+            self._down_since = self._attempt_began
+        self._last_failed_attempt = self._attempt_began
+        self._schedule_retry(failure.getErrorMessage())
 
-    def _schedule_retry(self) -> None:
+    def _schedule_retry(self, why: str = "connection lost") -> None:
         if self._stopping or self.rejected is not None or self._retry is not None:
             return
-        self._retry = self.clock.callLater(self._reconnect_delay, self._attempt)
+        now = self.clock.seconds()
+        if self._down_since is None:
+            self._down_since = now
+        self._retries += 1
+        self._delay = backoff_delay(self._retries, self.rng, self._reconnect_delay, self._max_delay)
+        self.log.info("gateway {key}: {why}; retrying in {delay:.1f} s",
+                      key=self.identity.key, why=why, delay=self._delay)
+        self._retry = self.clock.callLater(self._delay, self._attempt)
 
     @defer.inlineCallbacks
     def finish(self):
@@ -353,9 +453,8 @@ class SimGateway:
     def abort(self) -> None:
         """Stop now: no retry, connection dropped, waiters left as they are."""
         self._stopping = True
-        retry = getattr(self, "_retry", None)
-        if retry is not None and retry.active():
-            retry.cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self.connection is not None and self.connection.transport is not None:
             self.connection.transport.abortConnection()
 
@@ -412,7 +511,18 @@ class GatewayClientProtocol(LineOnlyReceiver):
             self.ready_d.callback(self)
         elif verb == "ERR":
             code, reason = f.get("code", "?"), f.get("reason", "")
-            if self.phase in ("hello", "login"):
+            if code not in REJECTIONS:
+                # retry later: the server closes; the gateway reconnects
+                # with a backoff and resends what is unacknowledged
+                self.gateway.stats.unavailable += 1
+                self.log.info("gateway {key}: ERR code={code} reason={reason} in phase {phase}",
+                              key=self.gateway.identity.key, code=code, reason=reason,
+                              phase=self.phase)
+                if self.phase in ("hello", "login"):
+                    self.phase = "unavailable"
+                    self.ready_d.errback(Failure(ServerUnavailable(code, reason)))
+                self.transport.loseConnection()
+            elif self.phase in ("hello", "login"):
                 error = LoginRejected(code, reason)
                 self.phase = "rejected"
                 self.gateway.login_failed(error)
@@ -455,7 +565,7 @@ class GatewayClientProtocol(LineOnlyReceiver):
         if not self.ready_d.called:
             self.ready_d.errback(reason)
         phase, self.phase = self.phase, "closed"
-        if phase not in ("logout", "rejected"):
+        if phase not in ("logout", "rejected", "unavailable"):
             self.log.info("gateway {key}: connection lost in phase {phase}: {why}",
                           key=self.gateway.identity.key, phase=phase,
                           why=reason.getErrorMessage())
@@ -476,8 +586,12 @@ __all__ = [
     "GatewayClientProtocol",
     "GatewayIdentity",
     "LoginRejected",
+    "Outage",
     "OutgoingEvent",
+    "REJECTIONS",
+    "ServerUnavailable",
     "SimGateway",
+    "backoff_delay",
     "encode_event",
     "percentile",
 ]

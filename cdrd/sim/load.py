@@ -158,7 +158,9 @@ class LoadSummary:
     resent: int
     acked: int
     logins: int
-    errors: int
+    errors: int  # ERR for bad packets
+    unavailable: int  # ERR code=unavailable (the server could not take a gateway then)
+    connect_failures: int  # attempts that ended before OK: refused, dropped, unavailable
     placing_s: float  # how long calls were placed
     elapsed_s: float  # from the first call to the last ACK
     events_acked_per_s: float
@@ -167,6 +169,10 @@ class LoadSummary:
     ack_max_ms: float
     complete: bool  # everything acknowledged before the drain timeout
     per_second: tuple[tuple[int, int, int], ...]  # (second, sent, acked)
+    # every time a gateway was not logged in: (gateway, began, resumed,
+    # failed attempts, when the last failed one began, the backoff before
+    # the attempt that got OK); times are the run's clock (Unix seconds)
+    outages: tuple[tuple[str, float, float, int, float | None, float], ...] = ()
 
     def text(self) -> str:
         lines = ["second  sent/s  acked/s"]
@@ -178,6 +184,13 @@ class LoadSummary:
             f"p99 {self.ack_p99_ms:.1f} ms, max {self.ack_max_ms:.1f} ms; logins {self.logins}, "
             f"ERR {self.errors}; {'complete' if self.complete else 'INCOMPLETE'}"
         )
+        if self.outages or self.unavailable or self.connect_failures:
+            longest = max((resumed - began for _, began, resumed, *_ in self.outages), default=0.0)
+            lines.append(
+                f"reconnects: {len(self.outages)} outages over "
+                f"{len({o[0] for o in self.outages})} gateways, longest {longest:.1f} s; "
+                f"{self.connect_failures} failed attempts, {self.unavailable} ERR unavailable"
+            )
         return "\n".join(lines)
 
     def json(self) -> str:
@@ -247,10 +260,12 @@ class LoadRun:
         self.connect_timeout = connect_timeout
         self.connect_batch = connect_batch
         self.rng = random.Random(seed)
+        jitter = random.Random(seed * 7919 + 1)  # the backoffs' own stream: the call mix stays the seed's
         now = reactor.seconds()
         self.gateways = [
             SimGateway(i, reactor, window=window, ping_interval=ping_interval,
-                       callref=self.rng.randint(0, 1000), started=now)
+                       callref=self.rng.randint(0, 1000), started=now,
+                       rng=random.Random(jitter.getrandbits(64)))
             for i in identities
         ]
         self.placed = 0
@@ -344,6 +359,8 @@ class LoadRun:
             total.resent += s.resent
             total.acked += s.acked
             total.errors += s.errors
+            total.unavailable += s.unavailable
+            total.connect_failures += s.connect_failures
             total.logins += s.logins
             total.latencies_ms.extend(s.latencies_ms)
             for k, v in s.sent_per_second.items():
@@ -364,6 +381,8 @@ class LoadRun:
             acked=total.acked,
             logins=total.logins,
             errors=total.errors,
+            unavailable=total.unavailable,
+            connect_failures=total.connect_failures,
             placing_s=round(getattr(self, "_placing_s", 0.0), 3),
             elapsed_s=round(elapsed, 3),
             events_acked_per_s=round(total.acked / elapsed, 1) if elapsed > 0 else 0.0,
@@ -372,4 +391,10 @@ class LoadRun:
             ack_max_ms=round(max(lat, default=0.0), 3),
             complete=complete,
             per_second=tuple((s, sent_ps.get(s, 0), acked_ps.get(s, 0)) for s in seconds),
+            outages=tuple(
+                (g.identity.key, round(o.began, 3), round(o.resumed, 3), o.failed_attempts,
+                 None if o.last_failed_attempt is None else round(o.last_failed_attempt, 3),
+                 round(o.retry_delay, 3))
+                for g in self.gateways for o in g.stats.outages
+            ),
         )

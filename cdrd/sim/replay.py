@@ -25,6 +25,7 @@ class ReplaySummary:
     acked: int
     logins: int
     errors: int
+    unavailable: int
     seconds: float
     ack_p50_ms: float
     ack_max_ms: float
@@ -34,9 +35,12 @@ class ReplaySummary:
         return (
             f"gateway {self.gateway}: {self.events} events ({seqs}) acked in "
             f"{self.seconds:.3f} s; sent {self.sent}, resent {self.resent}, "
-            f"logins {self.logins}, ERR {self.errors}; "
+            f"logins {self.logins}, ERR {self.errors}{self._unavailable()}; "
             f"ack latency p50 {self.ack_p50_ms:.1f} ms, max {self.ack_max_ms:.1f} ms"
         )
+
+    def _unavailable(self) -> str:
+        return f", ERR unavailable {self.unavailable}" if self.unavailable else ""
 
 
 def default_callref(events: Sequence[OutgoingEvent]) -> int:
@@ -61,8 +65,9 @@ def replay(
 ):
     """
     Send `events` as `identity` and return a ReplaySummary once all are
-    acknowledged and the session is closed.  Fails with LoginRejected on an
-    ERR at login, or with TimeoutError after `timeout` s.
+    acknowledged and the session is closed.  Fails with LoginRejected on a
+    rejection at login, or with TimeoutError after `timeout` s (a server
+    that cannot take the gateway now is retried until then).
 
     `speed` None sends everything at once (within the window); a number
     paces the events by their ``t=``: an event is submitted (t - first t) /
@@ -131,6 +136,7 @@ def replay(
         acked=gateway.stats.acked,
         logins=gateway.stats.logins,
         errors=gateway.stats.errors,
+        unavailable=gateway.stats.unavailable,
         seconds=reactor.seconds() - started,
         ack_p50_ms=percentile(lat, 50),
         ack_max_ms=max(lat, default=0.0),

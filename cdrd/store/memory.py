@@ -140,6 +140,8 @@ class MemoryStore:
         self._next_event = next_event
         self._log.extend(log)
         self._next_log = next_log
+        for c in batch.log_counts:
+            self._set_log_count(c)
         for g in batch.gateways:
             self._gateways[g.key] = g
         mark = max((i for items in self._outbox.values() for i in items), default=0)
@@ -160,6 +162,13 @@ class MemoryStore:
         for sink, item_id in batch.outbox_done:
             self._outbox.get(sink, {}).pop(item_id, None)
         return WriteResult(events=tuple(inserted))
+
+    def _set_log_count(self, c) -> None:
+        key = (c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac)
+        for i in range(len(self._log) - 1, -1, -1):  # a coalesced entry is a recent one
+            e = self._log[i]
+            if (e.time, e.event, e.peer, e.gateway, e.mac) == key:
+                self._log[i] = evolve(e, count=c.count)
 
     # -- queries -----------------------------------------------------------
 

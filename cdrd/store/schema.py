@@ -275,7 +275,13 @@ MIGRATIONS.append([
 ])
 
 MIGRATIONS.append([
-    # 6: several active nodes on one PostgreSQL (docs/store.md, "Several
+    # a coalesced gateway log entry (cdrd.gateway.coalesce): how many times
+    # it happened within its minute; entries stored before happened once
+    "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
+])
+
+MIGRATIONS.append([
+    # 7: several active nodes on one PostgreSQL (docs/store.md, "Several
     # nodes"): who owns each gateway, with a fencing token every write of
     # the gateway checks; `expires` is the database's clock in ms.  Rows
     # whose key starts with "#" are cluster-wide work (the outputs'

@@ -47,7 +47,7 @@ from cdrd.store.schema import (
 from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
 
 EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
-LOG_COLS = "id, time, event, peer, gateway, mac, detail"
+LOG_COLS = "id, time, event, peer, gateway, mac, detail, count"
 GATEWAY_FIELDS = (
     "key", "id", "mac", "last_seq", "boot", "boot_token", "restarts", "fxs", "fxo",
     "isdn", "callref", "firmware", "peer", "login", "skew_ms", "last_heard", "online",
@@ -76,8 +76,8 @@ def _event(row) -> CallEvent:
 
 
 def _log(row) -> LogEntry:
-    id_, time, event, peer, gateway, mac, detail = row
-    return LogEntry(time=time, event=event, peer=peer, gateway=gateway, mac=mac, detail=detail, id=id_)
+    id_, time, event, peer, gateway, mac, detail, count = row
+    return LogEntry(time=time, event=event, peer=peer, gateway=gateway, mac=mac, detail=detail, id=id_, count=count)
 
 
 def _gateway(row) -> GatewayState:
@@ -310,9 +310,15 @@ class SqlStore:
                     raise RuntimeError("events inserted by another writer during a write transaction")
         self._many(
             cur,
-            "INSERT INTO log (time, event, peer, gateway, mac, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail) for e in batch.log],
+            "INSERT INTO log (time, event, peer, gateway, mac, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in batch.log],
         )
+        for c in batch.log_counts:  # a few a batch: one per coalesced entry every few seconds
+            self._exec(
+                cur,
+                "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?",
+                (c.count, c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac),  # log_time
+            )
         if batch.gateways:
             updates = ", ".join(f"{f} = excluded.{f}" for f in GATEWAY_FIELDS[1:])
             marks = ", ".join("?" * len(GATEWAY_FIELDS))

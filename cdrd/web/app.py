@@ -205,11 +205,11 @@ class WebApp:
                 )
                 for k in owners[:1]:
                     if e.event == BAD_PACKET:
-                        bad[k] += 1
+                        bad[k] += e.count  # repeats are one entry with a count
                         if now is not None and e.time >= now - FLOOD_WINDOW:
-                            recent_bad[k] += 1
+                            recent_bad[k] += e.count
                     else:
-                        restarts[k] += 1
+                        restarts[k] += e.count
         clocks = self.clocks
         rows = []
         for k in keys:

@@ -47,7 +47,7 @@ from cdrd.web.query import (
     parse_month,
     parse_search,
 )
-from cdrd.web.render import REPORT_COLUMNS, event_row, report_cells
+from cdrd.web.render import REPORT_COLUMNS, event_row, log_event_text, report_cells
 
 #: the report's columns and the CallQuery sort key of each (None: not sortable)
 REPORT_SORTS = {
@@ -530,7 +530,7 @@ class Pages:
             cell("Gateway", e.gateway, href=views.url("/log", params, gateway=e.gateway, offset=None) if e.gateway != "???" else None),
             cell("MAC", e.mac),
             cell("Peer", e.peer),
-            cell("Event", e.event, tag="log " + views._css_class(e.event)),
+            cell("Event", log_event_text(e), tag="log " + views._css_class(e.event)),
             cell("Detail", e.detail, cls="detail"),
         ]) for e in entries]
         return self.render(

@@ -99,7 +99,17 @@ def log_json(e: LogEntry) -> dict:
         "peer": e.peer,
         "event": e.event,
         "detail": e.detail,
+        "count": e.count,
     }
+
+
+def log_event_text(e: LogEntry) -> str:
+    """The log page's Event: "Bad Packet", or for repeats stored as one
+    (cdrd.gateway.coalesce) "Bad Packet ×2,597 from 203.0.113.9"."""
+    if e.count <= 1:
+        return e.event
+    host = e.peer.rpartition(":")[0] or e.peer
+    return f"{e.event} ×{e.count:,} from {'many addresses' if host == '*' else host}"
 
 
 def event_json(e: CallEvent) -> dict:

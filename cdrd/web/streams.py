@@ -61,7 +61,7 @@ def fmt_dashboard(kind: str, value, clocks: Clocks) -> bytes | None:
                              "type": value.type})
     if kind == "log":
         return sse("log", {"gateway": value.gateway, "peer": value.peer, "event": value.event,
-                           "time": clocks.datetime(value.time)})
+                           "time": clocks.datetime(value.time), "count": value.count})
     if kind == "call":
         return sse("call", {"gateway": value.gateway, "answered": value.connect is not None,
                             "begin": value.begin, "talk": value.talk})

@@ -13,6 +13,7 @@ PostgreSQL `queries.conf`, the stock policies (`acct_unique` in preacct),
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -76,15 +77,38 @@ SQL_MODULE = """\
 """
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_udp_port() -> int:
-    """A free loopback UDP port (and its TCP twin, for good measure)."""
-    for _ in range(50):
+    """
+    A loopback UDP port that is free now, for a FreeRADIUS that binds it
+    later.  It is taken below the kernel's ephemeral range, so that no
+    socket the kernel numbers meanwhile (another test's `bind(0)`, any UDP
+    client) can take it first, and at random, so that test runs at the same
+    time seldom pick the same; `FreeRadius.start` handles the rest.
+    """
+    low, _ = _ephemeral_range()
+    top = low - 1 if low > 11000 else 29999
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randint(10000, top)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 20000:
-            return port
-    return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free UDP port in 10000-{top} on 127.0.0.1")
+
+
+class DetailCorrupt(AssertionError):
+    """A record of the detail file that does not parse whole (two writers interleaved)."""
 
 
 RADIUSD_CONF = """\
@@ -183,14 +207,27 @@ class FreeRadius:
     ):
         self.dir = Path(directory)
         self.secret = secret
-        self.port = port or free_udp_port()
+        # an automatic port may be exchanged for another if FreeRADIUS
+        # cannot bind it, as long as nobody has been told it (`port`)
+        self._port = port or free_udp_port()
+        self._port_fixed = port is not None
         self.vendor = vendor
         self.sql = sql  # a PostgreSQL URL: the stock rlm_sql writes radacct there
         # a `users` file: an auth listener (auth_port) whose authorize runs
         # the stock `files` module on it, e.g. to answer with a CUI
         self.users = users
-        self.auth_port = free_udp_port() if users is not None else None
+        self._auth_port = free_udp_port() if users is not None else None
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def port(self) -> int:
+        self._port_fixed = True
+        return self._port
+
+    @property
+    def auth_port(self) -> int | None:
+        self._port_fixed = True
+        return self._auth_port
 
     @property
     def address(self) -> str:
@@ -212,7 +249,7 @@ class FreeRadius:
             )
             auth_listen = (
                 "    listen {\n        type = auth\n        ipaddr = 127.0.0.1\n"
-                f"        port = {self.auth_port}\n    }}\n"
+                f"        port = {self._auth_port}\n    }}\n"
             )
             authorize = "        files\n"
             # BlastRADIUS: FreeRADIUS 3.2.1 signs its answers only when asked
@@ -233,7 +270,7 @@ class FreeRadius:
             RADIUSD_CONF.format(
                 dir=self.dir,
                 secret=self.secret,
-                port=self.port,
+                port=self._port,
                 sql_module=sql_module,
                 policy=policy,
                 preacct=preacct,
@@ -260,8 +297,36 @@ class FreeRadius:
             f"$INCLUDE {self.dir}/dictionary.cdrd\n"
         )
 
-    def start(self, timeout: float = 20.0) -> None:
+    #: what FreeRADIUS logs when another socket holds its port
+    BIND_FAILED = re.compile(r"Failed binding to \S+ address .* port (\d+).*: Address already in use")
+
+    def start(self, timeout: float = 20.0, attempts: int = 5) -> None:
+        """
+        Start it and wait until it has bound its ports and answers a
+        Status-Server.  A port that something else took since it was picked
+        (FreeRADIUS binds late) is picked again where nobody has been told
+        it yet; a port already given out is tried again after a pause (its
+        holder may be short-lived), `attempts` times in all.
+        """
+        for attempt in range(1, attempts + 1):
+            outcome = self._start_once(timeout)
+            if outcome is None:
+                return
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"freeradius could not bind port {outcome} in {attempts} attempts:\n{self.log_text()}")
+            if self._port_fixed:
+                time.sleep(0.5 * attempt)
+            else:
+                self._port = free_udp_port()
+                if self._auth_port is not None:
+                    self._auth_port = free_udp_port()
+
+    def _start_once(self, timeout: float) -> int | None:
+        """None once it is up; the port it could not bind if that is why it exited."""
         self.write_config()
+        logfile = self.dir / "log" / "radius.log"
+        offset = logfile.stat().st_size if logfile.exists() else 0
         log = open(self.dir / "log" / "stdout.log", "ab")
         self.proc = subprocess.Popen(
             [FREERADIUS, "-f", "-d", str(self.dir), "-n", "radiusd"],
@@ -270,14 +335,28 @@ class FreeRadius:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+
+        def this_run() -> str:
+            if not logfile.exists():
+                return ""
+            with open(logfile, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                failed = self.BIND_FAILED.search(this_run())
+                if failed:
+                    self.proc = None
+                    return int(failed.group(1))
                 raise RuntimeError(
                     f"freeradius exited with {self.proc.returncode}:\n{self.log_text()}"
                 )
-            if self.ping():
-                return
+            # its own listeners are bound only once it says so: a ping
+            # answered before that may come from whoever holds the port
+            if "Ready to process requests" in this_run() and self.ping():
+                return None
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(
@@ -298,7 +377,7 @@ class FreeRadius:
         )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.3)
-            s.sendto(pkt.RequestPacket(), ("127.0.0.1", self.port))
+            s.sendto(pkt.RequestPacket(), ("127.0.0.1", self._port))
             try:
                 data = s.recv(4096)
             except (TimeoutError, ConnectionRefusedError):
@@ -384,26 +463,59 @@ def duplicates(records, retransmissions: int) -> int:
     return extra
 
 
+#: a record's first line, FreeRADIUS's `header = "%t"`: "Sun Dec  6 20:44:01 2026"
+_HEADER = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}")
+#: an attribute line: a tab, a name, " = ", a value quoted whole (with \" and
+#: \\ inside) or a bare word (numbers, enum names, addresses, 0x octets)
+_ATTRIBUTE = re.compile(r'\t([A-Za-z0-9][-A-Za-z0-9_.:]*) = ("(?:[^"\\]|\\.)*"|[^\s"]+)')
+
+
 def parse_detail(text: str) -> list[dict[str, list[str]]]:
-    """The complete records of a detail file: FreeRADIUS ends each with an
-    empty line, so a record it is still writing is left for the next read."""
+    """
+    The complete records of a detail file, strictly.  A record is the
+    header line, its attribute lines, `Timestamp` last (FreeRADIUS adds
+    it), then an empty line; what follows the last empty line is a record
+    still being written and is left for the next read.  Anything else (a
+    header inside a record, a line cut short or run on, a record without
+    its Timestamp or Acct-Status-Type) raises DetailCorrupt naming the line:
+    a half record is never handed on as if it were a whole one.
+    """
     out: list[dict[str, list[str]]] = []
+    complete, _, _ = text.rpartition("\n\n")
+    if not complete:
+        return out
     current: dict[str, list[str]] | None = None
-    for line in text.splitlines():
-        if not line.strip():
-            if current is not None:
-                out.append(current)
+    start, header, last = 0, "", None
+
+    def corrupt(number: int, line: str, why: str) -> DetailCorrupt:
+        return DetailCorrupt(f"detail file line {number}: {why}: {line[:200]!r}")
+
+    for number, line in enumerate((complete + "\n").split("\n"), start=1):
+        if line == "":
+            if current is None:
+                raise corrupt(number, line, "an empty line outside a record")
+            if "Timestamp" not in current or last != "Timestamp":
+                raise corrupt(start, header, "a record that does not end with its Timestamp")
+            if "Acct-Status-Type" not in current:
+                raise corrupt(start, header, "a record without Acct-Status-Type")
+            out.append(current)
             current = None
             continue
-        if not line[0].isspace():
-            current = {}
-            continue
         if current is None:
+            if not _HEADER.fullmatch(line):
+                raise corrupt(number, line, "not a record's header line")
+            current, start, header, last = {}, number, line, None
             continue
-        name, _, value = line.strip().partition(" = ")
-        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        m = _ATTRIBUTE.fullmatch(line)
+        if m is None:
+            raise corrupt(number, line, "not an attribute line")
+        name, value = m.groups()
+        if name == "Timestamp" and name in current:
+            raise corrupt(number, line, "a second Timestamp in one record")
+        if value[0] == '"':
+            value = re.sub(r'\\(["\\])', r"\1", value[1:-1])
         current.setdefault(name, []).append(value)
+        last = name
     return out
 
 

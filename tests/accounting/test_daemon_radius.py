@@ -118,10 +118,11 @@ def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
     assert all(r["cdrd-Gateway-Address"][0].startswith("127.0.0.1:") for r in recs)
     # Acct-Delay-Time is the real wait: from each event (the replay's time,
     # before the kill) to the packet that arrived, which is after FreeRADIUS
-    # came up; it matches the server's own clock to the second
+    # came up, and before FreeRADIUS wrote it down (its Timestamp; to the
+    # second either way: how long the packet took does not matter)
     for r in recs:
         event = event_timestamp(r)
         delay = int(r["Acct-Delay-Time"][0])
         assert event < killed
         assert delay >= int(up) - event - 1, (delay, up - event)
-        assert abs(delay - (int(r["Timestamp"][0]) - event)) <= 1, r
+        assert delay <= int(r["Timestamp"][0]) - event + 1, r

@@ -10,7 +10,7 @@ from attrs import evolve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -265,6 +265,23 @@ def test_failed_product_write_is_retried_in_order():
     _, lines, outbox = rig.results()
     assert len(lines) == 4
     assert [describe(o).encode() for o in rig.sink.seen] == outbox
+
+
+def test_a_store_refusing_for_a_while_is_one_error_line_not_one_per_retry():
+    store = FlakyStore()
+    rig = Rig(store=store)
+    store.fail_next = 30  # half a minute of retries
+    with capturedLogs() as logged:
+        rig.send(unstamped(parse_events(E4)))
+        for _ in range(40):
+            rig.clock.advance(1)
+            pump(rig.clock)
+    mine = [e for e in logged if e["log_namespace"].startswith("cdrd.calls")]
+    loud = [e for e in mine if e["log_level"] >= LogLevel.warn]
+    assert [e["log_format"] for e in loud] == [
+        "calls: writing {products} products failed ({error}); retrying every {delay}s"]
+    assert [e["tries"] for e in mine if "tries" in e] == [30]
+    assert len(rig.results()[1]) == 2 and rig.service.failed_writes == 0
 
 
 def test_stopping_does_not_wait_for_a_store_that_refuses_and_the_next_start_makes_it_all():

@@ -51,8 +51,8 @@ class Node:
             await self.service.stopService()
         else:  # the process dies: nothing more is applied
             self.writer.remove_listener(self.service._committed)
-            if self.service._sweeper is not None and self.service._sweeper.running:
-                self.service._sweeper.stop()
+            if self.service._sweep.looping is not None and self.service._sweep.looping.running:
+                self.service._sweep.looping.stop()
         await self.writer.stopService()
         await self.store.close()
 

@@ -55,10 +55,10 @@ class Harness:
         )
         self.port = 2347
 
-    def connect(self):
+    def connect(self, host="127.0.0.1"):
         self.port += 1
-        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", self.port))
-        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self.port))
+        proto = self.factory.buildProtocol(IPv4Address("TCP", host, self.port))
+        tr = StringTransport(peerAddress=IPv4Address("TCP", host, self.port))
         proto.makeConnection(tr)
         proto.tr = tr
         return proto
@@ -76,8 +76,8 @@ class Harness:
         proto.tr.clear()
         return [parse_line(line) for line in data.split(b"\n") if line]
 
-    def login(self, line=LOGIN, secret=None):
-        proto = self.connect()
+    def login(self, line=LOGIN, secret=None, host="127.0.0.1"):
+        proto = self.connect(host)
         hello = self.replies(proto)[0]
         if secret:
             line = f"{line} auth={login_auth(secret, hello.fields['nonce'], line)}"
@@ -400,16 +400,18 @@ class TestErrCarriesSeq:
         assert proto.tr.disconnecting
 
 
-def test_login_timeout_is_30_seconds(h):
+@pytest.mark.parametrize("setting, timeout", [({}, 10), ({"login_timeout": 30}, 30)])
+def test_login_timeout_is_server_login_timeout(setting, timeout):
+    h = Harness(**setting)
     proto = h.connect()
     h.replies(proto)
-    h.clock.advance(29.9)
+    h.clock.advance(timeout - 0.1)
     assert not proto.tr.disconnecting
     h.clock.advance(0.2)
     assert proto.tr.disconnecting
     proto.connectionLost(None)
     h.settle()
-    assert [(e.event, e.detail) for e in h.log()] == [("Gateway Disconnect", "no LOGIN within 30 s")]
+    assert [(e.event, e.detail) for e in h.log()] == [("Gateway Disconnect", f"no LOGIN within {timeout} s")]
 
 
 def test_half_sent_login_line_times_out_too(h):
@@ -637,23 +639,117 @@ def test_relogin_waiting_for_a_write_keeps_the_link():
     assert run(store.gateway(KEY)).online
 
 
-def test_connections_beyond_the_limit_are_refused_and_logged():
+def gateway(n):
+    return LOGIN.replace("gw=8200 mac=000C2A020082", f"gw={n} mac={n:012X}")
+
+
+def test_logins_beyond_the_limit_are_refused_and_logged():
     from twisted.logger import globalLogPublisher
 
     logged = []
     globalLogPublisher.addObserver(logged.append)
     try:
         h = Harness(max_connections=2)
-        first, _ = h.connect(), h.connect()
-        third = h.connect()
-        assert third.tr.value() == b"ERR code=unavailable reason=too%20many%20connections;%20retry%20later\n"
+        first, second = h.login(gateway(1)), h.login(gateway(2))
+        assert verbs(h.replies(first)) == verbs(h.replies(second)) == ["OK"]
+        silent = h.connect()  # connections not logged in do not count
+        assert verbs(h.replies(silent)) == ["HELLO"]
+        third = h.login(gateway(3))
+        assert third.tr.value().endswith(b"ERR code=unavailable reason=too%20many%20connections;%20retry%20later\n")
         assert third.tr.disconnecting
-        h.connect()  # a flood is logged once a minute, not per connection
+        h.login(gateway(4))  # a flood is logged once a minute, not per connection
         refusals = [e for e in logged if "refused" in e.get("log_format", "")]
-        assert len(refusals) == 1 and refusals[0]["peer"] == "127.0.0.1:2350"
-        first.connectionLost(None)
-        fourth = h.connect()
-        assert h.replies(fourth)[0].verb == "HELLO"
+        assert len(refusals) == 1 and refusals[0]["peer"] == "127.0.0.1:2351"
+        again = h.login(gateway(1))  # a relogin always finds room
+        assert verbs(h.replies(again)) == ["OK"]
+        second.connectionLost(None)
+        h.settle()
+        fourth = h.login(gateway(4))
+        assert verbs(h.replies(fourth)) == ["OK"]
+        assert [e.event for e in h.log()].count("Gateway Disconnect") == 1  # refusals are not logged per gateway
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+
+
+# -- connection budgets (issue 11) -------------------------------------------------
+
+GAVE_WAY = b"ERR code=unavailable reason=too%20many%20connections%20not%20logged%20in;%20retry%20later\n"
+
+
+def test_the_oldest_silent_connection_of_an_address_gives_way():
+    h = Harness(unauthenticated_per_address=3)
+    silent = [h.connect() for _ in range(3)]
+    other = h.connect("127.0.0.2")
+    assert not any(p.tr.disconnecting for p in silent + [other])
+    newest = h.connect()
+    assert silent[0].tr.disconnecting and silent[0].tr.value().endswith(GAVE_WAY)
+    assert not any(p.tr.disconnecting for p in silent[1:] + [other, newest])
+    assert verbs(h.replies(newest)) == ["HELLO"]
+    h.connect()
+    assert silent[1].tr.disconnecting and not silent[2].tr.disconnecting
+    for proto in silent[:2]:
+        proto.connectionLost(None)
+    h.settle()
+    assert h.log() == []  # no gateway is known: the operator log counts them
+
+
+def test_the_oldest_silent_connection_of_all_gives_way():
+    h = Harness(unauthenticated_per_address=10, unauthenticated_total=4)
+    first = h.connect("127.0.0.1")
+    rest = [h.connect(f"127.0.0.{n}") for n in range(2, 5)]
+    assert not first.tr.disconnecting
+    h.connect("127.0.0.9")
+    assert first.tr.disconnecting and first.tr.value().endswith(GAVE_WAY)
+    assert not any(p.tr.disconnecting for p in rest)
+    assert h.factory.connections_given_way == 1
+
+
+def test_gateways_logged_in_or_logging_in_never_give_way():
+    store = HeldStore()
+    h = Harness(store=store, unauthenticated_per_address=2, unauthenticated_total=2)
+    logged_in = h.login()
+    assert verbs(h.replies(logged_in)) == ["OK"]
+    store.hold_reads = True
+    logging_in = h.login(gateway(1))  # its store lookup is held
+    flood = [h.connect() for _ in range(50)]
+    assert sum(not p.tr.disconnecting for p in flood) == 2
+    assert not logged_in.tr.disconnecting and not logging_in.tr.disconnecting
+    store.hold_reads = False
+    store.finish_reads()
+    h.settle()
+    assert verbs(h.replies(logging_in)) == ["OK"]
+    h.send(logged_in, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    assert fields(h.replies(logged_in)) == [("ACK", {"seq": "1"})]
+
+
+def test_a_gateway_logs_in_through_a_flood_of_silent_connections():
+    h = Harness(unauthenticated_per_address=64, unauthenticated_total=1024)
+    flood = [h.connect("127.0.0.1") for _ in range(2000)]
+    assert sum(not p.tr.disconnecting for p in flood) == 64
+    proto = h.login(host="127.0.0.2")
+    assert verbs(h.replies(proto)) == ["OK"]
+
+
+def test_giving_way_is_logged_once_a_minute_with_the_count():
+    from twisted.logger import globalLogPublisher
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        h = Harness(unauthenticated_per_address=1, login_timeout=600)
+        for _ in range(5):
+            h.connect()
+        h.clock.advance(61)
+        for _ in range(3):
+            h.connect()
+        h.clock.advance(61)
+        h.connect()
+        lines = [e for e in logged if "gave way" in e.get("log_format", "")]
+        assert [(e["count"], e["setting"], e["limit"]) for e in lines] == [
+            (1, "server.unauthenticated_per_address", 1),  # the first at once
+            (4, "server.unauthenticated_per_address", 1),  # 3 held back, and this one
+            (3, "server.unauthenticated_per_address", 1),
+        ]
     finally:
         globalLogPublisher.removeObserver(logged.append)
 

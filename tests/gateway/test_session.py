@@ -269,3 +269,138 @@ class TestEventTimeRange:
         assert last.event.time == S.LATEST_EVENT_TIME and not last.problems
         past = self.ev("EV seq=7 ref=1 type=TALK t=2106-02-07T06:28:16.000")
         assert past.event.time == NOW and past.problems
+
+
+# -- GatewaySession: the state machine without a transport ---------------------------
+
+PLAIN = "LOGIN proto=1 gw=8200 mac=000C2A020082 fxs=2 fxo=2 isdn=0 callref=74 time=2026-11-22T10:00:00"
+
+
+def session(**server) -> S.GatewaySession:
+    return S.GatewaySession(C.parse({"server": {"allow_unknown_gateways": True, **server}}),
+                            "127.0.0.1:2348", NONCE)
+
+
+def logged_in(last=0) -> S.GatewaySession:
+    s = session()
+    (look_up,) = s.line(NOW, PLAIN.encode())
+    outcome = s.decide(NOW, look_up, None, set(), False, None)
+    actions = s.accepted(NOW, outcome.state, last, "7f3a")
+    assert [type(a) for a in actions] == [S.Send] and actions[0].verb == "OK"
+    assert actions[0].fields == {"session": "7f3a", "last": str(last)}
+    s.flush()
+    return s
+
+
+def sends(actions):
+    return [(a.verb, dict(a.fields)) for a in actions if isinstance(a, S.Send)]
+
+
+class TestGatewaySession:
+    def test_hello_then_login_looks_the_gateway_up(self):
+        s = session()
+        hello = s.hello(NOW)
+        assert (hello.verb, hello.fields) == (
+            "HELLO", {"proto": "1", "nonce": NONCE, "time": "2026-11-22T10:00:00.000Z"})
+        (look_up,) = s.line(NOW, PLAIN.encode())
+        assert isinstance(look_up, S.LookUp) and look_up.request.key == "8200_000C2A020082"
+        assert (s.phase, look_up.received) == (S.LOGGING_IN, NOW)
+
+    def test_a_refused_login_answers_logs_and_closes(self):
+        s = S.GatewaySession(cfg(), "127.0.0.1:2348", NONCE)
+        actions = s.line(NOW, PLAIN.encode())
+        assert sends(actions) == [("ERR", {"code": "auth", "reason": "missing auth"})]
+        assert [type(a) for a in actions] == [S.Send, S.Rejected, S.Close]
+        assert actions[-1].why == S.LOGIN_REJECTED
+        assert [e.event for e in s.flush().log] == ["Login Rejected"]
+
+    def test_lines_before_ok_wait_and_run_after_it(self):
+        s = session()
+        (look_up,) = s.line(NOW, PLAIN.encode())
+        assert s.line(NOW, b"EV seq=1 ref=1 type=HOOK_OFF port=1") == []
+        assert s.line(NOW, b"PING") == []
+        outcome = s.decide(NOW, look_up, None, set(), False, None)
+        actions = s.accepted(NOW, outcome.state, 0, "7f3a")
+        assert [a.verb for a in actions] == ["OK", "PONG"]
+        batch = s.flush()
+        assert [e.seq for e in batch.events] == [1] and batch.ack == 1
+
+    def test_too_many_lines_before_ok_close(self):
+        s = session()
+        s.line(NOW, PLAIN.encode())
+        for _ in range(S.MAX_QUEUED_LINES):
+            assert s.line(NOW, b"PING") == []
+        actions = s.line(NOW, b"EV seq=9 ref=1 type=X")
+        assert sends(actions) == [("ERR", {"code": "bad", "seq": "9", "reason": "too many lines before OK"})]
+        assert isinstance(actions[-1], S.Close) and s.phase == S.CLOSING
+
+    def test_one_flush_is_one_batch_with_the_highest_seq_to_ack(self):
+        s = logged_in(last=2)
+        for seq in (1, 2, 3, 4, 7):  # two duplicates, then a gap
+            assert s.line(NOW, f"EV seq={seq} ref=1 type=RING_BACK".encode()) == []
+        batch = s.flush()
+        assert [e.seq for e in batch.events] == [3, 4, 7]
+        assert (batch.ack, batch.top, batch.received, batch.duplicates) == (7, 7, 5, 2)
+        assert [(e.event, e.detail) for e in batch.log] == [("Sequence Gap", "expected seq 5, got 7")]
+        assert s.flush() is None
+
+    def test_duplicates_only_are_acked_without_a_write(self):
+        s = logged_in(last=5)
+        s.line(NOW, b"EV seq=4 ref=1 type=RING_BACK")
+        batch = s.flush()
+        assert (batch.events, batch.log, batch.ack) == ((), (), 4)
+
+    def test_bad_packets_after_login_close_at_the_tenth_within_a_minute(self):
+        s = logged_in()
+        for n in range(9):
+            actions = s.line(NOW + n * 5000, b"garbage!")
+            assert [type(a) for a in actions] == [S.CountBadPacket, S.Send]
+        actions = s.line(NOW + 45000, b"garbage!")
+        assert isinstance(actions[-1], S.Close) and actions[-1].why == S.BAD_PACKET
+        assert s.flush().log[-1].detail == "10 bad packets within 60 s: closed"
+
+    def test_unknown_verb_and_second_login_are_bad_packets(self):
+        s = logged_in()
+        assert sends(s.line(NOW, b"EVENT seq=7")) == [
+            ("ERR", {"code": "bad", "seq": "7", "reason": "unknown verb EVENT"})]
+        assert sends(s.line(NOW, PLAIN.encode())) == [
+            ("ERR", {"code": "bad", "reason": "already logged in"})]
+        assert s.phase == S.LOGGED_IN
+
+    def test_logout_stops_reading_and_keeps_acking(self):
+        s = logged_in()
+        s.line(NOW, b"EV seq=1 ref=1 type=HOOK_OFF port=1")
+        (bye,) = s.line(NOW, b"LOGOUT")
+        assert isinstance(bye, S.Bye) and s.talking
+        assert s.line(NOW, b"PING") == []
+        batch = s.flush()
+        assert [e.event for e in batch.log] == ["Logout"] and batch.ack == 1
+
+    def test_over_long_lines(self):
+        s = logged_in()
+        actions = s.too_long(NOW, b"EV seq=8 ref=1 type=DIAL digits=" + b"1" * 1100)
+        assert sends(actions) == [("ERR", {"code": "bad", "seq": "8", "reason": "line longer than 1024 bytes"})]
+        assert isinstance(actions[-1], S.Close)
+        # while logging in, a whole line waits for the OK as every other one
+        s = session()
+        s.line(NOW, PLAIN.encode())
+        assert s.too_long(NOW, b"x" * 2000) == []
+        assert isinstance(s.too_long(NOW, b"x" * 2000, partial=True)[-1], S.Close)
+
+    def test_timeouts_log_what_happened(self):
+        s = session(login_timeout=10)
+        assert s.timed_out(NOW).why == S.IDLE_TIMEOUT
+        assert [(e.event, e.detail) for e in s.flush().log] == [("Gateway Disconnect", "no LOGIN within 10 s")]
+        s = logged_in()
+        s.timed_out(NOW)
+        assert [(e.event, e.detail) for e in s.flush().log] == [("Idle Timeout", "silent for 90 s")]
+
+    def test_finish_logs_a_disconnect_unless_the_log_said_why(self):
+        s = logged_in()
+        s.line(NOW, b"EV seq=1 ref=1 type=HOOK_OFF port=1")
+        assert [e.event for e in s.finish(NOW, "connection lost")] == ["Gateway Disconnect"]
+        assert s.flush() is None  # unflushed events are dropped: never acked, resent
+        s = logged_in()
+        entry, close = s.kicked_out(NOW)
+        assert (entry.event, close.why) == ("Relogin Kickout", S.RELOGIN_KICKOUT)
+        assert s.finish(NOW, "connection lost") == []

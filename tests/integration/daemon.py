@@ -119,8 +119,11 @@ class Daemon:
 class GatewayClient:
     """Blocking GWP/1 client: one line at a time, for exact assertions."""
 
-    def __init__(self, port: int, timeout: float = 10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None):
+        """`source`: the loopback address to connect from (e.g. "127.0.0.2")."""
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout,
+            source_address=(source, 0) if source is not None else None)
         self.buf = b""
         self.hello = self.read()
 

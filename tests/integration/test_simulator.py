@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,8 @@ def sim(*args: str) -> list[str]:
 
 def stored_sequences(daemon: Daemon) -> dict[str, tuple[int, int, int, int]]:
     """Per gateway: (events, distinct seqs, lowest seq, highest seq), and the gateways' last_seq."""
-    with sqlite3.connect(daemon.database[len("sqlite:"):]) as db:
+    # closing(): a sqlite3 connection's own `with` commits, it does not close
+    with closing(sqlite3.connect(daemon.database[len("sqlite:"):])) as db:
         rows = db.execute(
             "SELECT gateway, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events"
             " WHERE seq IS NOT NULL GROUP BY gateway"
@@ -42,6 +43,21 @@ def stored_sequences(daemon: Daemon) -> dict[str, tuple[int, int, int, int]]:
         assert last[gateway] == high, f"{gateway}: last_seq {last[gateway]}, stored up to {high}"
         out[gateway] = (count, distinct, low, high)
     return out
+
+
+def stored_events(daemon: Daemon) -> int:
+    with closing(sqlite3.connect(daemon.database[len("sqlite:"):], timeout=10)) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes the gateways sent that cdrd's sockets on `port` have not read (ss's Recv-Q)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
 
 
 def assert_whole(stored: dict, gateways: int, events: int) -> None:
@@ -94,13 +110,13 @@ def test_load_across_a_kill_9_and_restart_is_resent_and_stored_once(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        time.sleep(2.5)
+        daemon.wait_for(lambda: stored_events(daemon) >= 200, timeout=60, what="the load under way")
         # freeze it first, so that events are surely in flight (sent, not
         # acknowledged) when it dies: they are lost with it and resent
         daemon.proc.send_signal(signal.SIGSTOP)
-        time.sleep(0.5)
+        daemon.wait_for(lambda: unread_bytes(daemon.gateway_port) > 0, timeout=60,
+                        what="events sent to the frozen cdrd")
         daemon.kill9()
-        time.sleep(1.0)
         daemon.start()
         out, err = run.communicate(timeout=150)
         assert run.returncode == 0, err + daemon.output()
@@ -114,3 +130,51 @@ def test_load_across_a_kill_9_and_restart_is_resent_and_stored_once(tmp_path):
             run.wait()
         daemon.stop()
     assert_whole(stored_sequences(daemon), gateways=10, events=summary["events"])
+
+
+MID_CALL = """\
+# date: 2026-11-22
+75 10:00:00.000 HOOK_OFF port=1
+75 10:00:02.000 DIAL digits=2252
+75 10:00:03.000 RING_BACK
+75 10:00:08.000 TALK
+75 10:02:08.000 HOOK_ON port=1
+"""
+
+
+def test_a_cdrd_restart_mid_call_does_not_split_the_call(tmp_path):
+    """
+    cdrd is killed -9 and started again while a call is open; the replay
+    (no boot token: the server tells a reboot by callref) reconnects with
+    the callref of the open call, not the one it started with, so cdrd
+    sees a reconnect, not a reboot: one record, no Gateway Restart.
+    """
+    script = tmp_path / "call.gwp"
+    script.write_text(MID_CALL)
+    daemon = Daemon(tmp_path).start()
+    replay = subprocess.Popen(
+        sim("replay", "--server", f"tcp:127.0.0.1:{daemon.gateway_port}", "--gw", "8200",
+            "--mac", "000C2A020082", "--speed", "10", str(script)),  # HOOK_ON 12.8 s in
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        daemon.wait_for(lambda: stored_events(daemon) >= 4, timeout=60, what="the call answered")
+        daemon.proc.send_signal(signal.SIGSTOP)
+        assert stored_events(daemon) == 4, "the call ended before cdrd could be killed mid-call"
+        daemon.kill9()
+        daemon.start()
+        out, err = replay.communicate(timeout=120)
+        assert replay.returncode == 0, err + daemon.output()
+        assert "5 events (seq 1..5)" in out and "logins 2" in out, out
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+            replay.wait()
+        daemon.stop()
+    with closing(sqlite3.connect(daemon.database[len("sqlite:"):])) as db:
+        calls = db.execute("SELECT ref, cause, talk FROM calls").fetchall()
+        logins = db.execute("SELECT detail FROM log WHERE event = 'Login' ORDER BY id").fetchall()
+        restarts = db.execute("SELECT COUNT(*) FROM log WHERE event = 'Gateway Restart'").fetchone()[0]
+    assert restarts == 0
+    assert [(ref, talk) for ref, _, talk in calls] == [(75, 120_000)], calls
+    assert ["CallRef(74)" in logins[0][0], "CallRef(75)" in logins[1][0]] == [True, True], logins

@@ -99,6 +99,10 @@ class FakeLink:
                     self.to_client(b"ERR code=auth reason=wrong%20auth\n")
                     self.close()
                     return
+                if self.server.login_error is not None:
+                    self.to_client(b"ERR code=%s reason=retry%%20later\n" % self.server.login_error.encode())
+                    self.close()
+                    return
                 self.logged_in = True
                 self.to_client(b"OK session=1 last=%d\n" % self.server.last)
             elif msg.verb == "EV" and self.logged_in:
@@ -138,6 +142,8 @@ class FakeServer:
         self.received: list[bytes] = []  # every EV line, resends included
         self.stored: dict[int, bytes] = {}  # seq -> EV line, first copy
         self.refuse = False
+        self.login_error: str | None = None  # an ERR code answering every LOGIN
+        self.connects: list[float] = []  # clock.seconds() of every connect, refused ones too
         self.delivered_ack = 0  # the highest ACK the client has actually read
         self.durable = 0  # the highest seq acknowledged (or committed): never lost
 
@@ -155,6 +161,7 @@ class FakeServer:
             self.links[-1].close()
 
     def connect(self, factory):
+        self.connects.append(self.clock.seconds())
         if self.refuse:
             from twisted.internet.error import ConnectionRefusedError
 

@@ -10,11 +10,13 @@ from twisted.internet.testing import StringTransport
 
 from cdrd.gateway.codec import parse_gateway_time, parse_line
 from cdrd.sim.client import (
+    REJECTIONS,
     GatewayClientProtocol,
     GatewayIdentity,
     LoginRejected,
     OutgoingEvent,
     SimGateway,
+    backoff_delay,
     encode_event,
     percentile,
 )
@@ -269,10 +271,9 @@ def test_start_retries_refused_connections_and_finish_logs_out():
     gateway = SimGateway(GW, clock)
     online = gateway.start(server, reconnect_delay=1.0)
     clock.advance(3.0)
-    assert not online.called and not server.links
+    assert not online.called and not server.links and len(server.connects) >= 2
     server.refuse = False
-    clock.advance(1.0)
-    server.run(lambda: online.called)
+    server.run(lambda: online.called, step=0.5)
     gateway.submit(events(2))
     done = gateway.finish()
     server.run(lambda: done.called)
@@ -280,6 +281,119 @@ def test_start_retries_refused_connections_and_finish_logs_out():
     assert seqs(server.links[0].lines) == [1, 2]
     clock.advance(10)
     assert len(server.links) == 1  # no reconnect after finish
+
+
+def steps_between(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+@given(st.integers(1, 40), st.integers(0, 2**32))
+def test_backoff_doubles_from_one_second_to_a_minute_with_jitter(retry, seed):
+    import random
+
+    step = min(60.0, 2.0 ** (retry - 1))
+    delay = backoff_delay(retry, random.Random(seed))
+    assert step / 2 <= delay <= step
+
+
+@pytest.mark.parametrize("cut_off", ["refuse", "unavailable"])
+def test_a_server_that_cannot_take_the_gateway_is_retried_for_ever_with_backoff(cut_off):
+    clock = clock_at()
+    server = FakeServer(clock)
+    server.refuse = cut_off == "refuse"
+    server.login_error = "unavailable" if cut_off == "unavailable" else None
+    gateway = SimGateway(GW, clock, callref=74)
+    online = gateway.start(server)
+    gateway.submit(events(3))  # queued while the server cannot take it
+    server.run(lambda: len(server.connects) == 16, step=0.25)
+    gaps = steps_between(server.connects)
+    for retry, gap in enumerate(gaps, start=1):
+        step = min(60.0, 2.0 ** (retry - 1))
+        assert step / 2 <= gap <= step + 0.25, (retry, gaps)  # the clock moves in 0.25 s steps
+    assert max(gaps) > 30  # it reached the cap ...
+    assert not online.called and gateway.rejected is None  # ... and never gave up
+    assert gateway.stats.connect_failures == 16 and gateway.stats.errors == 0
+    assert gateway.stats.unavailable == (16 if cut_off == "unavailable" else 0)
+    server.refuse, server.login_error = False, None
+    server.run(lambda: gateway.outstanding == 0, step=0.25)
+    assert online.called and sorted(server.stored) == [1, 2, 3]
+    assert len(server.connects) == 17  # the first attempt after it could took it
+    (outage,) = gateway.stats.outages
+    assert outage.failed_attempts == 16 and outage.last_failed_attempt == server.connects[15]
+    assert outage.began == server.connects[0] and outage.resumed == server.connects[16]
+    assert outage.retry_delay == pytest.approx(server.connects[16] - server.connects[15], abs=0.25)
+    assert {m.fields["callref"] for m in server.logins} == {"74"}  # nothing sent yet
+
+
+def test_unavailable_after_login_keeps_the_events_and_resends_them():
+    clock = clock_at()
+    server = FakeServer(clock, auto_ack=False)
+    gateway = SimGateway(GW, clock, window=8)
+    online = gateway.start(server)
+    server.run(lambda: online.called)
+    gateway.submit(events(4))
+    clock.advance(0)
+    first = server.links[0]
+    assert seqs(first.lines) == [1, 2, 3, 4]
+    # the store refused the write: nothing stored, ERR unavailable, closed
+    server.stored.clear()
+    server.last = 0
+    first.to_client(b"ERR code=unavailable reason=store%20write%20failed\n")
+    first.close()
+    server.auto_ack = True
+    server.run(lambda: gateway.outstanding == 0, step=0.1)
+    assert len(server.links) == 2
+    assert seqs(server.links[1].lines) == [1, 2, 3, 4]
+    assert [server.stored[s] for s in (1, 2, 3, 4)] == first.lines[1:]  # the same bytes
+    assert gateway.stats.unavailable == 1 and gateway.stats.errors == 0
+    assert gateway.stats.resent == 4 and gateway.stats.acked == 4
+    (outage,) = gateway.stats.outages
+    assert outage.failed_attempts == 0 and 0.5 <= outage.retry_delay <= 1.0
+
+
+@pytest.mark.parametrize("code", sorted(REJECTIONS))
+def test_a_rejection_ends_it(code):
+    clock = clock_at()
+    server = FakeServer(clock)
+    server.login_error = code
+    gateway = SimGateway(GW, clock)
+    failures = []
+    gateway.start(server).addErrback(failures.append)
+    server.run(lambda: failures)
+    assert failures[0].check(LoginRejected) and failures[0].value.code == code
+    clock.advance(600)
+    assert len(server.connects) == 1 and gateway.stats.unavailable == 0
+
+
+def test_an_unknown_err_code_at_login_means_retry_later():
+    clock = clock_at()
+    server = FakeServer(clock)
+    server.login_error = "draining"
+    gateway = SimGateway(GW, clock)
+    online = gateway.start(server)
+    server.run(lambda: len(server.connects) == 3, step=0.5)
+    assert gateway.rejected is None and not online.called
+    server.login_error = None
+    server.run(lambda: online.called, step=0.5)
+
+
+def test_a_reconnect_keeps_boot_and_a_callref_not_below_the_open_call():
+    """After cdrd restarts mid-call, a LOGIN with callref below the open call would split it."""
+    clock = clock_at()
+    server = FakeServer(clock)
+    gateway = SimGateway(GW, clock, callref=74)
+    online = gateway.start(server)
+    server.run(lambda: online.called)
+    gateway.submit(events(2, ref=75))  # call 75 is open: HOOK_OFF, DIAL, ...
+    server.run(lambda: gateway.outstanding == 0)
+    server.links[-1].close()  # cdrd restarts
+    server.run(lambda: gateway.stats.logins == 2, step=0.25)
+    gateway.submit(events(1, ref=76))
+    server.run(lambda: gateway.outstanding == 0)
+    server.links[-1].close()
+    server.run(lambda: gateway.stats.logins == 3, step=0.25)
+    assert [(m.fields["callref"], m.fields["boot"]) for m in server.logins] == [
+        ("74", "b7"), ("75", "b7"), ("76", "b7")]
 
 
 def test_start_with_wrong_secret_fails():

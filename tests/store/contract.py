@@ -22,6 +22,7 @@ from cdrd.interfaces import (
     EventQuery,
     Expired,
     IStore,
+    LogCount,
     LogQuery,
     SummaryRow,
     WriteBatch,
@@ -252,6 +253,25 @@ class StoreContract:
         page = await store.log(LogQuery(limit=2, offset=1))
         assert [e.time - DAY for e in page] == [3, 2]
         assert await store.log(LogQuery(gateway="9999")) == []
+
+    @deferred_test
+    async def test_a_coalesced_log_entry_keeps_its_row_and_takes_its_count(self, store):
+        first = log_entry(DAY + 1, "Bad Packet", gateway="???", mac="", detail="unknown verb", peer="127.0.0.9:4001")
+        same_time_other_peer = log_entry(DAY + 1, "Bad Packet", gateway="???", mac="", peer="127.0.0.9:4002")
+        await store.write(WriteBatch(log=[first, same_time_other_peer, log_entry(DAY + 2, "Login")]))
+        assert [e.count for e in await store.log(LogQuery())] == [1, 1, 1]
+
+        await store.write(WriteBatch(log_counts=[LogCount(first, 2_597)]))
+        await store.write(WriteBatch(log_counts=[LogCount(first, 2_598)], log=[log_entry(DAY + 3, "Logout")]))
+        entries = await store.log(LogQuery())
+        assert [(e.event, e.peer, e.count) for e in entries] == [
+            ("Logout", "127.0.0.1:2348", 1), ("Login", "127.0.0.1:2348", 1),
+            ("Bad Packet", "127.0.0.9:4002", 1), ("Bad Packet", "127.0.0.9:4001", 2_598)]
+        assert entries[3].detail == "unknown verb" and entries[3].time == DAY + 1
+        # a count whose row is gone (retention) or was never stored changes nothing
+        gone = log_entry(DAY + 9, "Bad Packet", peer="127.0.0.9:4003")
+        await store.write(WriteBatch(log_counts=[LogCount(gone, 5)]))
+        assert len(await store.log(LogQuery())) == 4
 
     # -- gateways and cursors -------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest_twisted
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
-from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, WriteBatch
+from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, LogQuery, WriteBatch
 from cdrd.store import open_store
 from cdrd.store.schema import (
     MIGRATIONS,
@@ -154,15 +154,22 @@ async def test_a_slow_query_does_not_hold_up_a_write(path):
         await store.close()
 
 
+def database_at(path, version: int) -> sqlite3.Connection:
+    """A database as a cdrd of schema `version` left it (empty)."""
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_VERSION_DDL)
+    for index in range(version):
+        for statement in migration_statements("sqlite", index):
+            conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    return conn
+
+
 @pytest_twisted.ensureDeferred
 async def test_migration_2_counts_the_records_of_a_version_1_database(path):
     """call_hours is filled from the records already stored when it arrives."""
     records = random_records(500)
-    conn = sqlite3.connect(path)
-    conn.execute(SCHEMA_VERSION_DDL)
-    for statement in migration_statements("sqlite", 0):
-        conn.execute(statement)
-    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn = database_at(path, 1)
     conn.executemany(
         f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
         [_record_row(r) for r in records],
@@ -294,12 +301,7 @@ async def test_cdrd_vacuum_converts_an_older_file_once_cdrd_has_stopped(path, ca
 
 @pytest_twisted.ensureDeferred
 async def test_migration_4_holds_records_stored_before_until_the_outbox_empties(path):
-    conn = sqlite3.connect(path)
-    conn.execute(SCHEMA_VERSION_DDL)
-    for index in range(3):
-        for statement in migration_statements("sqlite", index):
-            conn.execute(statement)
-    conn.execute("INSERT INTO schema_version VALUES (3)")
+    conn = database_at(path, 3)
     conn.execute(f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})", _record_row(record(1, DAY)))
     conn.execute("INSERT INTO outbox (sink, payload, created) VALUES ('radius', x'00', 0)")
     conn.execute(f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})", _record_row(record(2, DAY)))
@@ -313,5 +315,21 @@ async def test_migration_4_holds_records_stored_before_until_the_outbox_empties(
         item = (await store.outbox("radius", 0, 1))[0]
         await store.write(WriteBatch(outbox_done=[("radius", item.id)]))
         assert (await store.expire("records", DAY + 1, 10)).deleted == 2
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_6_counts_the_log_entries_stored_before_once(path):
+    conn = database_at(path, 5)
+    conn.execute("INSERT INTO log (time, event, peer, gateway, mac, detail)"
+                  " VALUES (1, 'Bad Packet', '127.0.0.1:4000', '???', '', 'unknown verb')")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        [entry] = await store.log(LogQuery())
+        assert (entry.event, entry.count) == ("Bad Packet", 1)
     finally:
         await store.close()

@@ -265,3 +265,33 @@ async def test_live_page_of_all_gateways(make_site):
     rows = section(text(body), "gateway-index")
     assert rows.count("<tr") == 2 and '<span class="pill on">online</span>' in rows
     assert json.dumps(F.GW)[1:-1] in rows
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeats_stored_as_one_entry_count_whole_on_the_dashboard_log_page_and_api(make_site):
+    from cdrd.interfaces import LogCount
+
+    site = await make_site()
+    now = F.t("13:00:00")
+    flood = LogEntry(time=now - 30_000, event="Bad Packet", peer="203.0.113.9:40001", gateway="???",
+                     detail="unknown verb GARBAGE")
+    bad = LogEntry(time=now - 20_000, event="Bad Packet", peer="127.0.0.1:2348", gateway="8200",
+                   mac="000C2A020082", detail="junk")
+    await site.store.write(WriteBatch(log=(flood, bad)))
+    await site.store.write(WriteBatch(log_counts=(LogCount(flood, 2_597), LogCount(bad, 11))))
+
+    _, body = await site.get("/")
+    row = section(text(body), "gateways").split("</tr>")[0]
+    assert '<td data-label="Bad packets" class="bad-packets cause">11</td>' in row
+    assert '<span class="pill warn">flooding</span>' in row  # 11 within the last minute
+
+    _, body = await site.get("/log?from=2026-11-22&to=2026-11-22")
+    html = text(body)
+    assert "Bad Packet ×2,597 from 203.0.113.9" in html
+    assert "Bad Packet ×11 from 127.0.0.1" in html
+    assert ">Bad Packet</" in html  # the fixture's single one: as it was
+
+    entries = (await site.json("/api/log?from=2026-11-22&to=2026-11-22"))["entries"]
+    assert [(e["event"], e["peer"], e["count"]) for e in entries[:2]] == [
+        ("Bad Packet", "127.0.0.1:2348", 11), ("Bad Packet", "203.0.113.9:40001", 2_597)]
+    assert {e["count"] for e in entries[2:]} == {1}

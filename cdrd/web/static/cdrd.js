@@ -93,11 +93,11 @@
         return key === gateway || key.split("_")[0] === gateway;
       });
     }
-    function bump(tr, cls) {
+    function bump(tr, cls, n) {
       var td = tr.querySelector("td." + cls);
       if (!td) return;
       var target = td.querySelector("a") || td;
-      target.textContent = String((parseInt(target.textContent, 10) || 0) + 1);
+      target.textContent = String((parseInt(target.textContent, 10) || 0) + (n || 1));
       td.classList.add("changed");
     }
     function recount() {
@@ -124,8 +124,8 @@
         var pill = tr.querySelector("td.state .pill");
         if (ONLINE[m.event]) setPill(pill, "online");
         else if (OFFLINE[m.event]) setPill(pill, "offline");
-        else if (m.event === "Bad Packet") bump(tr, "bad-packets");
-        else if (m.event === "Gateway Restart") bump(tr, "restarts");
+        else if (m.event === "Bad Packet") bump(tr, "bad-packets", m.count);
+        else if (m.event === "Gateway Restart") bump(tr, "restarts", m.count);
       });
       recount();
     });
