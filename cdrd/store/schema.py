@@ -283,6 +283,22 @@ MIGRATIONS.append([
     "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
 ])
 
+MIGRATIONS.append([
+    # 7: several active nodes on one PostgreSQL (docs/store.md, "Several
+    # nodes"): who owns each gateway, with a fencing token every write of
+    # the gateway checks; `expires` is the database's clock in ms.  Rows
+    # whose key starts with "#" are cluster-wide work (the outputs'
+    # delivery, retention), not gateways.  SQLite has the table and never
+    # uses it: one cdrd per file.
+    """CREATE TABLE gateway_leases (
+        gateway TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires BIGINT NOT NULL
+    )""",
+    "CREATE INDEX gateway_leases_node ON gateway_leases (node)",
+])
+
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 
