@@ -13,6 +13,7 @@ from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
@@ -170,6 +171,47 @@ class CallService(Service):
         await self._recover_gateway(gateway, cursor, self._now(), pending)
         self._writes.pending.products.extend(pending.products)
         self._writes.pending.cursors.update(pending.cursors)
+
+    def catch_up(self, gateway: str) -> defer.Deferred:
+        """
+        Apply `gateway`'s stored events that no commit told of: a commit
+        whose outcome the writer never learnt (the database failed over
+        during COMMIT, which the replica had) stored events the gateway,
+        told `last=` by the store at its next LOGIN, does not send again.
+        Run at every LOGIN the store commits; one indexed read that finds
+        nothing, almost always.  Events committed meanwhile wait, as while
+        adopting a gateway, so that all apply in id order.
+        """
+        if self._recovery.active or gateway in self._recovery.loading or self.model.applied(gateway) is None:
+            return defer.succeed(None)  # recovery or adoption reads the store anyway
+        self._recovery.loading[gateway] = []
+        d = defer.ensureDeferred(self._catch_up(gateway))
+
+        def done(result):
+            early = self._recovery.loading.pop(gateway, [])
+            applied = self.model.applied(gateway) or 0
+            self._take_all([e for e in early if e.id > applied])
+            self._flush()
+            if isinstance(result, Failure):
+                self.log.failure("calls: catching up gateway {gateway} failed", result, gateway=gateway)
+            return None
+
+        return d.addBoth(done)
+
+    async def _catch_up(self, gateway: str) -> None:
+        caught = 0
+        while True:
+            page = await self.store.events_after(gateway, self.model.applied(gateway) or 0, self.replay_page)
+            self._take_all(page)
+            caught += len(page)
+            if len(page) < self.replay_page:
+                break
+        if caught:
+            self.log.warn(
+                "calls: gateway {gateway}: {count} stored events no commit told of applied"
+                " (a commit whose outcome was lost, e.g. a database failover)",
+                gateway=gateway, count=caught,
+            )
 
     def release(self, gateway: str) -> None:
         """
@@ -346,6 +388,7 @@ class CallService(Service):
         for state in batch.gateways:
             # a gateway's address is committed (LOGIN) before any of its calls
             self.model.gateway_seen(state)
+            self.catch_up(state.key)
         if not result.events:
             return  # our own derived batches, or gateway state only
         if self._recovery.active:

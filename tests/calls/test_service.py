@@ -188,6 +188,27 @@ def test_products_of_one_step_commit_in_one_transaction_with_the_cursor():
     assert rig.store.cursors().result[GW].applied == len(events)
 
 
+def test_events_a_lost_commit_stored_are_applied_at_the_next_login():
+    # a database failover during COMMIT: the replica has the events, the
+    # writer saw a failure, so no listener was told; the gateway's next
+    # LOGIN is told last= by the store and never sends them again
+    rig = Rig()
+    rig.login()
+    events = unstamped(parse_events(E4 + E5))
+    rig.send(events[:4])
+    rig.store.write(WriteBatch(events=events[4:-2]))  # committed, unseen
+    pump(rig.clock)
+    assert len(rig.results()[0]) < 3
+    rig.login()
+    rig.send(events[-2:])
+    records, lines, outbox = rig.results()
+    assert len(records) == 3 and len(lines) == 4
+    assert len(outbox) == len(set(outbox))
+    assert rig.store.cursors().result[GW].applied == len(events)
+    rig.login()  # nothing left to catch up: nothing twice
+    assert rig.results()[2] == outbox
+
+
 def test_resent_events_never_duplicate():
     rig = Rig()
     events = unstamped(parse_events(E4 + E5))
