@@ -80,6 +80,8 @@ class _Recovery:
     # several nodes (cdrd.cluster): gateway being adopted -> its events
     # committed meanwhile, applied once its open calls are loaded
     loading: dict[str, list] = field(factory=dict)
+    # gateway -> IDelayedCall: a catch-up the store failed, tried again
+    retries: dict[str, object] = field(factory=dict)
 
 
 @define
@@ -193,10 +195,22 @@ class CallService(Service):
             self._take_all([e for e in early if e.id > applied])
             self._flush()
             if isinstance(result, Failure):
-                self.log.failure("calls: catching up gateway {gateway} failed", result, gateway=gateway)
+                # the store is down (its outage is logged by the writer): try
+                # again, or the events it holds stay unapplied until a LOGIN
+                self.log.warn(
+                    "calls: catching up gateway {gateway} failed ({error}); retrying in {delay}s",
+                    gateway=gateway, error=result.getErrorMessage(), delay=RETRY_DELAY,
+                )
+                if self.running and gateway not in self._recovery.retries:
+                    self._recovery.retries[gateway] = self.clock.callLater(
+                        RETRY_DELAY, self._catch_up_again, gateway)
             return None
 
         return d.addBoth(done)
+
+    def _catch_up_again(self, gateway: str) -> None:
+        self._recovery.retries.pop(gateway, None)
+        self.catch_up(gateway)
 
     async def _catch_up(self, gateway: str) -> None:
         caught = 0
@@ -258,6 +272,10 @@ class CallService(Service):
             self.writer.remove_listener(self._committed)
         except ValueError:
             pass
+        for call in self._recovery.retries.values():
+            if call.active():
+                call.cancel()  # what they would read, recovery replays
+        self._recovery.retries.clear()
         if self._writes.retry is not None and self._writes.retry.active():
             # the store refuses our writes: stopping must not wait for it
             self._writes.retry.cancel()

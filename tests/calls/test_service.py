@@ -209,6 +209,25 @@ def test_events_a_lost_commit_stored_are_applied_at_the_next_login():
     assert rig.results()[2] == outbox
 
 
+def test_a_catch_up_the_store_fails_is_tried_again_without_a_traceback():
+    rig = Rig()
+    rig.login()
+    events = unstamped(parse_events(E4 + E5))
+    rig.send(events[:4])
+    rig.store.write(WriteBatch(events=events[4:]))  # committed, unseen
+    read = rig.store.events_after
+    rig.store.events_after = lambda *a: defer.fail(OSError("consuming input failed: SSL error"))
+    with capturedLogs() as logs:
+        rig.login()
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == [LogLevel.warn]
+    assert not any(e.get("log_failure") for e in logs)
+    assert len(rig.results()[0]) < 3
+    rig.store.events_after = read
+    rig.clock.advance(1.0)
+    pump(rig.clock)
+    assert len(rig.results()[0]) == 3
+
+
 def test_resent_events_never_duplicate():
     rig = Rig()
     events = unstamped(parse_events(E4 + E5))
