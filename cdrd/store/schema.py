@@ -51,7 +51,7 @@ HOUR_COLUMNS_2 = (
     "calls", "pstn", *NOTATION_COLUMNS.values(),
     "answered", "attempts", "attempts_answered", "talk",
 )
-#: migration 8: per filter, the answered calls and their talk, so that a
+#: FILTER_SUMS_MIGRATION: per filter, the answered calls and their talk, so that a
 #: filtered total reads call_hours too: a_<notation> answered calls of the
 #: notation, talk_<notation> their talk (attempt notations only: other
 #: calls' talk is not summed), and the PSTN calls' answered, attempts,
@@ -59,9 +59,9 @@ HOUR_COLUMNS_2 = (
 ANSWERED_COLUMNS = {n: "a" + NOTATION_COLUMNS[n][1:] for n in FILTER_NOTATION.values()}
 TALK_COLUMNS = {n: "talk" + NOTATION_COLUMNS[n][1:] for n in FILTER_NOTATION.values() if n in ATTEMPT_NOTATIONS}
 PSTN_COLUMNS = ("pstn_answered", "pstn_attempts", "pstn_attempts_answered", "pstn_talk")
-HOUR_COLUMNS_8 = (*ANSWERED_COLUMNS.values(), *TALK_COLUMNS.values(), *PSTN_COLUMNS)
+FILTER_HOUR_COLUMNS = (*ANSWERED_COLUMNS.values(), *TALK_COLUMNS.values(), *PSTN_COLUMNS)
 #: every count column of call_hours, in order
-HOUR_COLUMNS = HOUR_COLUMNS_2 + HOUR_COLUMNS_8
+HOUR_COLUMNS = HOUR_COLUMNS_2 + FILTER_HOUR_COLUMNS
 
 
 def _filter_sums(f: str) -> tuple[str, ...]:
@@ -316,7 +316,7 @@ MIGRATIONS.append([
 
 
 def _filter_hour_sums(gateway_expr: str, group: str) -> str:
-    """The SELECT that backfills migration 8's call_hours columns from calls."""
+    """The SELECT that backfills FILTER_SUMS_MIGRATION's call_hours columns from calls."""
     answered = "connect_ms IS NOT NULL"
     sums = [f"SUM(CASE WHEN notation = '{n}' AND {answered} THEN 1 ELSE 0 END) AS {c}"
             for n, c in ANSWERED_COLUMNS.items()]
@@ -335,12 +335,12 @@ def _filter_hour_sums(gateway_expr: str, group: str) -> str:
 
 
 MIGRATIONS.append([
-    # 7 (8 once gateway_leases lands; issue 14): call_hours sums every filter's totals, not only its
-    # count: the totals of a month of Call Out read hundreds of rows, not
-    # the 400 000 calls
-    *(f"ALTER TABLE call_hours ADD COLUMN {c} BIGINT NOT NULL DEFAULT 0" for c in HOUR_COLUMNS_8),
+    # 7 (8 once gateway_leases lands; issue 14): call_hours sums every
+    # filter's totals, not only its count: the totals of a month of Call Out
+    # read hundreds of rows, not the 400 000 calls
+    *(f"ALTER TABLE call_hours ADD COLUMN {c} BIGINT NOT NULL DEFAULT 0" for c in FILTER_HOUR_COLUMNS),
     *(
-        f"UPDATE call_hours SET {', '.join(f'{c} = t.{c}' for c in HOUR_COLUMNS_8)}"
+        f"UPDATE call_hours SET {', '.join(f'{c} = t.{c}' for c in FILTER_HOUR_COLUMNS)}"
         f" FROM ({_filter_hour_sums(gw, group)}) AS t"
         " WHERE call_hours.gateway = t.gateway AND call_hours.hour = t.hour"
         for gw, group in (("gateway", f"gateway, begin_ms / {HOUR_MS}"),
@@ -349,16 +349,6 @@ MIGRATIONS.append([
 ])
 #: the schema version that added the filter sums (its number moves at merges)
 FILTER_SUMS_MIGRATION = len(MIGRATIONS)
-
-MIGRATIONS.append([
-    # 8 (9 once gateway_leases lands; issue 14): the summaries by caller and
-    # by destination of every gateway over a day group index-only (measured
-    # on ten million records: 70 -> 44 ms for a day's 27 000 calls).  Not
-    # (start, cui, duration) on cdrs: it made the totals per CUI of a day
-    # 30 -> 17 ms, but SQLite then chose it over (cui, start, ...) for a
-    # CUI prefix over a month, and read the month's CDRs.
-    "CREATE INDEX calls_begin_numbers ON calls (begin_ms, cli, dialed, notation, connect_ms, talk)",
-])
 
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
