@@ -10,7 +10,7 @@ GATEWAY ?=
 WEB ?=
 
 # Debian packages the integration tests start as real peers.
-SYSTEM_PACKAGES := freeradius freeradius-utils freeradius-postgresql rsyslog chromium postgresql
+SYSTEM_PACKAGES := freeradius freeradius-utils freeradius-postgresql rsyslog chromium postgresql haproxy
 
 .PHONY: run test unit integration lint venv system-deps postgresql bench clean
 
@@ -32,8 +32,8 @@ system-deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	@# the tests start their own FreeRADIUS and rsyslog; the distribution's must not hold their ports
-	-@systemctl disable --now freeradius rsyslog >/dev/null 2>&1 || true
+	@# the tests start their own FreeRADIUS, rsyslog and HAProxy; the distribution's must not hold their ports
+	-@systemctl disable --now freeradius rsyslog haproxy >/dev/null 2>&1 || true
 	@$(MAKE) --no-print-directory postgresql
 
 # The PostgreSQL tests need a server on 127.0.0.1:5432 that lets user
@@ -83,6 +83,7 @@ bench: venv
 	$(PY) bench/radius.py
 	$(PY) bench/report.py
 	$(PY) bench/flood_log.py
+	$(PY) bench/nodes.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

@@ -312,6 +312,20 @@ class RetentionConfig:
 
 
 @frozen
+class ClusterConfig:
+    """Several active nodes on one PostgreSQL (docs/store.md, "Several nodes")."""
+
+    SECTION = "cluster"
+
+    # seconds a node's gateway leases outlive its last renewal (a dead
+    # node's gateways and outboxes move on after this)
+    lease_seconds: float = field(default=10.0, validator=[
+        _at_least(2), _at_most(300, "a dead node's gateways would wait")])
+    # this node's name in the leases and the log; "" = host name and pid
+    node: str = field(default="", validator=_bytes_at_most(200))
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     gateways: Mapping[str, GatewayConfig] = field(factory=dict, converter=_frozen_map)
@@ -320,6 +334,7 @@ class Config:
     web: WebConfig = field(factory=WebConfig)
     csv: CsvConfig = field(factory=CsvConfig)
     retention: RetentionConfig = field(factory=RetentionConfig)
+    cluster: ClusterConfig = field(factory=ClusterConfig)
 
     def gateway(self, key: str) -> GatewayConfig | None:
         return self.gateways.get(key)
@@ -397,7 +412,7 @@ def _kind_name(kind) -> str:
 
 def parse(data: Mapping[str, Any]) -> Config:
     root = _Section("", dict(data))
-    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention"})
+    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention", "cluster"})
     return Config(
         server=_server(root.table("server")),
         gateways=_gateways(root.table("gateways")),
@@ -406,6 +421,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         web=_web(root.table("web")),
         csv=_csv(root.table("csv")),
         retention=_retention(root.table("retention")),
+        cluster=_cluster(root.table("cluster")),
     )
 
 
@@ -584,6 +600,15 @@ def _retention(s: _Section) -> RetentionConfig:
         records_days=s.integer("records_days", d.records_days),
         interval=s.number("interval", d.interval),
         batch=s.integer("batch", d.batch),
+    )
+
+
+def _cluster(s: _Section) -> ClusterConfig:
+    d = ClusterConfig()
+    s.unknown({a.name for a in ClusterConfig.__attrs_attrs__})
+    return ClusterConfig(
+        lease_seconds=s.number("lease_seconds", d.lease_seconds),
+        node=s.text("node", d.node),
     )
 
 

@@ -305,9 +305,8 @@ class IStore(Interface):
         """
         After open(): Deferred[None] firing once this process is the one cdrd
         that writes to the store.  SQLite: one process per file (a second
-        fails with StoreInUse).  PostgreSQL: active/standby; a standby waits
-        here, polling every `poll` s; an active node that loses its lock can
-        no longer commit (NotActive) and `on_lost()` is called.
+        fails with StoreInUse).  PostgreSQL: at once, every node is active
+        (each gateway's writes are fenced by its lease: ILeasedStore).
         Memory: at once.
         """
 
@@ -418,6 +417,35 @@ class IStore(Interface):
         system (SQLite incremental vacuum).  Deferred[tuple[int, int]]:
         (pages given back, free pages left).  Stores that reuse their
         space themselves (PostgreSQL, memory) return (0, 0)."""
+
+
+class ILeasedStore(IStore):
+    """
+    A store several active cdrd nodes share (PostgreSQL; docs/store.md,
+    "Several nodes"): each gateway is owned by the node holding its lease,
+    and every write for a gateway checks the lease's fencing token in its
+    own transaction (a node that lost it gets LeaseLost and writes nothing).
+    """
+
+    leases = Attribute("This node's cdrd.store.leases.Leases: its name, lease length and held tokens.")
+
+    def take_lease(gateway):
+        """Deferred[Taken]: this node owns `gateway` from the commit on, whoever held it."""
+
+    def take_expired_lease(key):
+        """Deferred[Taken | None]: `key`'s lease if nobody holds it live (else None)."""
+
+    def renew_leases():
+        """Deferred[list[str]]: renews this node's leases; the keys it found taken."""
+
+    def orphans(limit):
+        """Deferred[list[str]]: gateways nobody holds live that have calls to end."""
+
+    def log_between(first, last):
+        """Deferred[list[LogEntry]]: the gateway log entries with ids first..last."""
+
+    def listen(received):
+        """Call received(payload: dict) for every commit of any node, until close()."""
 
 
 class IBatchWriter(Interface):

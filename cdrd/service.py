@@ -85,6 +85,7 @@ class CdrdParts:
     calls: object = None  # CallService
     gateways: object = None  # GatewayFactory
     retention: object = None  # RetentionService
+    cluster: object = None  # cdrd.cluster.Cluster: one node of several on PostgreSQL
     metrics: object = None  # Metrics
     listeners: list[Listener] = field(factory=list)
     # server.metrics_endpoint: listens from the start (probes and metrics
@@ -126,6 +127,7 @@ class CdrdService(MultiService):
     calls = property(lambda self: self.parts.calls)
     gateways = property(lambda self: self.parts.gateways)
     retention = property(lambda self: self.parts.retention)
+    cluster = property(lambda self: self.parts.cluster)
     metrics = property(lambda self: self.parts.metrics)
     listeners = property(lambda self: self.parts.listeners)
     probes = property(lambda self: self.parts.probes)
@@ -153,8 +155,9 @@ class CdrdService(MultiService):
         try:
             self.waiting_for = "opening the store"
             await self.store.open()
-            # one writer per store: a second cdrd on a SQLite file stops here;
-            # a PostgreSQL standby waits here until the active node is gone
+            # one writer per store: a second cdrd on a SQLite file stops here
+            # (an IStore may make a standby wait here; PostgreSQL does not:
+            # every node is active, each gateway leased, cdrd.cluster)
             self.waiting_for = "standing by: waiting for the store's active lock (another node is active)"
             notify("STATUS=opening the store; a standby waits here for the active node")
             await self.store.activate(on_lost=self._lost_store)
@@ -207,8 +210,10 @@ class CdrdService(MultiService):
 
     async def _mark_offline(self):
         """After a crash the store may still show gateways online."""
-        from cdrd.interfaces import WriteBatch
+        from cdrd.interfaces import ILeasedStore, WriteBatch
 
+        if ILeasedStore.providedBy(self.store):
+            return  # PostgreSQL: online only under a live lease (cdrd.cluster)
         stale = [evolve(g, online=False) for g in await self.store.gateways() if g.online]
         if stale:
             await self.store.write(WriteBatch(gateways=stale))
@@ -364,6 +369,12 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         parts.listeners.append(listener)
         if setting == "server.metrics_endpoint":
             parts.probes = listener
+    from cdrd.interfaces import ILeasedStore
+
+    if ILeasedStore.providedBy(store):  # PostgreSQL: one node of several
+        from cdrd.cluster import install
+
+        install(root, config, reactor, feed=feed)
     return root
 
 

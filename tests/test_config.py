@@ -35,7 +35,7 @@ def test_example_file_lists_every_setting_with_its_default():
     sections = {
         "server": C.ServerConfig, 'gateways."8200_000C2A020082"': C.GatewayConfig,
         "radius": C.RadiusConfig, "syslog": C.SyslogConfig, "web": C.WebConfig,
-        "csv": C.CsvConfig, "retention": C.RetentionConfig,
+        "csv": C.CsvConfig, "retention": C.RetentionConfig, "cluster": C.ClusterConfig,
     }
     not_default = {("server", "allow_unknown_gateways"), ("gateways", "ports"), ("gateways", "lines")}
     for section, cls in sections.items():
@@ -83,6 +83,10 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"retention": {"batch": 0}}, "retention.batch"),
         ({"retention": {"batch": 100_000}}, "retention.batch"),
         ({"retention": {"days": 3}}, "retention.days"),
+        ({"cluster": {"lease_seconds": 1}}, "cluster.lease_seconds"),
+        ({"cluster": {"lease_seconds": 301}}, "cluster.lease_seconds"),
+        ({"cluster": {"node": "n" * 201}}, "cluster.node"),
+        ({"cluster": {"leases": 3}}, "cluster.leases"),
         # a hash a request could not afford to check (n = 2**20, 128 MiB)
         ({"web": {"users": {"admin": "scrypt$1048576$8$1$" + "ab" * 16 + "$" + "cd" * 32}}},
          "web.users.admin"),
@@ -103,6 +107,16 @@ def test_retention_keeps_everything_unless_told():
     r = C.parse({"retention": {"events_days": 7, "log_days": 30, "records_days": 400, "interval": 600}}).retention
     assert [r.days(k) for k in ("events", "log", "records")] == [7, 30, 400]
     assert (r.interval, r.batch) == (600, 200)
+
+
+def test_a_bound_says_why():
+    with pytest.raises(C.ConfigError) as e:
+        C.parse({"cluster": {"lease_seconds": 600}})
+    assert str(e.value) == "cluster.lease_seconds: 600 is above 300 (a dead node's gateways would wait)"
+    with pytest.raises(C.ConfigError) as e:
+        C.parse({"retention": {"batch": 20_000}})
+    assert str(e.value) == "retention.batch: 20000 is above 10000 (one delete must stay short)"
+    assert C.parse({"cluster": {"lease_seconds": 4, "node": "db-east-1"}}).cluster == C.ClusterConfig(4.0, "db-east-1")
 
 
 def test_interim_zero_turns_it_off():

@@ -165,6 +165,11 @@ class AccountingService(Service):
 
     # -- reading the outbox ---------------------------------------------------------
 
+    def poll(self):
+        """Another cdrd node may have added to the outbox: read on (cdrd.cluster)."""
+        self.outbox.added()
+        self._pump()
+
     def _more(self):
         """Something was added to the outbox: read on."""
         self.outbox.added()

@@ -204,6 +204,14 @@ class CallModel:
         if state.peer:
             self._peers[state.key] = state.peer
 
+    def forget(self, gateway: str) -> None:
+        """
+        Drop everything known of `gateway` (another cdrd node owns it now;
+        taking it back reloads it from the store).
+        """
+        for known in (self._calls, self._ended, self._heaps, self._applied, self._peers):
+            known.pop(gateway, None)
+
     # -- queries ---------------------------------------------------------
 
     def open_calls(self, gateway: str | None = None) -> list[OpenCall]:

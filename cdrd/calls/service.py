@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from cdrd.calls.model import TOMBSTONES_PER_GATEWAY, CallModel, OpenCall
 from cdrd.config import Config
 from cdrd.interfaces import ILazyCdrSink, ModelCursor, OutboxItem, WriteBatch
+from cdrd.store.leases import LeaseLost
 from cdrd.values import STALE, CallEnd, CallEvent, ModelOutput
 
 REPLAY_PAGE = 5000
@@ -75,6 +76,9 @@ class _Writes:
 class _Recovery:
     active: bool = False
     early: list = field(factory=list)  # committed events seen while recovering
+    # several nodes (cdrd.cluster): gateway being adopted -> its events
+    # committed meanwhile, applied once its open calls are loaded
+    loading: dict[str, list] = field(factory=dict)
 
 
 @define
@@ -102,6 +106,9 @@ class CallService(Service):
     replay_page: int = REPLAY_PAGE
     sweep_interval: float = SWEEP_INTERVAL
     tombstones_per_gateway: int = TOMBSTONES_PER_GATEWAY
+    # several nodes on one PostgreSQL (cdrd.cluster): False, no gateway is
+    # recovered at start; each is loaded when this node takes its lease
+    recover_all: bool = True
     model: CallModel = field(init=False)
     #: fires once the open calls are recovered
     recovered: defer.Deferred = field(init=False, factory=defer.Deferred)
@@ -134,6 +141,54 @@ class CallService(Service):
 
     def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
         return self.model.open_calls(gateway)
+
+    def adopt(self, gateway: str) -> defer.Deferred:
+        """
+        This node owns `gateway` from now on (it took its lease): load its
+        open calls and cursor from the store, as a restart would.  Its
+        events committed meanwhile are applied after.  Fires once loaded.
+        """
+        self.release(gateway)
+        self._recovery.loading[gateway] = []
+        d = defer.ensureDeferred(self._adopt(gateway))
+
+        def done(result):
+            early = self._recovery.loading.pop(gateway, [])
+            if early:
+                self._take_all(early)
+            self._flush()
+            return result
+
+        return d.addBoth(done)
+
+    async def _adopt(self, gateway: str) -> None:
+        state = await self.store.gateway(gateway)
+        if state is not None:
+            self.model.gateway_seen(state)
+        cursor = (await self.store.cursors()).get(gateway)
+        pending = _Pending()
+        await self._recover_gateway(gateway, cursor, self._now(), pending)
+        self._writes.pending.products.extend(pending.products)
+        self._writes.pending.cursors.update(pending.cursors)
+
+    def release(self, gateway: str) -> None:
+        """
+        Another node owns `gateway` now: forget its calls, and drop its
+        products not written yet (the new owner makes them again from the
+        events after the cursor stored, which did not move either).
+        """
+        self.model.forget(gateway)
+        self._recovery.loading.pop(gateway, None)
+        self._sweep.stale_sent = {k for k in self._sweep.stale_sent if k[0] != gateway}
+        self._drop(self._writes.pending, {gateway})
+        for name, products in list(self._writes.held.items()):
+            self._writes.held[name] = [p for p in products if _gateway_of(p) != gateway]
+
+    @staticmethod
+    def _drop(pending: _Pending, gateways: set) -> None:
+        pending.products[:] = [p for p in pending.products if _gateway_of(p) not in gateways]
+        for g in gateways:
+            pending.cursors.pop(g, None)
 
     def idle(self) -> defer.Deferred:
         """Fires once every product so far is written and the sinks told."""
@@ -201,65 +256,70 @@ class CallService(Service):
         for state in states:
             self.model.gateway_seen(state)
         gateways = {g.key for g in states} | set(cursors)
+        if not self.recover_all:
+            return  # several nodes: a gateway is loaded when this node takes it (adopt)
         now = self._now()
         for gateway in sorted(gateways):
-            cursor = cursors.get(gateway)
-            applied = cursor.applied if cursor is not None else 0
-            start = cursor.replay_from if cursor is not None else 1
-            # Calls ended already are tombstoned, except those that a
-            # TRANSFER in the replayed range joins into a call still open.
-            transferred = set()
-            oldest = now
-            after = start - 1
-            while True:
-                page = await self.store.events_after(gateway, after, self.replay_page)
-                if not page:
-                    break
-                if after == start - 1:
-                    oldest = min(oldest, page[0].time)
-                transferred.update(
-                    (e.boot, e.ref) for e in page if e.type == "TRANSFER"
-                )
-                after = page[-1].id
-                if len(page) < self.replay_page:
-                    break
-            if cursor is not None:
-                # a call with events in the replayed range ended at most
-                # stale_after before its first one
-                since = min(now, oldest) - self.stale_after_ms
-                # kept whatever the per-gateway bound: the replay goes over
-                # all of them at once, late events of theirs included
-                for boot, ref in await self.store.ended_calls(gateway, since):
-                    if (boot, ref) not in transferred:
-                        self.model.mark_ended(gateway, boot, ref, keep=True)
-            after = start - 1
-            replayed = 0
-            while True:
-                page = await self.store.events_after(gateway, after, self.replay_page)
-                if not page:
-                    break
-                for event in page:
-                    products = self._apply(event)
-                    if event.id > applied and products:
-                        self._writes.pending.products.extend(products)
-                replayed += len(page)
-                after = page[-1].id
-                if len(page) < self.replay_page:
-                    break
-            if (
-                replayed
-                and self.model.applied(gateway) is not None
-                and self.model.applied(gateway) > applied
-            ):
-                self._writes.pending.cursors[gateway] = self._cursor(gateway)
-            self.log.info(
-                "calls: gateway {gateway} recovered: {replayed} events replayed"
-                " from id {start}, {open} calls open",
-                gateway=gateway,
-                replayed=replayed,
-                start=start,
-                open=len(self.model.open_calls(gateway)),
+            await self._recover_gateway(gateway, cursors.get(gateway), now, self._writes.pending)
+
+    async def _recover_gateway(self, gateway: str, cursor, now: int, pending: _Pending) -> None:
+        """Rebuild `gateway`'s open calls from its cursor on (docs/calls.md)."""
+        applied = cursor.applied if cursor is not None else 0
+        start = cursor.replay_from if cursor is not None else 1
+        # Calls ended already are tombstoned, except those that a
+        # TRANSFER in the replayed range joins into a call still open.
+        transferred = set()
+        oldest = now
+        after = start - 1
+        while True:
+            page = await self.store.events_after(gateway, after, self.replay_page)
+            if not page:
+                break
+            if after == start - 1:
+                oldest = min(oldest, page[0].time)
+            transferred.update(
+                (e.boot, e.ref) for e in page if e.type == "TRANSFER"
             )
+            after = page[-1].id
+            if len(page) < self.replay_page:
+                break
+        if cursor is not None:
+            # a call with events in the replayed range ended at most
+            # stale_after before its first one
+            since = min(now, oldest) - self.stale_after_ms
+            # kept whatever the per-gateway bound: the replay goes over
+            # all of them at once, late events of theirs included
+            for boot, ref in await self.store.ended_calls(gateway, since):
+                if (boot, ref) not in transferred:
+                    self.model.mark_ended(gateway, boot, ref, keep=True)
+        after = start - 1
+        replayed = 0
+        while True:
+            page = await self.store.events_after(gateway, after, self.replay_page)
+            if not page:
+                break
+            for event in page:
+                products = self._apply(event)
+                if event.id > applied and products:
+                    pending.products.extend(products)
+            replayed += len(page)
+            after = page[-1].id
+            if len(page) < self.replay_page:
+                break
+        if (
+            replayed
+            and self.model.applied(gateway) is not None
+            and self.model.applied(gateway) > applied
+        ):
+            pending.cursors[gateway] = self._cursor(gateway)
+        self.log.info(
+            "calls: gateway {gateway} recovered: {replayed} events replayed"
+            " from id {start}, {open} calls open",
+            gateway=gateway,
+            replayed=replayed,
+            start=start,
+            open=len(self.model.open_calls(gateway)),
+        )
 
     def _recovery_done(self, _):
         self._recovery.active = False
@@ -291,7 +351,13 @@ class CallService(Service):
         if self._recovery.active:
             self._recovery.early.extend(result.events)
             return
-        self._take_all(result.events)
+        events = result.events
+        if self._recovery.loading:
+            events = []
+            for e in result.events:
+                loading = self._recovery.loading.get(e.gateway)
+                (loading if loading is not None else events).append(e)
+        self._take_all(events)
         self._flush()
 
     def _take_all(self, events) -> None:
@@ -473,6 +539,19 @@ class CallService(Service):
 
     def _write_failed(self, failure, pending: _Pending) -> None:
         self._writes.inflight = None
+        if failure.check(LeaseLost):
+            # another node took these gateways: theirs to make again
+            self.log.warn(
+                "calls: gateway {gateways} moved to another cdrd node; its unwritten products are its",
+                gateways=", ".join(failure.value.gateways),
+            )
+            for gateway in failure.value.gateways:
+                self.release(gateway)
+            self._drop(pending, set(failure.value.gateways))
+            self._put_first(pending)  # the others' go first, as they were
+            self._flush()
+            self._maybe_idle()
+            return
         self._writes.failed += 1
         # one line when the store starts refusing, not one per retry: an
         # outage of an hour would be 3,600 lines (the writer says when it ends)
@@ -484,11 +563,14 @@ class CallService(Service):
         )
         self._requeue(pending)
 
-    def _requeue(self, pending: _Pending) -> None:
-        # keep the order: this batch goes first, what came since after it
+    def _put_first(self, pending: _Pending) -> None:
+        """Keep the order: `pending` goes first, what came since after it."""
         later, self._writes.pending = self._writes.pending, pending
         pending.products.extend(later.products)
         pending.cursors.update(later.cursors)
+
+    def _requeue(self, pending: _Pending) -> None:
+        self._put_first(pending)
         if not self.running:
             self._left_for_replay()
             return

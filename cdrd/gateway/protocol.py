@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable
 
 from attrs import evolve
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from cdrd.gateway.codec import MAX_LINE, format_message
 from cdrd.gateway.flood import BadPacketFlood
 from cdrd.gateway.registry import GatewayLink, GatewayRegistry
 from cdrd.interfaces import IBatchWriter, WriteBatch
+from cdrd.store.leases import LeaseLost
 from cdrd.values import LogEntry
 
 HIGH_WATER = 20_000  # events waiting for the store: stop reading from gateways
@@ -94,6 +95,9 @@ class GatewayFactory(Factory):
         # at most one a minute each, with the count
         self._refusals = LogEvery(REFUSAL_LOG_INTERVAL)
         self._given_way = LogEvery(REFUSAL_LOG_INTERVAL)
+        # several nodes (cdrd.cluster): a LOGIN first takes the gateway's
+        # lease; fires once this node owns the gateway and its open calls
+        self.claim: Callable[[str], Deferred] = lambda key: succeed(None)
 
     def buildProtocol(self, addr):
         if self.stopping:
@@ -135,6 +139,16 @@ class GatewayFactory(Factory):
                 "refused {count} gateway connection(s), the last from {peer}: {why}",
                 count=count, peer=peer, why=why,
             )
+
+    def moved(self, proto: GatewayProtocol) -> None:
+        """
+        `proto`'s gateway logged in on another cdrd node (it took the
+        lease): this connection goes as a relogin kickout, logged here.
+        """
+        entry = proto.kickedOut(_ms(self.clock))
+        self.submit(WriteBatch(log=[entry])).addErrback(
+            lambda f: self.log.warn("logging the kickout of gateway {key} failed: {error}",
+                                    key=entry.gateway, error=f.getErrorMessage()))
 
     def shutdown(self) -> None:
         """
@@ -342,7 +356,8 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
         self.transport.pauseProducing()
         registry = self.factory.registry
         registry.begin_login(key)
-        d = self.factory.store.gateway(key)
+        d = self.factory.claim(key)
+        d.addCallback(lambda _: self.factory.store.gateway(key))
         # wait until the gateway's earlier submissions have committed or failed
         d.addCallback(lambda stored: registry.settled(registry.get(key)).addCallback(lambda _: stored))
         d.addCallback(self._loggedIn, look_up)
@@ -465,6 +480,9 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
         )
         if what == "events" and self.link is not None:
             self.factory.registry.fail(self.link)
+        if failure.check(LeaseLost) and self.session.phase != S.CLOSING and self.transport is not None:
+            self.factory.moved(self)
+            return
         if self.session.phase != S.CLOSING and self.transport is not None:
             self.send(S.Send("ERR", {"code": "unavailable", "reason": "store write failed; reconnect and resend"}))
             self._close(S.Close("store"))

@@ -125,6 +125,11 @@ class CsvFileSink(Service):
             for c in o.cdrs
         ]
 
+    def poll(self):
+        """Another cdrd node may have added to the outbox: read on (cdrd.cluster)."""
+        self.outbox.added()
+        self._pump()
+
     def committed(self, outputs):
         if any(isinstance(o, CallEnd) and o.cdrs for o in outputs):
             self.outbox.added()

@@ -113,6 +113,11 @@ class SyslogSink(Service):
         """Pure: one payload per CDR, in written order (CdrEntry.to_bytes)."""
         return [entry.to_bytes() for entry in messages.spool(outputs)]
 
+    def poll(self):
+        """Another cdrd node may have added to the outbox: read on (cdrd.cluster)."""
+        self.outbox.added()
+        self._pump()
+
     def committed(self, outputs):
         count = sum(len(o.cdrs) for o in outputs if isinstance(o, CallEnd))
         if not count:

@@ -1,6 +1,7 @@
 """
-PostgreSQL for several cdrd nodes sharing one database: psycopg 3 in a small
-thread pool, one connection per thread, the same schema and SQL as SQLite.
+PostgreSQL for several active cdrd nodes sharing one database: psycopg 3 in
+a small thread pool, one connection per thread, the same schema and SQL as
+SQLite.
 
 Uniqueness is by constraints (UNIQUE (gateway, seq), primary keys) and
 ``ON CONFLICT DO NOTHING``.  Every write transaction first takes one
@@ -8,48 +9,73 @@ transaction-scoped advisory lock, so write transactions of all nodes commit
 one after another: event and outbox ids increase in commit order across
 nodes, and a write can tell its own inserts from the rows before it.
 
-Several nodes are active/standby: ``activate()`` waits for a session-level
-advisory lock held on a connection of its own for as long as the node runs.
-Once a node holds it, every write transaction checks (after the write
-lock) that it still does, so a node that lost it (its lock connection
-dropped, the server restarted) can never commit again: it is fenced.
+Every node is active.  Each gateway is owned by the node holding its lease
+(cdrd.store.leases): a LOGIN takes it, and every write for a gateway checks
+its fencing token under the write lock, so a node that lost a gateway can
+never commit for it again (LeaseLost).
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import psycopg
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cdrd.interfaces import IStore
+from cdrd.interfaces import ILeasedStore
 from cdrd.store import StoreClosed, safe_url
-from cdrd.store.sql import SqlStore
+from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
+from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
 
 #: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
 WRITE_LOCK = 0x63647264
-#: pg_advisory_lock key (two ints: pg_locks shows them as classid, objid,
-#: objsubid 2) of the one active node.
-ACTIVE_LOCK = (0x63647264, 1)
 THREADS = 4
-#: seconds between a standby's tries for the active lock, and between the
-#: active node's checks that its lock connection is alive
-ACTIVE_POLL = 2.0
+#: cluster.lease_seconds when the store is built without a config
+LEASE_SECONDS = 10.0
+
+#: NOTIFY channel of the live feeds (docs/web.md, "Several nodes")
+FEED_CHANNEL = "cdrd_feed"
+#: a NOTIFY payload is at most 8000 bytes
+FEED_PAYLOAD = 7000
 
 
-class NotActive(Exception):
-    """This node does not (or no longer) hold the store's active lock."""
+def _feed_payloads(node: str, events, log, calls: list[str]) -> list[str]:
+    """JSON payloads: {"node", "events": [first, last], "log": [first, last], "calls": [ids]}."""
+    if not (events or log or calls):
+        return []
+    payloads = []
+    head = {"node": node, "events": events, "log": log, "calls": []}
+    size = len(json.dumps(head))
+    for call in calls:
+        if size + len(call) + 4 > FEED_PAYLOAD:
+            payloads.append(json.dumps(head))
+            head = {"node": node, "events": None, "log": None, "calls": []}
+            size = len(json.dumps(head))
+        head["calls"].append(call)
+        size += len(call) + 4
+    payloads.append(json.dumps(head))
+    return payloads
 
 
-@implementer(IStore)
+#: the gateways' columns, online only while a node holds a live lease
+_PRESENT_COLS = ", ".join(
+    f"CASE WHEN g.online = 1 AND l.expires > {NOW_MS} THEN 1 ELSE 0 END" if f == "online" else f"g.{f}"
+    for f in GATEWAY_FIELDS
+)
+
+
+@implementer(ILeasedStore)
 class PostgresStore(SqlStore):
     dialect = "postgresql"
     like = "ILIKE"
 
-    def __init__(self, url: str, reactor, *, threads: int = THREADS, connect_timeout: int = 10):
+    def __init__(self, url: str, reactor, *, threads: int = THREADS, connect_timeout: int = 10,
+                 leases: Leases | None = None):
         self._url = url  # may hold a password: never logged (see __repr__)
         self.reactor = reactor
         self.threads = threads
@@ -59,12 +85,9 @@ class PostgresStore(SqlStore):
         self._conns: set[psycopg.Connection] = set()
         self._lock = threading.Lock()
         self.schema_version: int | None = None
-        # active/standby: None until activate() is called (no fencing), then
-        # the backend pid of the connection that holds ACTIVE_LOCK, or 0 once lost
-        self._active_pid: int | None = None
-        self._lock_pool: ThreadPool | None = None
-        self._lock_conn: psycopg.Connection | None = None  # only in the lock thread
-        self._watchdog: task.LoopingCall | None = None
+        self.leases = leases if leases is not None else Leases(default_node_name(), LEASE_SECONDS)
+        self._listen_pool: ThreadPool | None = None
+        self._listening = False
 
     def __repr__(self):
         return f"<PostgresStore {safe_url(self._url)}>"
@@ -97,114 +120,136 @@ class PostgresStore(SqlStore):
     def _migrate_locked(self, cur):
         return self._migrate(cur)
 
-    def activate(self, on_lost=None, poll: float = ACTIVE_POLL):
-        """
-        Fires once this node holds the store's active lock (a standby waits,
-        trying every `poll` s), and after every write another node had in
-        flight has committed.  From then on a write that finds the lock lost
-        fails with NotActive, and `on_lost()` is called once the lock's
-        connection is found dead.
-        """
-        if self._lock_pool is None:
-            self._lock_pool = ThreadPool(1, 1, name="cdrd-postgresql-active")
-            self._lock_pool.start()
-        waiting = []
-
-        def attempt():
-            if self._pool is None:
-                return defer.fail(StoreClosed(f"{self!r} is not open"))
-            d = deferToThreadPool(self.reactor, self._lock_pool, self._try_active)
-            d.addCallback(got)
-            return d
-
-        def got(pid):
-            if pid is None:
-                if not waiting:
-                    waiting.append(True)
-                    self._logger.info(
-                        "store {url}: another cdrd node is active; standing by",
-                        url=safe_url(self._url))
-                return task.deferLater(self.reactor, poll, attempt)
-            self._active_pid = pid
-            # a barrier: the write in flight of the node active before us
-            # commits before anything of ours
-            d = self._run(lambda cur: None, write=True)
-            d.addCallback(lambda _: started())
-            return d
-
-        def started():
-            self._logger.info("store {url}: this cdrd node is active", url=safe_url(self._url))
-            self._watchdog = task.LoopingCall(self._check_active, on_lost)
-            self._watchdog.clock = self.reactor
-            self._watchdog.start(poll, now=False)
-
-        return attempt()
-
-    def _try_active(self) -> int | None:
-        conn = self._lock_conn
-        if conn is None or conn.closed:
-            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self.connect_timeout)
-            self._lock_conn = conn
-        got, pid = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, %s), pg_backend_pid()", ACTIVE_LOCK).fetchone()
-        return pid if got else None
-
-    def _ping_lock(self) -> None:
-        conn = self._lock_conn
-        if conn is None:
-            raise NotActive("no lock connection")
-        conn.execute("SELECT 1")
-
-    def _check_active(self, on_lost):
-        if self._lock_pool is None:
-            return None
-        d = deferToThreadPool(self.reactor, self._lock_pool, self._ping_lock)
-
-        def lost(failure):
-            self._active_pid = 0
-            if self._watchdog is not None and self._watchdog.running:
-                self._watchdog.stop()
-            self._logger.critical(
-                "store {url}: this cdrd node lost the active lock ({error}); it writes nothing more",
-                url=safe_url(self._url), error=failure.getErrorMessage())
-            if on_lost is not None:
-                on_lost()
-
-        return d.addErrback(lost)
-
-    def _release_active(self) -> None:
-        conn, self._lock_conn = self._lock_conn, None
-        if conn is not None:
-            conn.close()  # ends the session: the lock is free for a standby
+    def activate(self, on_lost=None, poll=None):
+        """Every node is active: each gateway is owned through its lease."""
+        if self._pool is None:
+            return defer.fail(StoreClosed(f"{self!r} is not open"))
+        return defer.succeed(None)
 
     def close(self):
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
-        lock_pool, self._lock_pool = self._lock_pool, None
-        if lock_pool is not None:
-            lock_pool.callInThread(self._release_active)
+        self._listening = False
+        listen_pool, self._listen_pool = self._listen_pool, None
+        if listen_pool is not None:
+            get_pool = getattr(self.reactor, "getThreadPool", None)
+            if get_pool is not None:
+                deferToThreadPool(self.reactor, get_pool(), listen_pool.stop)
+            else:
+                listen_pool.stop()
+        pool = self._pool
+        if pool is None:
+            return defer.succeed(None)
+        # a clean stop lets this node's leases expire at once: the gateways'
+        # open calls are adopted by another node without waiting
+        d = self._run(self.leases.release_all, write=False)
+        d.addErrback(lambda f: self._logger.warn(
+            "store {url}: could not release this node's leases ({error}); they expire by themselves",
+            url=safe_url(self._url), error=f.getErrorMessage()))
+        d.addCallback(lambda _: self._stop_pool())
+        return d
+
+    def _stop_pool(self):
         pool, self._pool = self._pool, None
         if pool is None:
-            if lock_pool is not None:
-                lock_pool.stop()
             return defer.succeed(None)
         # stop() lets queued work finish and joins the threads: do that in
         # the reactor's own thread pool, not on the reactor
         get_pool = getattr(self.reactor, "getThreadPool", None)
         if get_pool is None:
             pool.stop()
-            if lock_pool is not None:
-                lock_pool.stop()
             self._close_all()
             return defer.succeed(None)
-        def stop_pools():
-            pool.stop()
-            if lock_pool is not None:
-                lock_pool.stop()
-
-        d = deferToThreadPool(self.reactor, get_pool(), stop_pools)
+        d = deferToThreadPool(self.reactor, get_pool(), pool.stop)
         d.addBoth(lambda r: (self._close_all(), r)[1])
         return d
+
+    # -- leases (cdrd.store.leases; driven by cdrd.cluster) ----------------------
+
+    def take_lease(self, gateway: str):
+        """Deferred[Taken]: this node owns `gateway` from the commit on (a LOGIN)."""
+        return self._run(self.leases.take, gateway, write=True)
+
+    def take_expired_lease(self, key: str):
+        """Deferred[Taken | None]: `key`'s lease if nobody holds it live."""
+        return self._run(self.leases.take_expired, key, write=True)
+
+    def renew_leases(self):
+        """Deferred[list[str]]: renews this node's leases; the gateways found taken."""
+        return self._run(self.leases.renew, write=False)
+
+    def orphans(self, limit: int = 100):
+        """Deferred[list[str]]: gateways nobody holds live that have calls to end."""
+        return self._run(self.leases.orphans, limit, write=False)
+
+    def all_leases(self):
+        return self._run(self.leases.leases, write=False)
+
+    def _write(self, cur, batch):
+        # under the write lock: a node that lost a gateway commits nothing for it
+        self.leases.check(cur, batch_gateways(batch))
+        log_before = self._max_id(cur, "log") if batch.log else 0
+        result = super()._write(cur, batch)
+        # the other nodes' live feeds: what this commit added (delivered at
+        # commit, in commit order; the write lock makes the id ranges ours)
+        for payload in _feed_payloads(
+            self.leases.node,
+            (result.events[0].id, result.events[-1].id) if result.events else None,
+            (log_before + 1, self._max_id(cur, "log")) if batch.log else None,
+            [r.id for r in batch.records],
+        ):
+            cur.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, payload))
+        return result
+
+    def _max_id(self, cur, table: str) -> int:
+        return cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+
+    def log_between(self, first: int, last: int):
+        """Deferred[list[LogEntry]]: the gateway log entries with ids first..last."""
+        def q(cur):
+            rows = cur.execute(
+                f"SELECT {LOG_COLS} FROM log WHERE id BETWEEN %s AND %s ORDER BY id", (first, last)
+            ).fetchall()
+            return [_log(r) for r in rows]
+        return self._read(q)
+
+    def listen(self, received) -> None:
+        """
+        Call `received(payload: dict)` in the reactor thread for every
+        commit of any node on this database (LISTEN cdrd_feed), until
+        close(); a lost connection is reconnected after a second.
+        """
+        if self._listen_pool is not None:
+            return
+        self._listening = True
+        self._listen_pool = ThreadPool(1, 1, name="cdrd-postgresql-listen")
+        self._listen_pool.start()
+        self._listen_pool.callInThread(self._listen_loop, received)
+
+    def _listen_loop(self, received) -> None:
+        while self._listening:
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=self.connect_timeout) as conn:
+                    conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    self.reactor.callFromThread(
+                        self._logger.info, "store {url}: listening for the other nodes' commits (live feeds)",
+                        url=safe_url(self._url))
+                    while self._listening:
+                        for note in conn.notifies(timeout=0.5):
+                            self.reactor.callFromThread(received, json.loads(note.payload))
+            except psycopg.Error as e:
+                if self._listening:
+                    self.reactor.callFromThread(
+                        self._logger.warn, "store {url}: the live feed's LISTEN failed ({error}); again in 1 s",
+                        url=safe_url(self._url), error=str(e).strip())
+                    time.sleep(1.0)  # in the listen thread, never the reactor
+
+    def gateways(self):
+        def q(cur):
+            rows = cur.execute(
+                f"SELECT {_PRESENT_COLS} FROM gateways g"
+                " LEFT JOIN gateway_leases l ON l.gateway = g.key ORDER BY g.key"
+            ).fetchall()
+            return [_gateway(r) for r in rows]
+        return self._read(q)
 
     def _close_all(self):
         with self._lock:
@@ -213,16 +258,6 @@ class PostgresStore(SqlStore):
             conn.close()
 
     # -- running SQL -----------------------------------------------------------
-
-    def _fence(self, cur) -> None:
-        """Under the write lock: fail unless this node still holds the active lock."""
-        held = self._active_pid and cur.execute(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-            " AND objid = %s AND objsubid = 2 AND pid = %s AND granted",
-            (*ACTIVE_LOCK, self._active_pid),
-        ).fetchone()
-        if not held:
-            raise NotActive(f"{self!r}: this node no longer holds the active lock")
 
     def _connection(self) -> psycopg.Connection:
         conn = getattr(self._local, "conn", None)
@@ -250,8 +285,6 @@ class PostgresStore(SqlStore):
             with conn.cursor() as cur:
                 if write:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                    if self._active_pid is not None:
-                        self._fence(cur)
                 result = fn(cur, *args)
             conn.commit()
             return result

@@ -313,6 +313,21 @@ MIGRATIONS.append([
     "ALTER TABLE log ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
 ])
 
+MIGRATIONS.append([
+    # 7: several active nodes on one PostgreSQL (docs/store.md, "Several
+    # nodes"): who owns each gateway, with a fencing token every write of
+    # the gateway checks; `expires` is the database's clock in ms.  Rows
+    # whose key starts with "#" are cluster-wide work (the outputs'
+    # delivery, retention), not gateways.  SQLite has the table and never
+    # uses it: one cdrd per file.
+    """CREATE TABLE gateway_leases (
+        gateway TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires BIGINT NOT NULL
+    )""",
+    "CREATE INDEX gateway_leases_node ON gateway_leases (node)",
+])
 
 
 def _filter_hour_sums(gateway_expr: str, group: str) -> str:
@@ -335,9 +350,9 @@ def _filter_hour_sums(gateway_expr: str, group: str) -> str:
 
 
 MIGRATIONS.append([
-    # 7 (8 once gateway_leases lands; issue 14): call_hours sums every
-    # filter's totals, not only its count: the totals of a month of Call Out
-    # read hundreds of rows, not the 400 000 calls
+    # 8 (issue 14): call_hours sums every filter's totals, not only its
+    # count: the totals of a month of Call Out read hundreds of rows, not
+    # the 400 000 calls
     *(f"ALTER TABLE call_hours ADD COLUMN {c} BIGINT NOT NULL DEFAULT 0" for c in FILTER_HOUR_COLUMNS),
     *(
         f"UPDATE call_hours SET {', '.join(f'{c} = t.{c}' for c in FILTER_HOUR_COLUMNS)}"

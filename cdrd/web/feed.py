@@ -218,6 +218,11 @@ class LiveFeed:
             for s in list(self._subscribers.get(ALL, ())):
                 s.deliver(("log", entry))
 
+    def records_stored(self, records: Iterable) -> None:
+        """Call records another cdrd node stored (cdrd.cluster)."""
+        for record in records:
+            self._fan_out(record.gateway, ("call", record))
+
     # -- ICdrSink (in memory: nothing to spool) ---------------------------------
 
     def spool(self, outputs, now) -> list[bytes]:

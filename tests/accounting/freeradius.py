@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.processes import terminate
+
 FREERADIUS = shutil.which("freeradius") or "/usr/sbin/freeradius"
 DICTIONARIES = Path(__file__).resolve().parents[2] / "dictionaries"  # -> cdrd/accounting/dictionaries
 #: Debian's stock FreeRADIUS configuration (packages freeradius and
@@ -383,13 +385,7 @@ class FreeRadius:
         return len(data) >= 20 and data[0] == 5
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None
 
     def log_text(self) -> str:

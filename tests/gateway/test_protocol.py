@@ -10,6 +10,7 @@ from cdrd import config as C
 from cdrd.gateway.codec import login_auth, parse_line
 from cdrd.gateway.protocol import GatewayFactory
 from cdrd.interfaces import EventQuery, LogQuery
+from cdrd.store.leases import LeaseLost, batch_gateways
 from cdrd.store.memory import MemoryStore
 from cdrd.store.writer import BatchWriter
 
@@ -267,6 +268,45 @@ def test_relogin_kicks_out_old_connection(h):
     assert kick.peer == "127.0.0.1:2348"
     (gw,) = run(h.store.gateways())
     assert gw.online  # the old connection's loss does not take the gateway offline
+
+
+def test_a_login_waits_for_its_gateways_claim(h):
+    claims = []
+    h.factory.claim = lambda key: claims.append(key) or claimed
+    claimed = defer.Deferred()
+    proto = h.login()
+    assert claims == [KEY]
+    assert h.replies(proto) == [] and run(h.store.gateways()) == []  # nothing read or written yet
+    claimed.callback(None)
+    h.settle()
+    assert verbs(h.replies(proto)) == ["OK"]
+
+
+class LeasedAwayStore(MemoryStore):
+    """Another cdrd node took the gateways in `lost`: their writes are fenced off."""
+
+    lost = frozenset()
+
+    def write(self, batch):
+        taken = batch_gateways(batch) & self.lost
+        if taken:
+            return defer.fail(LeaseLost(taken))
+        return super().write(batch)
+
+
+def test_a_write_fenced_off_by_another_nodes_lease_closes_as_a_relogin_kickout():
+    store = LeasedAwayStore()
+    h = Harness(store=store)
+    proto = h.login()
+    h.replies(proto)
+    store.lost = frozenset({KEY})
+    h.send(proto, "EV seq=1 ref=1 type=HOOK_OFF port=1")
+    assert h.replies(proto) == []  # no ACK, and no ERR: the gateway is on the other node already
+    assert proto.tr.disconnecting
+    proto.connectionLost(None)
+    h.settle()
+    assert [e.event for e in reversed(h.log())][-2:] == ["Login", "Relogin Kickout"]  # no Disconnect after it
+    assert h.events() == []
 
 
 def test_reboot_by_callref_writes_restart_event():

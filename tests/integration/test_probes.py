@@ -1,8 +1,9 @@
 """
 Integration: /readyz and /healthz of real cdrd processes on a real
-PostgreSQL.  A standby is not ready and says why on server.metrics_endpoint
-(which listens from the start, without auth), then is ready once it took
-over from the active node killed -9.  (The other reasons are unit tests.)
+PostgreSQL, as HAProxy checks them (etc/haproxy.cfg).  Every node is
+active: both answer ready on server.metrics_endpoint (which listens from
+the start, without auth) and on the web port, and a node killed -9 leaves
+the other ready.  (The reasons for not being ready are unit tests.)
 """
 
 from __future__ import annotations
@@ -12,33 +13,34 @@ import json
 import pytest
 
 from tests.integration.daemon import Daemon, free_port
-from tests.integration.test_installed import http, wait_for
+from tests.integration.test_installed import http
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_standby_says_it_waits_then_is_ready_after_the_takeover(tmp_path, pg_database):
+def test_every_node_is_ready_and_stays_so_when_another_is_killed(tmp_path, pg_database):
     _, url = pg_database
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    probes = free_port()
-    active = Daemon(tmp_path / "a", database=url)
-    standby = Daemon(tmp_path / "b", database=url,
-                     server=f'metrics_endpoint = "tcp:{probes}:interface=127.0.0.1"\n')
+    nodes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        probes = free_port()
+        node = Daemon(tmp_path / name, database=url,
+                      server=f'metrics_endpoint = "tcp:{probes}:interface=127.0.0.1"\n')
+        node.probes = probes
+        nodes.append(node)
+    a, b = nodes
     try:
-        active.start()
-        assert http(active.web_port, "/readyz")[0] == 200
-        standby.spawn()
-        code, body = wait_for(lambda: (r := http(probes, "/readyz"))[0] and b"standing by" in r[1] and r,
-                              "the standby's /readyz", standby.proc, log=standby.logfile)
-        assert code == 503
-        assert json.loads(body)["ready"] is False
-        assert http(probes, "/healthz")[0] == 200
-        assert http(probes, "/metrics")[0] == 200
-        assert http(standby.web_port, "/readyz")[0] == 0  # its web page does not listen yet
-        active.kill9()
-        wait_for(lambda: http(probes, "/readyz")[0] == 200, "the takeover", standby.proc, log=standby.logfile)
-        assert http(standby.web_port, "/readyz") == (200, b'{"ready":true,"reason":"ready"}\n')
+        a.start()
+        b.start()
+        for node in nodes:
+            code, body = http(node.probes, "/readyz")
+            assert (code, json.loads(body)) == (200, {"ready": True, "reason": "ready"})
+            assert http(node.web_port, "/readyz")[0] == 200
+            assert http(node.probes, "/healthz")[0] == 200
+            assert http(node.probes, "/metrics")[0] == 200
+        a.kill9()
+        assert http(a.probes, "/readyz")[0] == 0  # what HAProxy's check sees: nothing listens
+        assert http(b.probes, "/readyz") == (200, b'{"ready":true,"reason":"ready"}\n')
     finally:
-        active.stop()
-        standby.stop()
+        a.stop()
+        b.stop()

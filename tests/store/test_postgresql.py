@@ -12,11 +12,11 @@ import pytest
 import pytest_twisted
 from attrs import evolve
 from pytest_twisted import blockon
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from cdrd.interfaces import CALL_FILTERS, CallQuery, WriteBatch
 from cdrd.store import open_store
-from cdrd.store.postgresql import ACTIVE_LOCK, NotActive, PostgresStore
+from cdrd.store.postgresql import PostgresStore
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
@@ -126,61 +126,6 @@ async def test_two_nodes_racing_on_one_gateway_store_each_seq_once(database):
 def test_the_password_of_a_url_is_never_shown():
     store = PostgresStore("postgresql://cdrd:s3cret@127.0.0.1:5432/cdrd", reactor)
     assert "s3cret" not in repr(store)
-
-
-@pytest_twisted.ensureDeferred
-async def test_active_standby_takeover_and_fencing(database):
-    """One node is active; a standby waits for its lock, takes over when
-    the active node's session dies, and the old node can commit no more."""
-    name, url = database
-    a, b = PostgresStore(url, reactor), PostgresStore(url, reactor)
-    lost = []
-    await a.open()
-    await b.open()
-    try:
-        await a.activate(on_lost=lambda: lost.append("a"), poll=0.1)
-        await a.write(WriteBatch(events=[event(1)]))
-        active = []
-        standby = b.activate(poll=0.1).addCallback(active.append)
-        await task.deferLater(reactor, 0.5, lambda: None)
-        assert active == []  # a holds the lock
-        # a's lock session dies (a network cut, a server-side kill)
-        admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            f" AND classid = {ACTIVE_LOCK[0]} AND objid = {ACTIVE_LOCK[1]} AND objsubid = 2"
-        )
-        await standby  # b takes over
-        assert active == [None]
-        with pytest.raises(NotActive):  # a is fenced at once, watchdog or not
-            await a.write(WriteBatch(events=[event(2)]))
-        result = await b.write(WriteBatch(events=[event(2)]))
-        assert [e.seq for e in result.events] == [2]
-        for _ in range(50):  # a's watchdog notices within a few polls
-            if lost:
-                break
-            await task.deferLater(reactor, 0.1, lambda: None)
-        assert lost == ["a"]
-    finally:
-        await a.close()
-        await b.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_closing_the_active_node_hands_over(database):
-    _, url = database
-    a, b = PostgresStore(url, reactor), PostgresStore(url, reactor)
-    await a.open()
-    await b.open()
-    try:
-        await a.activate(poll=0.1)
-        standby = b.activate(poll=0.1)
-        await a.write(WriteBatch(events=[event(1)]))
-        await a.close()
-        await standby
-        assert [e.seq for e in (await b.write(WriteBatch(events=[event(1), event(2)]))).events] == [2]
-    finally:
-        await a.close()
-        await b.close()
 
 
 @pytest_twisted.ensureDeferred
