@@ -222,12 +222,14 @@ def upgrade_sqlite(path: Path) -> None:
     try:
         (version,) = conn.execute("SELECT version FROM schema_version").fetchone()
         for index in range(version, len(MIGRATIONS)):
-            print(f"  migration {index + 1} ...")
+            print(f"  migration {index + 1} ...", end="", flush=True)
+            began = time.perf_counter()
             conn.execute("BEGIN")
             for statement in migration_statements("sqlite", index):
                 conn.execute(statement)
             conn.execute("UPDATE schema_version SET version = ?", (index + 1,))
             conn.execute("COMMIT")
+            print(f" {time.perf_counter() - began:.1f} s")
     finally:
         conn.close()
 

@@ -46,11 +46,41 @@ NOTATION_COLUMNS = {
 FILTER_COLUMN = {"all": "calls", "pstn": "pstn"} | {
     f: NOTATION_COLUMNS[n] for f, n in FILTER_NOTATION.items()
 }
-#: every count column of call_hours, in order
-HOUR_COLUMNS = (
+#: the count columns of call_hours as migration 2 made them, in order
+HOUR_COLUMNS_2 = (
     "calls", "pstn", *NOTATION_COLUMNS.values(),
     "answered", "attempts", "attempts_answered", "talk",
 )
+#: FILTER_SUMS_MIGRATION: per filter, the answered calls and their talk, so that a
+#: filtered total reads call_hours too: a_<notation> answered calls of the
+#: notation, talk_<notation> their talk (attempt notations only: other
+#: calls' talk is not summed), and the PSTN calls' answered, attempts,
+#: answered attempts and talk
+ANSWERED_COLUMNS = {n: "a" + NOTATION_COLUMNS[n][1:] for n in FILTER_NOTATION.values()}
+TALK_COLUMNS = {n: "talk" + NOTATION_COLUMNS[n][1:] for n in FILTER_NOTATION.values() if n in ATTEMPT_NOTATIONS}
+PSTN_COLUMNS = ("pstn_answered", "pstn_attempts", "pstn_attempts_answered", "pstn_talk")
+FILTER_HOUR_COLUMNS = (*ANSWERED_COLUMNS.values(), *TALK_COLUMNS.values(), *PSTN_COLUMNS)
+#: every count column of call_hours, in order
+HOUR_COLUMNS = HOUR_COLUMNS_2 + FILTER_HOUR_COLUMNS
+
+
+def _filter_sums(f: str) -> tuple[str, ...]:
+    """call_hours' columns that sum a CallQuery.filter's CallTotals
+    (calls, answered, attempts, attempts_answered, talk): "0" where none."""
+    if f == "all":
+        return ("calls", "answered", "attempts", "attempts_answered", "talk")
+    if f == "pstn":
+        return ("pstn", *PSTN_COLUMNS)
+    n = FILTER_NOTATION[f]
+    if n in ATTEMPT_NOTATIONS:
+        return (NOTATION_COLUMNS[n], ANSWERED_COLUMNS[n], NOTATION_COLUMNS[n], ANSWERED_COLUMNS[n], TALK_COLUMNS[n])
+    return (NOTATION_COLUMNS[n], ANSWERED_COLUMNS[n], "0", "0", "0")
+
+
+#: CallQuery.filter -> "SUM(..), .." of call_hours giving its CallTotals
+FILTER_SUMS = {
+    f: ", ".join(c if c == "0" else f"SUM({c})" for c in _filter_sums(f)) for f in FILTER_COLUMN
+}
 
 
 def quarter(ms: int) -> int:
@@ -220,14 +250,14 @@ MIGRATIONS.append([
     f"""CREATE TABLE call_hours (
         gateway TEXT NOT NULL,
         hour BIGINT NOT NULL,
-        {", ".join(f"{c} BIGINT NOT NULL" for c in HOUR_COLUMNS)},
+        {", ".join(f"{c} BIGINT NOT NULL" for c in HOUR_COLUMNS_2)},
         PRIMARY KEY (gateway, hour)
     )""",
     # the dashboard: every gateway's hours of the last day
     "CREATE INDEX call_hours_hour ON call_hours (hour, gateway)",
-    f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS)}) "
+    f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS_2)}) "
     + _hour_sums("gateway", f"gateway, begin_ms / {HOUR_MS}"),
-    f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS)}) "
+    f"INSERT INTO call_hours (gateway, hour, {', '.join(HOUR_COLUMNS_2)}) "
     + _hour_sums(f"'{ALL_GATEWAYS}'", f"begin_ms / {HOUR_MS}"),
 ])
 
@@ -298,6 +328,42 @@ MIGRATIONS.append([
     )""",
     "CREATE INDEX gateway_leases_node ON gateway_leases (node)",
 ])
+
+
+def _filter_hour_sums(gateway_expr: str, group: str) -> str:
+    """The SELECT that backfills FILTER_SUMS_MIGRATION's call_hours columns from calls."""
+    answered = "connect_ms IS NOT NULL"
+    sums = [f"SUM(CASE WHEN notation = '{n}' AND {answered} THEN 1 ELSE 0 END) AS {c}"
+            for n, c in ANSWERED_COLUMNS.items()]
+    sums += [f"SUM(CASE WHEN notation = '{n}' AND {answered} THEN COALESCE(talk, 0) ELSE 0 END) AS {c}"
+             for n, c in TALK_COLUMNS.items()]
+    sums += [
+        f"SUM(CASE WHEN pstn = 1 AND {answered} THEN 1 ELSE 0 END) AS pstn_answered",
+        f"SUM(CASE WHEN pstn = 1 AND {_ATTEMPT} THEN 1 ELSE 0 END) AS pstn_attempts",
+        f"SUM(CASE WHEN pstn = 1 AND {_ATTEMPT} AND {answered} THEN 1 ELSE 0 END) AS pstn_attempts_answered",
+        f"SUM(CASE WHEN pstn = 1 AND {_ATTEMPT} AND {answered} THEN COALESCE(talk, 0) ELSE 0 END) AS pstn_talk",
+    ]
+    return (
+        f"SELECT {gateway_expr} AS gateway, begin_ms / {HOUR_MS} * {HOUR_MS} AS hour, {', '.join(sums)}"
+        f" FROM calls GROUP BY {group}"
+    )
+
+
+MIGRATIONS.append([
+    # 8 (issue 14): call_hours sums every filter's totals, not only its
+    # count: the totals of a month of Call Out read hundreds of rows, not
+    # the 400 000 calls
+    *(f"ALTER TABLE call_hours ADD COLUMN {c} BIGINT NOT NULL DEFAULT 0" for c in FILTER_HOUR_COLUMNS),
+    *(
+        f"UPDATE call_hours SET {', '.join(f'{c} = t.{c}' for c in FILTER_HOUR_COLUMNS)}"
+        f" FROM ({_filter_hour_sums(gw, group)}) AS t"
+        " WHERE call_hours.gateway = t.gateway AND call_hours.hour = t.hour"
+        for gw, group in (("gateway", f"gateway, begin_ms / {HOUR_MS}"),
+                          (f"'{ALL_GATEWAYS}'", f"begin_ms / {HOUR_MS}"))
+    ),
+])
+#: the schema version that added the filter sums (its number moves at merges)
+FILTER_SUMS_MIGRATION = len(MIGRATIONS)
 
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 

@@ -31,15 +31,18 @@ from cdrd.interfaces import (
 from cdrd.store.schema import (
     ALL_GATEWAYS,
     ANSWER_SUMS,
+    ANSWERED_COLUMNS,
     ATTEMPT_NOTATIONS,
     FILTER_COLUMN,
     FILTER_NOTATION,
+    FILTER_SUMS,
     HOUR_COLUMNS,
     HOUR_MS,
     MIGRATIONS,
     NOTATION_COLUMNS,
     QUARTER_MS,
     SCHEMA_VERSION_DDL,
+    TALK_COLUMNS,
     SchemaTooNew,
     log_gateway_keys,
     migration_statements,
@@ -209,6 +212,35 @@ def _hours(since, until):
     if h1 >= h2:
         return None, [(since, until)] if since < until else []
     return (h1, h2), [(a, b) for a, b in ((since, h1), (h2, until)) if a < b]
+
+
+def _window_ranges(since, until, windows):
+    """
+    The disjoint [a, b) ranges of Begin that both [since, until) (None:
+    open) and one of `windows` cover, in order: a time-of-day search
+    counted range by range, whole hours from call_hours.
+    """
+    lo = 0 if since is None else since
+    hi = 2**62 if until is None else until
+    out: list[list[int]] = []
+    for a, b in sorted(windows):
+        a, b = max(a, lo), min(b, hi)
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+#: CallQuery's search terms besides `windows`
+_SEARCH_TERMS = ("number", "cui", "min_talk", "max_talk", "cause")
+
+
+def _only_windows(query) -> bool:
+    """Is a time-of-day window the query's only search term?"""
+    return query.windows is not None and all(getattr(query, t) is None for t in _SEARCH_TERMS)
 
 
 class SqlStore:
@@ -444,11 +476,21 @@ class SqlStore:
                 if column is not None:
                     row[index[column]] += 1
                 row[index["answered"]] += answered
+                if answered and r.notation in ANSWERED_COLUMNS:
+                    row[index[ANSWERED_COLUMNS[r.notation]]] += 1
+                    if r.notation in TALK_COLUMNS:
+                        row[index[TALK_COLUMNS[r.notation]]] += r.talk or 0
+                if r.pstn:
+                    row[index["pstn_answered"]] += answered
                 if attempt:
                     row[index["attempts"]] += 1
+                    row[index["pstn_attempts"]] += r.pstn
                     if answered:
                         row[index["attempts_answered"]] += 1
                         row[index["talk"]] += r.talk or 0
+                        if r.pstn:
+                            row[index["pstn_attempts_answered"]] += 1
+                            row[index["pstn_talk"]] += r.talk or 0
         self._add_hours(cur, "call_hours", HOUR_COLUMNS, sums, sign)
 
     # -- queries ---------------------------------------------------------------
@@ -608,7 +650,14 @@ class SqlStore:
                 cur, query.gateway, query.since, query.until, FILTER_COLUMN[query.filter],
                 match, match_params,
             )
-            if search.terms:
+            if _only_windows(query):
+                # whole hours of each window from call_hours, its edges by index
+                filtered = 0
+                for a, b in _window_ranges(query.since, query.until, query.windows):
+                    filtered += self._call_counts(
+                        cur, query.gateway, a, b, FILTER_COLUMN[query.filter], match, match_params,
+                    )[1]
+            elif search.terms:
                 filtered = self._exec(
                     cur, f"SELECT COUNT(*) FROM calls WHERE {' AND '.join(all_terms)}", all_params
                 ).fetchone()[0]
@@ -636,26 +685,34 @@ class SqlStore:
         terms = [*where.terms, match, *search.terms]
         params = [*where.params, *match_params, *search.params]
         from_calls = f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls WHERE {' AND '.join(terms)}"
-        fast = query.filter == "all" and not search.terms
+        fast = not search.terms or _only_windows(query)
+        if query.windows is None:
+            ranges = [(query.since, query.until)]
+        else:
+            ranges = _window_ranges(query.since, query.until, query.windows)
 
         def q(cur):
             if not fast:
                 return _totals_row(self._exec(cur, from_calls, params).fetchone())
-            whole, edges = _hours(query.since, query.until)
             sums = [0] * 5
             rows = []
-            if whole is not None:
-                rows.append(self._exec(
-                    cur,
-                    "SELECT SUM(calls), SUM(answered), SUM(attempts), SUM(attempts_answered), SUM(talk)"
-                    " FROM call_hours WHERE gateway = ? AND hour >= ? AND hour < ?",
-                    (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
-                ).fetchone())
+            edges = []
+            for since, until in ranges:
+                whole, around = _hours(since, until)
+                edges += around
+                if whole is not None:
+                    rows.append(self._exec(
+                        cur,
+                        f"SELECT {FILTER_SUMS[query.filter]}"
+                        " FROM call_hours WHERE gateway = ? AND hour >= ? AND hour < ?",
+                        (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
+                    ).fetchone())
             for a, b in edges:
                 edge = _Where()
                 if query.gateway is not None:
                     edge.add("gateway = ?", query.gateway)
                 edge.range("begin_ms", a, b)
+                edge.add(match, *match_params)
                 rows.append(self._exec(
                     cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql}", edge.params
                 ).fetchone())
@@ -719,6 +776,10 @@ class SqlStore:
                     hours = _Where()
                     if query.gateway is not None:
                         hours.add("gateway = ?", query.gateway)
+                    elif group == "time":
+                        # every gateway's hours are summed in the "*" rows:
+                        # a year reads 8 760 rows, not one per gateway too
+                        hours.add("gateway = ?", ALL_GATEWAYS)
                     else:
                         hours.add("gateway <> ?", ALL_GATEWAYS)
                     hours.range("hour", *whole)

@@ -10,16 +10,24 @@ from __future__ import annotations
 import psycopg
 import pytest
 import pytest_twisted
+from attrs import evolve
 from pytest_twisted import blockon
 from twisted.internet import defer, reactor
 
-from cdrd.interfaces import WriteBatch
+from cdrd.interfaces import CALL_FILTERS, CallQuery, WriteBatch
 from cdrd.store import open_store
 from cdrd.store.postgresql import PostgresStore
-from cdrd.store.schema import MIGRATIONS, SchemaTooNew
+from cdrd.store.schema import (
+    FILTER_SUMS_MIGRATION,
+    MIGRATIONS,
+    SCHEMA_VERSION_DDL,
+    SchemaTooNew,
+    migration_statements,
+)
+from cdrd.store.sql import CALL_COLS, _record_row
 from tests.postgres import pg_admin as admin
-from tests.store.contract import DurableStoreContract
-from tests.store.values import event
+from tests.store.contract import DurableStoreContract, oracle_calls, oracle_totals
+from tests.store.values import DAY, HOUR, KEY, event, searchable
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +126,34 @@ async def test_two_nodes_racing_on_one_gateway_store_each_seq_once(database):
 def test_the_password_of_a_url_is_never_shown():
     store = PostgresStore("postgresql://cdrd:s3cret@127.0.0.1:5432/cdrd", reactor)
     assert "s3cret" not in repr(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_filter_sums_migration_sums_the_records_stored_before(database):
+    """call_hours' per-filter answered and talk (issue 14) are filled from
+    the records and hours stored before they arrive (UPDATE ... FROM)."""
+    _, url = database
+    records, _ = searchable(300)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SCHEMA_VERSION_DDL)
+        for statement in migration_statements("postgresql", 0):
+            conn.execute(statement)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join(['%s'] * 18)})",
+                [_record_row(r) for r in records],
+            )
+        for index in range(1, FILTER_SUMS_MIGRATION - 1):  # up to the one before
+            for statement in migration_statements("postgresql", index):
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (FILTER_SUMS_MIGRATION - 1,))
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        for flt in CALL_FILTERS:
+            for gateway in (None, KEY):
+                q = CallQuery(gateway=gateway, since=DAY - 24 * HOUR, until=DAY + 48 * HOUR, filter=flt)
+                want = oracle_totals(oracle_calls(records, evolve(q, limit=10**6))[2])
+                assert await store.call_totals(q) == want
+    finally:
+        await store.close()

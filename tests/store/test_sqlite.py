@@ -10,12 +10,14 @@ import threading
 
 import pytest
 import pytest_twisted
+from attrs import evolve
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
 from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, LogQuery, WriteBatch
 from cdrd.store import open_store
 from cdrd.store.schema import (
+    FILTER_SUMS_MIGRATION,
     MIGRATIONS,
     SCHEMA_VERSION_DDL,
     SchemaTooNew,
@@ -23,8 +25,8 @@ from cdrd.store.schema import (
 )
 from cdrd.store.sql import CALL_COLS, _record_row
 from cdrd.store.sqlite import SQLiteStore, StoreInUse
-from tests.store.contract import DurableStoreContract, oracle_calls
-from tests.store.values import DAY, HOUR, event, log_entry, random_records, record
+from tests.store.contract import DurableStoreContract, oracle_calls, oracle_totals
+from tests.store.values import DAY, HOUR, KEY, event, log_entry, random_records, record, searchable
 
 
 @pytest.fixture
@@ -187,6 +189,33 @@ async def test_migration_2_counts_the_records_of_a_version_1_database(path):
             assert (page.total, page.filtered) == (total, filtered) and total == 500
         stats = await store.call_stats(DAY - 24 * HOUR, DAY + 48 * HOUR, 24 * HOUR)
         assert sum(s.calls for s in stats) == 500
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_filter_sums_migration_sums_the_records_stored_before(path):
+    """call_hours' per-filter answered and talk (issue 14) are filled from
+    the records and hours stored before they arrive."""
+    records, _ = searchable(300)
+    conn = database_at(path, 1)
+    conn.executemany(
+        f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
+        [_record_row(r) for r in records],
+    )
+    for index in range(1, FILTER_SUMS_MIGRATION - 1):  # up to the one before
+        for statement in migration_statements("sqlite", index):
+            conn.execute(statement)
+    conn.execute("UPDATE schema_version SET version = ?", (FILTER_SUMS_MIGRATION - 1,))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        for flt in CALL_FILTERS:
+            for gateway in (None, KEY):
+                q = CallQuery(gateway=gateway, since=DAY - 24 * HOUR, until=DAY + 48 * HOUR, filter=flt)
+                assert await store.call_totals(q) == oracle_totals(oracle_calls(records, evolve(q, limit=10**6))[2])
     finally:
         await store.close()
 
