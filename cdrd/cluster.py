@@ -65,6 +65,10 @@ class Cluster(Service):
         self._ticking: defer.Deferred | None = None
         self._failing = False  # the last tick failed (logged once)
         self._loading: dict[str, defer.Deferred] = {}  # gateway -> its adoption in progress
+        # the other nodes' commits are relayed one at a time, in the order
+        # heard: reads overlapping on the store's threads would stream them
+        # out of order (events 2, 3, 4 before 1)
+        self._relaying = defer.DeferredLock()
         self.adopted = 0  # orphaned gateways adopted, for tests and status
 
     # -- a LOGIN ------------------------------------------------------------------
@@ -204,7 +208,7 @@ class Cluster(Service):
     def _heard(self, note: dict) -> None:
         if note.get("node") == self.node or self.feed is None:
             return  # this node's own: the writer's listener fed them
-        d = defer.ensureDeferred(self._relay(note))
+        d = self._relaying.run(lambda: defer.ensureDeferred(self._relay(note)))
         d.addErrback(lambda f: self.log.warn("cluster: reading another node's commit for the live feed failed: {error}",
                                              error=f.getErrorMessage()))
 
