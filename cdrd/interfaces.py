@@ -74,6 +74,10 @@ class WriteBatch:
     outbox_done: tuple[tuple[str, int], ...] = field(default=(), converter=tuple)
     log_counts: tuple[LogCount, ...] = field(default=(), converter=tuple)
 
+    def senders(self) -> set[str]:
+        """The gateways whose own (seq-numbered) events the batch carries."""
+        return {e.gateway for e in self.events if e.seq is not None}
+
 
 @frozen
 class LogCount:

@@ -406,20 +406,27 @@ class CallService(Service):
         for state in batch.gateways:
             # a gateway's address is committed (LOGIN) before any of its calls
             self.model.gateway_seen(state)
-            self.catch_up(state.key)
-        if not result.events:
-            return  # our own derived batches, or gateway state only
-        if self._recovery.active:
-            self._recovery.early.extend(result.events)
-            return
-        events = result.events
-        if self._recovery.loading:
-            events = []
-            for e in result.events:
-                loading = self._recovery.loading.get(e.gateway)
-                (loading if loading is not None else events).append(e)
-        self._take_all(events)
-        self._flush()
+        if result.events:
+            if self._recovery.active:
+                self._recovery.early.extend(result.events)
+            else:
+                events = result.events
+                if self._recovery.loading:
+                    events = []
+                    for e in result.events:
+                        loading = self._recovery.loading.get(e.gateway)
+                        (loading if loading is not None else events).append(e)
+                self._take_all(events)
+                self._flush()
+        if batch.gateways:
+            # A gateway's state stored without its own events is a LOGIN (or
+            # a disconnect): catch up then, after this commit's events are
+            # applied.  Every events batch carries its gateway's state too;
+            # reading the store for those would find this batch's events.
+            sending = batch.senders()
+            for state in batch.gateways:
+                if state.key not in sending:
+                    self.catch_up(state.key)
 
     def _take_all(self, events) -> None:
         products = self._writes.pending.products

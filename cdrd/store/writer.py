@@ -42,11 +42,6 @@ class EarlierWriteFailed(Exception):
         return cls(f"an earlier write of gateway {', '.join(sorted(gateways))} failed")
 
 
-def _gateways(batch: WriteBatch) -> set[str]:
-    """The gateways whose own (seq-numbered) events the batch carries."""
-    return {e.gateway for e in batch.events if e.seq is not None}
-
-
 def store_unavailable(failure: Failure) -> bool:
     if failure.check(OSError) is not None:
         return True
@@ -202,7 +197,7 @@ class BatchWriter(Service):
         if len(queue) == 1:
             self._done()
             queue[0][1].errback(failure)
-            self._after_failure(_gateways(queue[0][0]))
+            self._after_failure(queue[0][0].senders())
             return
         d = defer.ensureDeferred(self._one_by_one(queue))
         d.addCallback(self._after_failure)
@@ -216,7 +211,7 @@ class BatchWriter(Service):
         failed: set[str] = set()
         unavailable: Failure | None = None
         for batch, d in queue:
-            gateways = _gateways(batch)
+            gateways = batch.senders()
             if unavailable is not None or gateways & failed:
                 failed |= gateways
                 self._inflight_events -= len(batch.events)
@@ -245,7 +240,7 @@ class BatchWriter(Service):
             queue, self._queue = self._queue, []
             keep = []
             for batch, d in queue:
-                gateways = _gateways(batch)
+                gateways = batch.senders()
                 if gateways & failed:
                     failed |= gateways
                     self._queued_events -= len(batch.events)
