@@ -651,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                                      ": the floor was NOT saturated, the ratio is an upper bound"), flush=True)
     if not args.closed:
         for tree in trees:
-            ok = [r["rate"] for r in results if r["tree"] == str(tree) and passed(r)]
+            ok = [r["rate"] for r in results
+                  if r["tree"] == str(tree) and r["mode"] == args.mode and passed(r)]
             name = args.mode if len(trees) == 1 else f"{args.mode}@{tree.name}"
             print(f"capacity {name}: {max(ok) if ok else 0:g} calls/s at ACK p99 <= {P99_LIMIT_MS:g} ms"
                   " (of the rates tried)")
