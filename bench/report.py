@@ -120,7 +120,8 @@ def schema(dialect: str) -> tuple[list[str], list[str]]:
                           if not t.lstrip().upper().startswith(f"CREATE INDEX {name.upper()} ")]
             continue
         statements.append(s)
-    after = [s for s in statements if s.lstrip().upper().startswith(("CREATE INDEX", "INSERT", "UPDATE"))]
+    after = [s for s in statements
+             if s.lstrip().upper().startswith(("CREATE INDEX", "INSERT", "UPDATE", "CREATE TRIGGER"))]
     return [s for s in statements if s not in after], after
 
 

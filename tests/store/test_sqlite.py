@@ -18,6 +18,7 @@ from cdrd.store import open_store
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
+    NUMBERS_MIGRATION,
     SCHEMA_VERSION_DDL,
     SchemaTooNew,
     migration_statements,
@@ -25,6 +26,7 @@ from cdrd.store.schema import (
 from cdrd.store.sql import CALL_COLS, _record_row
 from cdrd.store.sqlite import SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
+from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
 from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
 
 
@@ -36,7 +38,7 @@ def path(tmp_path):
     return tmp_path / "deep" / "dir" / "cdrd.sqlite"
 
 
-class TestSQLiteStore(DurableStoreContract):
+class TestSQLiteStore(DurableStoreContract, NumberSearchContract):
     @pytest.fixture
     def store(self, path):
         store = open_store(f"sqlite:{path}", reactor)
@@ -46,6 +48,10 @@ class TestSQLiteStore(DurableStoreContract):
         yield store
         for s in self.opened:
             blockon(s.close())
+
+    @pytest.fixture
+    def connect(self, store, path):
+        return lambda: sqlite3.connect(str(path))
 
     @pytest.fixture
     def reopen(self, store, path):
@@ -212,6 +218,27 @@ async def test_the_filter_sums_migration_sums_the_records_stored_before(path):
     await store.open()
     try:
         await assert_filter_totals(store, records)
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_numbers_migration_indexes_the_records_stored_before(path):
+    """The numbers dictionary, its trigram index and the postings (issue 14)
+    are filled from the records stored before they arrive."""
+    records = number_records(300)
+    conn = database_at(path, NUMBERS_MIGRATION - 1)
+    conn.executemany(
+        f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
+        [_record_row(r) for r in records],
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        assert store.schema_version == NUMBERS_MIGRATION
+        await assert_numbers_backfilled(store, records)
     finally:
         await store.close()
 
