@@ -8,6 +8,7 @@ against a real cdrd.
                                      [--database sqlite|postgresql]
                                      [--path var/bench/report-10M.sqlite]
                                      [--match search]
+                                     [--base-tree /work/base --base-path FILE]
 
 The store is filled once (SQLite: a file under var/bench/, reused by later
 runs with the same parameters; PostgreSQL: a database cdrd_bench_report_N,
@@ -16,6 +17,13 @@ kept likewise) with records spread over --days days ending today, on
 ``twistd -n cdrd`` serves it on loopback and each query is timed
 --repeat times after one warm-up request; p50, p95 and max are printed in
 milliseconds.  Every process is stopped at the end.
+
+With --base-tree and --base-path a second cdrd, the other checkout's (its
+own .venv), serves the baseline's file beside this one, and each query's
+requests alternate between the two (base, this, base, ...): the baseline
+and the change in one run on the shared machine.  The baseline's file is
+not upgraded here (make it a copy of the store before this tree's
+migrations).
 """
 
 from __future__ import annotations
@@ -250,20 +258,6 @@ def today_midnight() -> int:
     return int(datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() * 1000)
 
 
-def timed(url: str, repeat: int) -> tuple[list[float], int]:
-    def get() -> int:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            return len(r.read())
-
-    size = get()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        get()
-        times.append((time.perf_counter() - t) * 1000)
-    return sorted(times), size
-
-
 def queries(args) -> list[tuple[str, str]]:
     today = datetime.now(UTC).date()
     day = (today - timedelta(days=2)).isoformat()
@@ -304,12 +298,30 @@ def search_queries(args) -> list[tuple[str, str]]:
     g = gateway_keys(args.gateways)[3]
     d1 = f"from={day}&to={day}"
     d31 = f"from={month_from}&to={day}"
+    d365 = f"from={today - timedelta(days=364)}&to={today}"
+    per_month = args.records * 31 // args.days
     return [
         ("search number, one gateway, one day", f"/api/calls?gateway={g}&{d1}&number=4420794612"),
         ("search number, all gateways, one day", f"/api/calls?{d1}&number=4420794612"),
         ("search number, all gateways, one day, last page",
          f"/api/calls?{d1}&number=42079461&limit=100&offset=2600"),
         ("search number, all gateways, 31 days", f"/api/calls?{d31}&number=4420794612"),
+        # issue 14's number search through the numbers dictionary: 4420794612
+        # is 100 callers (1 % of the calls), 42079461 1 000 (10 %), one
+        # caller 0.01 %, one dialled number a single call
+        ("search number, all gateways, 31 days, last page",
+         f"/api/calls?{d31}&number=4420794612&offset={max(0, per_month // 100 - 100)}"),
+        ("search number, all gateways, 365 days", f"/api/calls?{d365}&number=4420794612"),
+        ("search number, one gateway, 365 days", f"/api/calls?gateway={g}&{d365}&number=4420794612"),
+        ("search number 10 %, all gateways, 31 days", f"/api/calls?{d31}&number=42079461"),
+        ("search number 10 %, all gateways, 365 days", f"/api/calls?{d365}&number=42079461"),
+        ("search number one caller, all gateways, 365 days", f"/api/calls?{d365}&number=442079461234"),
+        ("search number one dialled, all gateways, 365 days", f"/api/calls?{d365}&number={{dialed}}"),
+        ("search number, Call Out, all gateways, 31 days", f"/api/calls?{d31}&number=4420794612&filter=out"),
+        ("totals, number, all gateways, 31 days", f"/api/totals?{d31}&number=4420794612"),
+        ("totals, number, all gateways, 365 days", f"/api/totals?{d365}&number=4420794612"),
+        ("report page, number, all gateways, 31 days", f"/report?{d31}&number=4420794612"),
+        ("report page, number, all gateways, 365 days", f"/report?{d365}&number=4420794612"),
         ("search CUI prefix, all gateways, one day", f"/api/calls?{d1}&cui=ACCT-42"),
         ("search duration 60-300 s, all gateways, one day",
          f"/api/calls?{d1}&min_duration=60&max_duration=300"),
@@ -354,43 +366,84 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", help="the SQLite file (default var/bench/report-N-G-D.sqlite)")
     p.add_argument("--rebuild", action="store_true", help="fill the store again")
     p.add_argument("--match", help="only the queries whose name contains this")
+    p.add_argument("--base-tree", type=Path,
+                   help="also serve --base-path with this checkout's cdrd (its .venv) and alternate"
+                        " the requests between the two: baseline and change in one run")
+    p.add_argument("--base-path", help="the baseline's SQLite file (not upgraded here)")
     args = p.parse_args(argv)
+    if (args.base_tree is None) != (args.base_path is None):
+        p.error("--base-tree and --base-path go together")
 
     database = postgres_store(args) if args.database == "postgresql" else sqlite_store(args)
     with tempfile.TemporaryDirectory(prefix="cdrd-bench-report-") as tmpdir:
         tmp = Path(tmpdir)
-        cdrd = None
+        servers = []  # (label, process, web port)
         try:
-            cdrd, _ = start_cdrd(tmp, database)
-            web = _web_port(tmp)
+            if args.base_tree is not None:
+                base = f"sqlite:{Path(args.base_path).resolve()}"
+                servers.append(("base", *_start_in(args.base_tree, tmp / "base", base)))
+            servers.append(("this", *_start_in(ROOT, tmp / "this", database)))
             print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
                   f" {args.database}; {args.repeat} requests each (ms)")
-            print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
-            call_id = _a_call_id(web)
+            print(f"{'query':<58} {'':4} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
+            call = _a_call(servers[-1][2])
             for name, path in queries(args):
                 if args.match and args.match not in name:
                     continue
-                path = path.replace("{call_id}", quote(call_id, safe=""))
-                times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
-                p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-                print(f"{name:<58} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
-                      f" {size:>9,}")
+                path = path.replace("{call_id}", quote(call["id"], safe="")).replace(
+                    "{dialed}", quote(call["dialed"], safe=""))
+                urls = [f"http://127.0.0.1:{web}{path}" for _, _, web in servers]
+                for (label, _, _), (times, size) in zip(servers, timed_alternating(urls, args.repeat), strict=True):
+                    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+                    print(f"{name:<58} {label:4} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
+                          f" {size:>9,}", flush=True)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
             print(f"FAILED: {e}")
             return 1
         finally:
-            stop(cdrd)
+            for _, proc, _ in servers:
+                stop(proc)
     return 0
 
 
-def _a_call_id(web: int) -> str:
-    """A call id of two days ago, for /api/call."""
+def _start_in(tree: Path, tmp: Path, database: str):
+    """cdrd of checkout `tree` (its .venv) on `database`: (process, web port)."""
+    import ingest
+
+    tmp.mkdir()
+    saved = ingest.ROOT, ingest.BIN
+    ingest.ROOT, ingest.BIN = tree.resolve(), tree.resolve() / ".venv" / "bin"
+    try:
+        proc, _ = start_cdrd(tmp, database)
+    finally:
+        ingest.ROOT, ingest.BIN = saved
+    return proc, _web_port(tmp)
+
+
+def timed_alternating(urls: list[str], repeat: int) -> list[tuple[list[float], int]]:
+    """timed() of each url, their requests taking turns (one warm-up each)."""
+    def get(url) -> int:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            return len(r.read())
+
+    sizes = [get(u) for u in urls]
+    times: list[list[float]] = [[] for _ in urls]
+    for _ in range(repeat):
+        for i, u in enumerate(urls):
+            t = time.perf_counter()
+            get(u)
+            times[i].append((time.perf_counter() - t) * 1000)
+    return [(sorted(t), n) for t, n in zip(times, sizes, strict=True)]
+
+
+def _a_call(web: int) -> dict:
+    """A call of two days ago, for /api/call (and its dialled number)."""
     import json
 
     day = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
     url = f"http://127.0.0.1:{web}/api/calls?from={day}&to={day}&limit=1&offset=500"
     with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())["records"][0]["id"]
+        return json.loads(r.read())["records"][0]
 
 
 def _web_port(tmp: Path) -> int:

@@ -662,7 +662,8 @@ class SqlStore:
         ids = ", ".join(str(int(i)) for i in numbers) or "0"
         where = _Where().add(f"number_id IN ({ids})")
         for lower in ("l1", "l2", "l3"):
-            where.add(f"{lower} NOT IN ({ids})")
+            # most postings have no lower number (0): no lookup in the list
+            where.add(f"({lower} = 0 OR {lower} NOT IN ({ids}))")
         if query.gateway is not None:
             where.add("gateway = ?", query.gateway)
         where.range("begin_ms", query.since, query.until)
