@@ -423,7 +423,9 @@ MIGRATIONS.append([
     f" FROM (SELECT DISTINCT n.id AS number_id, c.begin_ms, c.id AS call_id,"
     f" {', '.join('c.' + c for c in NUMBER_COLUMNS)}"
     " FROM calls c JOIN numbers n ON n.number IN (c.dialed, c.cli, c.pstn_dial, c.pstn_cli)) AS d"
-    " WINDOW w AS (PARTITION BY call_id ORDER BY number_id)",
+    " WINDOW w AS (PARTITION BY call_id ORDER BY number_id)"
+    # in key order: the table grows at its end, not at random pages
+    " ORDER BY number_id, begin_ms, call_id",
     "{trigram_table}",
     "{trigram_fill}",
     "{trigram_keep}",
