@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import cdrd.store.sql as sql
 from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, WriteBatch
+from cdrd.store.schema import NUMBERS_MIGRATION
 from tests.store.contract import deferred_test, oracle_search, oracle_totals
 from tests.store.values import DAY, HOUR, KEY, KEY2, NOTATIONS, record
 
@@ -168,9 +169,19 @@ class NumberSearchContract:
 
 
 async def assert_numbers_backfilled(store, records):
-    """After the numbers migration over `records` stored before it, the
+    """`store` (not open yet) opens on a database of the schema before the
+    numbers migration that holds `records`: after the migration the
     dictionary answers number searches as the LIKE scan does, and the
     records written next are found too (the trigram index kept)."""
+    await store.open()
+    try:
+        assert store.schema_version == NUMBERS_MIGRATION
+        await _backfilled(store, records)
+    finally:
+        await store.close()
+
+
+async def _backfilled(store, records):
     for text in ("01a", "aB1", "0000", "1a0", "Bb"):
         q = CallQuery(number=text, limit=10**6)
         if len(text) >= sql.MIN_NUMBER_TEXT:

@@ -179,10 +179,4 @@ async def test_the_numbers_migration_indexes_the_records_stored_before(database)
                 [_record_row(r) for r in records],
             )
         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (NUMBERS_MIGRATION - 1,))
-    store = PostgresStore(url, reactor)
-    await store.open()
-    try:
-        assert store.schema_version == NUMBERS_MIGRATION
-        await assert_numbers_backfilled(store, records)
-    finally:
-        await store.close()
+    await assert_numbers_backfilled(PostgresStore(url, reactor), records)

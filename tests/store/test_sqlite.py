@@ -172,17 +172,22 @@ def database_at(path, version: int) -> sqlite3.Connection:
     return conn
 
 
-@pytest_twisted.ensureDeferred
-async def test_migration_2_counts_the_records_of_a_version_1_database(path):
-    """call_hours is filled from the records already stored when it arrives."""
-    records = random_records(500)
-    conn = database_at(path, 1)
+def records_at(path, version: int, records) -> None:
+    """A database of schema `version` holding `records`, closed."""
+    conn = database_at(path, version)
     conn.executemany(
         f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
         [_record_row(r) for r in records],
     )
     conn.commit()
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_2_counts_the_records_of_a_version_1_database(path):
+    """call_hours is filled from the records already stored when it arrives."""
+    records = random_records(500)
+    records_at(path, 1, records)
     store = SQLiteStore(str(path), reactor)
     await store.open()
     try:
@@ -227,20 +232,8 @@ async def test_the_numbers_migration_indexes_the_records_stored_before(path):
     """The numbers dictionary, its trigram index and the postings (issue 14)
     are filled from the records stored before they arrive."""
     records = number_records(300)
-    conn = database_at(path, NUMBERS_MIGRATION - 1)
-    conn.executemany(
-        f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
-        [_record_row(r) for r in records],
-    )
-    conn.commit()
-    conn.close()
-    store = SQLiteStore(str(path), reactor)
-    await store.open()
-    try:
-        assert store.schema_version == NUMBERS_MIGRATION
-        await assert_numbers_backfilled(store, records)
-    finally:
-        await store.close()
+    records_at(path, NUMBERS_MIGRATION - 1, records)
+    await assert_numbers_backfilled(SQLiteStore(str(path), reactor), records)
 
 
 @pytest_twisted.ensureDeferred
