@@ -27,7 +27,15 @@ from cdrd.gateway.codec import (
     seq_hint,
     split_auth,
 )
-from cdrd.values import GATEWAY_RESTART, CallEvent, GatewayState, LogEntry, rfc3339
+from cdrd.values import (
+    GATEWAY_RESTART,
+    CallEvent,
+    GatewayState,
+    LogEntry,
+    rfc3339,
+    stored_event,
+    unchecked,
+)
 
 # gateway log events (gateway-protocol.md, "The gateway log")
 LOGIN = "Login"
@@ -327,6 +335,9 @@ class ParsedEvent:
     problems: tuple[str, ...]  # type-specific fields dropped, for the log
 
 
+_parsed_event = unchecked(ParsedEvent)
+
+
 def _positive(fields: Mapping[str, str], key: str) -> int:
     value = fields.get(key)
     if value is None:
@@ -387,19 +398,10 @@ def parse_event(
     for key in _REQUIRED.get(etype, ()):
         if key not in f:
             problems.append(f"{etype} without {key}")
-    return ParsedEvent(
-        seq=seq,
-        event=CallEvent(
-            gateway=gateway,
-            seq=seq,
-            ref=ref,
-            type=etype,
-            time=time,
-            received=now,
-            boot=boot,
-            fields=fields,
-        ),
-        problems=tuple(problems),
+    # checked above, and `fields` is this event's own: built without
+    # attrs' checks and copies, once per event on the ingest path (issue 15)
+    return _parsed_event(
+        seq, stored_event(gateway, seq, ref, etype, time, now, boot, fields, None), tuple(problems)
     )
 
 

@@ -47,7 +47,7 @@ from cdrd.store.schema import (
     log_gateway_keys,
     migration_statements,
 )
-from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
+from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry, stored_event
 
 EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
 LOG_COLS = "id, time, event, peer, gateway, mac, detail, count"
@@ -72,10 +72,8 @@ def _fields_json(fields) -> str:
 
 def _event(row) -> CallEvent:
     id_, gateway, seq, boot, ref, type_, time, received, fields = row
-    return CallEvent(
-        gateway=gateway, seq=seq, ref=ref, type=type_, time=time, received=received,
-        boot=boot, fields=json.loads(fields), id=id_,
-    )
+    # read back from the store: checked when it came in (`stored_event`)
+    return stored_event(gateway, seq, ref, type_, time, received, boot, json.loads(fields) or {}, id_)
 
 
 def _log(row) -> LogEntry:
