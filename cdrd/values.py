@@ -144,6 +144,18 @@ class GatewayState:
     last_heard: int | None = None  # ms UTC: last event or PING received
     online: bool = False
 
+    def progressed(self, last_seq: int, last_heard: int | None) -> GatewayState:
+        """``evolve(self, last_seq=..., last_heard=...)``, 5x faster: once
+        per batch of a gateway's events on the ingest path (issue 15)."""
+        return _gateway_state(
+            self.key, self.id, self.mac, last_seq, self.boot, self.boot_token, self.restarts,
+            self.fxs, self.fxo, self.isdn, self.callref, self.firmware, self.peer, self.login,
+            self.skew_ms, last_heard, self.online,
+        )
+
+
+_gateway_state = unchecked(GatewayState)
+
 
 # -- the call model's products ------------------------------------------------
 

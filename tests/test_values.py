@@ -8,7 +8,7 @@ from attrs.exceptions import FrozenInstanceError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdrd.values import MAX_MS, CallEvent, parse_rfc3339, rfc3339, stored_event, unchecked
+from cdrd.values import MAX_MS, CallEvent, GatewayState, parse_rfc3339, rfc3339, stored_event, unchecked
 
 
 def test_rfc3339_examples():
@@ -64,3 +64,13 @@ def test_with_id_equals_evolve(fields, id_):
     event = CallEvent("g_000000000000", 1, 2, "RING", 3, 4, "r0", fields)
     assert event.with_id(id_) == evolve(event, id=id_)
     assert event.with_id(id_).fields == event.fields
+
+
+@given(st.integers(0, 10**12), st.none() | st.integers(0, 10**13))
+def test_progressed_equals_evolve(last_seq, last_heard):
+    state = GatewayState(
+        key="8200_000C2A020082", id="8200", mac="000C2A020082", last_seq=5, boot="b1",
+        boot_token="b1", restarts=2, fxs=2, fxo=1, isdn=0, callref=9, firmware="V1",
+        peer="127.0.0.1:5", login=7, skew_ms=-3, last_heard=8, online=True,
+    )
+    assert state.progressed(last_seq, last_heard) == evolve(state, last_seq=last_seq, last_heard=last_heard)
