@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -10,6 +11,8 @@ import threading
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
@@ -22,7 +25,7 @@ from cdrd.store.schema import (
     SchemaTooNew,
     migration_statements,
 )
-from cdrd.store.sql import CALL_COLS, _record_row
+from cdrd.store.sql import CALL_COLS, _fields_json, _record_row
 from cdrd.store.sqlite import SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
 from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
@@ -358,3 +361,11 @@ async def test_migration_6_counts_the_log_entries_stored_before_once(path):
         assert (entry.event, entry.count) == ("Bad Packet", 1)
     finally:
         await store.close()
+
+
+@given(st.dictionaries(st.text(), st.text()))
+def test_event_fields_json_is_the_stdlib_encoders(fields):
+    # the store's one C encoder writes what a sorted, compact JSONEncoder writes
+    stdlib = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+    assert _fields_json(fields) == (stdlib(fields) if fields else "{}")
+    assert json.loads(_fields_json(fields)) == fields
