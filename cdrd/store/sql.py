@@ -269,6 +269,12 @@ class SqlStore:
     """
 
     dialect = "sqlite"
+    #: `_many` writes its rows in statements of power-of-two sizes (300
+    #: rows: 256 + 32 + 8 + 4), so that a few statement texts serve every
+    #: batch and the driver's statement cache keeps them compiled: SQLite
+    #: compiles a 300-row INSERT in about twice the time it takes to run
+    #: it, and batch sizes vary from one transaction to the next (issue 15)
+    fixed_chunks = False
     #: ASCII case-insensitive LIKE (SQLite's LIKE is; PostgreSQL's ILIKE)
     like = "LIKE"
     _logger = Logger()  # not `log`: IStore.log is a query
@@ -296,11 +302,18 @@ class SqlStore:
         head, values, tail = _split_insert(statement)
         width = len(rows[0])
         chunk = max(1, min(MAX_ROWS, MAX_PARAMS // width))
+        if self.fixed_chunks:
+            chunk = 1 << (chunk.bit_length() - 1)
         inserted = 0
-        for i in range(0, len(rows), chunk):
-            part = rows[i:i + chunk]
+        i, n = 0, len(rows)
+        while i < n:
+            size = min(chunk, n - i)
+            if self.fixed_chunks:
+                size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
+            part = rows[i:i + size]
+            i += size
             cur.execute(
-                self.sql(f"{head}{', '.join([values] * len(part))}{tail}"),
+                self.sql(f"{head}{', '.join([values] * size)}{tail}"),
                 [v for row in part for v in row],
             )
             inserted += max(cur.rowcount, 0)
