@@ -29,16 +29,18 @@ processes disturbed least).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.trees import inner_or_trees, runs, tree_options  # noqa: E402
+
 BASE_MS = 1_795_000_000_000
 
 
@@ -136,32 +138,20 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=6000)
     p.add_argument("--gateways", type=int, default=100)
     p.add_argument("--batch", type=int, default=300, help="events per store transaction")
-    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--tree", action="append", type=Path)
-    p.add_argument("--inner", help=argparse.SUPPRESS)
+    tree_options(p)
     args = p.parse_args(argv)
-    if args.inner:
-        print(json.dumps(inner(args)))
+    trees = inner_or_trees(args, inner, ROOT)
+    if trees is None:
         return 0
-    trees = [t.resolve() for t in (args.tree or [ROOT])]
     print(f"{'tree':<12} {'calls':>6} {'events':>7}   µs/call: {'parse':>7} {'store':>7} {'model':>7} {'total':>7}")
     results: dict[str, list[dict]] = {str(t): [] for t in trees}
-    for rnd in range(args.rounds):
-        for tree in trees if rnd % 2 == 0 else list(reversed(trees)):
-            done = subprocess.run(
-                [str(tree / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--inner", str(tree),
-                 "--calls", str(args.calls), "--gateways", str(args.gateways), "--batch", str(args.batch),
-                 "--seed", str(args.seed)],
-                cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-                capture_output=True, timeout=600)
-            if done.returncode:
-                print(f"{tree.name}: failed\n{done.stderr.decode()[-1500:]}")
-                return 1
-            r = json.loads(done.stdout.decode().splitlines()[-1])
-            results[str(tree)].append(r)
-            print(f"{tree.name:<12} {r['calls']:>6} {r['events']:>7}            "
-                  + " ".join(f"{r[c]:>7.1f}" for c in COLUMNS), flush=True)
+    inner_args = ["--calls", str(args.calls), "--gateways", str(args.gateways),
+                  "--batch", str(args.batch), "--seed", str(args.seed)]
+    for tree, r in runs(Path(__file__).resolve(), trees, args.rounds, inner_args):
+        results[str(tree)].append(r)
+        print(f"{tree.name:<12} {r['calls']:>6} {r['events']:>7}            "
+              + " ".join(f"{r[c]:>7.1f}" for c in COLUMNS), flush=True)
     for tree, rs in results.items():
         for name, pick in (("median", statistics.median), ("least", min)):
             print(f"{name:<6} {Path(tree).name:<12}" + "".join(
