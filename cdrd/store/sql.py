@@ -47,7 +47,7 @@ from cdrd.store.schema import (
     log_gateway_keys,
     migration_statements,
 )
-from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
+from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry, stored_event
 
 EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
 LOG_COLS = "id, time, event, peer, gateway, mac, detail, count"
@@ -63,7 +63,27 @@ CALL_COLS = (
 CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli, billed_call"
 
 
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder, not one a call
+def _fields_encoder():
+    """
+    An event's fields as compact JSON, keys sorted: what
+    ``JSONEncoder(sort_keys=True, separators=(",", ":")).encode`` writes,
+    2.5x faster on an event's few short texts (once per event stored, in
+    the store's thread, which shares the GIL with the reactor: issue 15).
+    ``encode`` makes a new C encoder for every call; this makes one.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+    def not_json(value):
+        raise TypeError(f"an event field of type {type(value).__name__} is not JSON")
+
+    # markers None: no cycle check (a dict of texts has none)
+    encode = make(None, not_json, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+    return lambda fields: "".join(encode(fields, 0))
+
+
+_encode = _fields_encoder()
 
 
 def _fields_json(fields) -> str:
@@ -72,10 +92,8 @@ def _fields_json(fields) -> str:
 
 def _event(row) -> CallEvent:
     id_, gateway, seq, boot, ref, type_, time, received, fields = row
-    return CallEvent(
-        gateway=gateway, seq=seq, ref=ref, type=type_, time=time, received=received,
-        boot=boot, fields=json.loads(fields), id=id_,
-    )
+    # read back from the store: checked when it came in (`stored_event`)
+    return stored_event(gateway, seq, ref, type_, time, received, boot, json.loads(fields) or {}, id_)
 
 
 def _log(row) -> LogEntry:
@@ -251,6 +269,12 @@ class SqlStore:
     """
 
     dialect = "sqlite"
+    #: `_many` writes its rows in statements of power-of-two sizes (300
+    #: rows: 256 + 32 + 8 + 4), so that a few statement texts serve every
+    #: batch and the driver's statement cache keeps them compiled: SQLite
+    #: compiles a 300-row INSERT in about twice the time it takes to run
+    #: it, and batch sizes vary from one transaction to the next (issue 15)
+    fixed_chunks = False
     #: ASCII case-insensitive LIKE (SQLite's LIKE is; PostgreSQL's ILIKE)
     like = "LIKE"
     _logger = Logger()  # not `log`: IStore.log is a query
@@ -278,11 +302,18 @@ class SqlStore:
         head, values, tail = _split_insert(statement)
         width = len(rows[0])
         chunk = max(1, min(MAX_ROWS, MAX_PARAMS // width))
+        if self.fixed_chunks:
+            chunk = 1 << (chunk.bit_length() - 1)
         inserted = 0
-        for i in range(0, len(rows), chunk):
-            part = rows[i:i + chunk]
+        i, n = 0, len(rows)
+        while i < n:
+            size = min(chunk, n - i)
+            if self.fixed_chunks:
+                size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
+            part = rows[i:i + size]
+            i += size
             cur.execute(
-                self.sql(f"{head}{', '.join([values] * len(part))}{tail}"),
+                self.sql(f"{head}{', '.join([values] * size)}{tail}"),
                 [v for row in part for v in row],
             )
             inserted += max(cur.rowcount, 0)
