@@ -152,3 +152,50 @@ async def test_the_filter_sums_migration_sums_the_records_stored_before(database
         await assert_filter_totals(store, records)
     finally:
         await store.close()
+
+
+def _waits(trace: str) -> int:
+    """The round trips in a libpq trace: the server's ReadyForQuery, one per Sync the client waits for."""
+    return sum(1 for line in trace.splitlines() if line.split("\t")[:3] == ["B", "5", "ReadyForQuery"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_transaction_waits_for_the_server_twice_not_once_a_statement(database, tmp_path):
+    """
+    Pipeline mode: the statements of a write are sent without waiting for
+    each answer; the transaction waits when it first reads an answer (what
+    was new), and at the commit.  A round trip costs the store thread the
+    GIL back from the busy reactor thread each time.
+    """
+    from psycopg.pq import Trace
+
+    from tests.store.values import DAY, cdr, cursor, gateway_state, item, record
+
+    _, url = database
+    store = PostgresStore(url, reactor, threads=1)  # one thread: one connection to trace
+    await store.open()
+    trace = tmp_path / "libpq.trace"
+    try:
+        with open(trace, "w") as out:
+            def tracing(cur):
+                cur.connection.pgconn.trace(out.fileno())
+                cur.connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+            await store._run(tracing, write=False)
+            rec = record(1, DAY)
+            result = await store.write(WriteBatch(
+                events=[event(s) for s in range(1, 7)], gateways=[gateway_state()],
+                records=[rec], cdrs=[cdr(rec.id, 1, DAY)], cursors=[cursor()],
+                outbox=[item("radius", b"x")], outbox_done=[("radius", 1)],
+            ))
+            await store._run(lambda cur: cur.connection.pgconn.untrace(), write=False)
+    finally:
+        await store.close()
+    assert [e.seq for e in result.events] == [1, 2, 3, 4, 5, 6]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 1
+    # what was new (one wait for all sent so far: the lock, the lease check,
+    # the events, the ids stored already), then the inserts that depend on
+    # it with the COMMIT
+    assert _waits(trace.read_text()) == 2
