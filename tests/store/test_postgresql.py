@@ -199,3 +199,38 @@ async def test_a_write_transaction_waits_for_the_server_twice_not_once_a_stateme
     # the events, the ids stored already), then the inserts that depend on
     # it with the COMMIT
     assert _waits(trace.read_text()) == 2
+
+
+def test_placeholders_are_numbered_for_a_raw_cursor():
+    from cdrd.store.postgresql import _numbered
+
+    assert _numbered("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s)") == (
+        "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+    )
+    assert _numbered("SELECT 1") == "SELECT 1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_of_many_rows_has_psycopg_parse_no_statement(database, monkeypatch):
+    """
+    psycopg parses a statement's ``%s`` placeholders with a regular
+    expression, and caches that only for statements of at most 50
+    parameters: a 500-row INSERT cost ~5 ms of the store thread's CPU (and
+    GIL) each time.  The write's statements go with numbered ``$n``
+    placeholders through RawCursors: nothing to parse.
+    """
+    import psycopg._queries
+
+    parsed = []
+    split = psycopg._queries._split_query
+    monkeypatch.setattr(psycopg._queries, "_split_query",
+                        lambda query, *a, **k: parsed.append(len(query)) or split(query, *a, **k))
+    _, url = database
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        result = await store.write(WriteBatch(events=[event(s) for s in range(1, 301)]))
+    finally:
+        await store.close()
+    assert len(result.events) == 300
+    assert [n for n in parsed if n > 4096] == []
