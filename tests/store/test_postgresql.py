@@ -8,14 +8,16 @@ a PostgreSQL that does not answer fails these tests.
 from __future__ import annotations
 
 import psycopg
+import psycopg._queries
 import pytest
 import pytest_twisted
+from psycopg.pq import Trace
 from pytest_twisted import blockon
 from twisted.internet import defer, reactor
 
 from cdrd.interfaces import WriteBatch
 from cdrd.store import open_store
-from cdrd.store.postgresql import PostgresStore
+from cdrd.store.postgresql import PostgresStore, _numbered
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
@@ -26,7 +28,7 @@ from cdrd.store.schema import (
 from cdrd.store.sql import CALL_COLS, _record_row
 from tests.postgres import pg_admin as admin
 from tests.store.contract import DurableStoreContract, assert_filter_totals
-from tests.store.values import event, searchable
+from tests.store.values import DAY, cdr, cursor, event, gateway_state, item, record, searchable
 
 pytestmark = pytest.mark.integration
 
@@ -167,10 +169,6 @@ async def test_a_write_transaction_waits_for_the_server_twice_not_once_a_stateme
     was new), and at the commit.  A round trip costs the store thread the
     GIL back from the busy reactor thread each time.
     """
-    from psycopg.pq import Trace
-
-    from tests.store.values import DAY, cdr, cursor, gateway_state, item, record
-
     _, url = database
     store = PostgresStore(url, reactor, threads=1)  # one thread: one connection to trace
     await store.open()
@@ -202,8 +200,6 @@ async def test_a_write_transaction_waits_for_the_server_twice_not_once_a_stateme
 
 
 def test_placeholders_are_numbered_for_a_raw_cursor():
-    from cdrd.store.postgresql import _numbered
-
     assert _numbered("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s)") == (
         "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
     )
@@ -219,8 +215,6 @@ async def test_a_write_of_many_rows_has_psycopg_parse_no_statement(database, mon
     GIL) each time.  The write's statements go with numbered ``$n``
     placeholders through RawCursors: nothing to parse.
     """
-    import psycopg._queries
-
     parsed = []
     split = psycopg._queries._split_query
     monkeypatch.setattr(psycopg._queries, "_split_query",
