@@ -10,6 +10,7 @@ substituted by ``SqlStore.sql``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from twisted.logger import Logger
 
@@ -200,6 +201,11 @@ MAX_ROWS = 500
 MAX_PARAMS = 30_000
 
 
+def _no_rows() -> int:
+    """The row count of no statement."""
+    return 0
+
+
 def _split_insert(statement: str) -> tuple[str, str, str]:
     """``INSERT ... VALUES (?, ?) ON ...`` -> ("INSERT ... VALUES ", "(?, ?)", " ON ...")."""
     head, sep, rest = statement.partition("VALUES (")
@@ -286,10 +292,11 @@ class SqlStore:
         cur.execute(self.sql(statement), params)
         return cur
 
-    def _many(self, cur, statement, rows) -> int:
+    def _many(self, cur, statement, rows) -> Callable[[], int]:
         """
         Run an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` for every row,
-        a few hundred rows per statement; the rows inserted.
+        a few hundred rows per statement; a function returning the rows
+        inserted (read as late as possible: see ``_send``).
 
         Not ``executemany``: the sqlite3 module lets go of the GIL around
         every row's step, and while the reactor thread is busy each row then
@@ -298,13 +305,13 @@ class SqlStore:
         round trips to PostgreSQL.
         """
         if not rows:
-            return 0
+            return _no_rows
         head, values, tail = _split_insert(statement)
         width = len(rows[0])
         chunk = max(1, min(MAX_ROWS, MAX_PARAMS // width))
         if self.fixed_chunks:
             chunk = 1 << (chunk.bit_length() - 1)
-        inserted = 0
+        counts = []
         i, n = 0, len(rows)
         while i < n:
             size = min(chunk, n - i)
@@ -312,12 +319,27 @@ class SqlStore:
                 size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
             part = rows[i:i + size]
             i += size
-            cur.execute(
-                self.sql(f"{head}{', '.join([values] * size)}{tail}"),
-                [v for row in part for v in row],
-            )
-            inserted += max(cur.rowcount, 0)
-        return inserted
+            counts.append(self._send(cur, self.sql(f"{head}{', '.join([values] * size)}{tail}"),
+                                     [v for row in part for v in row]))
+        if len(counts) == 1:
+            return counts[0]
+        return lambda: sum(count() for count in counts)
+
+    def _send(self, cur, statement: str, params) -> Callable[[], int]:
+        """
+        Run a statement (in the dialect's SQL) whose answer is not needed at
+        once; a function returning its row count.  SQLite runs it here;
+        PostgreSQL sends it in pipeline mode and goes on, so that a write
+        transaction waits for the server once for many statements.
+        """
+        cur.execute(statement, params)
+        count = max(cur.rowcount, 0)
+        return lambda: count
+
+    def _ask(self, cur, statement: str, params=()) -> Callable[[], list]:
+        """A query (``?`` placeholders) whose rows are read later: a function returning them."""
+        rows = self._exec(cur, statement, params).fetchall()
+        return lambda: rows
 
     # -- schema ----------------------------------------------------------------
 
@@ -343,12 +365,14 @@ class SqlStore:
         return self._run(self._write, batch, write=True)
 
     def _write(self, cur, batch) -> WriteResult:
-        inserted = []
+        # Every statement whose answer the rest needs is sent before the
+        # first answer is read: PostgreSQL pipelines them (a round trip for
+        # the lot, not one each: cdrd.store.postgresql), SQLite runs each
+        # at once.  One writer at a time (BEGIN IMMEDIATE / the advisory
+        # lock), so the event rows above `before` are exactly this batch's
+        # inserts, in the batch's order; duplicates are the events not among them.
         if batch.events:
-            # One writer at a time (BEGIN IMMEDIATE / the advisory lock), so
-            # the rows above `before` are exactly this batch's inserts, in
-            # the batch's order; duplicates are the events not among them.
-            before = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            before = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM events")
             count = self._many(
                 cur,
                 "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
@@ -356,30 +380,19 @@ class SqlStore:
                 [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
                  for e in batch.events],
             )
-            after = self._last_event_id(cur)
-            if count == len(batch.events) and after - before == count:
-                # every event inserted, in order, ids consecutive: no read back
-                inserted = [e.with_id(before + n) for n, e in enumerate(batch.events, 1)]
-            else:
-                rows = self._exec(
-                    cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (before,)
-                ).fetchall()
-                i = 0
-                for e in batch.events:
-                    if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
-                        inserted.append(e.with_id(rows[i][0]))
-                        i += 1
-                if i != len(rows):
-                    raise RuntimeError("events inserted by another writer during a write transaction")
+            after = self._event_id_later(cur)
         self._many(
             cur,
             "INSERT INTO log (time, event, peer, gateway, mac, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in batch.log],
         )
+        set_count = self.sql(
+            "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?"
+        )
         for c in batch.log_counts:  # a few a batch: one per coalesced entry every few seconds
-            self._exec(
+            self._send(
                 cur,
-                "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?",
+                set_count,
                 (c.count, c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac),  # log_time
             )
         if batch.gateways:
@@ -391,14 +404,7 @@ class SqlStore:
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
                 [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
-        if batch.cdrs:
-            new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
-            self._many(
-                cur,
-                f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
-                [_cdr_row(c) for c in new_cdrs],
-            )
-            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new_cdrs])
+        new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
         self._many(
             cur,
             "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
@@ -413,46 +419,87 @@ class SqlStore:
         )
         if batch.records:
             # after this batch's outbox items: the record waits for them too
-            mark = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
-            new = self._new_records(cur, batch.records)
-            self._many(
-                cur,
-                f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
-                [(*_record_row(r), mark) for r in new],
-            )
-            self._count_hours(cur, new)
+            mark = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM outbox")
+            new_records = self._new_records(cur, batch.records)
         done: dict[str, list[int]] = {}
         for sink, item_id in batch.outbox_done:
             done.setdefault(sink, []).append(item_id)
         for sink, ids in done.items():
             for i in range(0, len(ids), MAX_ROWS):
                 part = ids[i:i + MAX_ROWS]
-                self._exec(
-                    cur, f"DELETE FROM outbox WHERE sink = ? AND id IN ({', '.join('?' * len(part))})",
+                self._send(
+                    cur, self.sql(f"DELETE FROM outbox WHERE sink = ? AND id IN ({', '.join('?' * len(part))})"),
                     (sink, *part),
                 )
+        # the answers: what was new decides the rest
+        inserted = []
+        if batch.events:
+            first, n = before()[0][0], count()
+            if n == len(batch.events) and after() - first == n:
+                # every event inserted, in order, ids consecutive: no read back
+                inserted = [e.with_id(first + i) for i, e in enumerate(batch.events, 1)]
+            else:
+                rows = self._exec(
+                    cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (first,)
+                ).fetchall()
+                i = 0
+                for e in batch.events:
+                    if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
+                        inserted.append(e.with_id(rows[i][0]))
+                        i += 1
+                if i != len(rows):
+                    raise RuntimeError("events inserted by another writer during a write transaction")
+        if batch.cdrs:
+            new = new_cdrs()
+            self._many(
+                cur,
+                f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
+                [_cdr_row(c) for c in new],
+            )
+            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new])
+        if batch.records:
+            new, stored_mark = new_records(), mark()[0][0]
+            self._many(
+                cur,
+                f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
+                [(*_record_row(r), stored_mark) for r in new],
+            )
+            self._count_hours(cur, new)
         return WriteResult(events=tuple(inserted))
+
+    def _event_id_later(self, cur) -> Callable[[], int]:
+        """The highest event id right after this transaction's inserts, read later."""
+        after = self._last_event_id(cur)
+        return lambda: after
 
     def _last_event_id(self, cur) -> int:
         """The highest event id, right after this transaction's inserts."""
         return self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
-    def _new_records(self, cur, records) -> list:
-        """The records not stored yet (a record is stored once), first of each id."""
+    def _new_records(self, cur, records) -> Callable[[], list]:
+        """The records not stored yet (a record is stored once), first of each id; read later."""
         return self._new_rows(cur, "calls", records)
 
-    def _new_rows(self, cur, table: str, values) -> list:
-        """The `values` (records, CDRs) whose id `table` does not hold yet, first of each id."""
+    def _new_rows(self, cur, table: str, values) -> Callable[[], list]:
+        """
+        The `values` (records, CDRs) whose id `table` does not hold yet,
+        first of each id: a function returning them (asked now, read later).
+        """
         fresh = {}
         for v in values:
             fresh.setdefault(v.id, v)
         ids = list(fresh)
-        for i in range(0, len(ids), MAX_ROWS):
-            chunk = ids[i:i + MAX_ROWS]
-            marks = ", ".join("?" * len(chunk))
-            for (stored,) in self._exec(cur, f"SELECT id FROM {table} WHERE id IN ({marks})", chunk):
-                del fresh[stored]
-        return list(fresh.values())
+        stored = [
+            self._ask(cur, f"SELECT id FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            for chunk in (ids[i:i + MAX_ROWS] for i in range(0, len(ids), MAX_ROWS))
+        ]
+
+        def new() -> list:
+            for rows in stored:
+                for (known,) in rows():
+                    del fresh[known]
+            return list(fresh.values())
+        return new
 
     def _count_cdr_hours(self, cur, cdrs, sign: int = 1) -> None:
         """Add CDRs, (gateway, start, duration) each, to cdr_hours (sign -1: take them off)."""
