@@ -154,6 +154,15 @@ def _totals_row(row) -> CallTotals:
     return CallTotals(calls=n, answered=a, attempts=t, attempts_answered=ta, talk=talk)
 
 
+def _edge(gateway, since, until) -> _Where:
+    """The calls of `gateway` (None: any) with Begin in [since, until): an
+    edge of a range whose whole hours call_hours answers."""
+    edge = _Where()
+    if gateway is not None:
+        edge.add("gateway = ?", gateway)
+    return edge.range("begin_ms", since, until)
+
+
 def _shifted(column: str, shift) -> str:
     """`column` (ms UTC) plus the zone's offset at that instant: local
     wall-clock ms (IStore.call_summary's `shift`), as SQL."""
@@ -741,10 +750,7 @@ class SqlStore:
                         (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
                     ).fetchone())
             for a, b in edges:
-                edge = _Where()
-                if query.gateway is not None:
-                    edge.add("gateway = ?", query.gateway)
-                edge.range("begin_ms", a, b)
+                edge = _edge(query.gateway, a, b)
                 edge.add(match, *match_params)
                 rows.append(self._exec(
                     cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql}", edge.params
@@ -842,10 +848,7 @@ class SqlStore:
                     hours.params,
                 ).fetchall())
             for a, b in edges:
-                edge = _Where()
-                if query.gateway is not None:
-                    edge.add("gateway = ?", query.gateway)
-                edge.range("begin_ms", a, b)
+                edge = _edge(query.gateway, a, b)
                 add(self._exec(
                     cur,
                     f"SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql} GROUP BY {key}",

@@ -155,10 +155,7 @@ async def test_summary_hours_and_days_are_local(make_site):
 async def test_summary_pages_and_sorts(make_site):
     site = await make_site()
     # ten callers more on the day: 13 groups in all
-    await site.store.write(WriteBatch(records=[
-        F.record(200 + i, "Call in", F.t(f"13:{i:02d}:00"), F.t(f"13:{i:02d}:30"), cli=f"07{i:02d}")
-        for i in range(10)
-    ]))
+    await site.store.write(WriteBatch(records=F.callers(10)))
     every = await site.json(f"/api/summary?group=caller&{DAY}&limit=1000")
     keys = [r["key"] for r in every["rows"]]
     assert every["groups"] == len(keys) == 13 and (every["offset"], every["limit"]) == (0, 1000)

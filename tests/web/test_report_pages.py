@@ -104,10 +104,7 @@ async def test_summary_page_rows_link_to_their_report(make_site):
 @pytest_twisted.ensureDeferred
 async def test_summary_page_is_paged_and_sortable(make_site):
     site = await make_site()
-    await site.store.write(WriteBatch(records=[
-        F.record(200 + i, "Call in", F.t(f"13:{i:02d}:00"), F.t(f"13:{i:02d}:30"), cli=f"07{i:02d}")
-        for i in range(10)
-    ]))
+    await site.store.write(WriteBatch(records=F.callers(10)))
     day = "from=2026-11-22&to=2026-11-22"
     _, body = await site.get(f"/summary?group=caller&{day}&sort=key&limit=5")
     html = text(body)
