@@ -8,6 +8,7 @@ against a real cdrd.
                                      [--database sqlite|postgresql]
                                      [--path var/bench/report-10M.sqlite]
                                      [--match search]
+                                     [--tree /work/base --tree . --rounds 2]
 
 The store is filled once (SQLite: a file under var/bench/, reused by later
 runs with the same parameters; PostgreSQL: a database cdrd_bench_report_N,
@@ -15,7 +16,11 @@ kept likewise) with records spread over --days days ending today, on
 --gateways gateways, about one CDR per two records.  Then
 ``twistd -n cdrd`` serves it on loopback and each query is timed
 --repeat times after one warm-up request; p50, p95 and max are printed in
-milliseconds.  Every process is stopped at the end.
+milliseconds, and the server's CPU per request (user + system, from
+/proc: what the load of a shared machine disturbs least).  With --tree
+(repeatable) each checkout serves the same store in turn (its own
+.venv), --rounds times, alternating: a same-run baseline.  Every process
+is stopped at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,7 +214,7 @@ def postgres_store(args) -> str:
 
 def sqlite_store(args) -> str:
     path = Path(args.path or ROOT / "var" / "bench" /
-                f"report-{args.records}-{args.gateways}-{args.days}.sqlite")
+                f"report-{args.records}-{args.gateways}-{args.days}.sqlite").resolve()
     if path.exists() and args.rebuild:
         for p in path.parent.glob(path.name + "*"):
             p.unlink()
@@ -329,12 +335,22 @@ def search_queries(args) -> list[tuple[str, str]]:
         ("summary by hour, one day", f"/api/summary?group=hour&{d1}"),
         ("summary by day, 31 days", f"/api/summary?group=day&{d31}"),
         ("summary by day, 365 days", f"/api/summary?group=day&from={today - timedelta(days=364)}&to={today}"),
+        ("summary page by day, 365 days",
+         f"/summary?group=day&from={today - timedelta(days=364)}&to={today}&limit=400"),
         ("summary by caller, one gateway, one day", f"/api/summary?group=caller&gateway={g}&{d1}"),
         ("summary by caller, all gateways, one day", f"/api/summary?group=caller&{d1}"),
+        ("summary by caller, all gateways, one day, last page",
+         f"/api/summary?group=caller&{d1}&offset=9300"),
+        ("summary by caller, all gateways, one day, by ASR",
+         f"/api/summary?group=caller&{d1}&sort=asr&order=desc"),
+        ("summary page by caller, all gateways, one day", f"/summary?group=caller&{d1}"),
+        ("summary CSV by caller, all gateways, one day (every group)",
+         f"/api/summary.csv?group=caller&{d1}"),
         ("summary by caller, one gateway, 31 days", f"/api/summary?group=caller&gateway={g}&{d31}"),
         ("summary by destination prefix 4, all gateways, one day",
          f"/api/summary?group=destination&prefix=4&{d1}"),
         ("summary by CUI, all gateways, one day", f"/api/summary?group=cui&{d1}"),
+        ("summary page by CUI, all gateways, one day", f"/summary?group=cui&{d1}"),
         ("summary by CUI, one gateway, 31 days", f"/api/summary?group=cui&gateway={g}&{d31}"),
         ("summary CSV by hour, one day", f"/api/summary.csv?group=hour&{d1}"),
         ("CDRs by start, CUI prefix, all gateways, 31 days", f"/api/cdrs?{d31}&cui=ACCT-42"),
@@ -353,33 +369,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", help="the SQLite file (default var/bench/report-N-G-D.sqlite)")
     p.add_argument("--rebuild", action="store_true", help="fill the store again")
     p.add_argument("--match", help="only the queries whose name contains this")
+    p.add_argument("--tree", action="append", type=Path,
+                   help="serve from this checkout (its .venv); repeat to alternate trees query by query")
+    p.add_argument("--rounds", type=int, default=1, help="with --tree: each tree this many times")
     args = p.parse_args(argv)
 
     database = postgres_store(args) if args.database == "postgresql" else sqlite_store(args)
+    trees = [t.resolve() for t in args.tree] if args.tree else [None]
+    print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
+          f" {args.database}; {args.repeat} requests each (ms; cpu: the server's CPU ms per request)")
+    print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'cpu':>6} {'bytes':>9}")
+    try:
+        for n in range(args.rounds if args.tree else 1):
+            for tree in trees if n % 2 == 0 else list(reversed(trees)):
+                if tree is not None:
+                    print(f"-- {tree} (round {n + 1})", flush=True)
+                run_tree(args, database, tree)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        print(f"FAILED: {e}")
+        return 1
+    return 0
+
+
+def run_tree(args, database: str, tree: Path | None) -> None:
+    """Serve the store from `tree` (None: this checkout) and time the queries."""
+    import ingest
+
+    saved = ingest.ROOT, ingest.BIN
+    if tree is not None:  # start_cdrd runs ingest.BIN's twistd with ingest.ROOT on the path
+        ingest.ROOT, ingest.BIN = tree, tree / ".venv" / "bin"
     with tempfile.TemporaryDirectory(prefix="cdrd-bench-report-") as tmpdir:
         tmp = Path(tmpdir)
         cdrd = None
         try:
             cdrd, _ = start_cdrd(tmp, database)
             web = _web_port(tmp)
-            print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
-                  f" {args.database}; {args.repeat} requests each (ms)")
-            print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
             call_id = _a_call_id(web)
             for name, path in queries(args):
                 if args.match and args.match not in name:
                     continue
                 path = path.replace("{call_id}", quote(call_id, safe=""))
-                times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
+                cpu = _cpu_ms(cdrd.pid)
+                try:
+                    times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
+                except urllib.error.HTTPError as e:  # a baseline without this query's parameters
+                    print(f"{name:<58} HTTP {e.code}", flush=True)
+                    continue
+                cpu = (_cpu_ms(cdrd.pid) - cpu) / (args.repeat + 1)
                 p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
                 print(f"{name:<58} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
-                      f" {size:>9,}")
-        except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-            print(f"FAILED: {e}")
-            return 1
+                      f" {cpu:>6.1f} {size:>9,}", flush=True)
         finally:
             stop(cdrd)
-    return 0
+            ingest.ROOT, ingest.BIN = saved
+
+
+def _cpu_ms(pid: int) -> float:
+    """The user + system CPU a process has used, in ms (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _a_call_id(web: int) -> str:

@@ -26,8 +26,10 @@ from cdrd.interfaces import (
     Expired,
     ModelCursor,
     OutboxItem,
+    SummaryPage,
     SummaryRow,
     WriteResult,
+    summary_sort_key,
 )
 from cdrd.store.schema import (
     ALL_GATEWAYS,
@@ -169,6 +171,46 @@ def _order(column: str, descending: bool, tie: str) -> str:
 def _totals_row(row) -> CallTotals:
     n, a, t, ta, talk = (int(x or 0) for x in row)
     return CallTotals(calls=n, answered=a, attempts=t, attempts_answered=ta, talk=talk)
+
+
+def _edge(gateway, since, until) -> _Where:
+    """The calls of `gateway` (None: any) with Begin in [since, until): an
+    edge of a range whose whole hours call_hours answers."""
+    edge = _Where()
+    if gateway is not None:
+        edge.add("gateway = ?", gateway)
+    return edge.range("begin_ms", since, until)
+
+
+def _shifted(column: str, shift) -> str:
+    """`column` (ms UTC) plus the zone's offset at that instant: local
+    wall-clock ms (IStore.call_summary's `shift`), as SQL."""
+    if not shift:
+        return column
+    if len(shift) == 1:
+        return f"({column} + {int(shift[0][1])})"
+    # before each change the offset of the one before it
+    cases = " ".join(
+        f"WHEN {column} < {int(change)} THEN {int(offset)}"
+        for (_, offset), (change, _) in zip(shift, shift[1:], strict=False)
+    )
+    return f"({column} + CASE {cases} ELSE {int(shift[-1][1])} END)"
+
+
+def _summary_order(sort, descending: bool, time: bool) -> str:
+    """ORDER BY of a summary's groups g(k, n, a, t, ta, talk): as summary_sort_key."""
+    up, down = ("DESC", "ASC") if descending else ("ASC", "DESC")
+    if sort is None:
+        return f"k {up}" if time else f"n {down}, k {up}"
+    if sort == "key":
+        return f"k {up}"
+    value = {
+        "calls": "n", "answered": "a", "minutes": "talk",
+        "asr": "CASE WHEN t > 0 THEN CAST(ta AS DOUBLE PRECISION) / CAST(t AS DOUBLE PRECISION) END",
+        "acd": "CASE WHEN ta > 0 THEN CAST(talk AS DOUBLE PRECISION) / CAST(ta AS DOUBLE PRECISION) END",
+    }[sort]
+    nulls = " NULLS LAST" if descending else " NULLS FIRST"
+    return f"{value} {up}{nulls if sort in ('asr', 'acd') else ''}, k {up}"
 
 
 class _Where:
@@ -786,10 +828,7 @@ class SqlStore:
                         (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
                     ).fetchone())
             for a, b in edges:
-                edge = _Where()
-                if query.gateway is not None:
-                    edge.add("gateway = ?", query.gateway)
-                edge.range("begin_ms", a, b)
+                edge = _edge(query.gateway, a, b)
                 edge.add(match, *match_params)
                 rows.append(self._exec(
                     cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql}", edge.params
@@ -800,12 +839,14 @@ class SqlStore:
             return _totals_row(sums)
         return self._read(q)
 
-    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000):
+    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000, offset=0,
+                     sort=None, descending=False, shift=None):
         from twisted.internet import defer
 
         if group not in SUMMARY_GROUPS or (group == "time" and not bucket):
             return defer.fail(ValueError(f"unknown summary group {group!r} (bucket {bucket!r})"))
         try:
+            order_key = summary_sort_key(sort, group == "time")
             where, match, match_params, search = self._call_where(query)
         except ValueError:
             return defer.fail()
@@ -819,14 +860,42 @@ class SqlStore:
             key = "gateway"
         else:
             bucket = int(bucket)
-            key = f"begin_ms / {bucket}"
+            key = f"{_shifted('begin_ms', shift)} / {bucket}"
         # gateway and hour-multiple buckets over every record: call_hours
+        # (an hour's row lies in one bucket where the zone's offsets and
+        # their changes are whole hours)
+        whole_hours = all(a % HOUR_MS == 0 and o % HOUR_MS == 0 for a, o in shift or ())
         fast = (
             query.filter == "all" and not search.terms
-            and (group == "gateway" or (group == "time" and bucket % HOUR_MS == 0))
+            and (group == "gateway" or (group == "time" and bucket % HOUR_MS == 0 and whole_hours))
         )
 
         def q(cur):
+            if not fast:
+                # one GROUP BY, ordered and paged by the database
+                rows = self._exec(
+                    cur,
+                    f"WITH g(k, n, a, t, ta, talk) AS (SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls"
+                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key})"
+                    f" SELECT k, n, a, t, ta, talk, COUNT(*) OVER () FROM g"
+                    f" ORDER BY {_summary_order(sort, descending, group == 'time')} LIMIT ? OFFSET ?",
+                    (*params, int(limit), int(offset)),
+                ).fetchall()
+                if rows:
+                    groups = int(rows[0][6])
+                else:
+                    groups = int(self._exec(
+                        cur,
+                        f"SELECT COUNT(*) FROM (SELECT {key} FROM calls"
+                        f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}) g",
+                        params,
+                    ).fetchone()[0])
+                scale = bucket if group == "time" else None
+                page = tuple(
+                    SummaryRow(key=str(int(r[0]) * scale) if scale else str(r[0]), totals=_totals_row(r[1:6]))
+                    for r in rows
+                )
+                return SummaryPage(groups=groups, rows=page)
             sums: dict = {}
 
             def add(rows):
@@ -837,49 +906,35 @@ class SqlStore:
                     for i, n in enumerate(counts):
                         row[i] += int(n or 0)
 
-            def from_calls(terms, params):
-                sql = (
-                    f"SELECT {key} AS k, COUNT(*), {ANSWER_SUMS} FROM calls"
-                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}"
-                )
-                if group != "time" and not fast:
-                    sql += f" ORDER BY COUNT(*) DESC, {key} LIMIT {int(limit)}"
-                return self._exec(cur, sql, params).fetchall()
-
-            if not fast:
-                add(from_calls(terms, params))
-            else:
-                whole, edges = _hours(query.since, query.until)
-                if whole is not None:
-                    hours = _Where()
-                    if query.gateway is not None:
-                        hours.add("gateway = ?", query.gateway)
-                    elif group == "time":
-                        # every gateway's hours are summed in the "*" rows:
-                        # a year reads 8 760 rows, not one per gateway too
-                        hours.add("gateway = ?", ALL_GATEWAYS)
-                    else:
-                        hours.add("gateway <> ?", ALL_GATEWAYS)
-                    hours.range("hour", *whole)
-                    hkey = "gateway" if group == "gateway" else f"hour / {bucket}"
-                    add(self._exec(
-                        cur,
-                        f"SELECT {hkey}, SUM(calls), SUM(answered), SUM(attempts),"
-                        f" SUM(attempts_answered), SUM(talk) FROM call_hours{hours.sql} GROUP BY {hkey}",
-                        hours.params,
-                    ).fetchall())
-                for a, b in edges:
-                    edge = _Where()
-                    if query.gateway is not None:
-                        edge.add("gateway = ?", query.gateway)
-                    edge.range("begin_ms", a, b)
-                    add(from_calls(edge.terms, edge.params))
+            whole, edges = _hours(query.since, query.until)
+            if whole is not None:
+                hours = _Where()
+                if query.gateway is not None:
+                    hours.add("gateway = ?", query.gateway)
+                elif group == "time":
+                    # every gateway's hours are summed in the "*" rows:
+                    # a year reads 8 760 rows, not one per gateway too
+                    hours.add("gateway = ?", ALL_GATEWAYS)
+                else:
+                    hours.add("gateway <> ?", ALL_GATEWAYS)
+                hours.range("hour", *whole)
+                hkey = "gateway" if group == "gateway" else f"{_shifted('hour', shift)} / {bucket}"
+                add(self._exec(
+                    cur,
+                    f"SELECT {hkey}, SUM(calls), SUM(answered), SUM(attempts),"
+                    f" SUM(attempts_answered), SUM(talk) FROM call_hours{hours.sql} GROUP BY {hkey}",
+                    hours.params,
+                ).fetchall())
+            for a, b in edges:
+                edge = _edge(query.gateway, a, b)
+                add(self._exec(
+                    cur,
+                    f"SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql} GROUP BY {key}",
+                    edge.params,
+                ).fetchall())
             rows = [SummaryRow(key=str(k), totals=_totals_row(v)) for k, v in sums.items()]
-            if group == "time":
-                rows.sort(key=lambda r: int(r.key))
-            else:
-                rows.sort(key=lambda r: (-r.totals.calls, r.key))
-            return rows[:limit]
+            rows.sort(key=order_key, reverse=descending)
+            return SummaryPage(groups=len(rows), rows=tuple(rows[offset:offset + limit]))
         return self._read(q)
 
     def call_record(self, call_id):
