@@ -150,7 +150,7 @@ class ChildAmp(amp.AMP):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        if self.reactor.running:
+        if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
 

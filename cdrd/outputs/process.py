@@ -165,9 +165,11 @@ class _ChildProcess(protocol.ProcessProtocol):
         self.name = name
         self.amp = _ParentAmp(owner)
         self.ended = defer.Deferred()
+        self.pid = None
         self._err = b""
 
     def connectionMade(self):
+        self.pid = self.transport.pid
         self.amp.makeConnection(_Pipe(self.transport))
         self.owner._connected(self)
 
@@ -253,7 +255,7 @@ class OutputsProcess(ProcessMonitor):
             syslog["connected"] = False  # nothing sends meanwhile
         if self.running:
             self.log.warn("outputs process {pid} ended ({why}): restarting it; it reads the outboxes again",
-                          pid=getattr(child.transport, "pid", None), why=reason.getErrorMessage())
+                          pid=child.pid, why=reason.getErrorMessage())
         self._monitoredProcessExited(child.name)
 
     def stopService(self):
