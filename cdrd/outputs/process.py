@@ -47,8 +47,10 @@ NAME = "cdrd-outputs"
 STATUS_INTERVAL = 0.25
 #: Seconds cdrd waits for the child to stop (then it is killed).
 STOP_TIMEOUT = 10.0
-#: Most ids (or legs) in one AMP value (each value is at most 64 KiB).
+#: Most outbox ids in one AMP value (each value is at most 64 KiB).
 CHUNK = 2000
+#: Most leg ids in one `Added` (a leg id is under 100 bytes).
+LEGS = 500
 
 
 # -- the protocol --------------------------------------------------------------
@@ -210,7 +212,8 @@ class OutputsProcess(ProcessMonitor):
         self.starts = 0  # children started (tests, the log)
         self._added: tuple[set, list, int] | None = None
         args = args or [sys.executable, "-m", "cdrd.outputs.child"]
-        self.addProcess(NAME, args, env=dict(os.environ), cwd=os.getcwd())
+        # cwd None: cdrd's own when it starts the child (after twistd's --rundir)
+        self.addProcess(NAME, args, env=dict(os.environ), cwd=None)
 
     def sink(self, local) -> RemoteSink:
         remote = RemoteSink(local, self)
@@ -307,8 +310,8 @@ class OutputsProcess(ProcessMonitor):
         if child is None:
             return  # the next child reads the outboxes from their start
         legs = legs or [""]  # a message even without stopped legs
-        for i in range(0, len(legs), CHUNK):
-            part = [leg for leg in legs[i:i + CHUNK] if leg]
+        for i in range(0, len(legs), LEGS):
+            part = [leg for leg in legs[i:i + LEGS] if leg]
             child.amp.callRemote(Added, sinks=sorted(sinks), legs=part, cdrs=cdrs if i == 0 else 0)
 
 
