@@ -180,3 +180,19 @@ def test_the_childs_log_events_reach_cdrds_log():
     assert e["log_namespace"] == "cdrd.accounting.client.RadiusClient" and e["log_level"].name == "warn"
     assert json.loads(json.dumps(e["server"])) == "127.0.0.1:1813"
 
+
+
+def test_build_service_wires_the_remote_sinks_and_the_process():
+    from cdrd.outputs.process import RemoteSink
+    from cdrd.service import build_service
+
+    config = C.parse({**RADIUS, "syslog": {"target": "tcp:127.0.0.1:514"},
+                      "server": {"database": "sqlite:/tmp/x.sqlite"}, "outputs": {"delivery": "process"}})
+    root = build_service(config, Clock(), store=MemoryStore())
+    durable = [s for s in root.calls.sinks if s.name in ("radius", "syslog")]
+    assert [type(s) for s in durable] == [RemoteSink, RemoteSink]
+    [process] = [s for s in root if isinstance(s, OutputsProcess)]
+    assert set(process.sinks) == {"radius", "syslog"}
+    assert not any(isinstance(s, (AccountingService, RemoteSink)) for s in root)  # nothing delivers in cdrd
+    inline = build_service(C.parse({**RADIUS}), Clock(), store=MemoryStore())
+    assert not any(isinstance(s, OutputsProcess) for s in inline)
