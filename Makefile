@@ -78,6 +78,7 @@ bench: venv
 	$(PY) bench/capacity.py --mode full --rates 500,1000,2000
 	$(PY) bench/capacity.py --mode postgresql --rates 500,1000,2000
 	$(PY) bench/spool.py
+	$(PY) bench/ingest_cpu.py
 	$(PY) bench/budgets.py
 	$(PY) bench/calls.py
 	$(PY) bench/radius.py

@@ -341,6 +341,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes a process started (cdrd's outputs process), recursively (/proc/*/stat)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [c for c, p in parents.items() if p == parent]
+        found += children
+        todo += children
+    return found
+
+
 def cpu_pressure() -> float | None:
     """PSI: % of the last 10 s some runnable task waited for a CPU."""
     try:
@@ -455,6 +472,10 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                 f'database = "{database}"\n'
                 "allow_unknown_gateways = true\n"
             )
+            if mode == "full" and args.outputs_process and "class OutputsConfig" in (
+                    tree / "cdrd" / "config.py").read_text():
+                config += '[outputs]\ndelivery = "process"\n'
+                result["delivery"] = "process"
             if mode == "full":
                 radius = FreeRadius(tmp / "radius")
                 radius.start()
@@ -483,6 +504,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         peer_pids = [p.proc.pid for p in peers if getattr(p, "proc", None)] + \
                     [p.process.pid for p in peers if getattr(p, "process", None)]
         cpu0 = cpu_seconds(server.pid)
+        children0 = {c: cpu_seconds(c) for c in child_pids(server.pid)}
         peer0 = sum(cpu_seconds(p) for p in peer_pids)
         w0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
@@ -504,7 +526,10 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         result["cpu_pressure"] = cpu_pressure()
         if spy is not None:
             spy.wait(30)
+        # cdrd's own process; its outputs process apart (what it took meanwhile)
+        children = sum(cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
+        result["child_cpu_pct"] = 100 * children / wall
         result["peers_cpu_pct"] = 100 * (sum(cpu_seconds(p) for p in peer_pids) - peer0) / wall
         out = done.stdout.decode().strip().splitlines()
         if not out:
@@ -518,7 +543,8 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
             result["outbox_max"] = outboxes.max_depth
         # CPU per call, the outboxes' delivery included: what a busy shared
         # machine changes least
-        result["server_cpu_s"] = cpu_seconds(server.pid) - cpu0
+        result["server_cpu_s"] = cpu_seconds(server.pid) - cpu0 + sum(
+            cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_ms_per_call"] = 1000 * result["server_cpu_s"] / max(1, result["calls"])
         if mode == "full":
             cdrs = stored_cdrs(database)
@@ -556,12 +582,16 @@ def passed(r: dict) -> bool:
 
 def show(r: dict, trees: list[Path]) -> str:
     name = r["mode"] if len(trees) == 1 else f"{r['mode']}@{Path(r['tree']).name}"
+    if r.get("delivery"):
+        name += f"/{r['delivery']}"
     if "error" in r:
         return f"{name:<22} {r['rate']:>7g} FAILED: {r['error'].splitlines()[-1] if r['error'] else ''}"
     extra = ""
     if "outbox_max" in r:
         drain = "-" if r.get("drain_s") is None else f"{r['drain_s']:.1f}"
         extra += f" {r['outbox_max']:>7d} {drain:>6}"
+    if r.get("child_cpu_pct"):
+        extra += f"  outputs process {r['child_cpu_pct']:.0f}%"
     if r.get("cpu_pressure") is not None:
         extra += f"  psi {r['cpu_pressure']:.0f}%"
     if "cdrs" in r:
@@ -603,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floor", action="store_true",
                    help="also run the bare server in every round (the floor, same run)")
     p.add_argument("--py-spy", type=Path, help="a directory: a py-spy --gil profile of cdrd per run")
+    p.add_argument("--outputs-process", action="store_true",
+                   help='full: [outputs] delivery = "process" in the trees that have the setting')
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv[1:] if client else argv)
     if client:

@@ -8,7 +8,7 @@ against a real cdrd.
                                      [--database sqlite|postgresql]
                                      [--path var/bench/report-10M.sqlite]
                                      [--match search]
-                                     [--base-tree /work/base --base-path FILE]
+                                     [--tree /work/base --tree . --rounds 2]
 
 The store is filled once (SQLite: a file under var/bench/, reused by later
 runs with the same parameters; PostgreSQL: a database cdrd_bench_report_N,
@@ -16,14 +16,11 @@ kept likewise) with records spread over --days days ending today, on
 --gateways gateways, about one CDR per two records.  Then
 ``twistd -n cdrd`` serves it on loopback and each query is timed
 --repeat times after one warm-up request; p50, p95 and max are printed in
-milliseconds.  Every process is stopped at the end.
-
-With --base-tree and --base-path a second cdrd, the other checkout's (its
-own .venv), serves the baseline's file beside this one, and each query's
-requests alternate between the two (base, this, base, ...): the baseline
-and the change in one run on the shared machine.  The baseline's file is
-not upgraded here (make it a copy of the store before this tree's
-migrations).
+milliseconds, and the server's CPU per request (user + system, from
+/proc: what the load of a shared machine disturbs least).  With --tree
+(repeatable) each checkout serves the same store in turn (its own
+.venv), --rounds times, alternating: a same-run baseline.  Every process
+is stopped at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,7 +215,7 @@ def postgres_store(args) -> str:
 
 def sqlite_store(args) -> str:
     path = Path(args.path or ROOT / "var" / "bench" /
-                f"report-{args.records}-{args.gateways}-{args.days}.sqlite")
+                f"report-{args.records}-{args.gateways}-{args.days}.sqlite").resolve()
     if path.exists() and args.rebuild:
         for p in path.parent.glob(path.name + "*"):
             p.unlink()
@@ -257,6 +255,20 @@ def upgrade_sqlite(path: Path) -> None:
 def today_midnight() -> int:
     now = datetime.now(UTC)
     return int(datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def timed(url: str, repeat: int) -> tuple[list[float], int]:
+    def get() -> int:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return len(r.read())
+
+    size = get()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        get()
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times), size
 
 
 def queries(args) -> list[tuple[str, str]]:
@@ -343,12 +355,22 @@ def search_queries(args) -> list[tuple[str, str]]:
         ("summary by hour, one day", f"/api/summary?group=hour&{d1}"),
         ("summary by day, 31 days", f"/api/summary?group=day&{d31}"),
         ("summary by day, 365 days", f"/api/summary?group=day&from={today - timedelta(days=364)}&to={today}"),
+        ("summary page by day, 365 days",
+         f"/summary?group=day&from={today - timedelta(days=364)}&to={today}&limit=400"),
         ("summary by caller, one gateway, one day", f"/api/summary?group=caller&gateway={g}&{d1}"),
         ("summary by caller, all gateways, one day", f"/api/summary?group=caller&{d1}"),
+        ("summary by caller, all gateways, one day, last page",
+         f"/api/summary?group=caller&{d1}&offset=9300"),
+        ("summary by caller, all gateways, one day, by ASR",
+         f"/api/summary?group=caller&{d1}&sort=asr&order=desc"),
+        ("summary page by caller, all gateways, one day", f"/summary?group=caller&{d1}"),
+        ("summary CSV by caller, all gateways, one day (every group)",
+         f"/api/summary.csv?group=caller&{d1}"),
         ("summary by caller, one gateway, 31 days", f"/api/summary?group=caller&gateway={g}&{d31}"),
         ("summary by destination prefix 4, all gateways, one day",
          f"/api/summary?group=destination&prefix=4&{d1}"),
         ("summary by CUI, all gateways, one day", f"/api/summary?group=cui&{d1}"),
+        ("summary page by CUI, all gateways, one day", f"/summary?group=cui&{d1}"),
         ("summary by CUI, one gateway, 31 days", f"/api/summary?group=cui&gateway={g}&{d31}"),
         ("summary CSV by hour, one day", f"/api/summary.csv?group=hour&{d1}"),
         ("CDRs by start, CUI prefix, all gateways, 31 days", f"/api/cdrs?{d31}&cui=ACCT-42"),
@@ -367,74 +389,68 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", help="the SQLite file (default var/bench/report-N-G-D.sqlite)")
     p.add_argument("--rebuild", action="store_true", help="fill the store again")
     p.add_argument("--match", help="only the queries whose name contains this")
-    p.add_argument("--base-tree", type=Path,
-                   help="also serve --base-path with this checkout's cdrd (its .venv) and alternate"
-                        " the requests between the two: baseline and change in one run")
-    p.add_argument("--base-path", help="the baseline's SQLite file (not upgraded here)")
+    p.add_argument("--tree", action="append", type=Path,
+                   help="serve from this checkout (its .venv); repeat to alternate trees query by query")
+    p.add_argument("--rounds", type=int, default=1, help="with --tree: each tree this many times")
     args = p.parse_args(argv)
-    if (args.base_tree is None) != (args.base_path is None):
-        p.error("--base-tree and --base-path go together")
 
     database = postgres_store(args) if args.database == "postgresql" else sqlite_store(args)
+    trees = [t.resolve() for t in args.tree] if args.tree else [None]
+    print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
+          f" {args.database}; {args.repeat} requests each (ms; cpu: the server's CPU ms per request)")
+    print(f"{'query':<58} {'p50':>7} {'p95':>7} {'max':>7} {'cpu':>6} {'bytes':>9}")
+    try:
+        for n in range(args.rounds if args.tree else 1):
+            for tree in trees if n % 2 == 0 else list(reversed(trees)):
+                if tree is not None:
+                    print(f"-- {tree} (round {n + 1})", flush=True)
+                run_tree(args, database, tree)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        print(f"FAILED: {e}")
+        return 1
+    return 0
+
+
+def run_tree(args, database: str, tree: Path | None) -> None:
+    """Serve the store from `tree` (None: this checkout) and time the queries."""
+    import ingest
+
+    saved = ingest.ROOT, ingest.BIN
+    if tree is not None:  # start_cdrd runs ingest.BIN's twistd with ingest.ROOT on the path
+        ingest.ROOT, ingest.BIN = tree, tree / ".venv" / "bin"
     with tempfile.TemporaryDirectory(prefix="cdrd-bench-report-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = []  # (label, process, web port)
+        cdrd = None
         try:
-            if args.base_tree is not None:
-                base = f"sqlite:{Path(args.base_path).resolve()}"
-                servers.append(("base", *_start_in(args.base_tree, tmp / "base", base)))
-            servers.append(("this", *_start_in(ROOT, tmp / "this", database)))
-            print(f"{args.records:,} records on {args.gateways} gateways over {args.days} days,"
-                  f" {args.database}; {args.repeat} requests each (ms)")
-            print(f"{'query':<58} {'':4} {'p50':>7} {'p95':>7} {'max':>7} {'bytes':>9}")
-            call = _a_call(servers[-1][2])
+            cdrd, _ = start_cdrd(tmp, database)
+            web = _web_port(tmp)
+            call = _a_call(web)
             for name, path in queries(args):
                 if args.match and args.match not in name:
                     continue
                 path = path.replace("{call_id}", quote(call["id"], safe="")).replace(
                     "{dialed}", quote(call["dialed"], safe=""))
-                urls = [f"http://127.0.0.1:{web}{path}" for _, _, web in servers]
-                for (label, _, _), (times, size) in zip(servers, timed_alternating(urls, args.repeat), strict=True):
-                    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-                    print(f"{name:<58} {label:4} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
-                          f" {size:>9,}", flush=True)
-        except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-            print(f"FAILED: {e}")
-            return 1
+                cpu = _cpu_ms(cdrd.pid)
+                try:
+                    times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
+                except urllib.error.HTTPError as e:  # a baseline without this query's parameters
+                    print(f"{name:<58} HTTP {e.code}", flush=True)
+                    continue
+                cpu = (_cpu_ms(cdrd.pid) - cpu) / (args.repeat + 1)
+                p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+                print(f"{name:<58} {times[len(times) // 2]:>7.1f} {p95:>7.1f} {times[-1]:>7.1f}"
+                      f" {cpu:>6.1f} {size:>9,}", flush=True)
         finally:
-            for _, proc, _ in servers:
-                stop(proc)
-    return 0
+            stop(cdrd)
+            ingest.ROOT, ingest.BIN = saved
 
 
-def _start_in(tree: Path, tmp: Path, database: str):
-    """cdrd of checkout `tree` (its .venv) on `database`: (process, web port)."""
-    import ingest
+def _cpu_ms(pid: int) -> float:
+    """The user + system CPU a process has used, in ms (/proc/PID/stat)."""
+    import os
 
-    tmp.mkdir()
-    saved = ingest.ROOT, ingest.BIN
-    ingest.ROOT, ingest.BIN = tree.resolve(), tree.resolve() / ".venv" / "bin"
-    try:
-        proc, _ = start_cdrd(tmp, database)
-    finally:
-        ingest.ROOT, ingest.BIN = saved
-    return proc, _web_port(tmp)
-
-
-def timed_alternating(urls: list[str], repeat: int) -> list[tuple[list[float], int]]:
-    """timed() of each url, their requests taking turns (one warm-up each)."""
-    def get(url) -> int:
-        with urllib.request.urlopen(url, timeout=120) as r:
-            return len(r.read())
-
-    sizes = [get(u) for u in urls]
-    times: list[list[float]] = [[] for _ in urls]
-    for _ in range(repeat):
-        for i, u in enumerate(urls):
-            t = time.perf_counter()
-            get(u)
-            times[i].append((time.perf_counter() - t) * 1000)
-    return [(sorted(t), n) for t, n in zip(times, sizes, strict=True)]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _a_call(web: int) -> dict:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.trees import inner_or_trees, runs, tree_options  # noqa: E402
 
 
 def inner(args) -> dict:
@@ -97,32 +98,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=20000)
     p.add_argument("--gateways", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--tree", action="append", type=Path)
-    p.add_argument("--inner", help=argparse.SUPPRESS)
+    tree_options(p)
     args = p.parse_args(argv)
-    if args.inner:
-        print(json.dumps(inner(args)))
+    trees = inner_or_trees(args, inner, ROOT)
+    if trees is None:
         return 0
-    trees = [t.resolve() for t in (args.tree or [ROOT])]
     print(f"{'tree':<12} {'stores':<7} {'calls':>6} {'items':>6} {'packets':>7} {'bytes/call':>10} "
           f"{'ingest µs/call':>14} {'sender µs/call':>14}")
     results: dict[str, list[dict]] = {str(t): [] for t in trees}
-    for rnd in range(args.rounds):
-        for tree in trees if rnd % 2 == 0 else list(reversed(trees)):
-            done = subprocess.run(
-                [str(tree / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--inner", str(tree),
-                 "--calls", str(args.calls), "--gateways", str(args.gateways)],
-                cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-                capture_output=True, timeout=600)
-            if done.returncode:
-                print(f"{tree.name}: failed\n{done.stderr.decode()[-1500:]}")
-                return 1
-            r = json.loads(done.stdout.decode().splitlines()[-1])
-            results[str(tree)].append(r)
-            print(f"{tree.name:<12} {'facts' if r['lazy'] else 'attrs':<7} {r['calls']:>6} {r['items']:>6} "
-                  f"{r['packets']:>7} {r['bytes_per_call']:>10.0f} {r['ingest_us_per_call']:>14.1f} "
-                  f"{r['sender_us_per_call']:>14.1f}", flush=True)
+    inner_args = ["--calls", str(args.calls), "--gateways", str(args.gateways)]
+    for tree, r in runs(Path(__file__).resolve(), trees, args.rounds, inner_args):
+        results[str(tree)].append(r)
+        print(f"{tree.name:<12} {'facts' if r['lazy'] else 'attrs':<7} {r['calls']:>6} {r['items']:>6} "
+              f"{r['packets']:>7} {r['bytes_per_call']:>10.0f} {r['ingest_us_per_call']:>14.1f} "
+              f"{r['sender_us_per_call']:>14.1f}", flush=True)
     for tree, rs in results.items():
         print(f"median {Path(tree).name}: ingest {statistics.median(r['ingest_us_per_call'] for r in rs):.1f} "
               f"µs/call, sender {statistics.median(r['sender_us_per_call'] for r in rs):.1f} µs/call")

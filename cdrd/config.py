@@ -292,6 +292,18 @@ class CsvConfig:
 
 
 @frozen
+class OutputsConfig:
+    """Where the durable sinks deliver from (docs/architecture.md, "Process model")."""
+
+    SECTION = "outputs"
+
+    # "inline": RADIUS, syslog and CSV are sent from cdrd's own process;
+    # "process": from a child process that reads the outboxes (SQLite only)
+    delivery: str = field(default="inline", validator=_one_of(
+        "inline", "process", message='{value!r} is not "inline" or "process"'))
+
+
+@frozen
 class RetentionConfig:
     """How long the store keeps each kind of row (docs/store.md, "Retention")."""
 
@@ -335,6 +347,17 @@ class Config:
     csv: CsvConfig = field(factory=CsvConfig)
     retention: RetentionConfig = field(factory=RetentionConfig)
     cluster: ClusterConfig = field(factory=ClusterConfig)
+    outputs: OutputsConfig = field(factory=OutputsConfig)
+
+    def __attrs_post_init__(self):
+        database = self.server.database
+        if self.outputs.delivery == "process" and (
+            not database.startswith("sqlite:") or database == "sqlite::memory:"
+        ):
+            # the child reads the outboxes over a connection of its own: a
+            # file's WAL; PostgreSQL's outboxes follow this node's leases
+            raise ConfigError(
+                "outputs.delivery", f'"process" needs a SQLite file server.database, not {safe_url(database)}')
 
     def gateway(self, key: str) -> GatewayConfig | None:
         return self.gateways.get(key)
@@ -412,7 +435,7 @@ def _kind_name(kind) -> str:
 
 def parse(data: Mapping[str, Any]) -> Config:
     root = _Section("", dict(data))
-    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention", "cluster"})
+    root.unknown({"server", "gateways", "radius", "syslog", "web", "csv", "retention", "cluster", "outputs"})
     return Config(
         server=_server(root.table("server")),
         gateways=_gateways(root.table("gateways")),
@@ -422,6 +445,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         csv=_csv(root.table("csv")),
         retention=_retention(root.table("retention")),
         cluster=_cluster(root.table("cluster")),
+        outputs=_outputs(root.table("outputs")),
     )
 
 
@@ -610,6 +634,11 @@ def _cluster(s: _Section) -> ClusterConfig:
         lease_seconds=s.number("lease_seconds", d.lease_seconds),
         node=s.text("node", d.node),
     )
+
+
+def _outputs(s: _Section) -> OutputsConfig:
+    s.unknown({"delivery"})
+    return OutputsConfig(delivery=s.text("delivery", OutputsConfig().delivery))
 
 
 def _csv(s: _Section) -> CsvConfig:

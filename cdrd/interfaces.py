@@ -130,6 +130,9 @@ CALL_SORTS = (
 CDR_SORTS = ("written", "start", "duration", "ringing", "cui", "dialled", "cli", "status", "gateway")
 #: what a call summary groups by (IStore.call_summary)
 SUMMARY_GROUPS = ("caller", "destination", "gateway", "time")
+#: what a call summary's groups may be ordered by (IStore.call_summary):
+#: the group's key, or one of its totals
+SUMMARY_SORTS = ("key", "calls", "answered", "minutes", "asr", "acd")
 
 
 @frozen
@@ -260,6 +263,56 @@ class SummaryRow:
 
 
 @frozen
+class SummaryPage:
+    """A page of a call summary: how many groups in all, and the page's."""
+
+    groups: int
+    rows: tuple[SummaryRow, ...]
+
+
+def shifted(ms: int, shift) -> int:
+    """`ms` plus the offset that IStore.call_summary's `shift` gives it."""
+    offset = shift[0][1] if shift else 0
+    for since, o in shift or ():
+        if ms < since:
+            break
+        offset = o
+    return ms + offset
+
+
+def summary_sort_key(sort: str | None, time: bool):
+    """
+    The order of IStore.call_summary's groups as a key function of a
+    SummaryRow (for sorted(..., reverse=descending)), and the order the SQL
+    stores write as ORDER BY: `sort` None is time order for time groups and
+    the most calls first (then the key) for the others; otherwise `sort`'s
+    value, then the key, both in the one direction, where a missing ASR or
+    ACD counts least.
+    """
+    def key_of(row):
+        return int(row.key) if time else row.key
+
+    if sort is None:
+        if time:
+            return key_of
+        return lambda row: (-row.totals.calls, row.key)
+    if sort not in SUMMARY_SORTS:
+        raise ValueError(f"unknown summary sort {sort!r}")
+    if sort == "key":
+        return key_of
+
+    def value(row):
+        t = row.totals
+        if sort in ("asr", "acd"):
+            if not t.attempts if sort == "asr" else not t.attempts_answered:
+                return (0, 0.0, key_of(row))
+            v = t.attempts_answered / t.attempts if sort == "asr" else t.talk / t.attempts_answered
+            return (1, v, key_of(row))
+        return (1, {"calls": t.calls, "answered": t.answered, "minutes": t.talk}[sort], key_of(row))
+    return value
+
+
+@frozen
 class CuiTotals:
     """The CDRs of one CUI in a search: how many, answered, their duration (ms)."""
 
@@ -355,14 +408,19 @@ class IStore(Interface):
         """Deferred[CallTotals] of every record a CallQuery matches (its
         limit, offset, after and sort ignored)."""
 
-    def call_summary(query, group, prefix=None, bucket=None, limit=1000):
+    def call_summary(query, group, prefix=None, bucket=None, limit=1000, offset=0,
+                     sort=None, descending=False, shift=None):
         """
-        Deferred[list[SummaryRow]]: the records a CallQuery matches grouped
-        by `group` (SUMMARY_GROUPS): "caller" (cli), "destination" (dialed,
+        Deferred[SummaryPage]: the records a CallQuery matches grouped by
+        `group` (SUMMARY_GROUPS): "caller" (cli), "destination" (dialed,
         its first `prefix` characters with `prefix`), "gateway", or "time"
-        (Begin in buckets of `bucket` ms; key: the bucket's start, ms UTC as
-        text).  Time groups in time order; the others by calls, most first,
-        then key; at most `limit` rows.
+        (Begin in buckets of `bucket` ms; key: the bucket's start, ms as
+        text).  With `shift`, ((from_ms, offset_ms), ...) by from_ms: the
+        zone's UTC offset from each instant on (the first's before it too),
+        a time group buckets Begin + its offset, so that a day's bucket
+        starts at local midnight and its key is local wall-clock ms.
+        Ordered by `sort` (SUMMARY_SORTS; summary_sort_key), `descending`;
+        `groups` counts them all, `rows` are `limit` of them from `offset`.
         """
 
     def cui_totals(query):

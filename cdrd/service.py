@@ -291,14 +291,28 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     status = {}
     outputs = []
     outboxes = {}  # sink -> its (items, oldest age) reader; None: read from the store
+    delivery = None  # "process": the durable sinks deliver from a child (cdrd.outputs.process)
+    if config.outputs.delivery == "process":
+        from cdrd.outputs.process import OutputsProcess
+
+        delivery = OutputsProcess(config, writer, reactor)
+
+    def durable(local):
+        """The sink the call model writes to, and the service that delivers."""
+        if delivery is None:
+            outputs.append(local)
+            return local
+        return delivery.sink(local)
+
+    radius_figures = None
     if config.radius.enabled:
         from cdrd.accounting.service import AccountingService
 
-        accounting = AccountingService(config.radius, store, writer, reactor, reactor)
+        accounting = durable(AccountingService(config.radius, store, writer, reactor, reactor))
         sinks.append(accounting)
-        outputs.append(accounting)
         status["radius"] = accounting.status
         outboxes["radius"] = lambda: itemgetter("spool_depth", "oldest_age")(accounting.status())
+        radius_figures = accounting.client if delivery is None else delivery.radius_figures(accounting.local.client)
     if config.radius.authorize:
         from cdrd.accounting.authorize import CuiAuthorizer
 
@@ -308,19 +322,19 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     if config.syslog.target:
         from cdrd.outputs.syslog import SyslogSink
 
-        syslog = SyslogSink(config.syslog, store, writer, reactor, reactor)
+        syslog = durable(SyslogSink(config.syslog, store, writer, reactor, reactor))
         sinks.append(syslog)
-        outputs.append(syslog)
         status["syslog"] = syslog.status
         outboxes["syslog"] = None
     if config.csv.directory:
         from cdrd.outputs.csvfile import CsvFileSink
 
-        csvfile = CsvFileSink(config.csv.directory, store, writer, reactor, reactor, config.server.timezone)
+        csvfile = durable(CsvFileSink(config.csv.directory, store, writer, reactor, reactor, config.server.timezone))
         sinks.append(csvfile)
-        outputs.append(csvfile)
         status["csv"] = csvfile.status
         outboxes["csv"] = None
+    if delivery is not None and delivery.sinks:
+        outputs.append(delivery)
 
     def live(batch, result):
         if result.events:
@@ -347,7 +361,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     parts.retention = retention = RetentionService(store, reactor, config.retention, config.server.stale_after)
     retention.setServiceParent(root)
     parts.metrics = Metrics(writer, gateways, calls=calls, outboxes=monitor.outboxes, syslog=status.get("syslog"),
-                           radius=accounting.client if config.radius.enabled else None, retention=retention)
+                           radius=radius_figures, retention=retention)
 
     web = WebApp(
         config, store, reactor, calls=calls, feed=feed, status=status,

@@ -36,6 +36,29 @@ def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return dict(value or {})
 
 
+def unchecked(cls):
+    """
+    A constructor of the frozen attrs class `cls` taking every field, in
+    order, positionally, that runs no validator, converter or default: for
+    trusted internal paths only (values the ingest path has just checked,
+    or read back from the store), where it is about 3x faster than
+    ``cls(...)`` (issue 15).  The caller hands over what the converters
+    would have made (e.g. a dict of its own for a ``fields``).
+    """
+    names = [a.name for a in cls.__attrs_attrs__]
+    setters = [cls.__dict__[name].__set__ for name in names]  # the slots' descriptors
+    make = object.__new__
+    args = ", ".join(names)
+    body = "".join(f"    _{i}(self, {name})\n" for i, name in enumerate(names))
+    source = f"def build({args}):\n    self = make(cls)\n{body}    return self\n"
+    scope = {"make": make, "cls": cls, **{f"_{i}": s for i, s in enumerate(setters)}}
+    exec(source, scope)  # a flat function: no loop, no *args, per call
+    build = scope["build"]
+    build.__qualname__ = build.__name__ = f"unchecked_{cls.__name__}"
+    build.__doc__ = f"A {cls.__name__} from trusted values (`unchecked`)."
+    return build
+
+
 @frozen
 class CallEvent:
     """
@@ -57,9 +80,10 @@ class CallEvent:
     id: int | None = None  # the store's id, increasing in commit order
 
     def with_id(self, id: int) -> CallEvent:
-        """This event as stored under `id` (attrs.evolve's result, 2x faster:
-        the store calls it for every event it inserts)."""
-        return CallEvent(
+        """This event as stored under `id` (attrs.evolve's result, 4x faster:
+        the store calls it for every event it inserts; `fields` is shared,
+        both events being frozen)."""
+        return stored_event(
             self.gateway, self.seq, self.ref, self.type, self.time, self.received,
             self.boot, self.fields, id,
         )
@@ -72,6 +96,12 @@ class CallEvent:
         if value is None or not (value.isascii() and value.isdigit()):
             return None
         return int(value)
+
+
+#: A CallEvent from values already checked (parsed from the wire by
+#: gateway.session, or read back from the store), `fields` a dict the event
+#: may own: no validation, no copy (`unchecked`).
+stored_event = unchecked(CallEvent)
 
 
 @frozen
@@ -113,6 +143,18 @@ class GatewayState:
     skew_ms: int = 0
     last_heard: int | None = None  # ms UTC: last event or PING received
     online: bool = False
+
+    def progressed(self, last_seq: int, last_heard: int | None) -> GatewayState:
+        """``evolve(self, last_seq=..., last_heard=...)``, 5x faster: once
+        per batch of a gateway's events on the ingest path (issue 15)."""
+        return _gateway_state(
+            self.key, self.id, self.mac, last_seq, self.boot, self.boot_token, self.restarts,
+            self.fxs, self.fxo, self.isdn, self.callref, self.firmware, self.peer, self.login,
+            self.skew_ms, last_heard, self.online,
+        )
+
+
+_gateway_state = unchecked(GatewayState)
 
 
 # -- the call model's products ------------------------------------------------

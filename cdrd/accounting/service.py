@@ -95,6 +95,8 @@ class AccountingService(Service):
         self._dialled: OrderedDict[str, str] = OrderedDict()
         self._loops: list[task.LoopingCall] = []
         self._stats = (0, None)
+        #: the outbox statistics were read since the start (status() is true)
+        self.stats_read = False
         self._stats_at = float("-inf")
         self._stats_call = None
         self.sent = 0
@@ -365,6 +367,7 @@ class AccountingService(Service):
         self._stats_at = self.clock.seconds()
         try:
             self._stats = yield self.store.outbox_stats(SINK)
+            self.stats_read = True
         except Exception:  # noqa: BLE001 - visibility only; logged
             self.log.failure("RADIUS outbox statistics failed")
 

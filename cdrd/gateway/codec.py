@@ -23,7 +23,9 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from attrs import field, frozen
+from attrs import frozen
+
+from cdrd.values import unchecked
 
 MAX_LINE = 1024  # bytes, without the LF (and without a CR before it)
 
@@ -64,17 +66,18 @@ class BadPacket(ValueError):
         return f"BadPacket({self.reason!r}, seq={self.seq!r})"
 
 
-def _mapping(value: Mapping[str, str]) -> Mapping[str, str]:
-    return dict(value)
-
-
 @frozen
 class Message:
-    """One parsed line: `fields` unescaped, in received order."""
+    """One parsed line: `fields` unescaped, in received order (a dict of
+    the message's own: `parse_line` builds every Message, and hands over
+    the dict it filled rather than a copy)."""
 
     verb: str
-    fields: Mapping[str, str] = field(converter=_mapping)
+    fields: Mapping[str, str]
     raw: str  # the decoded line, without LF/CR, still escaped
+
+
+_message = unchecked(Message)
 
 
 def _seq_hint(line: bytes) -> int | None:
@@ -205,7 +208,7 @@ def parse_line(line: bytes) -> Message | None:
             except BadPacket as e:
                 raise _bad(f"{e.reason} in '{key}'", line) from None
         fields[key] = value
-    return Message(verb, fields, text)
+    return _message(verb, fields, text)
 
 
 def format_message(verb: str, fields: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> bytes:

@@ -447,7 +447,7 @@ class GatewayProtocol(LineOnlyReceiver, TimeoutMixin):
         gateways = []
         if batch.events and link is not None:
             gateways.append(registry.submitting(link, batch.top, batch.heard))
-        d = factory.submit(WriteBatch(events=list(batch.events), log=list(batch.log), gateways=gateways))
+        d = factory.submit(WriteBatch(events=batch.events, log=batch.log, gateways=gateways))
         if link is None:
             d.addErrback(self._store_failed, "log")
             return

@@ -102,7 +102,7 @@ class GatewayRegistry:
         if heard is not None:
             link.hear(heard)
         link.submitted = max(link.submitted, top)
-        link.state = evolve(link.state, last_seq=link.submitted, last_heard=link.heard)
+        link.state = link.state.progressed(link.submitted, link.heard)
         return link.state
 
     def stored(self, link: GatewayLink, top: int) -> bool:

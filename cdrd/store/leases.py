@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -67,6 +67,10 @@ class Taken:
 
     token: int
     moved: bool  # this node did not hold it before (load its state from the store)
+
+
+def _nothing_lost() -> None:
+    """No gateway to check."""
 
 
 def batch_gateways(batch) -> set[str]:
@@ -158,27 +162,31 @@ class Leases:
             return Taken(token=mine, moved=False)
         return self.take(cur, key)
 
-    def check(self, cur, gateways: Iterable[str]) -> None:
+    def check(self, cur, gateways: Iterable[str]) -> Callable[[], None]:
         """
-        Raise LeaseLost if another node holds the lease of one of
-        `gateways`, or took it from this node since.  A gateway nobody ever
-        leased is free to write (a LOGIN takes the lease before any write of
-        its own, so a node that lost a gateway always finds the row).
+        Ask whether another node holds the lease of one of `gateways`, or
+        took it from this node since; a function that raises LeaseLost if
+        so (the answer is read when it is called: the write transaction
+        sends its statements first and calls it before it commits).  A
+        gateway nobody ever leased is free to write (a LOGIN takes the lease
+        before any write of its own, so a node that lost a gateway always
+        finds the row).
         """
         gateways = sorted(set(gateways))
         if not gateways:
-            return
+            return _nothing_lost
         with self._lock:
             held = {g: self._held.get(g) for g in gateways}
-        lost = [
-            gateway
-            for gateway, node, token in cur.execute(
-                "SELECT gateway, node, token FROM gateway_leases WHERE gateway = ANY(%s)", (gateways,)
-            )
-            if node != self.node or token != held[gateway]
-        ]
-        if lost:
-            raise LeaseLost(lost)
+        # a cursor of its own: the caller's runs the other statements meanwhile
+        rows = cur.connection.cursor()
+        rows.execute("SELECT gateway, node, token FROM gateway_leases WHERE gateway = ANY(%s)", (gateways,))
+
+        def judge() -> None:
+            lost = [gateway for gateway, node, token in rows.fetchall()
+                    if node != self.node or token != held[gateway]]
+            if lost:
+                raise LeaseLost(lost)
+        return judge
 
     # -- in any transaction --------------------------------------------------------
 

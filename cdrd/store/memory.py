@@ -23,8 +23,11 @@ from cdrd.interfaces import (
     CuiTotals,
     Expired,
     IStore,
+    SummaryPage,
     SummaryRow,
     WriteResult,
+    shifted,
+    summary_sort_key,
 )
 from cdrd.store import StoreClosed
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
@@ -279,10 +282,12 @@ class MemoryStore:
             return defer.fail()
         return defer.succeed(_totals(chosen))
 
-    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000):
+    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000, offset=0,
+                     sort=None, descending=False, shift=None):
         if group not in SUMMARY_GROUPS or (group == "time" and not bucket):
             return defer.fail(ValueError(f"unknown summary group {group!r} (bucket {bucket!r})"))
         try:
+            order_key = summary_sort_key(sort, group == "time")
             _, chosen = self._matching(query)
         except ValueError:
             return defer.fail()
@@ -294,17 +299,14 @@ class MemoryStore:
                 return r.dialed[:prefix] if prefix else r.dialed
             if group == "gateway":
                 return r.gateway
-            return r.begin // bucket * bucket
+            return shifted(r.begin, shift) // bucket * bucket
 
         groups: dict = {}
         for r in chosen:
             groups.setdefault(key(r), []).append(r)
         rows = [SummaryRow(key=str(k), totals=_totals(rs)) for k, rs in groups.items()]
-        if group == "time":
-            rows.sort(key=lambda row: int(row.key))
-        else:
-            rows.sort(key=lambda row: (-row.totals.calls, row.key))
-        return defer.succeed(rows[:limit])
+        rows.sort(key=order_key, reverse=descending)
+        return defer.succeed(SummaryPage(groups=len(rows), rows=tuple(rows[offset:offset + limit])))
 
     def call_record(self, call_id):
         return defer.succeed(self._records.get(call_id))

@@ -17,9 +17,11 @@ never commit for it again (LeaseLost).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 from twisted.internet import defer
@@ -60,6 +62,34 @@ def _feed_payloads(node: str, events, log, calls: list[str]) -> list[str]:
         size += len(call) + 4
     payloads.append(json.dumps(head))
     return payloads
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(statement: str) -> str:
+    """
+    A statement's ``%s`` placeholders as ``$1, $2, ...``, for a RawCursor.
+    psycopg caches its own conversion only for statements of at most 50
+    parameters; a multi-row INSERT of 500 rows (4 000 parameters) was
+    parsed anew every time, with a regular expression, in the store
+    thread holding the GIL: ~5 ms a statement, most of a write's CPU.
+    """
+    parts = statement.split("%s")
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], 1):
+        out.append(f"${n}")
+        out.append(part)
+    return "".join(out)
+
+
+def _lost_first(check) -> None:
+    """
+    Raise LeaseLost if the failed write's lease check found the lease lost
+    (the reason that counts), else nothing: the write's own error stands.
+    """
+    try:
+        check()
+    except psycopg.Error:
+        return  # no answer to the check: the write's error stands
 
 
 #: the gateways' columns, online only while a node holds a live lease
@@ -183,24 +213,57 @@ class PostgresStore(SqlStore):
     def all_leases(self):
         return self._run(self.leases.leases, write=False)
 
+    def write(self, batch):
+        return self._run(self._write, batch, write=True, pipeline=True)
+
     def _write(self, cur, batch):
-        # under the write lock: a node that lost a gateway commits nothing for it
-        self.leases.check(cur, batch_gateways(batch))
-        log_before = self._max_id(cur, "log") if batch.log else 0
-        result = super()._write(cur, batch)
+        # under the write lock: a node that lost a gateway commits nothing
+        # for it (asked first, judged before the commit)
+        check = self.leases.check(cur, batch_gateways(batch))
+        log_before = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM log") if batch.log else None
+        try:
+            result = super()._write(cur, batch)
+        except BaseException:
+            _lost_first(check)
+            raise
+        check()
+        log = None
+        if batch.log:
+            log = (log_before()[0][0] + 1, self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM log")()[0][0])
         # the other nodes' live feeds: what this commit added (delivered at
         # commit, in commit order; the write lock makes the id ranges ours)
         for payload in _feed_payloads(
             self.leases.node,
             (result.events[0].id, result.events[-1].id) if result.events else None,
-            (log_before + 1, self._max_id(cur, "log")) if batch.log else None,
+            log,
             [r.id for r in batch.records],
         ):
-            cur.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, payload))
+            self._send(cur, "SELECT pg_notify(%s, %s)", (FEED_CHANNEL, payload))
         return result
 
-    def _max_id(self, cur, table: str) -> int:
-        return cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+    # -- pipeline mode: a write transaction's statements sent without waiting
+
+    def _send(self, cur, statement: str, params) -> Callable[[], int]:
+        # a cursor of its own: its answer must not be overwritten
+        sent = psycopg.RawCursor(cur.connection)
+        sent.execute(_numbered(statement), params)
+        return lambda: max(self._answered(sent).rowcount, 0)
+
+    def _ask(self, cur, statement: str, params=()) -> Callable[[], list]:
+        asked = psycopg.RawCursor(cur.connection)
+        asked.execute(_numbered(self.sql(statement)), params)
+        return lambda: self._answered(asked).fetchall()
+
+    def _answered(self, cursor: psycopg.Cursor) -> psycopg.Cursor:
+        """`cursor`, its answer in: the first one read waits for all sent so far (one round trip)."""
+        pipeline = getattr(self._local, "pipeline", None)
+        if pipeline is not None and cursor.pgresult is None:
+            pipeline.sync()
+        return cursor
+
+    def _event_id_later(self, cur) -> Callable[[], int]:
+        rows = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM events")
+        return lambda: rows()[0][0]
 
     def log_between(self, first: int, last: int):
         """Deferred[list[LogEntry]]: the gateway log entries with ids first..last."""
@@ -274,14 +337,16 @@ class PostgresStore(SqlStore):
             self._conns.discard(conn)
         conn.close()
 
-    def _run(self, fn, *args, write: bool):
+    def _run(self, fn, *args, write: bool, pipeline: bool = False):
         if self._pool is None:
             return defer.fail(StoreClosed(f"{self!r} is not open"))
-        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write)
+        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write, pipeline)
 
-    def _transaction(self, fn, args, write):
+    def _transaction(self, fn, args, write, pipeline=False):
         conn = self._connection()
         try:
+            if pipeline:
+                return self._pipelined(conn, fn, args)
             with conn.cursor() as cur:
                 if write:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
@@ -297,4 +362,25 @@ class PostgresStore(SqlStore):
                 except psycopg.Error:
                     self._discard(conn)
             raise
+        finally:
+            self._local.pipeline = None
+            if pipeline and not conn.closed:
+                conn.autocommit = False  # committed or rolled back: idle
 
+    def _pipelined(self, conn, fn, args):
+        """
+        A write transaction in pipeline mode: its statements are sent without
+        waiting for their answers, BEGIN and COMMIT too (psycopg waits for
+        the BEGIN it sends itself: hence autocommit and our own).  The store
+        thread waits for the server when `fn` first reads an answer, and at
+        the end for the COMMIT: twice, not once a statement, and each wait
+        also waits for the GIL back from the busy reactor thread.
+        """
+        conn.autocommit = True
+        with conn.cursor() as cur, conn.pipeline() as self._local.pipeline:
+            cur.execute("BEGIN")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            result = fn(cur, *args)
+            cur.execute("COMMIT")
+        # the pipeline's end waited for every answer: the COMMIT's too
+        return result

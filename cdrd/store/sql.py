@@ -10,6 +10,7 @@ substituted by ``SqlStore.sql``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from attrs import evolve
 from twisted.logger import Logger
@@ -26,8 +27,10 @@ from cdrd.interfaces import (
     Expired,
     ModelCursor,
     OutboxItem,
+    SummaryPage,
     SummaryRow,
     WriteResult,
+    summary_sort_key,
 )
 from cdrd.store.schema import (
     ALL_GATEWAYS,
@@ -49,7 +52,7 @@ from cdrd.store.schema import (
     log_gateway_keys,
     migration_statements,
 )
-from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry
+from cdrd.values import CallEvent, CallRecord, Cdr, GatewayState, LogEntry, stored_event
 
 EVENT_COLS = "id, gateway, seq, boot, ref, type, time, received, fields"
 LOG_COLS = "id, time, event, peer, gateway, mac, detail, count"
@@ -65,7 +68,27 @@ CALL_COLS = (
 CDR_COLS = "id, call, gateway, start, ringing, duration, status, cui, dialled, cli, billed_call"
 
 
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder, not one a call
+def _fields_encoder():
+    """
+    An event's fields as compact JSON, keys sorted: what
+    ``JSONEncoder(sort_keys=True, separators=(",", ":")).encode`` writes,
+    2.5x faster on an event's few short texts (once per event stored, in
+    the store's thread, which shares the GIL with the reactor: issue 15).
+    ``encode`` makes a new C encoder for every call; this makes one.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+    def not_json(value):
+        raise TypeError(f"an event field of type {type(value).__name__} is not JSON")
+
+    # markers None: no cycle check (a dict of texts has none)
+    encode = make(None, not_json, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+    return lambda fields: "".join(encode(fields, 0))
+
+
+_encode = _fields_encoder()
 
 
 def _fields_json(fields) -> str:
@@ -74,10 +97,8 @@ def _fields_json(fields) -> str:
 
 def _event(row) -> CallEvent:
     id_, gateway, seq, boot, ref, type_, time, received, fields = row
-    return CallEvent(
-        gateway=gateway, seq=seq, ref=ref, type=type_, time=time, received=received,
-        boot=boot, fields=json.loads(fields), id=id_,
-    )
+    # read back from the store: checked when it came in (`stored_event`)
+    return stored_event(gateway, seq, ref, type_, time, received, boot, json.loads(fields) or {}, id_)
 
 
 def _log(row) -> LogEntry:
@@ -167,6 +188,46 @@ def _totals_row(row) -> CallTotals:
     return CallTotals(calls=n, answered=a, attempts=t, attempts_answered=ta, talk=talk)
 
 
+def _edge(gateway, since, until) -> _Where:
+    """The calls of `gateway` (None: any) with Begin in [since, until): an
+    edge of a range whose whole hours call_hours answers."""
+    edge = _Where()
+    if gateway is not None:
+        edge.add("gateway = ?", gateway)
+    return edge.range("begin_ms", since, until)
+
+
+def _shifted(column: str, shift) -> str:
+    """`column` (ms UTC) plus the zone's offset at that instant: local
+    wall-clock ms (IStore.call_summary's `shift`), as SQL."""
+    if not shift:
+        return column
+    if len(shift) == 1:
+        return f"({column} + {int(shift[0][1])})"
+    # before each change the offset of the one before it
+    cases = " ".join(
+        f"WHEN {column} < {int(change)} THEN {int(offset)}"
+        for (_, offset), (change, _) in zip(shift, shift[1:], strict=False)
+    )
+    return f"({column} + CASE {cases} ELSE {int(shift[-1][1])} END)"
+
+
+def _summary_order(sort, descending: bool, time: bool) -> str:
+    """ORDER BY of a summary's groups g(k, n, a, t, ta, talk): as summary_sort_key."""
+    up, down = ("DESC", "ASC") if descending else ("ASC", "DESC")
+    if sort is None:
+        return f"k {up}" if time else f"n {down}, k {up}"
+    if sort == "key":
+        return f"k {up}"
+    value = {
+        "calls": "n", "answered": "a", "minutes": "talk",
+        "asr": "CASE WHEN t > 0 THEN CAST(ta AS DOUBLE PRECISION) / CAST(t AS DOUBLE PRECISION) END",
+        "acd": "CASE WHEN ta > 0 THEN CAST(talk AS DOUBLE PRECISION) / CAST(ta AS DOUBLE PRECISION) END",
+    }[sort]
+    nulls = " NULLS LAST" if descending else " NULLS FIRST"
+    return f"{value} {up}{nulls if sort in ('asr', 'acd') else ''}, k {up}"
+
+
 class _Where:
     """AND-ed conditions and their parameters."""
 
@@ -195,6 +256,11 @@ class _Where:
 #: 32 766 since 3.32; PostgreSQL 65 535)
 MAX_ROWS = 500
 MAX_PARAMS = 30_000
+
+
+def _no_rows() -> int:
+    """The row count of no statement."""
+    return 0
 
 
 def _split_insert(statement: str) -> tuple[str, str, str]:
@@ -266,6 +332,12 @@ class SqlStore:
     """
 
     dialect = "sqlite"
+    #: `_many` writes its rows in statements of power-of-two sizes (300
+    #: rows: 256 + 32 + 8 + 4), so that a few statement texts serve every
+    #: batch and the driver's statement cache keeps them compiled: SQLite
+    #: compiles a 300-row INSERT in about twice the time it takes to run
+    #: it, and batch sizes vary from one transaction to the next (issue 15)
+    fixed_chunks = False
     #: ASCII case-insensitive LIKE (SQLite's LIKE is; PostgreSQL's ILIKE)
     like = "LIKE"
     _logger = Logger()  # not `log`: IStore.log is a query
@@ -277,10 +349,11 @@ class SqlStore:
         cur.execute(self.sql(statement), params)
         return cur
 
-    def _many(self, cur, statement, rows) -> int:
+    def _many(self, cur, statement, rows) -> Callable[[], int]:
         """
         Run an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` for every row,
-        a few hundred rows per statement; the rows inserted.
+        a few hundred rows per statement; a function returning the rows
+        inserted (read as late as possible: see ``_send``).
 
         Not ``executemany``: the sqlite3 module lets go of the GIL around
         every row's step, and while the reactor thread is busy each row then
@@ -289,19 +362,41 @@ class SqlStore:
         round trips to PostgreSQL.
         """
         if not rows:
-            return 0
+            return _no_rows
         head, values, tail = _split_insert(statement)
         width = len(rows[0])
         chunk = max(1, min(MAX_ROWS, MAX_PARAMS // width))
-        inserted = 0
-        for i in range(0, len(rows), chunk):
-            part = rows[i:i + chunk]
-            cur.execute(
-                self.sql(f"{head}{', '.join([values] * len(part))}{tail}"),
-                [v for row in part for v in row],
-            )
-            inserted += max(cur.rowcount, 0)
-        return inserted
+        if self.fixed_chunks:
+            chunk = 1 << (chunk.bit_length() - 1)
+        counts = []
+        i, n = 0, len(rows)
+        while i < n:
+            size = min(chunk, n - i)
+            if self.fixed_chunks:
+                size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
+            part = rows[i:i + size]
+            i += size
+            counts.append(self._send(cur, self.sql(f"{head}{', '.join([values] * size)}{tail}"),
+                                     [v for row in part for v in row]))
+        if len(counts) == 1:
+            return counts[0]
+        return lambda: sum(count() for count in counts)
+
+    def _send(self, cur, statement: str, params) -> Callable[[], int]:
+        """
+        Run a statement (in the dialect's SQL) whose answer is not needed at
+        once; a function returning its row count.  SQLite runs it here;
+        PostgreSQL sends it in pipeline mode and goes on, so that a write
+        transaction waits for the server once for many statements.
+        """
+        cur.execute(statement, params)
+        count = max(cur.rowcount, 0)
+        return lambda: count
+
+    def _ask(self, cur, statement: str, params=()) -> Callable[[], list]:
+        """A query (``?`` placeholders) whose rows are read later: a function returning them."""
+        rows = self._exec(cur, statement, params).fetchall()
+        return lambda: rows
 
     # -- schema ----------------------------------------------------------------
 
@@ -327,12 +422,14 @@ class SqlStore:
         return self._run(self._write, batch, write=True)
 
     def _write(self, cur, batch) -> WriteResult:
-        inserted = []
+        # Every statement whose answer the rest needs is sent before the
+        # first answer is read: PostgreSQL pipelines them (a round trip for
+        # the lot, not one each: cdrd.store.postgresql), SQLite runs each
+        # at once.  One writer at a time (BEGIN IMMEDIATE / the advisory
+        # lock), so the event rows above `before` are exactly this batch's
+        # inserts, in the batch's order; duplicates are the events not among them.
         if batch.events:
-            # One writer at a time (BEGIN IMMEDIATE / the advisory lock), so
-            # the rows above `before` are exactly this batch's inserts, in
-            # the batch's order; duplicates are the events not among them.
-            before = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            before = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM events")
             count = self._many(
                 cur,
                 "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
@@ -340,30 +437,19 @@ class SqlStore:
                 [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
                  for e in batch.events],
             )
-            after = self._last_event_id(cur)
-            if count == len(batch.events) and after - before == count:
-                # every event inserted, in order, ids consecutive: no read back
-                inserted = [e.with_id(before + n) for n, e in enumerate(batch.events, 1)]
-            else:
-                rows = self._exec(
-                    cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (before,)
-                ).fetchall()
-                i = 0
-                for e in batch.events:
-                    if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
-                        inserted.append(e.with_id(rows[i][0]))
-                        i += 1
-                if i != len(rows):
-                    raise RuntimeError("events inserted by another writer during a write transaction")
+            after = self._event_id_later(cur)
         self._many(
             cur,
             "INSERT INTO log (time, event, peer, gateway, mac, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in batch.log],
         )
+        set_count = self.sql(
+            "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?"
+        )
         for c in batch.log_counts:  # a few a batch: one per coalesced entry every few seconds
-            self._exec(
+            self._send(
                 cur,
-                "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?",
+                set_count,
                 (c.count, c.entry.time, c.entry.event, c.entry.peer, c.entry.gateway, c.entry.mac),  # log_time
             )
         if batch.gateways:
@@ -375,14 +461,7 @@ class SqlStore:
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
                 [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
-        if batch.cdrs:
-            new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
-            self._many(
-                cur,
-                f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
-                [_cdr_row(c) for c in new_cdrs],
-            )
-            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new_cdrs])
+        new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
         self._many(
             cur,
             "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
@@ -397,47 +476,88 @@ class SqlStore:
         )
         if batch.records:
             # after this batch's outbox items: the record waits for them too
-            mark = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
-            new = self._new_records(cur, batch.records)
-            self._many(
-                cur,
-                f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
-                [(*_record_row(r), mark) for r in new],
-            )
-            self._count_hours(cur, new)
-            self._index_numbers(cur, new)
+            mark = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM outbox")
+            new_records = self._new_records(cur, batch.records)
         done: dict[str, list[int]] = {}
         for sink, item_id in batch.outbox_done:
             done.setdefault(sink, []).append(item_id)
         for sink, ids in done.items():
             for i in range(0, len(ids), MAX_ROWS):
                 part = ids[i:i + MAX_ROWS]
-                self._exec(
-                    cur, f"DELETE FROM outbox WHERE sink = ? AND id IN ({', '.join('?' * len(part))})",
+                self._send(
+                    cur, self.sql(f"DELETE FROM outbox WHERE sink = ? AND id IN ({', '.join('?' * len(part))})"),
                     (sink, *part),
                 )
+        # the answers: what was new decides the rest
+        inserted = []
+        if batch.events:
+            first, n = before()[0][0], count()
+            if n == len(batch.events) and after() - first == n:
+                # every event inserted, in order, ids consecutive: no read back
+                inserted = [e.with_id(first + i) for i, e in enumerate(batch.events, 1)]
+            else:
+                rows = self._exec(
+                    cur, "SELECT id, gateway, seq FROM events WHERE id > ? ORDER BY id", (first,)
+                ).fetchall()
+                i = 0
+                for e in batch.events:
+                    if i < len(rows) and rows[i][1] == e.gateway and rows[i][2] == e.seq:
+                        inserted.append(e.with_id(rows[i][0]))
+                        i += 1
+                if i != len(rows):
+                    raise RuntimeError("events inserted by another writer during a write transaction")
+        if batch.cdrs:
+            new = new_cdrs()
+            self._many(
+                cur,
+                f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
+                [_cdr_row(c) for c in new],
+            )
+            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new])
+        if batch.records:
+            new, stored_mark = new_records(), mark()[0][0]
+            self._many(
+                cur,
+                f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
+                [(*_record_row(r), stored_mark) for r in new],
+            )
+            self._count_hours(cur, new)
+            self._index_numbers(cur, new)
         return WriteResult(events=tuple(inserted))
+
+    def _event_id_later(self, cur) -> Callable[[], int]:
+        """The highest event id right after this transaction's inserts, read later."""
+        after = self._last_event_id(cur)
+        return lambda: after
 
     def _last_event_id(self, cur) -> int:
         """The highest event id, right after this transaction's inserts."""
         return self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
-    def _new_records(self, cur, records) -> list:
-        """The records not stored yet (a record is stored once), first of each id."""
+    def _new_records(self, cur, records) -> Callable[[], list]:
+        """The records not stored yet (a record is stored once), first of each id; read later."""
         return self._new_rows(cur, "calls", records)
 
-    def _new_rows(self, cur, table: str, values) -> list:
-        """The `values` (records, CDRs) whose id `table` does not hold yet, first of each id."""
+    def _new_rows(self, cur, table: str, values) -> Callable[[], list]:
+        """
+        The `values` (records, CDRs) whose id `table` does not hold yet,
+        first of each id: a function returning them (asked now, read later).
+        """
         fresh = {}
         for v in values:
             fresh.setdefault(v.id, v)
         ids = list(fresh)
-        for i in range(0, len(ids), MAX_ROWS):
-            chunk = ids[i:i + MAX_ROWS]
-            marks = ", ".join("?" * len(chunk))
-            for (stored,) in self._exec(cur, f"SELECT id FROM {table} WHERE id IN ({marks})", chunk):
-                del fresh[stored]
-        return list(fresh.values())
+        stored = [
+            self._ask(cur, f"SELECT id FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            for chunk in (ids[i:i + MAX_ROWS] for i in range(0, len(ids), MAX_ROWS))
+        ]
+
+        def new() -> list:
+            for rows in stored:
+                for (known,) in rows():
+                    del fresh[known]
+            return list(fresh.values())
+        return new
 
     def _count_cdr_hours(self, cur, cdrs, sign: int = 1) -> None:
         """Add CDRs, (gateway, start, duration) each, to cdr_hours (sign -1: take them off)."""
@@ -510,42 +630,49 @@ class SqlStore:
         self._add_hours(cur, "call_hours", HOUR_COLUMNS, sums, sign)
 
     def _index_numbers(self, cur, records, sign: int = 1) -> None:
-        """Add `records`' numbers to the numbers dictionary and their
-        postings to call_numbers (sign -1: delete the postings; the numbers
-        stay in the dictionary)."""
+        """
+        Add `records`' numbers to the numbers dictionary and their postings
+        to call_numbers (sign -1: delete the postings; the numbers stay in
+        the dictionary).  The numbers' ids are looked up by the statements
+        themselves, not read back: a write waits for no answer here
+        (PostgreSQL's pipeline, ``_send``).
+        """
         numbers = sorted({n for r in records for n in _numbers_of(r)})
         if not numbers:
             return
+        rows = []
+        for r in records:
+            mine = sorted(_numbers_of(r))
+            for n in mine:
+                others = [o for o in mine if o != n] + [None, None, None]
+                rows.append((n, r.begin, r.id, r.gateway, r.notation, int(r.pstn), r.connect, r.talk,
+                             *others[:3]))
         if sign > 0:
             self._many(cur, "INSERT INTO numbers (number) VALUES (?) ON CONFLICT DO NOTHING",
                        [(n,) for n in numbers])
-        ids: dict[str, int] = {}
-        for i in range(0, len(numbers), MAX_ROWS):
-            part = numbers[i:i + MAX_ROWS]
-            ids.update(self._exec(
-                cur, f"SELECT number, id FROM numbers WHERE number IN ({', '.join('?' * len(part))})", part
-            ).fetchall())
-        rows = []
-        for r in records:
-            mine = sorted(ids[n] for n in _numbers_of(r) if n in ids)
-            for k, number_id in enumerate(mine):
-                lower = (mine[:k][::-1] + [0, 0, 0])[:3]  # l1 the nearest below
-                rows.append((number_id, r.begin, r.id, r.gateway, r.notation, int(r.pstn),
-                             r.connect, r.talk, *lower))
-        if sign > 0:
+            # l1..l3: those of the call's other numbers whose id is lower, else 0
+            lower = ", ".join(
+                f"COALESCE((SELECT o.id FROM numbers o WHERE o.number = v.column{c} AND o.id < n.id), 0)"
+                for c in (9, 10, 11)
+            )
             self._many(
                 cur,
                 f"INSERT INTO call_numbers (number_id, begin_ms, call_id, {', '.join(NUMBER_COLUMNS)},"
-                f" l1, l2, l3) VALUES ({', '.join('?' * 11)})",
+                " l1, l2, l3) SELECT n.id, CAST(v.column2 AS BIGINT), v.column3, v.column4, v.column5,"
+                " CAST(v.column6 AS SMALLINT), CAST(v.column7 AS BIGINT), CAST(v.column8 AS BIGINT),"
+                f" {lower} FROM (VALUES ({', '.join('?' * 11)})) AS v JOIN numbers n ON n.number = v.column1",
                 rows,
             )
             return
         for i in range(0, len(rows), MAX_ROWS):
             part = rows[i:i + MAX_ROWS]
-            self._exec(
+            self._send(
                 cur,
-                "DELETE FROM call_numbers WHERE (number_id, begin_ms, call_id) IN"
-                f" (VALUES {', '.join(['(?, ?, ?)'] * len(part))})",
+                self.sql(
+                    "DELETE FROM call_numbers WHERE (number_id, begin_ms, call_id) IN"
+                    " (SELECT n.id, CAST(v.column2 AS BIGINT), v.column3 FROM"
+                    f" (VALUES {', '.join(['(?, ?, ?)'] * len(part))}) AS v JOIN numbers n ON n.number = v.column1)"
+                ),
                 [v for row in part for v in row[:3]],
             )
 
@@ -855,10 +982,7 @@ class SqlStore:
                         (ALL_GATEWAYS if query.gateway is None else query.gateway, *whole),
                     ).fetchone())
             for a, b in edges:
-                edge = _Where()
-                if query.gateway is not None:
-                    edge.add("gateway = ?", query.gateway)
-                edge.range("begin_ms", a, b)
+                edge = _edge(query.gateway, a, b)
                 edge.add(match, *match_params)
                 rows.append(self._exec(
                     cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql}", edge.params
@@ -869,12 +993,14 @@ class SqlStore:
             return _totals_row(sums)
         return self._read(q)
 
-    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000):
+    def call_summary(self, query, group, prefix=None, bucket=None, limit=1000, offset=0,
+                     sort=None, descending=False, shift=None):
         from twisted.internet import defer
 
         if group not in SUMMARY_GROUPS or (group == "time" and not bucket):
             return defer.fail(ValueError(f"unknown summary group {group!r} (bucket {bucket!r})"))
         try:
+            order_key = summary_sort_key(sort, group == "time")
             where, match, match_params, search = self._call_where(query)
         except ValueError:
             return defer.fail()
@@ -888,14 +1014,42 @@ class SqlStore:
             key = "gateway"
         else:
             bucket = int(bucket)
-            key = f"begin_ms / {bucket}"
+            key = f"{_shifted('begin_ms', shift)} / {bucket}"
         # gateway and hour-multiple buckets over every record: call_hours
+        # (an hour's row lies in one bucket where the zone's offsets and
+        # their changes are whole hours)
+        whole_hours = all(a % HOUR_MS == 0 and o % HOUR_MS == 0 for a, o in shift or ())
         fast = (
             query.filter == "all" and not search.terms
-            and (group == "gateway" or (group == "time" and bucket % HOUR_MS == 0))
+            and (group == "gateway" or (group == "time" and bucket % HOUR_MS == 0 and whole_hours))
         )
 
         def q(cur):
+            if not fast:
+                # one GROUP BY, ordered and paged by the database
+                rows = self._exec(
+                    cur,
+                    f"WITH g(k, n, a, t, ta, talk) AS (SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls"
+                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key})"
+                    f" SELECT k, n, a, t, ta, talk, COUNT(*) OVER () FROM g"
+                    f" ORDER BY {_summary_order(sort, descending, group == 'time')} LIMIT ? OFFSET ?",
+                    (*params, int(limit), int(offset)),
+                ).fetchall()
+                if rows:
+                    groups = int(rows[0][6])
+                else:
+                    groups = int(self._exec(
+                        cur,
+                        f"SELECT COUNT(*) FROM (SELECT {key} FROM calls"
+                        f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}) g",
+                        params,
+                    ).fetchone()[0])
+                scale = bucket if group == "time" else None
+                page = tuple(
+                    SummaryRow(key=str(int(r[0]) * scale) if scale else str(r[0]), totals=_totals_row(r[1:6]))
+                    for r in rows
+                )
+                return SummaryPage(groups=groups, rows=page)
             sums: dict = {}
 
             def add(rows):
@@ -906,49 +1060,35 @@ class SqlStore:
                     for i, n in enumerate(counts):
                         row[i] += int(n or 0)
 
-            def from_calls(terms, params):
-                sql = (
-                    f"SELECT {key} AS k, COUNT(*), {ANSWER_SUMS} FROM calls"
-                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}"
-                )
-                if group != "time" and not fast:
-                    sql += f" ORDER BY COUNT(*) DESC, {key} LIMIT {int(limit)}"
-                return self._exec(cur, sql, params).fetchall()
-
-            if not fast:
-                add(from_calls(terms, params))
-            else:
-                whole, edges = _hours(query.since, query.until)
-                if whole is not None:
-                    hours = _Where()
-                    if query.gateway is not None:
-                        hours.add("gateway = ?", query.gateway)
-                    elif group == "time":
-                        # every gateway's hours are summed in the "*" rows:
-                        # a year reads 8 760 rows, not one per gateway too
-                        hours.add("gateway = ?", ALL_GATEWAYS)
-                    else:
-                        hours.add("gateway <> ?", ALL_GATEWAYS)
-                    hours.range("hour", *whole)
-                    hkey = "gateway" if group == "gateway" else f"hour / {bucket}"
-                    add(self._exec(
-                        cur,
-                        f"SELECT {hkey}, SUM(calls), SUM(answered), SUM(attempts),"
-                        f" SUM(attempts_answered), SUM(talk) FROM call_hours{hours.sql} GROUP BY {hkey}",
-                        hours.params,
-                    ).fetchall())
-                for a, b in edges:
-                    edge = _Where()
-                    if query.gateway is not None:
-                        edge.add("gateway = ?", query.gateway)
-                    edge.range("begin_ms", a, b)
-                    add(from_calls(edge.terms, edge.params))
+            whole, edges = _hours(query.since, query.until)
+            if whole is not None:
+                hours = _Where()
+                if query.gateway is not None:
+                    hours.add("gateway = ?", query.gateway)
+                elif group == "time":
+                    # every gateway's hours are summed in the "*" rows:
+                    # a year reads 8 760 rows, not one per gateway too
+                    hours.add("gateway = ?", ALL_GATEWAYS)
+                else:
+                    hours.add("gateway <> ?", ALL_GATEWAYS)
+                hours.range("hour", *whole)
+                hkey = "gateway" if group == "gateway" else f"{_shifted('hour', shift)} / {bucket}"
+                add(self._exec(
+                    cur,
+                    f"SELECT {hkey}, SUM(calls), SUM(answered), SUM(attempts),"
+                    f" SUM(attempts_answered), SUM(talk) FROM call_hours{hours.sql} GROUP BY {hkey}",
+                    hours.params,
+                ).fetchall())
+            for a, b in edges:
+                edge = _edge(query.gateway, a, b)
+                add(self._exec(
+                    cur,
+                    f"SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls{edge.sql} GROUP BY {key}",
+                    edge.params,
+                ).fetchall())
             rows = [SummaryRow(key=str(k), totals=_totals_row(v)) for k, v in sums.items()]
-            if group == "time":
-                rows.sort(key=lambda r: int(r.key))
-            else:
-                rows.sort(key=lambda r: (-r.totals.calls, r.key))
-            return rows[:limit]
+            rows.sort(key=order_key, reverse=descending)
+            return SummaryPage(groups=len(rows), rows=tuple(rows[offset:offset + limit]))
         return self._read(q)
 
     def call_record(self, call_id):

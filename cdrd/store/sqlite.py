@@ -38,6 +38,7 @@ class StoreInUse(Exception):
 @implementer(IStore)
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
+    fixed_chunks = True  # compiled once, kept in the statement cache (SqlStore.fixed_chunks)
 
     def __init__(
         self, path: str, reactor, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, readers: int = READERS
@@ -121,7 +122,9 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA temp_store = MEMORY")
 
     def _connect(self) -> int:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        # room for every statement text of the write path compiled (fixed_chunks)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True,
+                               cached_statements=512)
         try:
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 # a new file: retention's freed pages can go back (reclaim)

@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from attrs import frozen
+from attrs import evolve, frozen
 from klein import Klein
 from twisted.logger import Logger
 
-from cdrd.interfaces import CDR_SORTS, RETENTION_KINDS, CallTotals, EventQuery, LogQuery
-from cdrd.store.schema import HOUR_MS, QUARTER_MS
+from cdrd.interfaces import (
+    CDR_SORTS,
+    RETENTION_KINDS,
+    SUMMARY_SORTS,
+    CallTotals,
+    EventQuery,
+    LogQuery,
+    SummaryRow,
+    summary_sort_key,
+)
+from cdrd.store.schema import HOUR_MS
 from cdrd.values import CallEvent, CallRecord, Cdr, LegAnswer, LegStart, LegStop, rfc3339
 from cdrd.web.query import (
     CALL_PARAMS,
@@ -45,14 +54,15 @@ from cdrd.web.query import (
     parse_int,
     parse_month,
     parse_search,
+    zone_shift,
 )
 from cdrd.web.render import call_json, cdr_json, event_json, gateway_json, log_json
 
 #: GET /api/summary?group=...: the store's group, or a time bucket folded
 #: into local hours or days here
 SUMMARY_GROUPS = ("caller", "destination", "cui", "gateway", "hour", "day")
-#: rows a summary answers at most (the busiest first; time groups: all)
-SUMMARY_LIMIT = 1000
+DAY_MS = 24 * HOUR_MS
+EPOCH = datetime(1970, 1, 1)
 #: a time summary over more days than this is refused (8 760 hours a year)
 SUMMARY_MAX_DAYS = 400
 #: the events of one call read at most (a call has tens)
@@ -89,12 +99,14 @@ def totals_json(t: CallTotals) -> dict:
 @frozen
 class Summary:
     """
-    One summary: per group row its key, a label, its totals, and the
-    parameters of the search (`page`: "report" or "cdrs") that lists it.
+    One page of a summary: per group row its key, a label, its totals, and
+    the parameters of the search (`page`: "report" or "cdrs") that lists
+    it; `groups` counts the groups of every page.
     """
 
     group: str
     rows: tuple[SummaryLine, ...]
+    groups: int = 0
 
 
 @frozen
@@ -120,53 +132,50 @@ def summary_line_json(line: SummaryLine) -> dict:
     }
 
 
-def _whole_hours(zone: ZoneInfo, since: int | None, until: int | None) -> bool:
-    """Are the zone's UTC offsets whole hours at both ends of the range?"""
-    for ms in (since, until):
-        when = datetime.fromtimestamp((ms or 0) / 1000, zone)
-        if when.utcoffset().total_seconds() % 3600:
-            return False
-    return True
-
-
-async def call_summary(store, zone: ZoneInfo, s: Search, group: str, prefix: int | None = None) -> Summary:
+async def call_summary(
+    store, zone: ZoneInfo, s: Search, group: str, prefix: int | None = None, *,
+    limit: int | None = None, offset: int | None = None,
+) -> Summary:
     """
-    The summary of the calls a search matches, grouped by `group`
-    (SUMMARY_GROUPS).  Hours and days are local to `zone`: the store sums
-    UTC hours (quarter hours where the zone's offset is not whole hours) and
-    they are folded into local ones here.  "cui" sums the billing CDRs (a
-    call has none, one or several).
+    A page of the summary of the calls a search matches, grouped by `group`
+    (SUMMARY_GROUPS), ordered by the search's `sort` (SUMMARY_SORTS; none:
+    time order for hours and days, else the most calls first), `limit`
+    groups from `offset` (default: the search's).  Hours and days are local
+    to `zone`: the store buckets Begin plus the zone's offset at it
+    (zone_shift), so a year by day is 365 rows from the store.  "cui" sums
+    the billing CDRs (a call has none, one or several).
     """
-    base = s.params()
+    limit = s.limit if limit is None else limit
+    offset = s.offset if offset is None else offset
+    # the rows link to the report's search: without the summary's own order
+    base = evolve(s, sort=None, descending=False).params()
     if group == "cui":
-        rows = await store.cui_totals(cdr_query(s))
-        rows = sorted(rows, key=lambda r: (-r.cdrs, r.cui))[:SUMMARY_LIMIT]
+        cuis = [
+            SummaryRow(key=r.cui, totals=CallTotals(
+                calls=r.cdrs, answered=r.answered, attempts=r.cdrs, attempts_answered=r.answered,
+                talk=r.duration))
+            for r in await store.cui_totals(cdr_query(s))
+        ]
+        cuis.sort(key=summary_sort_key(s.sort, False), reverse=s.descending)
         return Summary(group, tuple(
-            SummaryLine(
-                key=r.cui, label=r.cui,
-                totals=CallTotals(calls=r.cdrs, answered=r.answered, attempts=r.cdrs,
-                                  attempts_answered=r.answered, talk=r.duration),
-                page="cdrs", search={**_cdr_params(base), "cui": r.cui},
-            )
-            for r in rows
-        ))
+            SummaryLine(key=r.key, label=r.key, totals=r.totals, page="cdrs",
+                        search={**_cdr_params(base), "cui": r.key})
+            for r in cuis[offset:offset + limit]
+        ), groups=len(cuis))
     q = call_query(s, limit=0, offset=0)
+    common = {"limit": limit, "offset": offset, "sort": s.sort, "descending": s.descending}
     if group in ("hour", "day"):
         if s.day_from is None or s.day_to is None:
             raise BadParameter(f"group: {group} needs from and to")
         if (s.day_to - s.day_from).days >= SUMMARY_MAX_DAYS:
             raise BadParameter(f"group: {group} over more than {SUMMARY_MAX_DAYS} days")
-        bucket = HOUR_MS if _whole_hours(zone, s.since, s.until) else QUARTER_MS
-        rows = await store.call_summary(q, "time", bucket=bucket)
-        folded: dict[datetime, list] = {}
-        for r in rows:
-            when = datetime.fromtimestamp(int(r.key) / 1000, zone)
-            when = when.replace(minute=0) if group == "hour" else when.replace(hour=0, minute=0)
-            folded.setdefault(when, []).append(r.totals)
+        page = await store.call_summary(
+            q, "time", bucket=HOUR_MS if group == "hour" else DAY_MS,
+            shift=zone_shift(zone, s.since, s.until), **common)
         lines = []
-        for when, parts in sorted(folded.items()):
-            totals = CallTotals(*(sum(getattr(t, f) for t in parts) for f in
-                                  ("calls", "answered", "attempts", "attempts_answered", "talk")))
+        for r in page.rows:
+            # the key is local wall-clock ms: the local hour's or day's start
+            when = (EPOCH + timedelta(milliseconds=int(r.key))).replace(tzinfo=zone)
             day = when.date().isoformat()
             search = {**base, "from": day, "to": day}
             if group == "hour":
@@ -175,13 +184,12 @@ async def call_summary(store, zone: ZoneInfo, s: Search, group: str, prefix: int
                 label = f"{day} {when:%H}:00"
             else:
                 label = day
-            lines.append(SummaryLine(key=when.isoformat(), label=label, totals=totals,
+            lines.append(SummaryLine(key=when.isoformat(), label=label, totals=r.totals,
                                      page="report", search=search))
-        return Summary(group, tuple(lines))
-    store_group = group
-    rows = await store.call_summary(q, store_group, prefix=prefix, limit=SUMMARY_LIMIT)
+        return Summary(group, tuple(lines), groups=page.groups)
+    page = await store.call_summary(q, group, prefix=prefix, **common)
     lines = []
-    for r in rows:
+    for r in page.rows:
         search = dict(base)
         if group == "gateway":
             search["gateway"] = r.key
@@ -193,7 +201,7 @@ async def call_summary(store, zone: ZoneInfo, s: Search, group: str, prefix: int
         if group == "destination" and prefix:
             label = f"{r.key}…" if r.key else label
         lines.append(SummaryLine(key=r.key, label=label, totals=r.totals, page="report", search=search))
-    return Summary(group, tuple(lines))
+    return Summary(group, tuple(lines), groups=page.groups)
 
 
 def _cdr_params(params: dict) -> dict:
@@ -327,21 +335,21 @@ def call_whole_json(whole: CallWhole) -> dict:
     }
 
 
-def summary_csv(summary: Summary) -> bytes:
-    """The summary as CSV: key, label, the totals, and the link of each row."""
+def summary_csv_rows(summary: Summary):
+    """The summary as CSV, a row at a time (bytes): the header, then per
+    group its key, label, totals and link."""
     from cdrd.web.exports import csv_row as _csv_row
     from cdrd.web.exports import spreadsheet_safe
 
     head = ("group", "key", "label", "calls", "answered", "minutes", "asr_percent", "acd_seconds", "link")
-    out = [_csv_row(head)]
+    yield _csv_row(head)
     for line in summary.rows:
         t = totals_json(line.totals)
-        out.append(_csv_row((
+        yield _csv_row((
             summary.group, spreadsheet_safe(line.key), spreadsheet_safe(line.label), t["calls"],
             t["answered"], t["minutes"], "" if t["asr"] is None else t["asr"],
             "" if t["acd"] is None else t["acd"], line.link,
-        )))
-    return b"".join(out)
+        ))
 
 
 #: what each retention kind is called on the dashboard
@@ -491,8 +499,10 @@ class ApiApp:
             ],
         })
 
-    async def _summary(self, request) -> Summary:
-        s = parse_search(request, self.zone, allowed=SUMMARY_PARAMS)
+    async def _summary(self, request, *, every: bool = False) -> tuple[Search, Summary]:
+        """The search and the summary a request asks for: its page, or with
+        `every` every group (the CSV)."""
+        s = parse_search(request, self.zone, allowed=SUMMARY_PARAMS, sorts=SUMMARY_SORTS)
         group = arg(request, "group")
         if group not in SUMMARY_GROUPS:
             raise BadParameter(f"group: {group!r} is not one of {', '.join(SUMMARY_GROUPS)}")
@@ -501,31 +511,36 @@ class ApiApp:
             if group != "destination":
                 raise BadParameter("prefix: only with group=destination")
             prefix = parse_int(prefix, "prefix", 0, 1, 32)
-        return await call_summary(self.store, self.zone, s, group, prefix)
+        if every:
+            from cdrd.web.exports import EXPORT_MAX
+
+            return s, await call_summary(self.store, self.zone, s, group, prefix, limit=EXPORT_MAX, offset=0)
+        return s, await call_summary(self.store, self.zone, s, group, prefix)
 
     @app.route("/summary", methods=["GET"])
     async def summary(self, request):
         fmt = arg(request, "format") or "json"
         if fmt not in ("json", "csv"):
             raise BadParameter(f"format: {fmt!r} is not json or csv")
-        result = await self._summary(request)
         if fmt == "csv":
-            return self._csv(request, result)
+            return await self._csv(request)
+        s, result = await self._summary(request)
         return json_response(request, {
-            "group": result.group, "rows": [summary_line_json(line) for line in result.rows]})
+            "group": result.group, "groups": result.groups, "offset": s.offset, "limit": s.limit,
+            "rows": [summary_line_json(line) for line in result.rows]})
 
     @app.route("/summary.csv", methods=["GET"])
     async def summary_csv_(self, request):
         if arg(request, "format") not in (None, "csv"):
             raise BadParameter("format: summary.csv is CSV")
-        return self._csv(request, await self._summary(request))
+        return await self._csv(request)
 
-    def _csv(self, request, result: Summary) -> bytes:
-        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-        request.setHeader(
-            b"content-disposition", f'attachment; filename="summary-{result.group}.csv"'.encode())
-        request.setHeader(b"cache-control", b"no-store")
-        return summary_csv(result)
+    async def _csv(self, request):
+        from cdrd.web.exports import stream_summary_csv
+
+        _, result = await self._summary(request, every=True)
+        await stream_summary_csv(request, result, f"summary-{result.group}.csv")
+        return None
 
     @app.route("/call", methods=["GET"])
     async def call(self, request):

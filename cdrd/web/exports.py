@@ -22,7 +22,7 @@ from werkzeug.exceptions import NotFound
 from zope.interface import implementer
 
 from cdrd.values import csv_line, rfc3339
-from cdrd.web.api import summary_csv
+from cdrd.web.api import summary_csv_rows
 from cdrd.web.query import CALL_PARAMS, CDR_PARAMS, BadParameter, call_query, cdr_query, parse_search
 from cdrd.web.render import REPORT_COLUMNS, report_cells
 
@@ -104,10 +104,29 @@ class Exports:
 
     @app.route("/summary.csv", methods=["GET"])
     async def summary_csv(self, request):
-        # the API's summary (its parameters, its checks), as the API's CSV
-        result = await self.web.api._summary(request)
-        download_headers(request, f"summary-{result.group}.csv")
-        return summary_csv(result)
+        # the API's summary (its parameters, its checks) with every group,
+        # as the API's CSV
+        _, result = await self.web.api._summary(request, every=True)
+        await stream_summary_csv(request, result, f"summary-{result.group}.csv")
+        return None
+
+
+async def stream_summary_csv(request, summary, name: str) -> None:
+    """Every group of `summary` as CSV, written EXPORT_CHUNK rows at a time
+    at the pace the client reads."""
+    download_headers(request, name)
+    export = Export(request)
+    chunk = []
+    for row in summary_csv_rows(summary):
+        chunk.append(row)
+        if len(chunk) >= EXPORT_CHUNK:
+            await export.write(b"".join(chunk))
+            chunk = []
+            if export.gone:
+                break
+    if chunk:
+        await export.write(b"".join(chunk))
+    export.done()
 
 
 def download_headers(request, name: str) -> None:

@@ -23,10 +23,10 @@ from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
 
 from cdrd.interfaces import CDR_SORTS as CDR_SORT_KEYS
-from cdrd.interfaces import EventQuery, LogQuery
+from cdrd.interfaces import SUMMARY_SORTS, EventQuery, LogQuery
 from cdrd.values import hhmmss
 from cdrd.web import views
-from cdrd.web.api import SUMMARY_LIMIT, call_summary, call_whole, retention
+from cdrd.web.api import call_summary, call_whole, retention
 from cdrd.web.query import (
     CALL_PARAMS,
     CDR_PARAMS,
@@ -323,7 +323,10 @@ class Pages:
     @app.route("/summary", methods=["GET"])
     async def summary(self, request):
         web = self.web
-        s = parse_search(request, web.zone, default_day=web.today(), allowed=SUMMARY_PARAMS - {"format"})
+        s = parse_search(
+            request, web.zone, default_day=web.today(), allowed=SUMMARY_PARAMS - {"format"},
+            sorts=SUMMARY_SORTS,
+        )
         group = arg(request, "group") or "caller"
         if group not in dict(SUMMARY_GROUPS):
             raise BadParameter(f"group: {group!r} is not one of {', '.join(g for g, _ in SUMMARY_GROUPS)}")
@@ -339,8 +342,7 @@ class Pages:
         params = _search_params(form, (*SEARCH_PARAMS, "group", "prefix"))
         report_params = {k: v for k, v in params.items() if k not in ("group", "prefix", "sort", "order", "limit")}
         summary = await call_summary(web.store, web.zone, s, group, prefix)
-        totals = await web.store.call_totals(call_query(s))
-        capped = len(summary.rows) >= SUMMARY_LIMIT
+        totals = await web.store.call_totals(call_query(attrs.evolve(s, sort=None, descending=False)))
         rows = []
         for line in summary.rows:
             t = line.totals
@@ -352,25 +354,33 @@ class Pages:
                 cell("ASR", views._percent(t.asr)),
                 cell("ACD", views._acd(t.acd)),
             ]))
+        # a group by its (other) sort: a new search, from the first page
         tabs = [
-            {"key": key, "label": label, "on": key == group, "href": views.url("/summary", params, group=key)}
+            {"key": key, "label": label, "on": key == group,
+             "href": views.url("/summary", params, group=key, prefix=None, sort=None, order=None)}
             for key, label in SUMMARY_GROUPS
         ]
+        time_groups = group in ("hour", "day")
+        # no sort: hours and days in time order, the others busiest first
+        sorting = self._sorting("/summary", params, s)
+        if s.sort is None:
+            sorting.update(sort="key" if time_groups else "calls", descending=not time_groups)
         return self.render(
             request, "summary.html", "summary", "Summary",
             heading=f"by {dict(SUMMARY_GROUPS)[group].lower()} · {s.gateway or 'all gateways'} · {s.day_from}"
             + (f" – {s.day_to}" if s.day_to != s.day_from else ""),
             form=form, keys=await web.gateway_keys(), groups=SUMMARY_GROUPS,
-            fields=(*REPORT_FIELDS, "group"), hidden=("filter", "limit"), tabs=tabs,
+            fields=(*REPORT_FIELDS, "group"), hidden=("filter", "limit", "sort", "order"), tabs=tabs,
             links={
-                "csv": views.url("/summary.csv", params),
+                "csv": views.url("/summary.csv", {k: v for k, v in params.items() if k != "limit"}),
                 "report": views.url("/report", report_params),
-                "json": views.url("/api/summary", params),
+                "json": views.url("/api/summary", params, offset=s.offset or None),
             },
-            summary_totals=totals, capped=capped,
-            columns=[(dict(SUMMARY_GROUPS)[group], None), ("Calls", None), ("Answered", None),
-                     ("Minutes", None), ("ASR", None), ("ACD", None)],
-            rows=rows,
+            summary_totals=totals, groups_count=summary.groups,
+            columns=[(dict(SUMMARY_GROUPS)[group], "key"), ("Calls", "calls"), ("Answered", "answered"),
+                     ("Minutes", "minutes"), ("ASR", "asr"), ("ACD", "acd")],
+            rows=rows, sorting=sorting,
+            paging=paging("/summary", params, s.offset, s.limit, len(rows), summary.groups),
         )
 
     # -- one call whole ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, CdrQuery
 from cdrd.values import GATEWAY_ID, gateway_key, split_gateway_key
 
 MAX_LIMIT = 1000
+DAY_MS = 86_400_000
 #: The page's words for the filters, in the seed report's order.
 FILTER_LABELS = {
     "all": "All",
@@ -104,7 +105,9 @@ CALL_PARAMS = PAGING | SEARCH_TERMS | {"filter"}
 CDR_PARAMS = PAGING | SEARCH_TERMS | {"call"}
 EVENT_PARAMS = PAGING | {"ref"}
 LOG_PARAMS = PAGING
-SUMMARY_PARAMS = (CALL_PARAMS - {"sort", "order", "offset"}) | {"group", "prefix", "format"}
+#: a summary's sort and order are of its groups (SUMMARY_SORTS), and
+#: limit and offset page them
+SUMMARY_PARAMS = CALL_PARAMS | {"group", "prefix", "format"}
 #: days a time-of-day search may span (one range per day)
 MAX_WINDOW_DAYS = 400
 
@@ -134,6 +137,33 @@ def parse_day(text: str, name: str) -> date:
 def day_start_ms(day: date, zone: ZoneInfo) -> int:
     """Milliseconds UTC of local midnight starting `day` in `zone`."""
     return round(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
+
+
+def zone_shift(zone: ZoneInfo, since: int, until: int) -> tuple[tuple[int, int], ...]:
+    """
+    The UTC offsets (ms) of `zone` over [since, until) as IStore.call_summary's
+    `shift`: ((since, offset), (change, offset), ...), a change where
+    the offset changes (daylight saving time; found a day at a time, then
+    to the ms).
+    """
+    def offset(ms: int) -> int:
+        return round(datetime.fromtimestamp(ms / 1000, zone).utcoffset().total_seconds() * 1000)
+
+    out = [(since, offset(since))]
+    t = since
+    while t < until:
+        nxt = min(t + DAY_MS, until)
+        if offset(nxt) != out[-1][1]:
+            lo, hi = t, nxt  # offset(lo) is the last one, offset(hi) the next
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if offset(mid) == out[-1][1]:
+                    lo = mid
+                else:
+                    hi = mid
+            out.append((hi, offset(hi)))
+        t = nxt
+    return tuple(out)
 
 
 def local_day(ms: int, zone: ZoneInfo) -> date:

@@ -33,11 +33,13 @@ def event_timestamp(record) -> int:
     return calendar.timegm(time.strptime(text[:-4], "%b %d %Y %H:%M:%S"))
 
 
-def test_kill_9_with_radius_down_then_everything_arrives(tmp_path):
+@pytest.mark.parametrize("delivery", ["inline", "process"])
+def test_kill_9_with_radius_down_then_everything_arrives(tmp_path, delivery):
     radius = FreeRadius(tmp_path / "radius", secret=SECRET)  # down for now
     daemon = Daemon(
         tmp_path,
         extra_config=(
+            f'\n[outputs]\ndelivery = "{delivery}"\n'
             "\n[radius]\n"
             "interim_interval = 0\n"
             'nas_ip = "192.0.2.10"\n'

@@ -174,6 +174,24 @@ class TestParseEvent:
         p = self.ev("EV seq=5 ref=1 type=FLASH_HOOK x=1")
         assert p.event.type == "FLASH_HOOK" and not p.problems
 
+    def test_fields_and_problems_in_the_protocols_order_whatever_the_lines(self):
+        # stored fields and the ERR's reason read alike in whichever order a
+        # gateway writes its fields (the parser takes the few present, sorted)
+        one = self.ev("EV seq=5 ref=1 type=CALL_IN info=x cui=A port=x cli=%01 pport=2 with=3")
+        two = self.ev("EV with=3 pport=2 cli=%01 port=x cui=A info=x type=CALL_IN ref=1 seq=5")
+        for p in (one, two):
+            assert list(p.event.fields.items()) == [("pport", "2"), ("with", "3"), ("cui", "A"), ("info", "x")]
+            assert p.problems == ("port is malformed", "cli is malformed")
+
+    def test_a_type_is_checked_every_time(self):
+        # known types are remembered; a bad one is refused however often it comes
+        for _ in range(3):
+            assert self.ev("EV seq=5 ref=1 type=DIAL").event.type == "DIAL"
+            with pytest.raises(BadPacket):
+                self.ev("EV seq=5 ref=1 type=Dial")
+        with pytest.raises(BadPacket):
+            self.ev("EV seq=5 ref=1 type=" + "A" * 33)
+
     @given(st.dictionaries(st.sampled_from(["seq", "ref", "type", "t", "port", "pport",
                                             "digits", "cli", "with", "info", "zz"]),
                            st.text(min_size=1, max_size=80)))

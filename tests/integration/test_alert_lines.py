@@ -25,9 +25,11 @@ def alert_lines(daemon: Daemon, name: str) -> list[str]:
     return [line for line in daemon.log_text().splitlines() if name in line]
 
 
-def test_the_only_radius_server_down_then_up_is_two_lines(tmp_path):
+@pytest.mark.parametrize("delivery", ["inline", "process"])
+def test_the_only_radius_server_down_then_up_is_two_lines(tmp_path, delivery):
     radius = FreeRadius(tmp_path / "radius", secret=SECRET)  # down for now
     daemon = Daemon(tmp_path, extra_config=(
+        f'\n[outputs]\ndelivery = "{delivery}"\n'
         "\n[radius]\ninterim_interval = 0\ninitial_timeout = 0.5\nmax_timeout = 1\n"
         f'[[radius.servers]]\naddress = "{radius.address}"\nsecret = "{SECRET}"\n'
     ))

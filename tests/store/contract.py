@@ -15,6 +15,7 @@ from cdrd.interfaces import (
     CALL_FILTERS,
     CALL_SORTS,
     CDR_SORTS,
+    SUMMARY_SORTS,
     CallQuery,
     CallTotals,
     CdrQuery,
@@ -24,8 +25,11 @@ from cdrd.interfaces import (
     IStore,
     LogCount,
     LogQuery,
+    SummaryPage,
     SummaryRow,
     WriteBatch,
+    shifted,
+    summary_sort_key,
 )
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION
 from tests.store.values import (
@@ -113,20 +117,19 @@ async def assert_filter_totals(store, records):
             assert await store.call_totals(q) == oracle_totals(oracle_calls(records, evolve(q, limit=10**6))[2])
 
 
-def oracle_summary(records, group, prefix, bucket):
+def oracle_summary(records, group, prefix, bucket, sort=None, descending=False, shift=None):
+    """Every group of a summary, in its order (SummaryPage.rows of them all)."""
     keys = {
         "caller": lambda r: r.cli,
         "destination": lambda r: r.dialed[:prefix] if prefix else r.dialed,
         "gateway": lambda r: r.gateway,
-        "time": lambda r: str(r.begin // bucket * bucket) if bucket else None,
+        "time": lambda r: str(shifted(r.begin, shift) // bucket * bucket) if bucket else None,
     }
     groups = {}
     for r in records:
         groups.setdefault(keys[group](r), []).append(r)
     rows = [SummaryRow(key=k, totals=oracle_totals(v)) for k, v in groups.items()]
-    if group == "time":
-        return sorted(rows, key=lambda row: int(row.key))
-    return sorted(rows, key=lambda row: (-row.totals.calls, row.key))
+    return sorted(rows, key=summary_sort_key(sort, group == "time"), reverse=descending)
 
 
 def oracle_cdrs(cdrs, q):
@@ -652,11 +655,48 @@ class StoreContract:
             for group, prefix, bucket in cases:
                 got = await store.call_summary(q, group, prefix=prefix, bucket=bucket)
                 want = oracle_summary(oracle_search(records, cdrs, evolve(q, limit=10**6))[2], group, prefix, bucket)
-                assert got == want, (q, group, prefix, bucket)
+                assert got == SummaryPage(groups=len(want), rows=tuple(want)), (q, group, prefix, bucket)
         top = await store.call_summary(CallQuery(), "caller", limit=2)
-        assert top == oracle_summary(records, "caller", None, None)[:2]
+        everyone = oracle_summary(records, "caller", None, None)
+        assert top == SummaryPage(groups=len(everyone), rows=tuple(everyone[:2]))
         with pytest.raises(ValueError):
             await store.call_summary(CallQuery(), "cli")
+        with pytest.raises(ValueError):
+            await store.call_summary(CallQuery(), "caller", sort="begin")
+
+    @deferred_test
+    async def test_call_summary_sorted_and_paged(self, store):
+        """Every sort, both ways, a page of it; and local buckets of a zone's
+        offsets (shift), whole hours (read from the hourly sums) or not."""
+        records, cdrs = searchable(300)
+        await store.write(WriteBatch(records=records, cdrs=cdrs))
+        cases = [("caller", None, None), ("destination", 2, None), ("gateway", None, None), ("time", None, HOUR)]
+        for q in (CallQuery(), CallQuery(filter="in", since=DAY - 5 * HOUR)):
+            chosen = oracle_search(records, cdrs, evolve(q, limit=10**6))[2]
+            for group, prefix, bucket in cases:
+                for sort in (None, *SUMMARY_SORTS):
+                    for descending in (False, True):
+                        want = oracle_summary(chosen, group, prefix, bucket, sort, descending)
+                        for offset, limit in ((0, 1000), (1, 3), (len(want) - 1, 5), (len(want) + 3, 5)):
+                            got = await store.call_summary(
+                                q, group, prefix=prefix, bucket=bucket, limit=limit, offset=offset,
+                                sort=sort, descending=descending)
+                            assert got == SummaryPage(groups=len(want), rows=tuple(want[offset:offset + limit])), (
+                                q, group, sort, descending, offset)
+        shifts = [
+            ((0, HOUR),),  # one whole-hour offset
+            ((0, HOUR), (DAY + 5 * HOUR, 2 * HOUR), (DAY + 29 * HOUR, HOUR)),  # summer time and back
+            ((0, 19_800_000),),  # +05:30
+            ((0, 0), (DAY + 90 * 60_000, 45 * 60_000)),  # a change at half past
+        ]
+        for shift in shifts:
+            for q in (CallQuery(), CallQuery(since=DAY - HOUR - 7, until=DAY + 40 * HOUR + 5), CallQuery(filter="out")):
+                chosen = oracle_search(records, cdrs, evolve(q, limit=10**6))[2]
+                for bucket in (HOUR, DAY):
+                    want = oracle_summary(chosen, "time", None, bucket, shift=shift)
+                    got = await store.call_summary(q, "time", bucket=bucket, shift=shift)
+                    assert got == SummaryPage(groups=len(want), rows=tuple(want)), (q, bucket, shift)
+                    assert sum(r.totals.calls for r in got.rows) == len(chosen)
 
     @deferred_test
     async def test_cdr_search_sort_and_totals_per_cui(self, store):
@@ -777,7 +817,7 @@ class StoreContract:
             want[key] = want.get(key, 0) + 1
         assert hourly == want
         by_gateway = await store.call_summary(CallQuery(since=span[0], until=span[1]), "gateway")
-        assert sum(r.totals.calls for r in by_gateway) == len(kept)
+        assert sum(r.totals.calls for r in by_gateway.rows) == len(kept)
         assert (await store.oldest())["records"] == min(r.begin for r in kept)
         await self.assert_cdr_counts(store, kept_cdrs)
 

@@ -134,7 +134,10 @@ class NumberSearchContract:
             postings = store._exec(
                 cur, "SELECT call_id, number_id, l1, l2, l3 FROM call_numbers").fetchall()
             ids = dict(store._exec(cur, "SELECT id, number FROM numbers").fetchall())
-            return [n for (n,) in numbers], [(c, ids[n], l1, l2, l3) for c, n, l1, l2, l3 in postings], ids
+            return [n for (n,) in numbers], [
+                (c, ids[n], *sorted((lo for lo in (l1, l2, l3) if lo), reverse=True))
+                for c, n, l1, l2, l3 in postings
+            ], ids
 
         numbers, postings, ids = await store._read(rows)
         assert sorted(numbers) == sorted({n for r in records for n in sql._numbers_of(r)})
@@ -143,8 +146,7 @@ class NumberSearchContract:
         for r in records:
             mine = sorted(by_id[n] for n in sql._numbers_of(r))
             for k, i in enumerate(mine):
-                lower = (mine[:k][::-1] + [0, 0, 0])[:3]
-                want.add((r.id, ids[i], *lower))
+                want.add((r.id, ids[i], *mine[:k][::-1]))  # its lower numbers' ids
         assert set(postings) == want
         old = [r for r in records if r.begin < DAY]
         expired = await store.expire("records", DAY, 1000)

@@ -87,6 +87,23 @@ async def test_every_kind_of_write_of_a_lost_gateway_is_refused_whole(nodes):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lost_lease_is_the_error_of_a_write_that_also_fails_itself(nodes):
+    """
+    The lease check is sent first and read before the commit (pipeline
+    mode): a batch of a lost gateway that PostgreSQL also refuses (a NUL in
+    a text) fails with LeaseLost, as when the check ran alone first; the
+    gateway's session then closes instead of retrying the write.
+    """
+    a, b, url = nodes
+    await a.take_lease(KEY)
+    await b.take_lease(KEY)
+    with pytest.raises(LeaseLost):
+        await a.write(WriteBatch(events=[event(1)], gateways=[gateway_state(firmware="1.\x002")]))
+    assert sql(url, "SELECT COUNT(*) FROM events") == [(0,)]
+    await a.write(WriteBatch(events=[event(1, gateway=KEY2)]))  # the connection is fine
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_relogin_on_the_same_node_keeps_the_token(nodes):
     a, _, _ = nodes
     assert (await a.take_lease(KEY)).token == 1

@@ -8,14 +8,16 @@ a PostgreSQL that does not answer fails these tests.
 from __future__ import annotations
 
 import psycopg
+import psycopg._queries
 import pytest
 import pytest_twisted
+from psycopg.pq import Trace
 from pytest_twisted import blockon
 from twisted.internet import defer, reactor
 
 from cdrd.interfaces import WriteBatch
 from cdrd.store import open_store
-from cdrd.store.postgresql import PostgresStore
+from cdrd.store.postgresql import PostgresStore, _numbered
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
@@ -28,7 +30,7 @@ from cdrd.store.sql import CALL_COLS, _record_row
 from tests.postgres import pg_admin as admin
 from tests.store.contract import DurableStoreContract, assert_filter_totals
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
-from tests.store.values import event, searchable
+from tests.store.values import DAY, cdr, cursor, event, gateway_state, item, record, searchable
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +182,77 @@ async def test_the_numbers_migration_indexes_the_records_stored_before(database)
             )
         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (NUMBERS_MIGRATION - 1,))
     await assert_numbers_backfilled(PostgresStore(url, reactor), records)
+
+
+def _waits(trace: str) -> int:
+    """The round trips in a libpq trace: the server's ReadyForQuery, one per Sync the client waits for."""
+    return sum(1 for line in trace.splitlines() if line.split("\t")[:3] == ["B", "5", "ReadyForQuery"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_transaction_waits_for_the_server_twice_not_once_a_statement(database, tmp_path):
+    """
+    Pipeline mode: the statements of a write are sent without waiting for
+    each answer; the transaction waits when it first reads an answer (what
+    was new), and at the commit.  A round trip costs the store thread the
+    GIL back from the busy reactor thread each time.
+    """
+    _, url = database
+    store = PostgresStore(url, reactor, threads=1)  # one thread: one connection to trace
+    await store.open()
+    trace = tmp_path / "libpq.trace"
+    try:
+        with open(trace, "w") as out:
+            def tracing(cur):
+                cur.connection.pgconn.trace(out.fileno())
+                cur.connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+            await store._run(tracing, write=False)
+            rec = record(1, DAY)
+            result = await store.write(WriteBatch(
+                events=[event(s) for s in range(1, 7)], gateways=[gateway_state()],
+                records=[rec], cdrs=[cdr(rec.id, 1, DAY)], cursors=[cursor()],
+                outbox=[item("radius", b"x")], outbox_done=[("radius", 1)],
+            ))
+            await store._run(lambda cur: cur.connection.pgconn.untrace(), write=False)
+    finally:
+        await store.close()
+    assert [e.seq for e in result.events] == [1, 2, 3, 4, 5, 6]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 1
+    # what was new (one wait for all sent so far: the lock, the lease check,
+    # the events, the ids stored already), then the inserts that depend on
+    # it with the COMMIT
+    assert _waits(trace.read_text()) == 2
+
+
+def test_placeholders_are_numbered_for_a_raw_cursor():
+    assert _numbered("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s)") == (
+        "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+    )
+    assert _numbered("SELECT 1") == "SELECT 1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_of_many_rows_has_psycopg_parse_no_statement(database, monkeypatch):
+    """
+    psycopg parses a statement's ``%s`` placeholders with a regular
+    expression, and caches that only for statements of at most 50
+    parameters: a 500-row INSERT cost ~5 ms of the store thread's CPU (and
+    GIL) each time.  The write's statements go with numbered ``$n``
+    placeholders through RawCursors: nothing to parse.
+    """
+    parsed = []
+    split = psycopg._queries._split_query
+    monkeypatch.setattr(psycopg._queries, "_split_query",
+                        lambda query, *a, **k: parsed.append(len(query)) or split(query, *a, **k))
+    _, url = database
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        result = await store.write(WriteBatch(events=[event(s) for s in range(1, 301)]))
+    finally:
+        await store.close()
+    assert len(result.events) == 300
+    assert [n for n in parsed if n > 4096] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -10,6 +11,8 @@ import threading
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_twisted import blockon
 from twisted.internet import reactor
 
@@ -23,7 +26,7 @@ from cdrd.store.schema import (
     SchemaTooNew,
     migration_statements,
 )
-from cdrd.store.sql import CALL_COLS, _record_row
+from cdrd.store.sql import CALL_COLS, _fields_json, _record_row
 from cdrd.store.sqlite import SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
@@ -378,3 +381,40 @@ async def test_migration_6_counts_the_log_entries_stored_before_once(path):
         assert (entry.event, entry.count) == ("Bad Packet", 1)
     finally:
         await store.close()
+
+
+@given(st.dictionaries(st.text(), st.text()))
+def test_event_fields_json_is_the_stdlib_encoders(fields):
+    # the store's one C encoder writes what a sorted, compact JSONEncoder writes
+    stdlib = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+    assert _fields_json(fields) == (stdlib(fields) if fields else "{}")
+    assert json.loads(_fields_json(fields)) == fields
+
+
+@pytest.mark.parametrize("count", [1, 3, 256, 300, 1100])
+def test_rows_go_in_statements_of_power_of_two_sizes(tmp_path, count):
+    # a few statement texts serve every batch size (SqlStore.fixed_chunks):
+    # the driver keeps them compiled; every row is stored, ids in order
+    store = SQLiteStore(str(tmp_path / "cdrd.sqlite"), reactor)
+    store._connect()  # in this thread: the schema and the writer's connection
+    conn = store._conn
+    sizes = []
+
+    class Recording(sqlite3.Cursor):
+        def execute(self, sql, params=()):
+            if sql.startswith("INSERT INTO events"):
+                sizes.append(sql.count("(?, ?, ?, ?, ?, ?, ?, ?)"))
+                assert len(params) == 8 * sizes[-1]
+            return super().execute(sql, params)
+
+    cur = conn.cursor(Recording)
+    events = [event(seq) for seq in range(1, count + 1)]
+    cur.execute("BEGIN IMMEDIATE")
+    result = store._write(cur, WriteBatch(events=events))
+    cur.execute("COMMIT")
+    assert sum(sizes) == count
+    assert all(size & (size - 1) == 0 and size <= 256 for size in sizes)
+    assert len(sizes) == len(set(sizes)) + count // 256 - (1 if count >= 256 else 0)
+    assert [e.id for e in result.events] == list(range(1, count + 1))
+    assert [e.seq for e in result.events] == [e.seq for e in events]
+    conn.close()

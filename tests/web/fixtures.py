@@ -41,6 +41,15 @@ def config(timezone="UTC", users=None) -> C.Config:
     return parsed
 
 
+def callers(n: int = 10) -> list:
+    """`n` more calls in on the fixture day, 13:00, 13:01, ..., each from a
+    caller of its own (0700, 0701, ...): a summary with more groups."""
+    return [
+        record(200 + i, "Call in", t(f"13:{i:02d}:00"), t(f"13:{i:02d}:30"), cli=f"07{i:02d}")
+        for i in range(n)
+    ]
+
+
 def record(
     ref,
     notation,

@@ -152,6 +152,66 @@ async def test_summary_hours_and_days_are_local(make_site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_summary_pages_and_sorts(make_site):
+    site = await make_site()
+    # ten callers more on the day: 13 groups in all
+    await site.store.write(WriteBatch(records=F.callers(10)))
+    every = await site.json(f"/api/summary?group=caller&{DAY}&limit=1000")
+    keys = [r["key"] for r in every["rows"]]
+    assert every["groups"] == len(keys) == 13 and (every["offset"], every["limit"]) == (0, 1000)
+    assert every["rows"][0]["calls"] >= every["rows"][-1]["calls"]  # busiest first
+    first = await site.json(f"/api/summary?group=caller&{DAY}")
+    assert (first["groups"], first["limit"], len(first["rows"])) == (13, 100, 13)  # 100 a page
+    page = await site.json(f"/api/summary?group=caller&{DAY}&limit=5&offset=10")
+    assert (page["groups"], page["offset"], page["limit"]) == (13, 10, 5)
+    assert [r["key"] for r in page["rows"]] == keys[10:13]
+    beyond = await site.json(f"/api/summary?group=caller&{DAY}&limit=5&offset=40")
+    assert (beyond["groups"], beyond["rows"]) == (13, [])
+    # sorted by the key or a total, both ways; the rows' links carry no sort
+    by_key = await site.json(f"/api/summary?group=caller&{DAY}&sort=key&limit=1000")
+    assert [r["key"] for r in by_key["rows"]] == sorted(keys)
+    down = await site.json(f"/api/summary?group=caller&{DAY}&sort=key&order=desc&limit=3")
+    assert [r["key"] for r in down["rows"]] == sorted(keys, reverse=True)[:3]
+    assert all("sort" not in r["search"] and "order" not in r["search"] for r in down["rows"])
+    for sort in ("calls", "answered", "minutes", "asr", "acd"):
+        rows = (await site.json(f"/api/summary?group=caller&{DAY}&sort={sort}&order=desc&limit=1000"))["rows"]
+        values = [r[sort] for r in rows]
+        known = [v for v in values if v is not None]
+        assert known == sorted(known, reverse=True) and values[:len(known)] == known, (sort, values)
+    hours = await site.json(f"/api/summary?group=hour&{DAY}&sort=calls&order=desc&limit=2")
+    assert [(r["label"], r["calls"]) for r in hours["rows"]] == [("2026-11-22 13:00", 10), ("2026-11-22 10:00", 3)]
+    assert hours["groups"] == 5
+    cuis = await site.json(f"/api/summary?group=cui&{DAY}&sort=minutes&order=desc&limit=2&offset=1")
+    assert (cuis["groups"], [r["key"] for r in cuis["rows"]]) == (3, ["ACME, Ltd", "CARRIER-ACME"])
+    # the CSV has every group, whatever limit and offset say
+    _, body = await site.get(f"/api/summary.csv?group=caller&{DAY}&sort=key&limit=2&offset=3")
+    assert [row[1] for row in csv.reader(io.StringIO(body.decode()))][1:] == sorted(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_summary_by_day_over_a_change_of_summer_time(make_site):
+    # London: 2026-03-29 01:00Z clocks go forward; 2026-10-25 01:00Z back.
+    # A local day is 23 h or 25 h there, and calls at 23:30Z fall on the next
+    # local day in summer only.
+    site = await make_site(timezone="Europe/London")
+    at = [("2026-03-28", "23:30:00"), ("2026-03-29", "22:30:00"), ("2026-03-29", "23:30:00"),
+          ("2026-10-24", "23:30:00"), ("2026-10-25", "23:30:00")]
+    await site.store.write(WriteBatch(records=[
+        F.record(300 + i, "Call in", F.t(hms, day), F.t(hms, day) + 1000, cli="0700")
+        for i, (day, hms) in enumerate(at)
+    ]))
+    days = await site.json("/api/summary?group=day&from=2026-03-01&to=2026-10-31")
+    assert [(r["label"], r["calls"]) for r in days["rows"]] == [
+        ("2026-03-28", 1), ("2026-03-29", 1), ("2026-03-30", 1), ("2026-10-25", 2)]
+    assert [r["key"] for r in days["rows"]][1:] == [
+        "2026-03-29T00:00:00+00:00", "2026-03-30T00:00:00+01:00", "2026-10-25T00:00:00+01:00"]
+    for row in days["rows"]:
+        assert len(await refs(site, row["link"].split("?", 1)[1])) == row["calls"]
+    hours = await site.json("/api/summary?group=hour&from=2026-10-24&to=2026-10-25")
+    assert [(r["label"], r["calls"]) for r in hours["rows"]] == [("2026-10-25 00:00", 1), ("2026-10-25 23:00", 1)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_summary_csv(make_site):
     site = await make_site()
     r, body = await site.get(f"/api/summary.csv?group=gateway&{DAY}")
@@ -256,7 +316,8 @@ async def test_one_call_radius_delivery_state(make_site):
     ("/api/events?number=1", "unknown parameter: number"),
     ("/api/log?ref=1", "unknown parameter: ref"),
     ("/api/totals?limit=5", "unknown parameter: limit"),
-    ("/api/summary?group=caller&sort=begin", "unknown parameter: sort"),
+    ("/api/summary?group=caller&month=2026-11", "unknown parameter: month"),
+    ("/api/summary?group=caller&page=2", "unknown parameter: page"),
     ("/api/gateways?x=1", "unknown parameter: x"),
     ("/api/calendar?from=2026-11-01", "unknown parameter: from"),
     ("/api/status?verbose=1", "unknown parameter: verbose"),
@@ -288,6 +349,14 @@ async def test_one_call_radius_delivery_state(make_site):
     ("/api/summary?group=caller&format=xml", "format:"),
     ("/api/summary.csv?group=caller&format=json", "format:"),
     ("/api/summary?group=caller&filter=nope", "filter:"),
+    ("/api/summary?group=caller&sort=begin", "sort:"),
+    ("/api/summary?group=caller&sort=Calls", "sort:"),
+    ("/api/summary?group=day&from=2026-11-01&to=2026-11-22&order=up", "order:"),
+    ("/api/summary?group=caller&limit=0", "limit:"),
+    ("/api/summary?group=caller&limit=1001", "limit:"),
+    ("/api/summary?group=caller&limit=ten", "limit:"),
+    ("/api/summary?group=caller&offset=-1", "offset:"),
+    ("/api/summary.csv?group=caller&offset=x", "offset:"),
     ("/api/totals?number=" + "1" * 65, "number:"),
     ("/api/call", "id:"),
     ("/api/call?id=" + "x" * 201, "id:"),

@@ -426,9 +426,38 @@ def test_report_search_totals_sort_and_links(server, page):
     page.errors[:] = [e for e in page.errors if "status of 404" not in e]  # the one asked for
 
 
+def test_summary_pages_and_sorts(server, page):
+    page.goto(f"{server}/summary?group=caller&from=2026-11-20&to=2026-11-22&limit=2")
+    assert rows(page, "groups").count() == 2
+    count = page.locator("#groups-count").inner_text()
+    groups = int(count.split()[0])
+    assert groups > 2 and "the CSV has every one" in count
+    # busiest first until a header says otherwise
+    assert page.locator("th[aria-sort=descending]").inner_text() == "Calls"
+    page.locator("#last-page").click()
+    page.wait_for_url("**offset=**")
+    assert rows(page, "groups").count() == groups - (groups - 1) // 2 * 2
+    # a header sorts from the first page, the sorted one again the other way
+    page.click("th a.sort >> text=Caller")
+    page.wait_for_url("**sort=key**")
+    assert "offset" not in page.url
+    first = [rows(page, "groups").nth(i).locator("td").first.inner_text() for i in range(2)]
+    assert first == sorted(first)
+    page.click("th a.sort >> text=Caller")
+    page.wait_for_url("**order=desc**")
+    assert page.locator("th[aria-sort=descending]").inner_text() == "Caller"
+    again = [rows(page, "groups").nth(i).locator("td").first.inner_text() for i in range(2)]
+    assert again == sorted(again, reverse=True) and again != first
+    shot(page, "summary-paged")
+    # the search form keeps the sort and the page size
+    page.click("#search")
+    page.wait_for_url("**order=desc**")
+    assert "limit=2" in page.url and rows(page, "groups").count() == 2
+
+
 def test_new_pages_on_a_phone(server, phone):
     for name, path in (
-        ("summary", "/summary?from=2026-11-20&to=2026-11-22"),
+        ("summary", "/summary?from=2026-11-20&to=2026-11-22&limit=2"),
         ("call", "/call?id=" + F.E1_CDR.call.replace("/", "%2F")),
         ("live-all", "/live"),
         ("404", "/nowhere"),

@@ -102,6 +102,42 @@ async def test_summary_page_rows_link_to_their_report(make_site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_summary_page_is_paged_and_sortable(make_site):
+    site = await make_site()
+    await site.store.write(WriteBatch(records=F.callers(10)))
+    day = "from=2026-11-22&to=2026-11-22"
+    _, body = await site.get(f"/summary?group=caller&{day}&sort=key&limit=5")
+    html = text(body)
+    assert rows_of(html) == 5 and "13 groups, 5 on this page; the CSV has every one." in html
+    assert '<b class="page on" aria-current="page">1</b>' in html
+    assert 'id="last-page">3</a>' in html and "1–5 of 13" in html
+    # the pages keep the group, the sort and the page size
+    here = day.replace("&", "&amp;")
+    assert f'href="/summary?{here}&amp;sort=key&amp;limit=5&amp;group=caller&amp;offset=10"' in html
+    # the sorted column's header turns the order round; the CSV has every group
+    assert 'aria-sort="ascending"><a class="sort on asc"' in html
+    assert "sort=key&amp;limit=5&amp;group=caller&amp;order=desc\">Caller</a>" in html
+    assert f'href="/summary.csv?{here}&amp;sort=key&amp;group=caller"' in html
+    _, body = await site.get(f"/summary?group=caller&{day}&sort=key&limit=5&offset=10")
+    html = text(body)
+    assert rows_of(html) == 3 and "11–13 of 13" in html
+    assert '<b class="page on" aria-current="page">3</b>' in html
+    # no sort: the busiest first, shown as Calls descending
+    _, body = await site.get(f"/summary?group=caller&{day}")
+    html = text(body)
+    assert 'aria-sort="descending"><a class="sort on desc" href="/summary?' in html
+    assert "13 groups." in html and 'class="pager"' not in html
+    r, body = await site.get(f"/summary?group=caller&{day}&sort=begin")
+    assert r.code == 400 and "sort: &#39;begin&#39;" in text(body) and 'action="/summary"' in text(body)
+    r, body = await site.get(f"/summary?group=caller&{day}&offset=x")
+    assert r.code == 400 and "offset:" in text(body)
+
+
+def rows_of(html: str) -> int:
+    return section(html, "groups").count("<tr>")
+
+
+@pytest_twisted.ensureDeferred
 async def test_call_page_shows_the_call_whole(make_site):
     site = await make_site(status={"radius": lambda: {}})
     r, body = await site.get(f"/call?id={F.GW}/b1/75")
