@@ -126,7 +126,8 @@ def schema(dialect: str) -> tuple[list[str], list[str]]:
                           if not t.lstrip().upper().startswith(f"CREATE INDEX {name.upper()} ")]
             continue
         statements.append(s)
-    after = [s for s in statements if s.lstrip().upper().startswith(("CREATE INDEX", "INSERT", "UPDATE"))]
+    after = [s for s in statements
+             if s.lstrip().upper().startswith(("CREATE INDEX", "INSERT", "UPDATE", "CREATE TRIGGER"))]
     return [s for s in statements if s not in after], after
 
 
@@ -235,6 +236,7 @@ def upgrade_sqlite(path: Path) -> None:
     """A store filled by an older bench gets the migrations since, here:
     an index over ten million rows takes longer than cdrd's start-up wait."""
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA cache_size = -1048576")  # as the fill: sorts and indexes of 10M rows
     try:
         (version,) = conn.execute("SELECT version FROM schema_version").fetchone()
         for index in range(version, len(MIGRATIONS)):
@@ -309,12 +311,30 @@ def search_queries(args) -> list[tuple[str, str]]:
     g = gateway_keys(args.gateways)[3]
     d1 = f"from={day}&to={day}"
     d31 = f"from={month_from}&to={day}"
+    d365 = f"from={today - timedelta(days=364)}&to={today}"
+    per_month = args.records * 31 // args.days
     return [
         ("search number, one gateway, one day", f"/api/calls?gateway={g}&{d1}&number=4420794612"),
         ("search number, all gateways, one day", f"/api/calls?{d1}&number=4420794612"),
         ("search number, all gateways, one day, last page",
          f"/api/calls?{d1}&number=42079461&limit=100&offset=2600"),
         ("search number, all gateways, 31 days", f"/api/calls?{d31}&number=4420794612"),
+        # issue 14's number search through the numbers dictionary: 4420794612
+        # is 100 callers (1 % of the calls), 42079461 1 000 (10 %), one
+        # caller 0.01 %, one dialled number a single call
+        ("search number, all gateways, 31 days, a late page",
+         f"/api/calls?{d31}&number=4420794612&offset={per_month // 100 * 8 // 10}"),
+        ("search number, all gateways, 365 days", f"/api/calls?{d365}&number=4420794612"),
+        ("search number, one gateway, 365 days", f"/api/calls?gateway={g}&{d365}&number=4420794612"),
+        ("search number 10 %, all gateways, 31 days", f"/api/calls?{d31}&number=42079461"),
+        ("search number 10 %, all gateways, 365 days", f"/api/calls?{d365}&number=42079461"),
+        ("search number one caller, all gateways, 365 days", f"/api/calls?{d365}&number=442079461234"),
+        ("search number one dialled, all gateways, 365 days", f"/api/calls?{d365}&number={{dialed}}"),
+        ("search number, Call Out, all gateways, 31 days", f"/api/calls?{d31}&number=4420794612&filter=out"),
+        ("totals, number, all gateways, 31 days", f"/api/totals?{d31}&number=4420794612"),
+        ("totals, number, all gateways, 365 days", f"/api/totals?{d365}&number=4420794612"),
+        ("report page, number, all gateways, 31 days", f"/report?{d31}&number=4420794612"),
+        ("report page, number, all gateways, 365 days", f"/report?{d365}&number=4420794612"),
         ("search CUI prefix, all gateways, one day", f"/api/calls?{d1}&cui=ACCT-42"),
         ("search duration 60-300 s, all gateways, one day",
          f"/api/calls?{d1}&min_duration=60&max_duration=300"),
@@ -404,11 +424,12 @@ def run_tree(args, database: str, tree: Path | None) -> None:
         try:
             cdrd, _ = start_cdrd(tmp, database)
             web = _web_port(tmp)
-            call_id = _a_call_id(web)
+            call = _a_call(web)
             for name, path in queries(args):
                 if args.match and args.match not in name:
                     continue
-                path = path.replace("{call_id}", quote(call_id, safe=""))
+                path = path.replace("{call_id}", quote(call["id"], safe="")).replace(
+                    "{dialed}", quote(call["dialed"], safe=""))
                 cpu = _cpu_ms(cdrd.pid)
                 try:
                     times, size = timed(f"http://127.0.0.1:{web}{path}", args.repeat)
@@ -432,14 +453,14 @@ def _cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def _a_call_id(web: int) -> str:
-    """A call id of two days ago, for /api/call."""
+def _a_call(web: int) -> dict:
+    """A call of two days ago, for /api/call (and its dialled number)."""
     import json
 
     day = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
     url = f"http://127.0.0.1:{web}/api/calls?from={day}&to={day}&limit=1&offset=500"
     with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())["records"][0]["id"]
+        return json.loads(r.read())["records"][0]
 
 
 def _web_port(tmp: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from attrs import evolve
 from twisted.logger import Logger
 
 from cdrd.interfaces import (
@@ -43,6 +44,7 @@ from cdrd.store.schema import (
     HOUR_MS,
     MIGRATIONS,
     NOTATION_COLUMNS,
+    NUMBER_COLUMNS,
     QUARTER_MS,
     SCHEMA_VERSION_DDL,
     TALK_COLUMNS,
@@ -149,6 +151,19 @@ def _cdr_row(c: Cdr) -> tuple:
 #: CallQuery.sort / CdrQuery.sort -> column
 CALL_SORT_COLUMN = {c: c for c in CALL_SORTS} | {"begin": "begin_ms", "end": "end_ms"}
 CDR_SORT_COLUMN = {c: c for c in CDR_SORTS} | {"written": "seq"}
+
+
+def _numbers_of(r: CallRecord) -> set[str]:
+    """The distinct numbers a number search finds a record by."""
+    return {n for n in (r.dialed, r.cli, r.pstn_dial, r.pstn_cli) if n}
+
+
+#: a number search reads the numbers dictionary (docs/store.md, "Number
+#: search") when its text is at least a trigram long and holds no LIKE
+#: wildcard or escape, and matches at most MAX_NUMBERS numbers; else it
+#: scans the calls of its range
+MIN_NUMBER_TEXT = 3
+MAX_NUMBERS = 10_000
 
 
 def _like_pattern(text: str) -> str:
@@ -507,6 +522,7 @@ class SqlStore:
                 [(*_record_row(r), stored_mark) for r in new],
             )
             self._count_hours(cur, new)
+            self._index_numbers(cur, new)
         return WriteResult(events=tuple(inserted))
 
     def _event_id_later(self, cur) -> Callable[[], int]:
@@ -613,6 +629,53 @@ class SqlStore:
                             row[index["pstn_talk"]] += r.talk or 0
         self._add_hours(cur, "call_hours", HOUR_COLUMNS, sums, sign)
 
+    def _index_numbers(self, cur, records, sign: int = 1) -> None:
+        """
+        Add `records`' numbers to the numbers dictionary and their postings
+        to call_numbers (sign -1: delete the postings; the numbers stay in
+        the dictionary).  The numbers' ids are looked up by the statements
+        themselves, not read back: a write waits for no answer here
+        (PostgreSQL's pipeline, ``_send``).
+        """
+        numbers = sorted({n for r in records for n in _numbers_of(r)})
+        if not numbers:
+            return
+        rows = []
+        for r in records:
+            mine = sorted(_numbers_of(r))
+            for n in mine:
+                others = [o for o in mine if o != n] + [None, None, None]
+                rows.append((n, r.begin, r.id, r.gateway, r.notation, int(r.pstn), r.connect, r.talk,
+                             *others[:3]))
+        if sign > 0:
+            self._many(cur, "INSERT INTO numbers (number) VALUES (?) ON CONFLICT DO NOTHING",
+                       [(n,) for n in numbers])
+            # l1..l3: those of the call's other numbers whose id is lower, else 0
+            lower = ", ".join(
+                f"COALESCE((SELECT o.id FROM numbers o WHERE o.number = v.column{c} AND o.id < n.id), 0)"
+                for c in (9, 10, 11)
+            )
+            self._many(
+                cur,
+                f"INSERT INTO call_numbers (number_id, begin_ms, call_id, {', '.join(NUMBER_COLUMNS)},"
+                " l1, l2, l3) SELECT n.id, CAST(v.column2 AS BIGINT), v.column3, v.column4, v.column5,"
+                " CAST(v.column6 AS SMALLINT), CAST(v.column7 AS BIGINT), CAST(v.column8 AS BIGINT),"
+                f" {lower} FROM (VALUES ({', '.join('?' * 11)})) AS v JOIN numbers n ON n.number = v.column1",
+                rows,
+            )
+            return
+        for i in range(0, len(rows), MAX_ROWS):
+            part = rows[i:i + MAX_ROWS]
+            self._send(
+                cur,
+                self.sql(
+                    "DELETE FROM call_numbers WHERE (number_id, begin_ms, call_id) IN"
+                    " (SELECT n.id, CAST(v.column2 AS BIGINT), v.column3 FROM"
+                    f" (VALUES {', '.join(['(?, ?, ?)'] * len(part))}) AS v JOIN numbers n ON n.number = v.column1)"
+                ),
+                [v for row in part for v in row[:3]],
+            )
+
     # -- queries ---------------------------------------------------------------
 
     def _read(self, fn, *args):
@@ -695,10 +758,64 @@ class SqlStore:
         # collation or text_pattern_ops)
         return where.add("cui LIKE ? ESCAPE '\\'", _like_pattern(prefix)[1:])
 
-    def _call_search(self, query) -> _Where:
-        """The search terms of a CallQuery (not gateway, dates or filter)."""
+    def _match_numbers(self, cur, text: str) -> list[int] | None:
+        """The ids of the numbers that contain `text` (ASCII letters in
+        either case), through the trigram index; None where the search
+        scans calls instead (MIN_NUMBER_TEXT, MAX_NUMBERS)."""
+        if len(text) < MIN_NUMBER_TEXT or any(c in text for c in "%_\\"):
+            return None
+        pattern = _like_pattern(text)
+        if self.dialect == "sqlite":
+            # FTS5 finds the candidates (its trigrams fold case beyond
+            # ASCII); LIKE on the number keeps exactly what LIKE matches
+            statement = (
+                "SELECT id FROM numbers WHERE id IN (SELECT rowid FROM numbers_trigram WHERE number LIKE ?)"
+                " AND number LIKE ? ESCAPE '\\' LIMIT ?"
+            )
+            params = (pattern, pattern, MAX_NUMBERS + 1)
+        else:
+            statement = f"SELECT id FROM numbers WHERE number {self.like} ? ESCAPE '\\' LIMIT ?"
+            params = (pattern, MAX_NUMBERS + 1)
+        ids = [int(r[0]) for r in self._exec(cur, statement, params).fetchall()]
+        return None if len(ids) > MAX_NUMBERS else sorted(ids)
+
+    def _number_postings(self, query, numbers: list[int], match: str, match_params) -> _Where:
+        """
+        The postings (call_numbers) of a number search whose terms
+        call_numbers carries (not cui, not cause): one row per matching
+        call, under the lowest of its numbers that match, with the
+        gateway, dates, filter, talk and time of day applied.
+        """
+        ids = ", ".join(str(int(i)) for i in numbers) or "0"
+        where = _Where().add(f"number_id IN ({ids})")
+        for lower in ("l1", "l2", "l3"):
+            # most postings have no lower number (0): no lookup in the list
+            where.add(f"({lower} = 0 OR {lower} NOT IN ({ids}))")
+        if query.gateway is not None:
+            where.add("gateway = ?", query.gateway)
+        where.range("begin_ms", query.since, query.until)
+        where.add(match, *match_params)
+        rest = self._call_search(evolve(query, number=None))
+        where.terms += rest.terms
+        where.params += rest.params
+        return where
+
+    @staticmethod
+    def _postings_serve(query) -> bool:
+        """Does call_numbers carry every term of the query but the number?"""
+        return query.cui is None and query.cause is None
+
+    def _call_search(self, query, numbers: list[int] | None = None) -> _Where:
+        """The search terms of a CallQuery (not gateway, dates or filter);
+        `numbers`: the ids of the numbers that match query.number, where
+        the dictionary found them (_match_numbers)."""
         where = _Where()
-        if query.number is not None:
+        if numbers is not None and query.number is not None:
+            # the calls among these numbers' postings in the dates
+            postings = _Where().add(f"number_id IN ({', '.join(str(int(i)) for i in numbers) or '0'})")
+            postings.range("begin_ms", query.since, query.until)
+            where.add(f"id IN (SELECT call_id FROM call_numbers{postings.sql})", *postings.params)
+        elif query.number is not None:
             pattern = _like_pattern(query.number)
             columns = ("dialed", "cli", "pstn_dial", "pstn_cli")
             where.add(
@@ -727,7 +844,7 @@ class SqlStore:
             where.add("cause = ?", query.cause)
         return where
 
-    def _call_where(self, query):
+    def _call_where(self, query, numbers: list[int] | None = None):
         """(where of gateway and dates, filter's term and params, search terms)."""
         if query.filter not in FILTER_COLUMN:
             raise ValueError(f"unknown call filter {query.filter!r}")
@@ -741,7 +858,7 @@ class SqlStore:
             match, match_params = "pstn = 1", ()
         else:
             match, match_params = "notation = ?", (FILTER_NOTATION[query.filter],)
-        return where, match, match_params, self._call_search(query)
+        return where, match, match_params, self._call_search(query, numbers)
 
     def calls(self, query):
         from twisted.internet import defer
@@ -751,26 +868,34 @@ class SqlStore:
         if query.after is not None and query.sort != "begin":
             return defer.fail(ValueError("keyset paging (after) needs sort begin"))
         try:
-            where, match, match_params, search = self._call_where(query)
+            self._call_where(query)
         except ValueError:
             return defer.fail()
-        all_terms = [*where.terms, match, *search.terms]
-        all_params = [*where.params, *match_params, *search.params]
-        page_terms, page_params = list(all_terms), list(all_params)
-        if query.after is not None:
-            begin, after_id = query.after
-            op = "<" if query.descending else ">"
-            page_terms.append(f"(begin_ms {op} ? OR (begin_ms = ? AND id {op} ?))")
-            page_params += [begin, begin, after_id]
-        filtered_where = " AND ".join(page_terms)
         order = _order(CALL_SORT_COLUMN[query.sort], query.descending, "id")
 
         def q(cur):
+            numbers = self._match_numbers(cur, query.number) if query.number is not None else None
+            where, match, match_params, search = self._call_where(query, numbers)
+            all_terms = [*where.terms, match, *search.terms]
+            all_params = [*where.params, *match_params, *search.params]
+            page_terms, page_params = list(all_terms), list(all_params)
+            if query.after is not None:
+                begin, after_id = query.after
+                op = "<" if query.descending else ">"
+                page_terms.append(f"(begin_ms {op} ? OR (begin_ms = ? AND id {op} ?))")
+                page_params += [begin, begin, after_id]
             total, filtered = self._call_counts(
                 cur, query.gateway, query.since, query.until, FILTER_COLUMN[query.filter],
                 match, match_params,
             )
-            if _only_windows(query):
+            postings = None
+            if numbers is not None and self._postings_serve(query):
+                # index-only over the matching numbers' postings
+                postings = self._number_postings(query, numbers, match, match_params)
+                filtered = self._exec(
+                    cur, f"SELECT COUNT(*) FROM call_numbers{postings.sql}", postings.params
+                ).fetchone()[0]
+            elif _only_windows(query):
                 # whole hours of each window from call_hours, its edges by index
                 filtered = 0
                 for a, b in _window_ranges(query.since, query.until, query.windows):
@@ -783,14 +908,34 @@ class SqlStore:
                 ).fetchone()[0]
             records = ()
             if query.limit > 0 and query.offset < filtered:
-                # page ids from the index, then only those rows
-                rows = self._exec(
-                    cur,
-                    f"SELECT {CALL_COLS} FROM calls WHERE id IN ("
-                    f" SELECT id FROM calls WHERE {filtered_where}"
-                    f" ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}",
-                    (*page_params, query.limit, query.offset),
-                ).fetchall()
+                if postings is not None and query.sort == "begin":
+                    # the page's ids from the postings, then only those rows
+                    if query.after is not None:
+                        begin, after_id = query.after
+                        op = "<" if query.descending else ">"
+                        postings.add(f"(begin_ms {op} ? OR (begin_ms = ? AND call_id {op} ?))",
+                                     begin, begin, after_id)
+                    ids = [r[0] for r in self._exec(
+                        cur,
+                        f"SELECT call_id FROM call_numbers{postings.sql}"
+                        f" ORDER BY {_order('begin_ms', query.descending, 'call_id')} LIMIT ? OFFSET ?",
+                        (*postings.params, query.limit, query.offset),
+                    ).fetchall()]
+                    rows = self._exec(
+                        cur,
+                        f"SELECT {CALL_COLS} FROM calls WHERE id IN ({', '.join('?' * len(ids)) or 'NULL'})"
+                        f" ORDER BY {order}",
+                        ids,
+                    ).fetchall()
+                else:
+                    # page ids from the index, then only those rows
+                    rows = self._exec(
+                        cur,
+                        f"SELECT {CALL_COLS} FROM calls WHERE id IN ("
+                        f" SELECT id FROM calls WHERE {' AND '.join(page_terms)}"
+                        f" ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}",
+                        (*page_params, query.limit, query.offset),
+                    ).fetchall()
                 records = tuple(_record(r) for r in rows)
             return CallPage(total=int(total), filtered=int(filtered), records=records)
         return self._read(q)
@@ -802,9 +947,6 @@ class SqlStore:
             where, match, match_params, search = self._call_where(query)
         except ValueError:
             return defer.fail()
-        terms = [*where.terms, match, *search.terms]
-        params = [*where.params, *match_params, *search.params]
-        from_calls = f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls WHERE {' AND '.join(terms)}"
         fast = not search.terms or _only_windows(query)
         if query.windows is None:
             ranges = [(query.since, query.until)]
@@ -813,7 +955,19 @@ class SqlStore:
 
         def q(cur):
             if not fast:
-                return _totals_row(self._exec(cur, from_calls, params).fetchone())
+                numbers = self._match_numbers(cur, query.number) if query.number is not None else None
+                if numbers is not None and self._postings_serve(query):
+                    # index-only over the matching numbers' postings
+                    postings = self._number_postings(query, numbers, match, match_params)
+                    return _totals_row(self._exec(
+                        cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM call_numbers{postings.sql}", postings.params
+                    ).fetchone())
+                _, _, _, search = self._call_where(query, numbers)
+                terms = [*where.terms, match, *search.terms]
+                params = [*where.params, *match_params, *search.params]
+                return _totals_row(self._exec(
+                    cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM calls WHERE {' AND '.join(terms)}", params
+                ).fetchone())
             sums = [0] * 5
             rows = []
             edges = []
@@ -1274,6 +1428,7 @@ class SqlStore:
         self._count_cdr_hours(cur, gone, sign=-1)
         deleted = self._delete_ids(cur, "calls", "id", ids)
         self._count_hours(cur, records, sign=-1)
+        self._index_numbers(cur, records, sign=-1)
         return Expired(deleted=deleted, cdrs=cdrs, after=self._next(rows, limit))
 
     def oldest(self):

@@ -21,6 +21,7 @@ from cdrd.store.postgresql import PostgresStore, _numbered
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
+    NUMBERS_MIGRATION,
     SCHEMA_VERSION_DDL,
     SchemaTooNew,
     migration_statements,
@@ -28,6 +29,7 @@ from cdrd.store.schema import (
 from cdrd.store.sql import CALL_COLS, _record_row
 from tests.postgres import pg_admin as admin
 from tests.store.contract import DurableStoreContract, assert_filter_totals
+from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
 from tests.store.values import DAY, cdr, cursor, event, gateway_state, item, record, searchable
 
 pytestmark = pytest.mark.integration
@@ -37,7 +39,7 @@ def database(pg_database):
     return pg_database
 
 
-class TestPostgresStore(DurableStoreContract):
+class TestPostgresStore(DurableStoreContract, NumberSearchContract):
     @pytest.fixture
     def store(self, database):
         name, url = database
@@ -49,6 +51,10 @@ class TestPostgresStore(DurableStoreContract):
         yield store
         for s in self.opened:
             blockon(s.close())
+
+    @pytest.fixture
+    def connect(self, store, database):
+        return lambda: psycopg.connect(database[1])
 
     @pytest.fixture
     def reopen(self, store, database):
@@ -154,6 +160,28 @@ async def test_the_filter_sums_migration_sums_the_records_stored_before(database
         await assert_filter_totals(store, records)
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_numbers_migration_indexes_the_records_stored_before(database):
+    """The numbers dictionary, pg_trgm's index and the postings (issue 14)
+    are filled from the records stored before they arrive; the migration
+    creates the extension."""
+    _, url = database
+    records = number_records(300)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP EXTENSION IF EXISTS pg_trgm")
+        conn.execute(SCHEMA_VERSION_DDL)
+        for index in range(NUMBERS_MIGRATION - 1):
+            for statement in migration_statements("postgresql", index):
+                conn.execute(statement)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join(['%s'] * 18)})",
+                [_record_row(r) for r in records],
+            )
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (NUMBERS_MIGRATION - 1,))
+    await assert_numbers_backfilled(PostgresStore(url, reactor), records)
 
 
 def _waits(trace: str) -> int:

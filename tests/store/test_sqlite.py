@@ -21,6 +21,7 @@ from cdrd.store import open_store
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
+    NUMBERS_MIGRATION,
     SCHEMA_VERSION_DDL,
     SchemaTooNew,
     migration_statements,
@@ -28,6 +29,7 @@ from cdrd.store.schema import (
 from cdrd.store.sql import CALL_COLS, _fields_json, _record_row
 from cdrd.store.sqlite import SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
+from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
 from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
 
 
@@ -39,7 +41,7 @@ def path(tmp_path):
     return tmp_path / "deep" / "dir" / "cdrd.sqlite"
 
 
-class TestSQLiteStore(DurableStoreContract):
+class TestSQLiteStore(DurableStoreContract, NumberSearchContract):
     @pytest.fixture
     def store(self, path):
         store = open_store(f"sqlite:{path}", reactor)
@@ -49,6 +51,10 @@ class TestSQLiteStore(DurableStoreContract):
         yield store
         for s in self.opened:
             blockon(s.close())
+
+    @pytest.fixture
+    def connect(self, store, path):
+        return lambda: sqlite3.connect(str(path))
 
     @pytest.fixture
     def reopen(self, store, path):
@@ -169,17 +175,22 @@ def database_at(path, version: int) -> sqlite3.Connection:
     return conn
 
 
-@pytest_twisted.ensureDeferred
-async def test_migration_2_counts_the_records_of_a_version_1_database(path):
-    """call_hours is filled from the records already stored when it arrives."""
-    records = random_records(500)
-    conn = database_at(path, 1)
+def records_at(path, version: int, records) -> None:
+    """A database of schema `version` holding `records`, closed."""
+    conn = database_at(path, version)
     conn.executemany(
         f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
         [_record_row(r) for r in records],
     )
     conn.commit()
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_2_counts_the_records_of_a_version_1_database(path):
+    """call_hours is filled from the records already stored when it arrives."""
+    records = random_records(500)
+    records_at(path, 1, records)
     store = SQLiteStore(str(path), reactor)
     await store.open()
     try:
@@ -217,6 +228,15 @@ async def test_the_filter_sums_migration_sums_the_records_stored_before(path):
         await assert_filter_totals(store, records)
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_numbers_migration_indexes_the_records_stored_before(path):
+    """The numbers dictionary, its trigram index and the postings (issue 14)
+    are filled from the records stored before they arrive."""
+    records = number_records(300)
+    records_at(path, NUMBERS_MIGRATION - 1, records)
+    await assert_numbers_backfilled(SQLiteStore(str(path), reactor), records)
 
 
 @pytest_twisted.ensureDeferred

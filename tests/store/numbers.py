@@ -1,0 +1,199 @@
+"""
+The number search through the numbers dictionary (docs/store.md, "Number
+search"), as a mixin for the SQL stores: a subclass provides an opened
+`store` fixture and `connect`, a function giving a new DB-API connection
+to the same database (the hypothesis test queries through it, in the test's
+own thread: a test cannot wait for the reactor).  The plain LIKE scan is
+what the dictionary must answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+from attrs import evolve
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cdrd.store.sql as sql
+from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, WriteBatch
+from cdrd.store.schema import NUMBERS_MIGRATION
+from tests.store.contract import deferred_test, oracle_search, oracle_totals
+from tests.store.values import DAY, HOUR, KEY, KEY2, NOTATIONS, record
+
+#: a few letters, so that substrings recur across calls and numbers (and
+#: one call has several numbers that match a search)
+ALPHABET = "01aB"
+
+
+def number_records(n: int = 240, seed: int = 3):
+    """Records whose four numbers are short strings of ALPHABET (often
+    equal, often one containing another, some empty) over three days."""
+    rnd = random.Random(seed)
+
+    def number():
+        return "".join(rnd.choice(ALPHABET) for _ in range(rnd.choice([0, 3, 4, 5, 6, 9])))
+
+    out = []
+    for ref in range(n):
+        begin = DAY - 24 * HOUR + rnd.randrange(0, 3 * 24 * 60) * 60_000 + rnd.randrange(0, 2) * 1000
+        answered = rnd.random() < 0.6
+        dialed, cli = number(), number()
+        out.append(record(
+            ref, begin, gateway=rnd.choice([KEY, KEY2]), notation=rnd.choice(NOTATIONS),
+            pstn=rnd.random() < 0.3, dialed=dialed, cli=cli,
+            pstn_dial=rnd.choice([dialed, "", number()]), pstn_cli=rnd.choice([cli, "", number()]),
+            connect=begin + 1000 if answered else None,
+            talk=rnd.choice([0, 999, 61_000]) if answered else None, cause=rnd.choice(["", "busy"]),
+        ))
+    return out
+
+
+def _plain_scan(fn, query):
+    """What the store answers with the dictionary left out (the LIKE scan)."""
+    saved = sql.MIN_NUMBER_TEXT
+    sql.MIN_NUMBER_TEXT = 10**6
+    try:
+        return fn(query)
+    finally:
+        sql.MIN_NUMBER_TEXT = saved
+
+
+async def matched(store, text):
+    """The ids of the numbers the dictionary finds for `text` (None: it cannot answer)."""
+    return await store._read(lambda cur: store._match_numbers(cur, text))
+
+
+def synchronous(store, conn):
+    """The store's queries run at once on `conn`, answering values, not Deferreds."""
+    same = copy.copy(store)
+
+    def read(fn, *args):
+        cur = conn.cursor()
+        try:
+            return fn(cur, *args)
+        finally:
+            conn.rollback()
+    same._read = read
+    return same
+
+
+queries = st.builds(
+    CallQuery,
+    number=st.text(ALPHABET + "Ab", min_size=3, max_size=5),
+    gateway=st.sampled_from([None, KEY, KEY2]),
+    since=st.sampled_from([None, DAY - 24 * HOUR, DAY + 90_000]),
+    until=st.sampled_from([None, DAY, DAY + 30 * HOUR + 1000]),
+    filter=st.sampled_from(CALL_FILTERS),
+    min_talk=st.sampled_from([None, 1000]),
+    windows=st.sampled_from([None, ((DAY + 9 * HOUR, DAY + 17 * HOUR), (DAY - 15 * HOUR, DAY - 14 * HOUR))]),
+    cause=st.sampled_from([None, None, "busy"]),
+    sort=st.sampled_from(("begin", "begin", *CALL_SORTS)),
+    descending=st.booleans(),
+    limit=st.sampled_from([5, 100]),
+    offset=st.sampled_from([0, 3, 40]),
+)
+
+
+class NumberSearchContract:
+    @deferred_test
+    async def test_number_search_through_the_dictionary_is_the_like_scan(self, store, connect):
+        records = number_records()
+        await store.write(WriteBatch(records=records[:100]))
+        await store.write(WriteBatch(records=records[100:]))
+        conn = connect()
+        same = synchronous(store, conn)
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(query=queries)
+        def check(query):
+            assert same._read(lambda cur: same._match_numbers(cur, query.number)) is not None
+            got = same.calls(query)
+            assert got == _plain_scan(same.calls, query)
+            total, filtered, page = oracle_search(records, [], query)
+            assert (got.total, got.filtered, list(got.records)) == (total, filtered, page)
+            totals = same.call_totals(query)
+            assert totals == _plain_scan(same.call_totals, query)
+            assert totals == oracle_totals(oracle_search(records, [], evolve(query, limit=10**6, offset=0))[2])
+
+        try:
+            check()
+        finally:
+            conn.close()
+
+    @deferred_test
+    async def test_the_dictionary_holds_each_number_once_and_retention_takes_the_postings(self, store):
+        records = number_records(120)
+        await store.write(WriteBatch(records=records[:60]))
+        await store.write(WriteBatch(records=records[60:]))
+        await store.write(WriteBatch(records=records[:10]))  # stored already: nothing new
+
+        def rows(cur):
+            numbers = store._exec(cur, "SELECT number FROM numbers").fetchall()
+            postings = store._exec(
+                cur, "SELECT call_id, number_id, l1, l2, l3 FROM call_numbers").fetchall()
+            ids = dict(store._exec(cur, "SELECT id, number FROM numbers").fetchall())
+            return [n for (n,) in numbers], [
+                (c, ids[n], *sorted((lo for lo in (l1, l2, l3) if lo), reverse=True))
+                for c, n, l1, l2, l3 in postings
+            ], ids
+
+        numbers, postings, ids = await store._read(rows)
+        assert sorted(numbers) == sorted({n for r in records for n in sql._numbers_of(r)})
+        by_id = {v: k for k, v in ids.items()}
+        want = set()
+        for r in records:
+            mine = sorted(by_id[n] for n in sql._numbers_of(r))
+            for k, i in enumerate(mine):
+                want.add((r.id, ids[i], *mine[:k][::-1]))  # its lower numbers' ids
+        assert set(postings) == want
+        old = [r for r in records if r.begin < DAY]
+        expired = await store.expire("records", DAY, 1000)
+        assert expired.deleted == len(old)
+        kept = [r for r in records if r.begin >= DAY]
+        _, postings, _ = await store._read(rows)
+        assert {c for c, *_ in postings} == {r.id for r in kept if sql._numbers_of(r)}
+        q = CallQuery(number="01a", limit=10**6)
+        assert await matched(store, "01a") is not None
+        assert (await store.calls(q)).records == tuple(oracle_search(kept, [], q)[2])
+
+    @deferred_test
+    async def test_a_number_search_scans_calls_when_the_dictionary_cannot_answer(self, store):
+        records = number_records(120)
+        await store.write(WriteBatch(records=records))
+        assert await matched(store, "12") is None  # shorter than a trigram
+        assert await matched(store, "1_5") is None  # a LIKE wildcard
+        assert await matched(store, "zzzz") == []
+        for text in ("12", "1_5", "zzzz", "AB", "ab0"):
+            q = CallQuery(number=text, limit=10**6)
+            assert list((await store.calls(q)).records) == oracle_search(records, [], q)[2]
+
+
+async def assert_numbers_backfilled(store, records):
+    """`store` (not open yet) opens on a database of the schema before the
+    numbers migration that holds `records`: after the migration the
+    dictionary answers number searches as the LIKE scan does, and the
+    records written next are found too (the trigram index kept)."""
+    await store.open()
+    try:
+        assert store.schema_version == NUMBERS_MIGRATION
+        await _backfilled(store, records)
+    finally:
+        await store.close()
+
+
+async def _backfilled(store, records):
+    for text in ("01a", "aB1", "0000", "1a0", "Bb"):
+        q = CallQuery(number=text, limit=10**6)
+        if len(text) >= sql.MIN_NUMBER_TEXT:
+            assert await matched(store, text) is not None
+        assert list((await store.calls(q)).records) == oracle_search(records, [], q)[2], text
+        want = oracle_totals(oracle_search(records, [], q)[2])
+        assert await store.call_totals(evolve(q, filter="all")) == want
+    more = number_records(40, seed=9)
+    more = [evolve(r, id=r.id + "-new", ref=r.ref + 1000, dialed="zz01aB") for r in more]
+    await store.write(WriteBatch(records=more))
+    q = CallQuery(number="z01a", limit=10**6)
+    assert (await matched(store, "z01a")) and list((await store.calls(q)).records) == sorted(
+        more, key=lambda r: (r.begin, r.id))
