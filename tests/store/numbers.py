@@ -15,6 +15,7 @@ import random
 from attrs import evolve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.logger import capturedLogs, formatEvent
 
 import cdrd.store.sql as sql
 from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, WriteBatch
@@ -175,9 +176,13 @@ async def assert_numbers_backfilled(store, records):
     numbers migration that holds `records`: after the migration the
     dictionary answers number searches as the LIKE scan does, and the
     records written next are found too (the trigram index kept)."""
-    await store.open()
+    with capturedLogs() as logs:
+        await store.open()
     try:
         assert store.schema_version == NUMBERS_MIGRATION
+        # the operator sees a long migration begin, not only end
+        assert f"migrating to version {NUMBERS_MIGRATION} of" in " ".join(
+            formatEvent(e) for e in logs)
         await _backfilled(store, records)
     finally:
         await store.close()
