@@ -166,10 +166,12 @@ MIN_NUMBER_TEXT = 3
 MAX_NUMBERS = 10_000
 #: a search that reads the numbers' postings counts (and sums its totals)
 #: exactly up to this many matching calls; beyond it the count stops at the
-#: cap (CallPage.capped, CallTotals.capped): counting a text in 10 % of 10M
-#: calls read a million postings, 235 ms on SQLite; 100,000 read in 24 ms
-#: (docs/store.md, "Number search"; SqlStore.number_count_cap)
-NUMBER_COUNT_CAP = 100_000
+#: cap (CallPage.capped, CallTotals.capped). On the 10M SQLite bench store
+#: a text in 10 % of the calls has a million postings: counting them took
+#: 235 ms; counting 50,000 takes 8-11 ms, summing their totals 28-32 ms
+#: (100,000: 16-21 and 55-61 ms, too near 100 ms p95 at the server once
+#: both run; docs/store.md, "Number search"; SqlStore.number_count_cap)
+NUMBER_COUNT_CAP = 50_000
 
 
 def _like_pattern(text: str) -> str:
@@ -814,6 +816,17 @@ class SqlStore:
         where.params += rest.params
         return where
 
+    def _count_postings(self, cur, postings: _Where) -> int | None:
+        """How many postings match (one a call), reading at most
+        number_count_cap + 1 of them; None: more than the cap."""
+        cap = self.number_count_cap
+        n = self._exec(
+            cur,
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM call_numbers{postings.sql} LIMIT ?) AS capped",
+            (*postings.params, cap + 1),
+        ).fetchone()[0]
+        return None if n > cap else int(n)
+
     @staticmethod
     def _postings_serve(query) -> bool:
         """Does call_numbers carry every term of the query but the number?"""
@@ -907,14 +920,10 @@ class SqlStore:
             if numbers is not None and self._postings_serve(query):
                 # index-only over the matching numbers' postings
                 postings = self._number_postings(query, numbers, match, match_params)
-                cap = self.number_count_cap
-                filtered = self._exec(
-                    cur,
-                    f"SELECT COUNT(*) FROM (SELECT 1 FROM call_numbers{postings.sql} LIMIT ?) AS capped",
-                    (*postings.params, cap + 1),
-                ).fetchone()[0]
-                if filtered > cap:
-                    filtered, capped = cap, True
+                filtered = self._count_postings(cur, postings)
+                capped = filtered is None
+                if capped:
+                    filtered = self.number_count_cap
             elif _only_windows(query):
                 # whole hours of each window from call_hours, its edges by index
                 filtered = 0
@@ -979,16 +988,12 @@ class SqlStore:
                 if numbers is not None and self._postings_serve(query):
                     # index-only over the matching numbers' postings
                     postings = self._number_postings(query, numbers, match, match_params)
-                    cap = self.number_count_cap
-                    totals = _totals_row(self._exec(
-                        cur,
-                        f"SELECT COUNT(*), {ANSWER_SUMS} FROM (SELECT {', '.join(NUMBER_COLUMNS)}"
-                        f" FROM call_numbers{postings.sql} LIMIT ?) AS capped",
-                        (*postings.params, cap + 1),
+                    if self._count_postings(cur, postings) is None:
+                        # counted first: summing reads three times as long
+                        return CallTotals(calls=self.number_count_cap, capped=True)
+                    return _totals_row(self._exec(
+                        cur, f"SELECT COUNT(*), {ANSWER_SUMS} FROM call_numbers{postings.sql}", postings.params
                     ).fetchone())
-                    if totals.calls > cap:
-                        return CallTotals(calls=cap, capped=True)
-                    return totals
                 _, _, _, search = self._call_where(query, numbers)
                 terms = [*where.terms, match, *search.terms]
                 params = [*where.params, *match_params, *search.params]
