@@ -58,6 +58,7 @@ async def test_report_says_when_a_number_search_matches_more_calls_than_it_count
     assert 'id="t-answered"' not in html
     rows = section(html, "records")
     assert f"/call?id={F.GW}%2Fb1%2F75" in rows and "%2F77" not in rows  # the page: the first of the search
+    assert '<span class="where">1–1 of 1+</span>' in html  # the pages go up to the cap
     site.store.number_count_cap = 2
     html = text((await site.get(f"/report?gateway={F.GW}&number=2252&limit=1"))[1])
     assert 'Filter Record Count <b id="filtered">2</b>' in html and 'id="t-answered"' in html
