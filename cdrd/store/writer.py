@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cdrd.interfaces import IBatchWriter, WriteBatch, WriteResult
+from cdrd.store.leases import LeaseLost
 
 Listener = Callable[[WriteBatch, WriteResult], object]
 
@@ -255,7 +256,11 @@ class BatchWriter(Service):
         # an outage is two lines, when it begins and when it ends (with the
         # count): not one per write, 20 a second under load
         level = self.log.error
-        if store_unavailable(failure):
+        if failure.check(LeaseLost) is not None:
+            # another node took the gateway (a takeover, expected): the
+            # protocol logs the Relogin Kickout; not an error of the store
+            level = self.log.info
+        elif store_unavailable(failure):
             if self.refusing is None:
                 self.refusing = f"{failure.type.__name__}: {failure.getErrorMessage()}"
                 self.log.critical(

@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from cdrd.interfaces import IBatchWriter, WriteBatch
+from cdrd.store.leases import LeaseLost
 from cdrd.store.memory import MemoryStore
 from cdrd.store.writer import BatchWriter, EarlierWriteFailed
 from cdrd.values import CallEvent, LogEntry
@@ -24,8 +25,9 @@ def ev(gateway: str, seq: int | None) -> CallEvent:
     return CallEvent(gateway=gateway, seq=seq, ref=1, type="HOOK_OFF", time=1, received=1, boot="r0")
 
 
-def batch(gateway: str, *seqs: int, poison: bool = False) -> WriteBatch:
-    log = [LogEntry(time=1, event="Bad Packet", peer="p", detail="POISON" if poison else "ok")]
+def batch(gateway: str, *seqs: int, poison: bool = False, moved: bool = False) -> WriteBatch:
+    detail = "POISON" if poison else "MOVED" if moved else "ok"
+    log = [LogEntry(time=1, event="Bad Packet", peer="p", detail=detail)]
     return WriteBatch(events=[ev(gateway, s) for s in seqs], log=log)
 
 
@@ -53,6 +55,8 @@ class ScriptedStore(MemoryStore):
         self.writes.append(batch)
         if self.down:
             return defer.fail(sqlite3.OperationalError("database or disk is full"))
+        if any(e.detail == "MOVED" for e in batch.log):
+            return defer.fail(LeaseLost([e.gateway for e in batch.events]))
         if any(e.detail == "POISON" for e in batch.log):
             return defer.fail(ValueError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
         return super().write(batch)
@@ -173,6 +177,18 @@ def test_an_outage_is_two_log_lines_whatever_the_writes_it_fails(capture_log):
     rig.submit("bad", batch("G_9", 1, poison=True))
     rig.settle()
     assert [e["log_level"] for e in capture_log if e["log_level"] > LogLevel.debug][2:] == [LogLevel.error]
+
+
+def test_a_write_another_node_took_the_gateway_of_is_no_error(capture_log):
+    # a takeover (docs/store.md, several nodes) is expected: info, not error
+    rig = Rig()
+    rig.submit("moved", batch("M_1", 1, moved=True))
+    rig.settle()
+    assert rig.outcomes == {"moved": LeaseLost}
+    assert rig.writer.refusing is None
+    loud = [e for e in capture_log if e["log_level"] > LogLevel.debug]
+    assert [e["log_level"] for e in loud] == [LogLevel.info]
+    assert "owned by another cdrd node" in loud[0]["error"]
 
 
 def test_synthetic_events_do_not_tie_a_gateway():
