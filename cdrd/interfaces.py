@@ -176,6 +176,10 @@ class CallPage:
     total: int
     filtered: int
     records: tuple[CallRecord, ...]
+    #: `filtered` stopped at the store's count cap (a number search over
+    #: very many calls, docs/store.md "Number search"): at least that many
+    #: match; the records are still the search's, in order
+    capped: bool = False
 
 
 @frozen
@@ -238,6 +242,9 @@ class CallTotals:
     attempts: int = 0
     attempts_answered: int = 0
     talk: int = 0  # ms: the talk of the answered attempts, summed
+    #: more calls than the store's count cap match (`calls` is the cap, the
+    #: other totals 0: not summed; docs/store.md "Number search")
+    capped: bool = False
 
     @property
     def minutes(self) -> float:

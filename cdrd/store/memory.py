@@ -31,6 +31,7 @@ from cdrd.interfaces import (
 )
 from cdrd.store import StoreClosed
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
+from cdrd.store.sql import MIN_NUMBER_TEXT, NUMBER_COUNT_CAP
 
 
 def _within(t, since, until) -> bool:
@@ -72,6 +73,17 @@ class MemoryStore:
     tests/store/contract.py): ids increase in commit order, (gateway, seq)
     is unique, a record or CDR id is stored once.
     """
+
+    #: the SQL stores' NUMBER_COUNT_CAP, on the searches where they apply it
+    number_count_cap = NUMBER_COUNT_CAP
+
+    def _capped(self, query, count: int) -> bool:
+        """Does the SQL stores' count of this search stop at the cap?"""
+        return (
+            count > self.number_count_cap and query.number is not None
+            and len(query.number) >= MIN_NUMBER_TEXT and not any(c in query.number for c in "%_\\")
+            and query.cui is None and query.cause is None
+        )
 
     def __init__(self):
         self._events = []  # in id order
@@ -272,14 +284,22 @@ class MemoryStore:
                 page = [r for r in chosen if (r.begin, r.id) < query.after]
             else:
                 page = [r for r in chosen if (r.begin, r.id) > query.after]
+        filtered = len(chosen)
+        capped = self._capped(query, filtered)
+        if capped:
+            filtered = self.number_count_cap
+        if query.offset >= filtered:
+            page = []
         page = tuple(page[query.offset:query.offset + query.limit])
-        return defer.succeed(CallPage(total=total, filtered=len(chosen), records=page))
+        return defer.succeed(CallPage(total=total, filtered=filtered, records=page, capped=capped))
 
     def call_totals(self, query):
         try:
             _, chosen = self._matching(query)
         except ValueError:
             return defer.fail()
+        if self._capped(query, len(chosen)):
+            return defer.succeed(CallTotals(calls=self.number_count_cap, capped=True))
         return defer.succeed(_totals(chosen))
 
     def call_summary(self, query, group, prefix=None, bucket=None, limit=1000, offset=0,

@@ -84,7 +84,14 @@ def _rfc(ms):
 
 
 def totals_json(t: CallTotals) -> dict:
-    """A search's totals: calls, answered, minutes, ASR (%), ACD (s)."""
+    """A search's totals: calls, answered, minutes, ASR (%), ACD (s); where
+    more calls match than the store counts (CallTotals.capped), the totals
+    are null (/api/totals says why)."""
+    if t.capped:
+        return {
+            "calls": None, "answered": None, "attempts": None, "attempts_answered": None,
+            "minutes": None, "asr": None, "acd": None,
+        }
     return {
         "calls": t.calls,
         "answered": t.answered,
@@ -469,6 +476,10 @@ class ApiApp:
             {
                 "total": result.total,
                 "filtered": result.filtered,
+                # "capped": `filtered` stopped at `counted_up_to` (at least
+                # that many match); "all": it is exact
+                "total_scope": "capped" if result.capped else "all",
+                "counted_up_to": result.filtered if result.capped else None,
                 "offset": s.offset,
                 "limit": s.limit,
                 "records": [call_json(r) for r in result.records],
@@ -478,7 +489,13 @@ class ApiApp:
     @app.route("/totals", methods=["GET"])
     async def totals(self, request):
         s = parse_search(request, self.zone, allowed=CALL_PARAMS - {"limit", "offset", "sort", "order"})
-        return json_response(request, totals_json(await self.store.call_totals(call_query(s))))
+        t = await self.store.call_totals(call_query(s))
+        return json_response(request, {
+            **totals_json(t),
+            # "capped": more than `counted_up_to` calls match, not summed
+            "total_scope": "capped" if t.capped else "all",
+            "counted_up_to": t.calls if t.capped else None,
+        })
 
     @app.route("/cdrs", methods=["GET"])
     async def cdrs(self, request):

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
 
 from cdrd.interfaces import CDR_SORTS as CDR_SORT_KEYS
-from cdrd.interfaces import SUMMARY_SORTS, EventQuery, LogQuery
+from cdrd.interfaces import SUMMARY_SORTS, CallTotals, EventQuery, LogQuery
 from cdrd.values import hhmmss
 from cdrd.web import views
 from cdrd.web.api import call_summary, call_whole, retention
@@ -148,10 +148,12 @@ def form_values(request, names=SEARCH_PARAMS, **defaults) -> dict:
     return out
 
 
-def paging(path: str, params: dict, offset: int, limit: int, shown: int, total: int | None):
+def paging(path: str, params: dict, offset: int, limit: int, shown: int, total: int | None,
+           more_than: bool = False):
     """Previous / Next and the page numbers around this one, the first and
-    the last (None: one page holds it all)."""
-    if total is not None and total <= limit and offset == 0:
+    the last (None: one page holds it all); `more_than`: `total` is a
+    count's cap, more match (the pages go up to it)."""
+    if total is not None and total <= limit and offset == 0 and not more_than:
         return None
     current = offset // limit + 1
     if total is not None:
@@ -173,7 +175,7 @@ def paging(path: str, params: dict, offset: int, limit: int, shown: int, total: 
         before = n
     where = f"{offset + 1 if shown else offset}–{offset + shown}"
     if total is not None:
-        where += f" of {total}"
+        where += f" of {total}" + ("+" if more_than else "")
     return {
         "prev": views.url(path, params, offset=max(0, offset - limit) or None) if offset > 0 else None,
         "next": views.url(path, params, offset=offset + limit) if more else None,
@@ -225,7 +227,11 @@ class Pages:
         month = parse_month(arg(request, "month"), s.day_from)
         query = call_query(s)
         result = await web.store.calls(query)
-        totals = await web.store.call_totals(query)
+        if result.capped:
+            # its totals stop at the same cap: no second read of the postings
+            totals = CallTotals(calls=result.filtered, capped=True)
+        else:
+            totals = await web.store.call_totals(query)
         days = await days_with_records(web.store, web.zone, s.gateway, month)
         form = form_values(request, **{"from": s.day_from.isoformat(), "to": s.day_to.isoformat()})
         params = _search_params(form)
@@ -276,7 +282,7 @@ class Pages:
             calendar=self._calendar(month, days, s, web.today(), form),
             columns=columns, rows=rows,
             sorting=self._sorting("/report", params, s),
-            paging=paging("/report", params, s.offset, s.limit, len(rows), result.filtered),
+            paging=paging("/report", params, s.offset, s.limit, len(rows), result.filtered, result.capped),
         )
 
     @staticmethod

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from twisted.logger import capturedLogs, formatEvent
 
 import cdrd.store.sql as sql
-from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, WriteBatch
+from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, CallTotals, WriteBatch
 from cdrd.store.schema import NUMBERS_MIGRATION
 from tests.store.contract import deferred_test, oracle_search, oracle_totals
 from tests.store.values import DAY, HOUR, KEY, KEY2, NOTATIONS, record
@@ -169,6 +169,35 @@ class NumberSearchContract:
         for text in ("12", "1_5", "zzzz", "AB", "ab0"):
             q = CallQuery(number=text, limit=10**6)
             assert list((await store.calls(q)).records) == oracle_search(records, [], q)[2]
+
+
+    @deferred_test
+    async def test_a_number_search_counts_up_to_the_cap(self, store):
+        """Beyond number_count_cap matching calls, the count stops at the
+        cap and says so, the totals too; the pages are still the search's."""
+        records = number_records(240)
+        await store.write(WriteBatch(records=records))
+        q = CallQuery(number="01a", sort="begin", descending=True, limit=4)
+        _, n, _ = oracle_search(records, [], q)
+        assert n > 6
+        everything = oracle_search(records, [], evolve(q, limit=10**6))[2]
+        for cap in (n, n + 1):  # at the cap and above it: exact
+            store.number_count_cap = cap
+            page = await store.calls(q)
+            assert (page.filtered, page.capped) == (n, False)
+            assert await store.call_totals(q) == oracle_totals(everything)
+        store.number_count_cap = n - 1
+        page = await store.calls(q)
+        assert (page.filtered, page.capped) == (n - 1, True)
+        assert list(page.records) == everything[:4]  # the newest, exact
+        assert (await store.calls(evolve(q, offset=n - 2))).records == tuple(everything[n - 2:n + 2])
+        assert (await store.calls(evolve(q, offset=n - 1))).records == ()  # pages up to the cap
+        keyset = await store.calls(evolve(q, limit=10**6, after=(everything[0].begin, everything[0].id)))
+        assert list(keyset.records) == everything[1:]  # keyset pages (exports) stay complete
+        assert await store.call_totals(q) == CallTotals(calls=n - 1, capped=True)
+        # searches the postings do not serve count exactly
+        busy = evolve(q, cause="busy")
+        assert (await store.calls(busy)).capped is False
 
 
 async def assert_numbers_backfilled(store, records):

@@ -100,10 +100,34 @@ async def test_totals(make_site):
     body = await site.json(f"/api/totals?gateway={GW}&{DAY}")
     # attempts: out 75, out failed 76 77, in 81, in reject 82; answered 75 81
     assert body == {"calls": 7, "answered": 2, "attempts": 5, "attempts_answered": 2,
-                    "minutes": 4.917, "asr": 40.0, "acd": 147.5}
+                    "minutes": 4.917, "asr": 40.0, "acd": 147.5,
+                    "total_scope": "all", "counted_up_to": None}
     assert (await site.json(f"/api/totals?{DAY}&number=555"))["acd"] == 90.0
     none = await site.json("/api/totals?from=2026-11-01&to=2026-11-01")
     assert (none["calls"], none["asr"], none["acd"]) == (0, None, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_number_search_counts_up_to_the_stores_cap(make_site):
+    # "2252" matches 75 and 77 (dialed "2252, 3" and "2252")
+    site = await make_site()
+    site.store.number_count_cap = 2  # at the cap: exact
+    body = await site.json(f"/api/calls?{DAY}&number=2252")
+    assert (body["filtered"], body["total_scope"], body["counted_up_to"]) == (2, "all", None)
+    totals = await site.json(f"/api/totals?{DAY}&number=2252")
+    assert (totals["calls"], totals["total_scope"], totals["counted_up_to"]) == (2, "all", None)
+    site.store.number_count_cap = 1  # beyond it: the count stops, the rows stay exact
+    body = await site.json(f"/api/calls?{DAY}&number=2252")
+    assert (body["filtered"], body["total_scope"], body["counted_up_to"]) == (1, "capped", 1)
+    assert [r["ref"] for r in body["records"]] == [75, 77]
+    totals = await site.json(f"/api/totals?{DAY}&number=2252")
+    assert totals == {
+        "calls": None, "answered": None, "attempts": None, "attempts_answered": None,
+        "minutes": None, "asr": None, "acd": None, "total_scope": "capped", "counted_up_to": 1,
+    }
+    # the export pages by keyset: every matching call
+    r, csv_body = await site.get(f"/report.csv?{DAY}&number=2252")
+    assert r.code == 200 and len(list(csv.reader(io.StringIO(csv_body.decode())))) == 3
 
 
 @pytest_twisted.ensureDeferred

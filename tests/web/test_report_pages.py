@@ -46,6 +46,25 @@ async def test_report_search_fields_totals_and_links(make_site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_report_says_when_a_number_search_matches_more_calls_than_it_counts(make_site):
+    site = await make_site()
+    site.store.number_count_cap = 1  # "2252": 75 and 77
+    r, body = await site.get(f"/report?gateway={F.GW}&number=2252&limit=1")
+    html = text(body)
+    assert r.code == 200
+    assert 'Filter Record Count <b id="filtered">1+</b>' in html
+    assert ('<span class="totals" id="totals-capped">more than 1 calls match;'
+            ' narrow the dates or the number for exact totals</span>') in html
+    assert 'id="t-answered"' not in html
+    rows = section(html, "records")
+    assert f"/call?id={F.GW}%2Fb1%2F75" in rows and "%2F77" not in rows  # the page: the first of the search
+    assert '<span class="where">1–1 of 1+</span>' in html  # the pages go up to the cap
+    site.store.number_count_cap = 2
+    html = text((await site.get(f"/report?gateway={F.GW}&number=2252&limit=1"))[1])
+    assert 'Filter Record Count <b id="filtered">2</b>' in html and 'id="t-answered"' in html
+
+
+@pytest_twisted.ensureDeferred
 async def test_report_sorts_by_a_header_and_pages_by_number(make_site):
     site = await make_site()
     _, body = await site.get(f"/report?gateway={F.GW}&sort=cli&order=desc&limit=2")
