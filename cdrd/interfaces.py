@@ -434,6 +434,16 @@ class IStore(Interface):
         """Deferred[list[CuiTotals]] per CUI of the CDRs a CdrQuery matches
         (limit, offset, after and sort ignored), by CUI."""
 
+    def cui_summary(query, limit=100, offset=0, sort=None, descending=False):
+        """
+        Deferred[SummaryPage]: the CDRs a CdrQuery matches (its own limit,
+        offset, after and sort ignored) grouped by CUI, each group's
+        totals as a call summary's (calls and attempts: the CDRs; answered:
+        those with a duration; talk: their durations), ordered as
+        `summary_sort_key(sort, False)` and paged by the store: `groups`
+        counts them all, `rows` are `limit` of them from `offset`.
+        """
+
     def call_record(call_id):
         """Deferred[CallRecord | None]: the record of one call id."""
 

@@ -392,6 +392,20 @@ class MemoryStore:
             CuiTotals(cui=k, cdrs=n, answered=a, duration=d) for k, (n, a, d) in sorted(sums.items())
         ])
 
+    def cui_summary(self, query, limit=100, offset=0, sort=None, descending=False):
+        try:
+            order_key = summary_sort_key(sort, False)
+        except ValueError:
+            return defer.fail()
+        rows = [
+            SummaryRow(key=t.cui, totals=CallTotals(
+                calls=t.cdrs, answered=t.answered, attempts=t.cdrs, attempts_answered=t.answered,
+                talk=t.duration))
+            for t in self.cui_totals(query).result
+        ]
+        rows.sort(key=order_key, reverse=descending)
+        return defer.succeed(SummaryPage(groups=len(rows), rows=tuple(rows[offset:offset + limit])))
+
     def cdrs(self, query):
         if query.sort not in CDR_SORTS:
             return defer.fail(ValueError(f"unknown CDR sort {query.sort!r}"))

@@ -30,8 +30,6 @@ from cdrd.interfaces import (
     CallTotals,
     EventQuery,
     LogQuery,
-    SummaryRow,
-    summary_sort_key,
 )
 from cdrd.store.schema import HOUR_MS
 from cdrd.values import CallEvent, CallRecord, Cdr, LegAnswer, LegStart, LegStop, rfc3339
@@ -157,18 +155,13 @@ async def call_summary(
     # the rows link to the report's search: without the summary's own order
     base = evolve(s, sort=None, descending=False).params()
     if group == "cui":
-        cuis = [
-            SummaryRow(key=r.cui, totals=CallTotals(
-                calls=r.cdrs, answered=r.answered, attempts=r.cdrs, attempts_answered=r.answered,
-                talk=r.duration))
-            for r in await store.cui_totals(cdr_query(s))
-        ]
-        cuis.sort(key=summary_sort_key(s.sort, False), reverse=s.descending)
+        page = await store.cui_summary(
+            cdr_query(s), limit=limit, offset=offset, sort=s.sort, descending=s.descending)
         return Summary(group, tuple(
             SummaryLine(key=r.key, label=r.key, totals=r.totals, page="cdrs",
                         search={**_cdr_params(base), "cui": r.key})
-            for r in cuis[offset:offset + limit]
-        ), groups=len(cuis))
+            for r in page.rows
+        ), groups=page.groups)
     q = call_query(s, limit=0, offset=0)
     common = {"limit": limit, "offset": offset, "sort": s.sort, "descending": s.descending}
     if group in ("hour", "day"):

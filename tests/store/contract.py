@@ -720,6 +720,30 @@ class StoreContract:
             assert await store.cui_totals(q) == oracle_cui_totals(oracle_cdrs(cdrs, evolve(q, limit=10**6))[1])
 
     @deferred_test
+    async def test_cui_summary_sorted_and_paged_by_the_store(self, store):
+        """The summary by CUI: the per-CUI totals as summary rows, every sort
+        both ways, a page of it, past the end too."""
+        records, cdrs = searchable(300)
+        await store.write(WriteBatch(records=records, cdrs=cdrs))
+        for q in (CdrQuery(), CdrQuery(since=DAY, until=DAY + DAY, gateway=KEY), CdrQuery(cui="nobody")):
+            rows = [
+                SummaryRow(key=t.cui, totals=CallTotals(
+                    calls=t.cdrs, answered=t.answered, attempts=t.cdrs, attempts_answered=t.answered,
+                    talk=t.duration))
+                for t in oracle_cui_totals(oracle_cdrs(cdrs, evolve(q, limit=10**6))[1])
+            ]
+            for sort in (None, *SUMMARY_SORTS):
+                for descending in (False, True):
+                    want = sorted(rows, key=summary_sort_key(sort, False), reverse=descending)
+                    for offset, limit in ((0, 1000), (1, 2), (max(len(want) - 1, 0), 5), (len(want) + 3, 5)):
+                        got = await store.cui_summary(q, limit=limit, offset=offset, sort=sort, descending=descending)
+                        assert got == SummaryPage(groups=len(want), rows=tuple(want[offset:offset + limit])), (
+                            q, sort, descending, offset)
+            assert not q.cui or rows == []
+        with pytest.raises(ValueError):
+            await store.cui_summary(CdrQuery(), sort="begin")
+
+    @deferred_test
     async def test_call_record_and_outbox_matching(self, store):
         r = record(5, DAY)
         await store.write(WriteBatch(
