@@ -135,25 +135,32 @@ def test_the_password_of_a_url_is_never_shown():
     assert "s3cret" not in repr(store)
 
 
+def records_at(url, version: int, records, upto: int | None = None) -> None:
+    """A database of schema `version` holding `records` (then migrated on
+    to `upto`, if given, as cdrds of those versions would)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SCHEMA_VERSION_DDL)
+        for index in range(version):
+            for statement in migration_statements("postgresql", index):
+                conn.execute(statement)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join(['%s'] * 18)})",
+                [_record_row(r) for r in records],
+            )
+        for index in range(version, upto or version):
+            for statement in migration_statements("postgresql", index):
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (upto or version,))
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_filter_sums_migration_sums_the_records_stored_before(database):
     """call_hours' per-filter answered and talk (issue 14) are filled from
     the records and hours stored before they arrive (UPDATE ... FROM)."""
     _, url = database
     records, _ = searchable(300)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SCHEMA_VERSION_DDL)
-        for statement in migration_statements("postgresql", 0):
-            conn.execute(statement)
-        with conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join(['%s'] * 18)})",
-                [_record_row(r) for r in records],
-            )
-        for index in range(1, FILTER_SUMS_MIGRATION - 1):  # up to the one before
-            for statement in migration_statements("postgresql", index):
-                conn.execute(statement)
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (FILTER_SUMS_MIGRATION - 1,))
+    records_at(url, 1, records, upto=FILTER_SUMS_MIGRATION - 1)  # up to the one before
     store = PostgresStore(url, reactor)
     await store.open()
     try:
@@ -171,16 +178,7 @@ async def test_the_numbers_migration_indexes_the_records_stored_before(database)
     records = number_records(300)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP EXTENSION IF EXISTS pg_trgm")
-        conn.execute(SCHEMA_VERSION_DDL)
-        for index in range(NUMBERS_MIGRATION - 1):
-            for statement in migration_statements("postgresql", index):
-                conn.execute(statement)
-        with conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join(['%s'] * 18)})",
-                [_record_row(r) for r in records],
-            )
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (NUMBERS_MIGRATION - 1,))
+    records_at(url, NUMBERS_MIGRATION - 1, records)
     await assert_numbers_backfilled(PostgresStore(url, reactor), records)
 
 

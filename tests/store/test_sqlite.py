@@ -175,13 +175,18 @@ def database_at(path, version: int) -> sqlite3.Connection:
     return conn
 
 
-def records_at(path, version: int, records) -> None:
-    """A database of schema `version` holding `records`, closed."""
+def records_at(path, version: int, records, upto: int | None = None) -> None:
+    """A database of schema `version` holding `records` (then migrated on
+    to `upto`, if given, as cdrds of those versions would), closed."""
     conn = database_at(path, version)
     conn.executemany(
         f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
         [_record_row(r) for r in records],
     )
+    for index in range(version, upto or version):
+        for statement in migration_statements("sqlite", index):
+            conn.execute(statement)
+    conn.execute("UPDATE schema_version SET version = ?", (upto or version,))
     conn.commit()
     conn.close()
 
@@ -211,17 +216,7 @@ async def test_the_filter_sums_migration_sums_the_records_stored_before(path):
     """call_hours' per-filter answered and talk (issue 14) are filled from
     the records and hours stored before they arrive."""
     records, _ = searchable(300)
-    conn = database_at(path, 1)
-    conn.executemany(
-        f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 18)})",
-        [_record_row(r) for r in records],
-    )
-    for index in range(1, FILTER_SUMS_MIGRATION - 1):  # up to the one before
-        for statement in migration_statements("sqlite", index):
-            conn.execute(statement)
-    conn.execute("UPDATE schema_version SET version = ?", (FILTER_SUMS_MIGRATION - 1,))
-    conn.commit()
-    conn.close()
+    records_at(path, 1, records, upto=FILTER_SUMS_MIGRATION - 1)  # up to the one before
     store = SQLiteStore(str(path), reactor)
     await store.open()
     try:
