@@ -137,13 +137,13 @@ class Rsyslog:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def records(self) -> list[list[str]]:
-        """[facility, severity, hostname, app-name, procid, msgid, msg] per line."""
+        """[facility, severity, hostname, app-name, procid, msgid, msg] per
+        complete line.  omfile writes a batch in 4 KiB chunks, so a read while
+        rsyslog writes can end inside a line: that tail is not a line yet."""
         if not self.out.exists():
             return []
-        out = []
-        for line in self.out.read_text().splitlines():
-            out.append(line.split(" ", 6))
-        return out
+        *lines, _tail = self.out.read_text().split("\n")
+        return [line.split(" ", 6) for line in lines]
 
     def cdr_records(self) -> list[list[str]]:
         return [r for r in self.records() if r[3] != "probe"]
