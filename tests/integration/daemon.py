@@ -60,6 +60,8 @@ class Daemon:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # a hang at stop is then diagnosable: SIGABRT dumps every thread (stop())
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         return self
 
@@ -98,8 +100,18 @@ class Daemon:
         try:
             return self.proc.wait(20)
         except subprocess.TimeoutExpired:
+            pass
+        # hung at stop: faulthandler writes every thread's stack on SIGABRT; keep it beside the log
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait(10)
+            self.proc.wait(10)
+        stacks = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+        (self.tmp / "hung-at-stop.txt").write_text(stacks)
+        print(f"cdrd did not exit within 20 s of SIGTERM; its threads:\n{stacks}", file=sys.stderr)
+        return self.proc.returncode
 
     def api(self, path: str) -> dict:
         url = f"http://127.0.0.1:{self.web_port}{path}"
