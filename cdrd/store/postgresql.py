@@ -326,6 +326,10 @@ class PostgresStore(SqlStore):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = psycopg.connect(self._url, autocommit=False, connect_timeout=self.connect_timeout)
+            # no JIT: it compiles a report's query for 40-75 ms before
+            # running it, more than most of them take (docs/store.md)
+            conn.execute("SET jit = off")
+            conn.commit()
             self._local.conn = conn
             with self._lock:
                 self._conns.add(conn)
