@@ -260,6 +260,10 @@ class _Where:
         return " WHERE " + " AND ".join(self.terms) if self.terms else ""
 
 
+#: a number search whose postings number at least this many looks for its
+#: page in a stretch of its dates first (SqlStore._postings_page)
+DENSE_POSTINGS = 5_000
+
 #: rows of one multi-row INSERT, and its parameters at most (SQLite allows
 #: 32 766 since 3.32; PostgreSQL 65 535)
 MAX_ROWS = 500
@@ -770,9 +774,13 @@ class SqlStore:
                 f"cui >= ? AND cui < ? AND SUBSTR(cui, 1, {len(prefix)}) = ?",
                 prefix, prefix + "\U0010ffff", prefix,
             )
-        # any collation: LIKE 'prefix%' (an index serves it under the C
-        # collation or text_pattern_ops)
-        return where.add("cui LIKE ? ESCAPE '\\'", _like_pattern(prefix)[1:])
+        # PostgreSQL: the same range in byte order (~>=~, ~<~), which the
+        # text_pattern_ops index (CUI_PREFIX_MIGRATION) serves under any
+        # collation and in a generic plan too; LIKE keeps exactly the prefix
+        return where.add(
+            "cui ~>=~ ? AND cui ~<~ ? AND cui LIKE ? ESCAPE '\\'",
+            prefix, prefix + "\U0010ffff", _like_pattern(prefix)[1:],
+        )
 
     def _match_numbers(self, cur, text: str) -> list[int] | None:
         """The ids of the numbers that contain `text` (ASCII letters in
@@ -815,6 +823,41 @@ class SqlStore:
         where.terms += rest.terms
         where.params += rest.params
         return where
+
+    def _postings_page(self, cur, query, postings: _Where, filtered: int) -> list[str]:
+        """
+        The call ids of a number search's page, from its postings in Begin
+        order.  A short text over a year matches a million postings, and
+        one page read and sorted every one of them (0.4 s on PostgreSQL
+        at ten million records).  Where the matches are dense, the page is
+        first looked for in the stretch of the dates at the page's end that
+        should hold it four times over (from the count): rows outside it
+        all sort after the rows inside, so when it holds the whole page the
+        page is exact; only when it does not is the whole range read.
+        """
+        def page(where: _Where) -> list[str]:
+            return [r[0] for r in self._exec(
+                cur,
+                f"SELECT call_id FROM call_numbers{where.sql}"
+                f" ORDER BY {_order('begin_ms', query.descending, 'call_id')} LIMIT ? OFFSET ?",
+                (*where.params, query.limit, query.offset),
+            ).fetchall()]
+
+        since, until, want = query.since, query.until, query.offset + query.limit
+        if (query.after is None and since is not None and until is not None
+                and filtered >= DENSE_POSTINGS and want * 8 <= filtered):
+            span = max(HOUR_MS, -(-4 * want * (until - since) // filtered))
+            if span < until - since:
+                window = _Where()
+                window.terms, window.params = list(postings.terms), list(postings.params)
+                if query.descending:
+                    window.add("begin_ms >= ?", until - span)
+                else:
+                    window.add("begin_ms < ?", since + span)
+                ids = page(window)
+                if len(ids) == query.limit:
+                    return ids
+        return page(postings)
 
     def _count_postings(self, cur, postings: _Where) -> int | None:
         """How many postings match (one a call), reading at most
@@ -944,12 +987,7 @@ class SqlStore:
                         op = "<" if query.descending else ">"
                         postings.add(f"(begin_ms {op} ? OR (begin_ms = ? AND call_id {op} ?))",
                                      begin, begin, after_id)
-                    ids = [r[0] for r in self._exec(
-                        cur,
-                        f"SELECT call_id FROM call_numbers{postings.sql}"
-                        f" ORDER BY {_order('begin_ms', query.descending, 'call_id')} LIMIT ? OFFSET ?",
-                        (*postings.params, query.limit, query.offset),
-                    ).fetchall()]
+                    ids = self._postings_page(cur, query, postings, filtered)
                     rows = self._exec(
                         cur,
                         f"SELECT {CALL_COLS} FROM calls WHERE id IN ({', '.join('?' * len(ids)) or 'NULL'})"
