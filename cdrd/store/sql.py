@@ -10,6 +10,8 @@ substituted by ``SqlStore.sql``.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from attrs import evolve
@@ -334,6 +336,25 @@ _SEARCH_TERMS = ("number", "cui", "min_talk", "max_talk", "cause")
 def _only_windows(query) -> bool:
     """Is a time-of-day window the query's only search term?"""
     return query.windows is not None and all(getattr(query, t) is None for t in _SEARCH_TERMS)
+
+
+#: the number searches whose matching numbers a store keeps (the report
+#: page runs its search's match three or four times: calls, totals, tabs)
+NUMBER_MATCHES_KEPT = 256
+
+
+class _NumberMatches:
+    """
+    What SqlStore._match_numbers found per text: (the ids, or None for
+    more than MAX_NUMBERS; the dictionary's highest id then).  Numbers are
+    never deleted or changed, so a later search of the same text adds only
+    what the numbers above that id match.  The least recently searched
+    texts go first (NUMBER_MATCHES_KEPT).
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.texts: OrderedDict[str, tuple[frozenset[int] | None, int]] = OrderedDict()
 
 
 class SqlStore:
@@ -789,19 +810,51 @@ class SqlStore:
         if len(text) < MIN_NUMBER_TEXT or any(c in text for c in "%_\\"):
             return None
         pattern = _like_pattern(text)
+        matches = self._number_matches()
+        with matches.lock:
+            known = matches.texts.get(text)
+            if known is not None:
+                matches.texts.move_to_end(text)
+        if known is not None and known[0] is None:
+            return None  # too many numbers match, and numbers are never deleted
+        # the dictionary's highest id first, then the match: the match sees
+        # at least every number up to it (one writer at a time: ids become
+        # visible in order), so the next search of the text reads only the
+        # numbers added since, by their ids
+        seen = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM numbers").fetchone()[0]
+        since = 0 if known is None else known[1]
         if self.dialect == "sqlite":
             # FTS5 finds the candidates (its trigrams fold case beyond
             # ASCII); LIKE on the number keeps exactly what LIKE matches
             statement = (
                 "SELECT id FROM numbers WHERE id IN (SELECT rowid FROM numbers_trigram WHERE number LIKE ?)"
-                " AND number LIKE ? ESCAPE '\\' LIMIT ?"
+                " AND number LIKE ? ESCAPE '\\' AND id > ? LIMIT ?"
             )
-            params = (pattern, pattern, MAX_NUMBERS + 1)
+            params = (pattern, pattern, since, MAX_NUMBERS + 1)
         else:
-            statement = f"SELECT id FROM numbers WHERE number {self.like} ? ESCAPE '\\' LIMIT ?"
-            params = (pattern, MAX_NUMBERS + 1)
-        ids = [int(r[0]) for r in self._exec(cur, statement, params).fetchall()]
-        return None if len(ids) > MAX_NUMBERS else sorted(ids)
+            statement = f"SELECT id FROM numbers WHERE number {self.like} ? ESCAPE '\\' AND id > ? LIMIT ?"
+            params = (pattern, since, MAX_NUMBERS + 1)
+        if known is not None and since >= seen:
+            found = set(known[0])  # nothing added since: no query
+        else:
+            found = {int(r[0]) for r in self._exec(cur, statement, params).fetchall()}
+            if known is not None:
+                found |= known[0]
+        ids = None if len(found) > MAX_NUMBERS else frozenset(found)
+        with matches.lock:
+            old = matches.texts.get(text)
+            if old is None or old[1] <= seen:
+                matches.texts[text] = (ids, seen)
+                matches.texts.move_to_end(text)
+                while len(matches.texts) > NUMBER_MATCHES_KEPT:
+                    matches.texts.popitem(last=False)
+        return None if ids is None else sorted(ids)
+
+    def _number_matches(self) -> _NumberMatches:
+        matches = self.__dict__.get("_matches")
+        if matches is None:
+            matches = self.__dict__.setdefault("_matches", _NumberMatches())
+        return matches
 
     def _number_postings(self, query, numbers: list[int], match: str, match_params) -> _Where:
         """

@@ -124,6 +124,33 @@ class NumberSearchContract:
             conn.close()
 
     @deferred_test
+    async def test_a_texts_numbers_are_kept_and_only_numbers_added_since_are_matched_again(self, store):
+        """The report page runs its search's match for the calls, the totals
+        and the tabs (11-18 ms each on PostgreSQL at ten million numbers):
+        the store keeps what a text matched and the dictionary's highest id,
+        and matches again only the numbers added since."""
+        asked = []  # the lowest id each match of the dictionary read from
+        exec_ = store._exec
+
+        def spy(cur, statement, params=()):
+            if statement.startswith("SELECT id FROM numbers WHERE"):
+                asked.append(params[-2])
+            return exec_(cur, statement, params)
+        store._exec = spy
+        first = record(1, DAY, dialed="1234567", cli="55")
+        await store.write(WriteBatch(records=[first]))
+        q = CallQuery(number="2345", limit=100)
+        assert [r.id for r in (await store.calls(q)).records] == [first.id]
+        assert [r.id for r in (await store.calls(q)).records] == [first.id]
+        assert asked == [0]  # the second search added nothing to ask
+        top = await store._read(lambda cur: store._exec(cur, "SELECT MAX(id) FROM numbers").fetchone()[0])
+        more = [record(2, DAY + 1000, dialed="992345", cli="66"), record(3, DAY + 2000, dialed="777")]
+        await store.write(WriteBatch(records=more))
+        assert [r.id for r in (await store.calls(q)).records] == [first.id, more[0].id]
+        assert asked == [0, top]  # only the numbers added since
+        assert (await store.call_totals(evolve(q, filter="all"))).calls == 2
+
+    @deferred_test
     async def test_a_dense_number_search_finds_its_page_in_a_stretch_of_its_dates(self, store, connect):
         """A text that matches very many calls: the page is looked for in
         the stretch of the dates at its end first (SqlStore._postings_page)
