@@ -188,7 +188,13 @@ def fill_postgres(url: str, args, today_ms: int) -> None:
             print("\n  indexing ...", flush=True)
             for statement in indexes:
                 cur.execute(statement)
-            cur.execute("ANALYZE")
+            # a running cdrd writes each hour's call_hours rows as the hour
+            # goes: in hour order, which the backfill above (by gateway) is not
+            cur.execute("CLUSTER call_hours USING call_hours_hour")
+    with psycopg.connect(url, autocommit=True) as conn:
+        # what autovacuum does to tables that only grow (PostgreSQL 13+):
+        # the visibility map that index-only scans need, and the statistics
+        conn.execute("VACUUM (ANALYZE)")
     print()
 
 
