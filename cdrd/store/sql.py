@@ -346,15 +346,16 @@ NUMBER_MATCHES_KEPT = 256
 class _NumberMatches:
     """
     What SqlStore._match_numbers found per text: (the ids, or None for
-    more than MAX_NUMBERS; the dictionary's highest id then).  Numbers are
-    never deleted or changed, so a later search of the same text adds only
-    what the numbers above that id match.  The least recently searched
+    more than MAX_NUMBERS; the dictionary's highest id then, and that
+    number's row, which tells the same dictionary).  Numbers are never
+    deleted or changed, so a later search of the same text adds only what
+    the numbers above that id match.  The least recently searched
     texts go first (NUMBER_MATCHES_KEPT).
     """
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.texts: OrderedDict[str, tuple[frozenset[int] | None, int]] = OrderedDict()
+        self.texts: OrderedDict[str, tuple[frozenset[int] | None, int, tuple | None]] = OrderedDict()
 
 
 class SqlStore:
@@ -815,13 +816,19 @@ class SqlStore:
             known = matches.texts.get(text)
             if known is not None:
                 matches.texts.move_to_end(text)
+        if known is not None and self._exec(
+                cur, "SELECT number FROM numbers WHERE id = ?", (known[1],)).fetchone() != known[2]:
+            # the dictionary is not the one the match was kept from (a
+            # database restored, or an asynchronous replica promoted): again
+            known = None
         if known is not None and known[0] is None:
             return None  # too many numbers match, and numbers are never deleted
         # the dictionary's highest id first, then the match: the match sees
         # at least every number up to it (one writer at a time: ids become
         # visible in order), so the next search of the text reads only the
         # numbers added since, by their ids
-        seen = self._exec(cur, "SELECT COALESCE(MAX(id), 0) FROM numbers").fetchone()[0]
+        seen, anchor = self._exec(
+            cur, "SELECT id, number FROM numbers ORDER BY id DESC LIMIT 1").fetchone() or (0, None)
         since = 0 if known is None else known[1]
         if self.dialect == "sqlite":
             # FTS5 finds the candidates (its trigrams fold case beyond
@@ -844,7 +851,7 @@ class SqlStore:
         with matches.lock:
             old = matches.texts.get(text)
             if old is None or old[1] <= seen:
-                matches.texts[text] = (ids, seen)
+                matches.texts[text] = (ids, seen, None if anchor is None else (anchor,))
                 matches.texts.move_to_end(text)
                 while len(matches.texts) > NUMBER_MATCHES_KEPT:
                     matches.texts.popitem(last=False)

@@ -149,6 +149,12 @@ class NumberSearchContract:
         assert [r.id for r in (await store.calls(q)).records] == [first.id, more[0].id]
         assert asked == [0, top]  # only the numbers added since
         assert (await store.call_totals(evolve(q, filter="all"))).calls == 2
+        # a dictionary that is not the one matched (restored from a backup,
+        # an asynchronous replica promoted): matched again from the start
+        await store._run(lambda cur: store._exec(
+            cur, "UPDATE numbers SET number = 'x1' WHERE id = (SELECT MAX(id) FROM numbers)"), write=True)
+        await store.calls(q)
+        assert asked[-1] == 0
 
     @deferred_test
     async def test_a_dense_number_search_finds_its_page_in_a_stretch_of_its_dates(self, store, connect):
