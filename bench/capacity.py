@@ -17,6 +17,10 @@ Modes (the server under test):
   in rsyslog's file;
 - ``postgresql``: cdrd on a fresh database of its own at 127.0.0.1:5432.
 
+``--store URL`` (sqlite and postgresql): cdrd writes into that store
+instead, e.g. the ten million records bench/report.py filled: the same
+load against indexes that no longer fit in memory, as after months.
+
 The client (this script with ``client``, a process of its own, so that its
 CPU is its own) is **open loop** by default: call i of the run is scheduled
 at start + i / rate, round-robin over the gateways, and sent (its events in
@@ -461,7 +465,9 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                 cwd=tree, env=env, stdout=open(tmp / "bare.log", "wb"), stderr=subprocess.STDOUT)
             wait_port(port, server, 15, "bare server", [tmp / "bare.log"])
         else:
-            if mode == "postgresql":
+            if args.store:
+                database = args.store  # a store that holds months already: kept
+            elif mode == "postgresql":
                 database, pg_name = postgres_database()
             else:
                 database = f"sqlite:{tmp / 'cdrd.sqlite'}"
@@ -633,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floor", action="store_true",
                    help="also run the bare server in every round (the floor, same run)")
     p.add_argument("--py-spy", type=Path, help="a directory: a py-spy --gil profile of cdrd per run")
+    p.add_argument("--store", help="sqlite or postgresql: write into this store (a URL as in [server] database,"
+                                    " e.g. one bench/report.py filled with ten million records) instead of"
+                                    " a fresh one; it is kept, and the gateways go on from its last seq")
     p.add_argument("--outputs-process", action="store_true",
                    help='full: [outputs] delivery = "process" in the trees that have the setting')
     p.add_argument("--json", action="store_true")
