@@ -132,6 +132,7 @@ def run_client(args) -> dict:
             self.seq = 0  # last seq used
             self.ref = 0
             self.acked = 0
+            self.start = 0  # the store's last seq at login (--store: not 0)
             self.track: deque = deque()  # (last seq of a call, scheduled or sent monotonic time)
 
         def connectionMade(self):
@@ -159,7 +160,7 @@ def run_client(args) -> dict:
                 elif line.startswith(b"OK"):
                     self.ready = True
                     fields = dict(f.split(b"=", 1) for f in line.split()[1:] if b"=" in f)
-                    self.seq = self.acked = int(fields.get(b"last", b"0"))
+                    self.seq = self.acked = self.start = int(fields.get(b"last", b"0"))
                     state["connected"] += 1
                     if state["connected"] == args.gateways:
                         start()
@@ -297,7 +298,7 @@ def run_client(args) -> dict:
     else:
         span = state["sent_at"] - state["t0"]
     sent = state["sent_events"]
-    acked = sum(g.acked for g in gateways)
+    acked = sum(g.acked - g.start for g in gateways)
     calls_done = len(lat)
     offered_calls = total_calls if not args.closed else state["sent_calls"]
     return {
