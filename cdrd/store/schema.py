@@ -133,9 +133,11 @@ DIALECTS = {
         # CUI_PREFIX_MIGRATION: under any collation but C (C.UTF-8 and
         # en_US.UTF-8 included) a btree in the collation's order cannot
         # serve "cui starts with": text_pattern_ops orders bytewise, as
-        # the prefix range (~>=~ / ~<~) and LIKE 'prefix%' need
+        # the prefix range (~>=~ / ~<~) and LIKE 'prefix%' need; with seq,
+        # a page of a prefix's CDRs is index-only (SQLite's indexes carry
+        # the rowid, seq, already)
         "cui_index_drop": "DROP INDEX cdrs_cui_start",
-        "cui_index": "CREATE INDEX cdrs_cui_start ON cdrs (cui text_pattern_ops, start, gateway, duration)",
+        "cui_index": "CREATE INDEX cdrs_cui_start ON cdrs (cui text_pattern_ops, start, gateway, duration, seq)",
     },
 }
 

@@ -303,7 +303,7 @@ async def test_the_cui_prefix_migration_replaces_the_index_of_a_database_stored_
     with psycopg.connect(url) as conn:
         (definition,) = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'cdrs_cui_start'").fetchone()
-    assert "cui text_pattern_ops, start, gateway, duration" in definition
+    assert "cui text_pattern_ops, start, gateway, duration, seq" in definition
 
 
 @pytest_twisted.ensureDeferred
