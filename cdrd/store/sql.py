@@ -339,8 +339,10 @@ def _only_windows(query) -> bool:
 
 
 #: the number searches whose matching numbers a store keeps (the report
-#: page runs its search's match three or four times: calls, totals, tabs)
+#: page runs its search's match three or four times: calls, totals, tabs),
+#: and the numbers' ids kept over all of them (~60 bytes each: ~6 MB)
 NUMBER_MATCHES_KEPT = 256
+NUMBER_MATCHES_IDS = 100_000
 
 
 class _NumberMatches:
@@ -350,12 +352,29 @@ class _NumberMatches:
     number's row, which tells the same dictionary).  Numbers are never
     deleted or changed, so a later search of the same text adds only what
     the numbers above that id match.  The least recently searched
-    texts go first (NUMBER_MATCHES_KEPT).
+    texts go first (NUMBER_MATCHES_KEPT texts, NUMBER_MATCHES_IDS ids).
     """
 
     def __init__(self):
         self.lock = threading.Lock()
         self.texts: OrderedDict[str, tuple[frozenset[int] | None, int, tuple | None]] = OrderedDict()
+        self.ids = 0  # kept, over every text: the memory bound
+
+    def keep(self, text: str, entry) -> None:
+        size = len(entry[0] or ())
+        with self.lock:
+            old = self.texts.get(text)
+            if old is not None and old[1] > entry[1]:
+                return  # a newer match of the text is kept already
+            if old is not None:
+                self.ids -= len(self.texts.pop(text)[0] or ())
+            if size > NUMBER_MATCHES_IDS:
+                return
+            self.texts[text] = entry
+            self.ids += size
+            while len(self.texts) > NUMBER_MATCHES_KEPT or self.ids > NUMBER_MATCHES_IDS:
+                _, (gone, *_) = self.texts.popitem(last=False)
+                self.ids -= len(gone or ())
 
 
 class SqlStore:
@@ -848,13 +867,7 @@ class SqlStore:
             if known is not None:
                 found |= known[0]
         ids = None if len(found) > MAX_NUMBERS else frozenset(found)
-        with matches.lock:
-            old = matches.texts.get(text)
-            if old is None or old[1] <= seen:
-                matches.texts[text] = (ids, seen, None if anchor is None else (anchor,))
-                matches.texts.move_to_end(text)
-                while len(matches.texts) > NUMBER_MATCHES_KEPT:
-                    matches.texts.popitem(last=False)
+        matches.keep(text, (ids, seen, None if anchor is None else (anchor,)))
         return None if ids is None else sorted(ids)
 
     def _number_matches(self) -> _NumberMatches:
