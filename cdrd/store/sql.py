@@ -1170,29 +1170,13 @@ class SqlStore:
         def q(cur):
             if not fast:
                 # one GROUP BY, ordered and paged by the database
-                rows = self._exec(
+                return self._paged_groups(
                     cur,
-                    f"WITH g(k, n, a, t, ta, talk) AS (SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls"
-                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key})"
-                    f" SELECT k, n, a, t, ta, talk, COUNT(*) OVER () FROM g"
-                    f" ORDER BY {_summary_order(sort, descending, group == 'time')} LIMIT ? OFFSET ?",
-                    (*params, int(limit), int(offset)),
-                ).fetchall()
-                if rows:
-                    groups = int(rows[0][6])
-                else:
-                    groups = int(self._exec(
-                        cur,
-                        f"SELECT COUNT(*) FROM (SELECT {key} FROM calls"
-                        f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}) g",
-                        params,
-                    ).fetchone()[0])
-                scale = bucket if group == "time" else None
-                page = tuple(
-                    SummaryRow(key=str(int(r[0]) * scale) if scale else str(r[0]), totals=_totals_row(r[1:6]))
-                    for r in rows
+                    f"SELECT {key}, COUNT(*), {ANSWER_SUMS} FROM calls"
+                    f" WHERE {' AND '.join(terms) or '1 = 1'} GROUP BY {key}",
+                    params, sort, descending, group == "time", limit, offset,
+                    scale=bucket if group == "time" else None,
                 )
-                return SummaryPage(groups=groups, rows=page)
             sums: dict = {}
 
             def add(rows):
@@ -1444,20 +1428,33 @@ class SqlStore:
             # grouped, ordered and paged by the database: a day of every
             # gateway holds thousands of CUIs, and building and sorting them
             # all here cost more than the SQL
-            rows = self._exec(
-                cur,
-                f"WITH g(k, n, a, t, ta, talk) AS ({groups_sql})"
-                " SELECT k, n, a, t, ta, talk, COUNT(*) OVER () FROM g"
-                f" ORDER BY {_summary_order(sort, descending, False)} LIMIT ? OFFSET ?",
-                (*where.params, int(limit), int(offset)),
-            ).fetchall()
-            if rows:
-                groups = int(rows[0][6])
-            else:
-                groups = int(self._exec(cur, f"SELECT COUNT(*) FROM ({groups_sql}) g", where.params).fetchone()[0])
-            return SummaryPage(groups=groups, rows=tuple(
-                SummaryRow(key=str(r[0]), totals=_totals_row(r[1:6])) for r in rows))
+            return self._paged_groups(cur, groups_sql, where.params, sort, descending, False, limit, offset)
         return self._read(q)
+
+    def _paged_groups(self, cur, groups_sql: str, params, sort, descending: bool, time: bool,
+                      limit: int, offset: int, scale: int | None = None) -> SummaryPage:
+        """
+        A SummaryPage of `groups_sql`'s groups (key, calls, answered,
+        attempts, answered attempts, talk), ordered as summary_sort_key
+        and paged by the database, counted with them (a second query only
+        when the page is empty); `scale`: a time key is a bucket number,
+        its key the bucket's start.
+        """
+        rows = self._exec(
+            cur,
+            f"WITH g(k, n, a, t, ta, talk) AS ({groups_sql})"
+            " SELECT k, n, a, t, ta, talk, COUNT(*) OVER () FROM g"
+            f" ORDER BY {_summary_order(sort, descending, time)} LIMIT ? OFFSET ?",
+            (*params, int(limit), int(offset)),
+        ).fetchall()
+        if rows:
+            groups = int(rows[0][6])
+        else:
+            groups = int(self._exec(cur, f"SELECT COUNT(*) FROM ({groups_sql}) g", params).fetchone()[0])
+        return SummaryPage(groups=groups, rows=tuple(
+            SummaryRow(key=str(int(r[0]) * scale) if scale else str(r[0]), totals=_totals_row(r[1:6]))
+            for r in rows
+        ))
 
     def outbox_matching(self, sink, text, limit):
         contains = "INSTR(payload, ?) > 0" if self.dialect == "sqlite" else "POSITION(? IN payload) > 0"
