@@ -25,8 +25,8 @@ from twisted.logger import Logger
 
 from cdrd.config import RetentionConfig
 from cdrd.interfaces import RETENTION_KINDS
+from cdrd.store.schema import DAY_MS
 
-DAY_MS = 86_400_000
 #: the shortest pause between two batches, seconds
 MIN_PAUSE = 0.005
 #: pages one reclaim step gives back (4 KiB pages: 4 MiB)

@@ -29,6 +29,7 @@ ATTEMPT_NOTATIONS = ("Call out", "Call out failed", "Call in", "Call in reject")
 
 QUARTER_MS = 900_000
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
 #: call_hours.gateway of the rows that count every gateway (no gateway key
 #: can be "*": ids are [0-9A-Za-z_-])

@@ -31,7 +31,7 @@ from cdrd.interfaces import (
     EventQuery,
     LogQuery,
 )
-from cdrd.store.schema import HOUR_MS
+from cdrd.store.schema import DAY_MS, HOUR_MS
 from cdrd.values import CallEvent, CallRecord, Cdr, LegAnswer, LegStart, LegStop, rfc3339
 from cdrd.web.query import (
     CALL_PARAMS,
@@ -59,7 +59,6 @@ from cdrd.web.render import call_json, cdr_json, event_json, gateway_json, log_j
 #: GET /api/summary?group=...: the store's group, or a time bucket folded
 #: into local hours or days here
 SUMMARY_GROUPS = ("caller", "destination", "cui", "gateway", "hour", "day")
-DAY_MS = 24 * HOUR_MS
 EPOCH = datetime(1970, 1, 1)
 #: a time summary over more days than this is refused (8 760 hours a year)
 SUMMARY_MAX_DAYS = 400

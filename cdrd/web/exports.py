@@ -106,9 +106,7 @@ class Exports:
     async def summary_csv(self, request):
         # the API's summary (its parameters, its checks) with every group,
         # as the API's CSV
-        _, result = await self.web.api._summary(request, every=True)
-        await stream_summary_csv(request, result, f"summary-{result.group}.csv")
-        return None
+        return await self.web.api._csv(request)
 
 
 async def stream_summary_csv(request, summary, name: str) -> None:

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 from attrs import evolve, frozen
 
 from cdrd.interfaces import CALL_FILTERS, CALL_SORTS, CallQuery, CdrQuery
+from cdrd.store.schema import DAY_MS
 from cdrd.values import GATEWAY_ID, gateway_key, split_gateway_key
 
 MAX_LIMIT = 1000
-DAY_MS = 86_400_000
 #: The page's words for the filters, in the seed report's order.
 FILTER_LABELS = {
     "all": "All",
