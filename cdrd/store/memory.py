@@ -31,7 +31,7 @@ from cdrd.interfaces import (
 )
 from cdrd.store import StoreClosed
 from cdrd.store.schema import ATTEMPT_NOTATIONS, FILTER_NOTATION, log_gateway_match, quarter
-from cdrd.store.sql import MIN_NUMBER_TEXT, NUMBER_COUNT_CAP
+from cdrd.store.sql import NUMBER_COUNT_CAP, postings_serve, uses_dictionary
 
 
 def _within(t, since, until) -> bool:
@@ -81,8 +81,7 @@ class MemoryStore:
         """Does the SQL stores' count of this search stop at the cap?"""
         return (
             count > self.number_count_cap and query.number is not None
-            and len(query.number) >= MIN_NUMBER_TEXT and not any(c in query.number for c in "%_\\")
-            and query.cui is None and query.cause is None
+            and uses_dictionary(query.number) and postings_serve(query)
         )
 
     def __init__(self):

@@ -176,6 +176,17 @@ MAX_NUMBERS = 10_000
 NUMBER_COUNT_CAP = 50_000
 
 
+def uses_dictionary(text: str) -> bool:
+    """Can the numbers dictionary answer a number search for `text`
+    (before counting its matches against MAX_NUMBERS)?"""
+    return len(text) >= MIN_NUMBER_TEXT and not any(c in text for c in "%_\\")
+
+
+def postings_serve(query) -> bool:
+    """Does call_numbers carry every term of the query but the number?"""
+    return query.cui is None and query.cause is None
+
+
 def _like_pattern(text: str) -> str:
     """A LIKE pattern (ESCAPE '\\') matching `text` anywhere."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -359,6 +370,14 @@ class _NumberMatches:
         self.lock = threading.Lock()
         self.texts: OrderedDict[str, tuple[frozenset[int] | None, int, tuple | None]] = OrderedDict()
         self.ids = 0  # kept, over every text: the memory bound
+
+    def get(self, text: str):
+        """What `text` matched, or None; it is now the most recently searched."""
+        with self.lock:
+            known = self.texts.get(text)
+            if known is not None:
+                self.texts.move_to_end(text)
+            return known
 
     def keep(self, text: str, entry) -> None:
         size = len(entry[0] or ())
@@ -827,14 +846,10 @@ class SqlStore:
         """The ids of the numbers that contain `text` (ASCII letters in
         either case), through the trigram index; None where the search
         scans calls instead (MIN_NUMBER_TEXT, MAX_NUMBERS)."""
-        if len(text) < MIN_NUMBER_TEXT or any(c in text for c in "%_\\"):
+        if not uses_dictionary(text):
             return None
-        pattern = _like_pattern(text)
         matches = self._number_matches()
-        with matches.lock:
-            known = matches.texts.get(text)
-            if known is not None:
-                matches.texts.move_to_end(text)
+        known = matches.get(text)
         if known is not None and self._exec(
                 cur, "SELECT number FROM numbers WHERE id = ?", (known[1],)).fetchone() != known[2]:
             # the dictionary is not the one the match was kept from (a
@@ -849,6 +864,19 @@ class SqlStore:
         seen, anchor = self._exec(
             cur, "SELECT id, number FROM numbers ORDER BY id DESC LIMIT 1").fetchone() or (0, None)
         since = 0 if known is None else known[1]
+        if known is not None and since >= seen:
+            found = set(known[0])  # nothing added since: no query
+        else:
+            found = self._numbers_matching(cur, _like_pattern(text), since)
+            if known is not None:
+                found |= known[0]
+        ids = None if len(found) > MAX_NUMBERS else frozenset(found)
+        matches.keep(text, (ids, seen, None if anchor is None else (anchor,)))
+        return None if ids is None else sorted(ids)
+
+    def _numbers_matching(self, cur, pattern: str, since: int) -> set[int]:
+        """The ids above `since` of the numbers LIKE `pattern` (at most
+        MAX_NUMBERS + 1 of them), through the trigram index."""
         if self.dialect == "sqlite":
             # FTS5 finds the candidates (its trigrams fold case beyond
             # ASCII); LIKE on the number keeps exactly what LIKE matches
@@ -860,15 +888,7 @@ class SqlStore:
         else:
             statement = f"SELECT id FROM numbers WHERE number {self.like} ? ESCAPE '\\' AND id > ? LIMIT ?"
             params = (pattern, since, MAX_NUMBERS + 1)
-        if known is not None and since >= seen:
-            found = set(known[0])  # nothing added since: no query
-        else:
-            found = {int(r[0]) for r in self._exec(cur, statement, params).fetchall()}
-            if known is not None:
-                found |= known[0]
-        ids = None if len(found) > MAX_NUMBERS else frozenset(found)
-        matches.keep(text, (ids, seen, None if anchor is None else (anchor,)))
-        return None if ids is None else sorted(ids)
+        return {int(r[0]) for r in self._exec(cur, statement, params).fetchall()}
 
     def _number_matches(self) -> _NumberMatches:
         matches = self.__dict__.get("_matches")
@@ -942,11 +962,6 @@ class SqlStore:
             (*postings.params, cap + 1),
         ).fetchone()[0]
         return None if n > cap else int(n)
-
-    @staticmethod
-    def _postings_serve(query) -> bool:
-        """Does call_numbers carry every term of the query but the number?"""
-        return query.cui is None and query.cause is None
 
     def _call_search(self, query, numbers: list[int] | None = None) -> _Where:
         """The search terms of a CallQuery (not gateway, dates or filter);
@@ -1033,7 +1048,7 @@ class SqlStore:
             )
             postings = None
             capped = False
-            if numbers is not None and self._postings_serve(query):
+            if numbers is not None and postings_serve(query):
                 # index-only over the matching numbers' postings
                 postings = self._number_postings(query, numbers, match, match_params)
                 filtered = self._count_postings(cur, postings)
@@ -1096,7 +1111,7 @@ class SqlStore:
         def q(cur):
             if not fast:
                 numbers = self._match_numbers(cur, query.number) if query.number is not None else None
-                if numbers is not None and self._postings_serve(query):
+                if numbers is not None and postings_serve(query):
                     # index-only over the matching numbers' postings
                     postings = self._number_postings(query, numbers, match, match_params)
                     if self._count_postings(cur, postings) is None:
