@@ -29,6 +29,17 @@ BUSY_TIMEOUT_MS = 10_000
 INCREMENTAL = 2
 CACHE_KIB = 64 * 1024
 READERS = 2
+#: WAL pages written before a commit copies them into the database file
+#: (SQLite's default is 1 000, ~4 MB).  Every transaction rewrites a leaf of
+#: each per-gateway index for each gateway in it (~450 pages for 300 events
+#: from 100 gateways), so at 1 000 pages every third commit or so also paid
+#: for a checkpoint of mostly the same leaves; at 10 000 (~40 MB of WAL) a
+#: checkpoint copies each hot leaf once for ten times as many commits
+#: (docs/benchmarks.md, "Checkpoints and collector pauses")
+WAL_AUTOCHECKPOINT = 10_000
+#: bytes: once a checkpoint has emptied it, the WAL file is cut back to this
+#: (while a long report holds a snapshot the WAL cannot start again: it grows)
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class StoreInUse(Exception):
@@ -120,6 +131,8 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
     def _connect(self) -> int:
         # room for every statement text of the write path compiled (fixed_chunks)

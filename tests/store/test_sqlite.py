@@ -18,6 +18,7 @@ from twisted.internet import reactor
 
 from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, LogQuery, WriteBatch
 from cdrd.store import open_store
+from cdrd.store import sqlite as sqlite_module
 from cdrd.store.schema import (
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
@@ -27,7 +28,7 @@ from cdrd.store.schema import (
     migration_statements,
 )
 from cdrd.store.sql import CALL_COLS, _fields_json, _record_row
-from cdrd.store.sqlite import SQLiteStore, StoreInUse
+from cdrd.store.sqlite import WAL_AUTOCHECKPOINT, WAL_SIZE_LIMIT, SQLiteStore, StoreInUse
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
 from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
@@ -90,6 +91,11 @@ async def test_settings_wal_full_sync_busy_timeout(path):
                 threading.current_thread() is not threading.main_thread(),
             )
         assert await store._run(settings, write=False) == ("wal", 2, 10_000, True)
+
+        def checkpoints(cur):
+            return (cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                    cur.execute("PRAGMA journal_size_limit").fetchone()[0])
+        assert await store._run(checkpoints, write=True) == (WAL_AUTOCHECKPOINT, WAL_SIZE_LIMIT)
     finally:
         await store.close()
     # the schema is versioned; a second open migrates nothing
@@ -100,6 +106,51 @@ async def test_settings_wal_full_sync_busy_timeout(path):
     await store.open()
     assert store.schema_version == len(MIGRATIONS)
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypatch):
+    # small bounds, so that a few writes cross them: the WAL is copied into
+    # the database once it holds WAL_AUTOCHECKPOINT pages, starts again from
+    # its beginning, and is cut back to WAL_SIZE_LIMIT after it grew (here
+    # while a reader held a snapshot)
+    monkeypatch.setattr(sqlite_module, "WAL_AUTOCHECKPOINT", 64)
+    monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT", 128 * 4096)
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    wal = f"{path}-wal"
+    try:
+        seq = 0
+
+        async def writes(n):
+            nonlocal seq
+            sizes = []
+            for _ in range(n):
+                batch = [event(seq + i, ref=seq + i, gateway=f"{g:04d}_000C2A020082")
+                         for i, g in enumerate(range(40))]
+                seq += len(batch)
+                await store.write(WriteBatch(events=batch))
+                sizes.append(os.path.getsize(wal))
+            return sizes
+
+        sizes = await writes(40)
+        page = 4096
+        # never far above the checkpoint's bound: one transaction's pages past it
+        assert max(sizes) < (64 + 40) * page, sizes
+        assert seq == 1600
+        # a reader holding a snapshot keeps the WAL from starting again: it grows
+        reader = sqlite3.connect(str(path))
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM events").fetchone()
+        grown = max(await writes(40))
+        assert grown > 200 * page
+        reader.rollback()
+        reader.close()
+        await writes(3)
+        # the next checkpoint that empties it cuts the file back to the limit
+        assert os.path.getsize(wal) <= 128 * page
+    finally:
+        await store.close()
 
 
 @pytest_twisted.ensureDeferred
