@@ -29,6 +29,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 
+from cdrd.gcpauses import PAUSES
+
 #: seconds; ACKs wait for a commit (fsync): milliseconds, more when loaded
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -73,6 +75,8 @@ class Metrics:
         if process:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
+            # the process's collector pauses (counted once the daemon installs them)
+            self.registry.register(PAUSES)
 
     def committed(self, batch, result) -> None:
         """The writer's commit listener: once per transaction."""

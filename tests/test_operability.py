@@ -35,6 +35,7 @@ FAMILIES = {
     "cdrd_gateway_connections_not_logged_in", "cdrd_gateway_connections_given_way",
     "cdrd_outbox_items", "cdrd_outbox_oldest_age_seconds",
     "process_cpu_seconds", "process_open_fds", "python_info",
+    "cdrd_gc_pause_seconds", "cdrd_gc_frozen_objects",
 }
 
 

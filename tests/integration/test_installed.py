@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.accounting.freeradius import FreeRadius
 from tests.integration.daemon import ROOT, free_port
@@ -196,6 +197,10 @@ def test_installed_cdrd_takes_a_worked_example_through_to_freeradius(installed, 
                      'cdrd_calls_total{notation="Call out"} 1.0', "cdrd_cdrs_total 1.0"):
             assert line in page
         assert "process_resident_memory_bytes" in page
+        # the daemon froze what start-up made (cdrd.gcpauses): a full
+        # collection no longer walks it
+        values = {s.name: s.value for f in text_string_to_metric_families(page) for s in f.samples}
+        assert values["cdrd_gc_frozen_objects"] > 10_000
         assert cdrd.stop() == -signal.SIGTERM  # twistd re-raises it: systemd counts it as clean
         assert notify.recv(4096) == b"STOPPING=1"
     finally:
