@@ -14,6 +14,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -37,9 +38,23 @@ READERS = 2
 #: checkpoint copies each hot leaf once for ten times as many commits
 #: (docs/benchmarks.md, "Checkpoints and collector pauses")
 WAL_AUTOCHECKPOINT = 10_000
+#: ... but never more than a quarter of the free space of the file system,
+#: looked at every WAL_BOUND_EVERY seconds, nor less than SQLite's default:
+#: a WAL that filled the disk before reaching its bound could never be
+#: checkpointed (a checkpoint is run by a commit that succeeded), and a
+#: disk with little room left works as it did with SQLite's default
+WAL_MIN_PAGES = 1_000
+WAL_SHARE_OF_FREE = 4
+WAL_BOUND_EVERY = 1.0
 #: bytes: once a checkpoint has emptied it, the WAL file is cut back to this
 #: (while a long report holds a snapshot the WAL cannot start again: it grows)
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def free_bytes(directory: str) -> int:
+    """Bytes an unprivileged writer may still use on `directory`'s file system."""
+    fs = os.statvfs(directory)
+    return fs.f_bavail * fs.f_frsize
 
 
 class StoreInUse(Exception):
@@ -70,6 +85,10 @@ class SQLiteStore(SqlStore):
         #: PRAGMA auto_vacuum once open: 2 (incremental) gives freed space
         #: back (reclaim); 0 reuses it only (cdrd-vacuum converts the file)
         self.auto_vacuum: int | None = None
+        #: the writer's auto-checkpoint bound in pages (_bound_wal); 0 until open
+        self.wal_pages = 0
+        self._wal_looked = 0.0
+        self._page_size = 4096
 
     def __repr__(self):
         return f"<SQLiteStore {self.path!r}>"
@@ -131,7 +150,6 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
     def _connect(self) -> int:
@@ -158,7 +176,9 @@ class SQLiteStore(SqlStore):
             conn.close()
             raise
         self.auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         self._conn = conn
+        self._bound_wal(conn, force=True)
         return version
 
     def reclaim(self, pages):
@@ -272,10 +292,49 @@ class SQLiteStore(SqlStore):
         try:
             result = fn(cur, *args)
             cur.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             if conn.in_transaction:
                 conn.rollback()
+            if write and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                self._after_full(conn)
             raise
         finally:
             cur.close()
+        if write:
+            self._bound_wal(conn)
         return result
+
+    def _bound_wal(self, conn: sqlite3.Connection, force: bool = False) -> None:
+        """
+        The writer's auto-checkpoint bound: WAL_AUTOCHECKPOINT pages, or a
+        WAL_SHARE_OF_FREE part of the file system's free space where that is
+        less (WAL_MIN_PAGES at least), looked at every WAL_BOUND_EVERY s.
+        """
+        if self.path == ":memory:":
+            return
+        now = time.monotonic()
+        if not force and now < self._wal_looked + WAL_BOUND_EVERY:
+            return
+        self._wal_looked = now
+        try:
+            free = free_bytes(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return
+        free_pages = free // (WAL_SHARE_OF_FREE * self._page_size)
+        pages = max(WAL_MIN_PAGES, min(WAL_AUTOCHECKPOINT, free_pages))
+        if pages != self.wal_pages:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            self.wal_pages = pages
+
+    def _after_full(self, conn: sqlite3.Connection) -> None:
+        """
+        A write failed for want of space: the bound follows the free space
+        at once, and what the WAL holds is copied into the database where
+        it can be (PASSIVE: no wait for readers), so that the WAL starts
+        again from its beginning instead of growing once space comes back.
+        """
+        self._bound_wal(conn, force=True)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # no room for it either: the next failed write tries again

@@ -28,7 +28,14 @@ from cdrd.store.schema import (
     migration_statements,
 )
 from cdrd.store.sql import CALL_COLS, _fields_json, _record_row
-from cdrd.store.sqlite import WAL_AUTOCHECKPOINT, WAL_SIZE_LIMIT, SQLiteStore, StoreInUse
+from cdrd.store.sqlite import (
+    WAL_AUTOCHECKPOINT,
+    WAL_MIN_PAGES,
+    WAL_SHARE_OF_FREE,
+    WAL_SIZE_LIMIT,
+    SQLiteStore,
+    StoreInUse,
+)
 from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
 from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
@@ -95,7 +102,11 @@ async def test_settings_wal_full_sync_busy_timeout(path):
         def checkpoints(cur):
             return (cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
                     cur.execute("PRAGMA journal_size_limit").fetchone()[0])
-        assert await store._run(checkpoints, write=True) == (WAL_AUTOCHECKPOINT, WAL_SIZE_LIMIT)
+        # the bound as the free space of the test's file system allows
+        free = sqlite_module.free_bytes(str(path.parent)) // (WAL_SHARE_OF_FREE * 4096)
+        bound = max(WAL_MIN_PAGES, min(WAL_AUTOCHECKPOINT, free))
+        assert await store._run(checkpoints, write=True) == (bound, WAL_SIZE_LIMIT)
+        assert store.wal_pages == bound
     finally:
         await store.close()
     # the schema is versioned; a second open migrates nothing
@@ -115,6 +126,7 @@ async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypa
     # its beginning, and is cut back to WAL_SIZE_LIMIT after it grew (here
     # while a reader held a snapshot)
     monkeypatch.setattr(sqlite_module, "WAL_AUTOCHECKPOINT", 64)
+    monkeypatch.setattr(sqlite_module, "WAL_MIN_PAGES", 16)
     monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT", 128 * 4096)
     store = SQLiteStore(str(path), reactor)
     await store.open()
@@ -149,6 +161,61 @@ async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypa
         await writes(3)
         # the next checkpoint that empties it cuts the file back to the limit
         assert os.path.getsize(wal) <= 128 * page
+    finally:
+        await store.close()
+
+
+def events_of(n: int, first: int, gateways: int = 40) -> list:
+    return [event(first + i, ref=first + i, gateway=f"{i % gateways:04d}_000C2A020082") for i in range(n)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wal_bound_follows_the_free_space(path, monkeypatch):
+    # a quarter of the free space, between SQLite's default and WAL_AUTOCHECKPOINT:
+    # a WAL that filled the disk before its bound could never be checkpointed
+    free = {"bytes": 10 * 2**30}
+    monkeypatch.setattr(sqlite_module, "free_bytes", lambda directory: free["bytes"])
+    monkeypatch.setattr(sqlite_module, "WAL_BOUND_EVERY", 0.0)
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+
+    def bound(cur):
+        return cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    try:
+        assert await store._run(bound, write=True) == WAL_AUTOCHECKPOINT
+        seq = 1
+        for space, pages in ((100_000_000, 100_000_000 // (4 * 4096)), (3_000_000, WAL_MIN_PAGES),
+                             (0, WAL_MIN_PAGES), (10 * 2**30, WAL_AUTOCHECKPOINT)):
+            free["bytes"] = space
+            await store.write(WriteBatch(events=events_of(5, seq)))
+            seq += 5
+            assert (await store._run(bound, write=True), store.wal_pages) == (pages, pages), space
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_for_want_of_space_checkpoints_the_wal(path):
+    # what the WAL holds goes into the database file at once, so that the
+    # WAL starts again from its beginning once space is back
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        for n in range(10):
+            await store.write(WriteBatch(events=events_of(40, 1 + 40 * n)))
+        before = os.path.getsize(path)
+
+        def cap(cur):
+            cur.execute(f"PRAGMA max_page_count = {cur.execute('PRAGMA page_count').fetchone()[0]}")
+        await store._run(cap, write=True)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await store.write(WriteBatch(events=events_of(4000, 1000)))
+        # the pages of the ten writes were in the WAL only; now in the file
+        assert os.path.getsize(path) > before
+        conn = sqlite3.connect(str(path))
+        busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        conn.close()
+        assert (busy, log) == (0, done)
     finally:
         await store.close()
 
