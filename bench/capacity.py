@@ -42,8 +42,11 @@ peers' CPU (FreeRADIUS, rsyslog), the outboxes' largest depth (sampled
 every 0.25 s from the store) and the seconds they took to drain after the
 last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
 share of time something waited for a CPU; high means the figures are the
-machine's, not cdrd's), and for ``full`` the CDRs stored and delivered to
-each peer.  A rate counts for the capacity only with ACK p99 <= 100 ms,
+machine's, not cdrd's), what cdrd's own /metrics say of the run (its
+store writer's busy share, the commit seconds per second: near 100 % the
+ACKs queue behind the writer; and its full garbage collections, count and
+mean pause: every thread waits during one), and for ``full`` the CDRs
+stored and delivered to each peer.  A rate counts for the capacity only with ACK p99 <= 100 ms,
 every event acknowledged, the outboxes drained and every CDR delivered.
 
 Event lines come from a pool of pre-rendered calls (cdrd.sim.load's shapes)
@@ -466,6 +469,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                 cwd=tree, env=env, stdout=open(tmp / "bare.log", "wb"), stderr=subprocess.STDOUT)
             wait_port(port, server, 15, "bare server", [tmp / "bare.log"])
         else:
+            web_port = free_port()
             if args.store:
                 database = args.store  # a store that holds months already: kept
             elif mode == "postgresql":
@@ -475,7 +479,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
             config = (
                 "[server]\n"
                 f'gateway_endpoint = "tcp:{port}:interface=127.0.0.1:backlog=1024"\n'
-                f'web_endpoint = "tcp:{free_port()}:interface=127.0.0.1"\n'
+                f'web_endpoint = "tcp:{web_port}:interface=127.0.0.1"\n'
                 f'database = "{database}"\n'
                 "allow_unknown_gateways = true\n"
             )
@@ -512,6 +516,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                     [p.process.pid for p in peers if getattr(p, "process", None)]
         cpu0 = cpu_seconds(server.pid)
         children0 = {c: cpu_seconds(c) for c in child_pids(server.pid)}
+        seen0 = cdrd_metrics(web_port) if mode != "bare" else {}
         peer0 = sum(cpu_seconds(p) for p in peer_pids)
         w0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
@@ -533,6 +538,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         result["cpu_pressure"] = cpu_pressure()
         if spy is not None:
             spy.wait(30)
+        result.update(own_view(seen0, cdrd_metrics(web_port) if mode != "bare" else {}, wall))
         # cdrd's own process; its outputs process apart (what it took meanwhile)
         children = sum(cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
@@ -582,6 +588,41 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
     return result
 
 
+def cdrd_metrics(web_port: int) -> dict:
+    """cdrd's /metrics as {(name, generation label or ""): value}; {} if it does not answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+    except OSError:
+        return {}
+    return {(s.name, s.labels.get("generation", "")): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def own_view(before: dict, after: dict, wall: float) -> dict:
+    """
+    What cdrd's own metrics say of the run: the store writer's busy fraction
+    (one transaction in flight at a time: the commit seconds per second) and
+    its full garbage collections (count, mean pause); absent where the tree's
+    cdrd has no such metric.
+    """
+    def delta(name, generation=""):
+        key = (name, generation)
+        return after[key] - before.get(key, 0.0) if key in after else None
+    view = {}
+    busy = delta("cdrd_store_commit_seconds_sum")
+    if busy is not None:
+        view["writer_busy"] = busy / wall
+    full = delta("cdrd_gc_pause_seconds_count", "2")
+    if full:
+        view["gc_full"] = int(full)
+        view["gc_full_ms"] = 1000 * delta("cdrd_gc_pause_seconds_sum", "2") / full
+    return view
+
+
 def passed(r: dict) -> bool:
     return ("error" not in r and r.get("complete") and r.get("delivered", True)
             and r.get("drained", True) and r["p99_ms"] <= P99_LIMIT_MS)
@@ -601,6 +642,10 @@ def show(r: dict, trees: list[Path]) -> str:
         extra += f"  outputs process {r['child_cpu_pct']:.0f}%"
     if r.get("cpu_pressure") is not None:
         extra += f"  psi {r['cpu_pressure']:.0f}%"
+    if r.get("writer_busy") is not None:
+        extra += f"  writer {100 * r['writer_busy']:.0f}%"
+    if r.get("gc_full"):
+        extra += f"  gc2 {r['gc_full']}x{r['gc_full_ms']:.1f}ms"
     if "cdrs" in r:
         extra += f"  cdrs {r['cdrs']} radius {r['cdrs_radius']} syslog {r['cdrs_syslog']}"
     offered = "closed" if r["closed"] else f"{r['rate']:g}"
