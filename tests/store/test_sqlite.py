@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import asynccontextmanager
 
 import pytest
 import pytest_twisted
@@ -117,6 +118,22 @@ async def test_settings_wal_full_sync_busy_timeout(path):
     await store.close()
 
 
+@asynccontextmanager
+async def opened(path):
+    """A SQLiteStore on `path`, open inside the block (settings patched
+    before it take effect), closed after."""
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def events_of(n: int, first: int, gateways: int = 40) -> list:
+    return [event(first + i, ref=first + i, gateway=f"{i % gateways:04d}_000C2A020082") for i in range(n)]
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypatch):
     # small bounds, so that a few writes cross them: the WAL is copied into
@@ -126,20 +143,16 @@ async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypa
     monkeypatch.setattr(sqlite_module, "WAL_AUTOCHECKPOINT", 64)
     monkeypatch.setattr(sqlite_module, "WAL_MIN_PAGES", 16)
     monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT", 128 * 4096)
-    store = SQLiteStore(str(path), reactor)
-    await store.open()
     wal = f"{path}-wal"
-    try:
+    async with opened(path) as store:
         seq = 0
 
         async def writes(n):
             nonlocal seq
             sizes = []
             for _ in range(n):
-                batch = [event(seq + i, ref=seq + i, gateway=f"{g:04d}_000C2A020082")
-                         for i, g in enumerate(range(40))]
-                seq += len(batch)
-                await store.write(WriteBatch(events=batch))
+                await store.write(WriteBatch(events=events_of(40, seq)))
+                seq += 40
                 sizes.append(os.path.getsize(wal))
             return sizes
 
@@ -159,12 +172,6 @@ async def test_the_wal_is_checkpointed_and_cut_back_to_its_bounds(path, monkeypa
         await writes(3)
         # the next checkpoint that empties it cuts the file back to the limit
         assert os.path.getsize(wal) <= 128 * page
-    finally:
-        await store.close()
-
-
-def events_of(n: int, first: int, gateways: int = 40) -> list:
-    return [event(first + i, ref=first + i, gateway=f"{i % gateways:04d}_000C2A020082") for i in range(n)]
 
 
 @pytest_twisted.ensureDeferred
@@ -174,12 +181,10 @@ async def test_the_wal_bound_follows_the_free_space(path, monkeypatch):
     free = {"bytes": 10 * 2**30}
     monkeypatch.setattr(sqlite_module, "free_bytes", lambda directory: free["bytes"])
     monkeypatch.setattr(sqlite_module, "WAL_BOUND_EVERY", 0.0)
-    store = SQLiteStore(str(path), reactor)
-    await store.open()
 
     def bound(cur):
         return cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    try:
+    async with opened(path) as store:
         assert await store._run(bound, write=True) == WAL_AUTOCHECKPOINT
         seq = 1
         for space, pages in ((100_000_000, 100_000_000 // (4 * 4096)), (3_000_000, WAL_MIN_PAGES),
@@ -188,17 +193,13 @@ async def test_the_wal_bound_follows_the_free_space(path, monkeypatch):
             await store.write(WriteBatch(events=events_of(5, seq)))
             seq += 5
             assert (await store._run(bound, write=True), store.wal_pages) == (pages, pages), space
-    finally:
-        await store.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_write_refused_for_want_of_space_checkpoints_the_wal(path):
     # what the WAL holds goes into the database file at once, so that the
     # WAL starts again from its beginning once space is back
-    store = SQLiteStore(str(path), reactor)
-    await store.open()
-    try:
+    async with opened(path) as store:
         for n in range(10):
             await store.write(WriteBatch(events=events_of(40, 1 + 40 * n)))
         before = os.path.getsize(path)
@@ -214,8 +215,6 @@ async def test_a_write_refused_for_want_of_space_checkpoints_the_wal(path):
         busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         conn.close()
         assert (busy, log) == (0, done)
-    finally:
-        await store.close()
 
 
 @pytest_twisted.ensureDeferred
