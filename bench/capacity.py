@@ -46,8 +46,9 @@ machine's, not cdrd's), what cdrd's own /metrics say of the run (its
 store writer's busy share, the commit seconds per second: near 100 % the
 ACKs queue behind the writer; and its full garbage collections, count and
 mean pause: every thread waits during one), and for ``full`` the CDRs
-stored and delivered to each peer.  A rate counts for the capacity only with ACK p99 <= 100 ms,
-every event acknowledged, the outboxes drained and every CDR delivered.
+stored and delivered to each peer.  A rate counts for the capacity only
+with ACK p99 <= 100 ms, every event acknowledged, the outboxes drained and
+every CDR delivered.
 
 Event lines come from a pool of pre-rendered calls (cdrd.sim.load's shapes)
 with only seq and ref filled in when sent; their t= times end at the run's
@@ -68,8 +69,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import deque
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -590,9 +594,6 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
 
 def cdrd_metrics(web_port: int) -> dict:
     """cdrd's /metrics as {(name, generation label or ""): value}; {} if it does not answer."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10) as page:
             text = page.read().decode()
