@@ -121,12 +121,15 @@ def makeService(options) -> CdrdService:
     # makes each hand-back wait, and commits (so ACKs) crawl.
     sys.setswitchinterval(0.0005)
     from cdrd.gcpauses import freeze_when_running
+    from cdrd.signals import hand_to_the_loop
     from cdrd.systemd import notify
 
     service = build_service(options["cdrd-config"], reactor)
     # what start-up made stays out of the collector's full collections
     # (cdrd.gcpauses): they paused every thread ~60 ms under load
     freeze_when_running(reactor)
+    # SIGTERM's log line from the loop, never from inside a log write (cdrd.signals)
+    reactor.callWhenRunning(hand_to_the_loop, reactor)
     status_pipe = DaemonStatus(getattr(options, "parent", None))
 
     def ready(_):
