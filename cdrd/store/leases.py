@@ -42,6 +42,23 @@ def default_node_name() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
+#: gateways nobody holds live with work left (Leases.orphans); a gateway's
+#: sequenced events are in the same order by seq as by id
+#: (SqlStore._gateway_events), so its newest by seq is its newest by id
+ORPHANS = (
+    "SELECT g.key FROM gateways g"
+    " LEFT JOIN cursors c ON c.gateway = g.key"
+    " LEFT JOIN gateway_leases l ON l.gateway = g.key"
+    f" WHERE (l.gateway IS NULL OR l.expires <= {NOW_MS})"
+    " AND (c.replay_from <= c.applied"
+    "      OR COALESCE((SELECT e.id FROM events e WHERE e.gateway = g.key AND e.seq IS NOT NULL"
+    "                   ORDER BY e.seq DESC LIMIT 1), 0) > COALESCE(c.applied, 0)"
+    "      OR EXISTS (SELECT 1 FROM events e WHERE e.gateway = g.key AND e.seq IS NULL"
+    "                 AND e.id > COALESCE(c.applied, 0)))"
+    " ORDER BY g.key LIMIT %s"
+)
+
+
 class LeaseLost(Exception):
     """This node no longer holds the lease of these gateways: another node took them."""
 
@@ -236,17 +253,7 @@ class Leases:
         still have work: an open call (their cursor's replay_from is at or
         below applied) or events the call model has not applied.
         """
-        rows = cur.execute(
-            "SELECT g.key FROM gateways g"
-            " LEFT JOIN cursors c ON c.gateway = g.key"
-            " LEFT JOIN gateway_leases l ON l.gateway = g.key"
-            f" WHERE (l.gateway IS NULL OR l.expires <= {NOW_MS})"
-            " AND (c.replay_from <= c.applied"
-            "      OR EXISTS (SELECT 1 FROM events e WHERE e.gateway = g.key"
-            "                 AND e.id > COALESCE(c.applied, 0)))"
-            " ORDER BY g.key LIMIT %s",
-            (limit,),
-        ).fetchall()
+        rows = cur.execute(ORPHANS, (limit,)).fetchall()
         return [r[0] for r in rows]
 
     def leases(self, cur) -> list[Lease]:

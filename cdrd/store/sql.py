@@ -802,6 +802,12 @@ class SqlStore:
         order = "DESC" if query.newest_first else "ASC"
 
         def q(cur):
+            if query.gateway is not None and query.ref is None:
+                # a gateway's events, through (gateway, seq) and the
+                # unsequenced index (_gateway_events)
+                events = self._gateway_events(
+                    cur, where, limit=query.limit + query.offset, newest_first=query.newest_first)
+                return events[query.offset:]
             rows = self._exec(
                 cur,
                 f"SELECT {EVENT_COLS} FROM events{where.sql} ORDER BY id {order} LIMIT ? OFFSET ?",
@@ -811,19 +817,82 @@ class SqlStore:
         return self._read(q)
 
     def events_after(self, gateway, after_id, limit):
-        where = _Where()
-        if gateway is not None:
-            where.add("gateway = ?", gateway)
-        where.add("id > ?", after_id)
-
         def q(cur):
+            if gateway is not None:
+                return self._gateway_events_after(cur, gateway, after_id, limit)
             rows = self._exec(
-                cur,
-                f"SELECT {EVENT_COLS} FROM events{where.sql} ORDER BY id LIMIT ?",
-                (*where.params, limit),
+                cur, f"SELECT {EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit),
             ).fetchall()
             return [_event(r) for r in rows]
         return self._read(q)
+
+    # A gateway's events in id order, without an index on (gateway, id):
+    # every write transaction touched that index's last page of each
+    # gateway that sent (docs/store.md, "Events by gateway").  A gateway's
+    # events that have a seq are in the same order by seq as by id: seq
+    # grows by one per event, per gateway, across connections; an event at
+    # or below the highest seq stored is a duplicate, never stored
+    # (gateway-protocol.md, 5); and one writer stores a gateway's events
+    # at a time (its session, then its lease).  So (gateway, seq), unique
+    # anyway, reads them in id order; cdrd's own events (seq NULL: a
+    # restart's, an authorization's) have a small index of their own
+    # (events_gateway_unsequenced); the two are merged by id.
+
+    def _gateway_events(self, cur, where: _Where, limit: int, newest_first: bool = False,
+                        after: tuple[int, int] | None = None) -> list:
+        """
+        The first `limit` events by id (`newest_first`: the last) that match
+        `where`, whose first term is ``gateway = ?``.  `after`: (seq, id),
+        only the events after the one with that seq, or id when it has none.
+        """
+        order = "DESC" if newest_first else "ASC"
+        sequenced, unsequenced = " AND seq IS NOT NULL", " AND seq IS NULL"
+        seq_params: tuple = ()
+        id_params: tuple = ()
+        if after is not None:
+            sequenced, seq_params = " AND seq > ?", (after[0],)
+            unsequenced, id_params = " AND seq IS NULL AND id > ?", (after[1],)
+        rows = self._exec(
+            cur,
+            f"SELECT {EVENT_COLS} FROM events{where.sql}{sequenced} ORDER BY seq {order} LIMIT ?",
+            (*where.params, *seq_params, limit),
+        ).fetchall()
+        rows += self._exec(
+            cur,
+            f"SELECT {EVENT_COLS} FROM events{where.sql}{unsequenced} ORDER BY id {order} LIMIT ?",
+            (*where.params, *id_params, limit),
+        ).fetchall()
+        rows.sort(key=lambda r: r[0], reverse=newest_first)
+        return [_event(r) for r in rows[:limit]]
+
+    def _gateway_events_after(self, cur, gateway: str, after_id: int, limit: int) -> list:
+        """`gateway`'s first `limit` events whose id is above `after_id`."""
+        return self._gateway_events(
+            cur, _Where().add("gateway = ?", gateway), limit,
+            after=(self._seq_at(cur, gateway, after_id), after_id))
+
+    def _seq_at(self, cur, gateway: str, event_id: int) -> int:
+        """The highest seq of `gateway`'s events with an id up to `event_id` (0: none)."""
+        if event_id <= 0:
+            return 0
+        # the event itself, or the next: usually the gateway's (a cursor's
+        # applied, or a replay's first event less one)
+        rows = self._exec(
+            cur, "SELECT id, gateway, seq FROM events WHERE id IN (?, ?)", (event_id, event_id + 1),
+        ).fetchall()
+        for id_, gw, seq in sorted(rows):
+            if gw == gateway and seq is not None:
+                return seq if id_ == event_id else seq - 1
+        # between two of cdrd's own events, other gateways' or deleted
+        # ones: walk down from the gateway's newest event (those above
+        # `event_id` are the ones its caller reads next anyway)
+        row = self._exec(
+            cur,
+            "SELECT seq FROM events WHERE gateway = ? AND seq IS NOT NULL AND id <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (gateway, event_id),
+        ).fetchone()
+        return 0 if row is None else row[0]
 
     def _cui_prefix(self, where: _Where, prefix: str) -> _Where:
         """CUIs that start with `prefix`, through an index on cui."""
@@ -1584,12 +1653,9 @@ class SqlStore:
         held_since = {}  # gateway -> records that end from then on are kept
         for g in {r[2] for r in rows}:
             if g in replay:
-                first = self._exec(
-                    cur, "SELECT time FROM events WHERE gateway = ? AND id >= ? ORDER BY id LIMIT 1",
-                    (g, replay[g]),
-                ).fetchone()
-                if first is not None:
-                    held_since[g] = first[0] - stale_after
+                first = self._gateway_events_after(cur, g, replay[g] - 1, 1)
+                if first:
+                    held_since[g] = first[0].time - stale_after
         ids = [
             i for i, _, g, end, mark in rows
             if (first_undelivered is None or mark < first_undelivered)

@@ -170,6 +170,31 @@ def oracle_cui_totals(cdrs):
     ]
 
 
+
+async def gateway_event_reads(store, monkeypatch) -> list[tuple[str, tuple]]:
+    """
+    The statements (as sent, with their parameters) with which `store`
+    reads a gateway's events: after an id (its own event's, cdrd's, the
+    other gateway's: the walk down), newest first, and the orphans'
+    check; for the stores' tests to ask their database's plan of.
+    """
+    r = await store.write(WriteBatch(events=[
+        *(event(s) for s in range(1, 6)), event(None, type="STALE"), event(1, gateway=KEY2)]))
+    ids = [e.id for e in r.events]
+    statements = []
+    run = store._exec
+
+    def recorded(cur, statement, params=()):
+        statements.append((store.sql(statement), tuple(params)))
+        return run(cur, statement, params)
+
+    monkeypatch.setattr(store, "_exec", recorded)
+    assert [e.seq for e in await store.events_after(KEY, ids[1], 10)] == [3, 4, 5, None]
+    assert [e.seq for e in await store.events_after(KEY, ids[-1], 10)] == []
+    assert [e.seq for e in await store.events(EventQuery(gateway=KEY, limit=2))] == [None, 5]
+    monkeypatch.undo()
+    return statements
+
 class StoreContract:
     """Every IStore behaves like this."""
 
@@ -239,6 +264,39 @@ class StoreContract:
         # every gateway
         assert [(e.gateway, e.seq) for e in await store.events_after(None, ids[3], 100)] == [
             (KEY, 5), (KEY2, 1)]
+
+    @deferred_test
+    async def test_a_gateways_events_by_id_with_cdrds_own_and_other_gateways_between(self, store):
+        # Recovery and the catch-up read a gateway's events after an id,
+        # the gateway page its newest: by id, whatever index serves them
+        # (SqlStore._gateway_events: seq order, and cdrd's own events
+        # merged in).  Every after-id: the gateway's own events, cdrd's,
+        # another gateway's, and ids no event has.
+        batches = [
+            [event(1), event(1, gateway=KEY2), event(None, type="STALE"), event(2)],
+            [event(None, type="STALE"), event(None, type="STALE", gateway=KEY2)],
+            [event(2, gateway=KEY2), event(5), event(None, type="STALE"), event(6), event(7)],  # a seq gap
+            [event(3, gateway=KEY2)],
+            [event(None, type="STALE"), event(None, type="STALE")],
+            [event(8), event(4, gateway=KEY2)],
+        ]
+        stored = []
+        for batch in batches:
+            stored += (await store.write(WriteBatch(events=batch))).events
+        top = max(e.id for e in stored)
+        for gateway in (KEY, KEY2):
+            mine = [e for e in stored if e.gateway == gateway]
+            for after in range(0, top + 2):
+                expected = [e for e in mine if e.id > after]
+                for limit in (1, 2, 100):
+                    got = await store.events_after(gateway, after, limit)
+                    assert got == expected[:limit], (gateway, after, limit)
+            newest = list(reversed(mine))
+            for offset in range(len(mine) + 1):
+                page = await store.events(EventQuery(gateway=gateway, limit=2, offset=offset))
+                assert page == newest[offset:offset + 2], (gateway, offset)
+                page = await store.events(EventQuery(gateway=gateway, limit=3, offset=offset, newest_first=False))
+                assert page == mine[offset:offset + 3], (gateway, offset)
 
     # -- gateway log ----------------------------------------------------------
 

@@ -18,9 +18,11 @@ from twisted.internet import defer, reactor
 import cdrd.store.sql as sql
 from cdrd.interfaces import CdrQuery, WriteBatch
 from cdrd.store import open_store
+from cdrd.store.leases import ORPHANS
 from cdrd.store.postgresql import PostgresStore, _numbered
 from cdrd.store.schema import (
     CUI_PREFIX_MIGRATION,
+    EVENTS_BY_SEQ_MIGRATION,
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
     NUMBERS_MIGRATION,
@@ -30,9 +32,9 @@ from cdrd.store.schema import (
 )
 from cdrd.store.sql import CALL_COLS, _record_row
 from tests.postgres import pg_admin as admin
-from tests.store.contract import DurableStoreContract, assert_filter_totals
+from tests.store.contract import DurableStoreContract, assert_filter_totals, gateway_event_reads
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
-from tests.store.values import DAY, cdr, cursor, event, gateway_state, item, record, searchable
+from tests.store.values import DAY, KEY, KEY2, cdr, cursor, event, gateway_state, item, record, searchable
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +290,69 @@ async def test_a_cui_prefix_is_an_index_range_under_the_databases_collation(data
         assert "cdrs_cui_start" in plan and "Index Cond: ((cui ~>=~" in plan, plan
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gateways_events_are_read_through_indexes(database, monkeypatch):
+    """Without events_gateway_id (migration 11) a gateway's events come
+    through (gateway, seq), the primary key and the unsequenced index;
+    so does the orphans' check of events not applied (cdrd.store.leases)."""
+    _, url = database
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        statements = await gateway_event_reads(store, monkeypatch)
+    finally:
+        await store.close()
+    with psycopg.connect(url) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+        # enough rows, and statistics, for the planner's choice to mean something
+        conn.execute(
+            "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
+            " SELECT CASE WHEN i %% 2 = 0 THEN %s ELSE 'gw' || (i %% 31) END, 100 + i, 'b', i / 6,"
+            " 'DIAL', i, i, '{}' FROM generate_series(1, 60000) AS i",
+            (KEY,),
+        )
+        conn.execute("ANALYZE events")
+    assert "events_gateway_id" not in indexes and "events_gateway_unsequenced" in indexes
+    assert len(statements) >= 6
+    for statement, params in statements:
+        plan = _plan(url, statement, params)
+        assert "Seq Scan" not in plan, (statement, plan)
+        if "id <= " not in statement:  # the walk down: it reads what its caller reads next anyway
+            assert "Sort" not in plan, (statement, plan)
+    plan = _plan(url, ORPHANS, (100,))  # sorts the gateways, searches their events
+    assert "Seq Scan on events" not in plan and "Sort Key: e" not in plan, plan
+    assert "Index Scan Backward using events_gateway_seq_key" in plan, plan
+    assert "events_gateway_unsequenced" in plan, plan
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_events_by_seq_migration_keeps_a_gateways_events_in_order(database):
+    """A database stored before migration 11: its events, cdrd's own
+    among them, come back by id through the new indexes."""
+    _, url = database
+    records_at(url, EVENTS_BY_SEQ_MIGRATION - 1, [])
+    with psycopg.connect(url) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
+                " VALUES (%s, %s, 'b1', 1, 'HOOK_OFF', 0, 0, '{}')",
+                [(KEY, 1), (KEY2, 1), (KEY, None), (KEY, 2), (KEY2, None), (KEY, 3)])
+        ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        assert [(e.id, e.seq) for e in await store.events_after(KEY, 0, 100)] == [
+            (ids[0], 1), (ids[2], None), (ids[3], 2), (ids[5], 3)]
+        assert [e.seq for e in await store.events_after(KEY, ids[2], 100)] == [2, 3]
+        assert [(e.id, e.seq) for e in await store.events_after(KEY2, ids[1], 100)] == [(ids[4], None)]
+    finally:
+        await store.close()
+    with psycopg.connect(url) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+    assert "events_gateway_id" not in indexes and "events_gateway_unsequenced" in indexes
 
 
 @pytest_twisted.ensureDeferred

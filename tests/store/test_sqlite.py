@@ -21,6 +21,7 @@ from cdrd.interfaces import CALL_FILTERS, CallQuery, EventQuery, LogQuery, Write
 from cdrd.store import open_store
 from cdrd.store import sqlite as sqlite_module
 from cdrd.store.schema import (
+    EVENTS_BY_SEQ_MIGRATION,
     FILTER_SUMS_MIGRATION,
     MIGRATIONS,
     NUMBERS_MIGRATION,
@@ -36,9 +37,9 @@ from cdrd.store.sqlite import (
     SQLiteStore,
     StoreInUse,
 )
-from tests.store.contract import DurableStoreContract, assert_filter_totals, oracle_calls
+from tests.store.contract import DurableStoreContract, assert_filter_totals, gateway_event_reads, oracle_calls
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
-from tests.store.values import DAY, HOUR, event, log_entry, random_records, record, searchable
+from tests.store.values import DAY, HOUR, KEY, KEY2, event, log_entry, random_records, record, searchable
 
 
 @pytest.fixture
@@ -304,6 +305,50 @@ def records_at(path, version: int, records, upto: int | None = None) -> None:
     conn.execute("UPDATE schema_version SET version = ?", (upto or version,))
     conn.commit()
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gateways_events_are_searched_through_indexes_not_scanned(path, monkeypatch):
+    """Without events_gateway_id (migration 11) a gateway's events come
+    through (gateway, seq), the primary key and the unsequenced index:
+    every read is an index search, none a scan or a sort."""
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        statements = await gateway_event_reads(store, monkeypatch)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+    assert "events_gateway_id" not in indexes and "events_gateway_unsequenced" in indexes
+    assert len(statements) >= 6
+    for statement, params in statements:
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + statement, params)]
+        assert all(step.startswith("SEARCH events USING") for step in plan), (statement, plan)
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_events_by_seq_migration_keeps_a_gateways_events_in_order(path):
+    """A database stored before migration 11: its events, cdrd's own
+    among them, come back by id through the new indexes."""
+    conn = database_at(path, EVENTS_BY_SEQ_MIGRATION - 1)
+    rows = [(KEY, 1), (KEY2, 1), (KEY, None), (KEY, 2), (KEY2, None), (KEY, 3)]
+    conn.executemany(
+        "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
+        " VALUES (?, ?, 'b1', 1, 'HOOK_OFF', 0, 0, '{}')", rows)
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        assert [(e.id, e.seq) for e in await store.events_after(KEY, 0, 100)] == [
+            (1, 1), (3, None), (4, 2), (6, 3)]
+        assert [(e.id, e.seq) for e in await store.events_after(KEY, 3, 100)] == [(4, 2), (6, 3)]
+        assert [(e.id, e.seq) for e in await store.events_after(KEY2, 2, 100)] == [(5, None)]
+    finally:
+        await store.close()
 
 
 @pytest_twisted.ensureDeferred
