@@ -85,6 +85,8 @@ bench: venv
 	$(PY) bench/report.py
 	$(PY) bench/flood_log.py
 	$(PY) bench/nodes.py
+	$(PY) bench/wal_pages.py
+	$(PY) bench/events_reads.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts

@@ -91,10 +91,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- the client (a process of its own) ------------------------------------------
 
 
-def call_templates(count: int, seed: int, base_ms: int) -> list[tuple[bytes, int]]:
-    """`count` calls as (lines with %d for each line's seq and ref, events)."""
+#: --event-times: what t= the events carry
+EVENT_TIMES = ("template", "sent")
+
+
+def call_templates(count: int, seed: int, base_ms: int, times: str = "template") -> list[tuple[bytes, int]]:
+    """
+    `count` calls as (lines with %d for each line's seq and ref, events).
+    `times` "sent": each line's t= is a %s too, for the time it is sent.
+    """
     from attrs import evolve
 
+    from cdrd.gateway.codec import format_gateway_time
     from cdrd.sim.client import encode_event
     from cdrd.sim.load import make_call
 
@@ -105,7 +113,10 @@ def call_templates(count: int, seed: int, base_ms: int) -> list[tuple[bytes, int
         lines = []
         for ev in events:
             line = encode_event(999999999, evolve(ev, ref=888888888)).replace(b"%", b"%%")
-            lines.append(line.replace(b"seq=999999999", b"seq=%d", 1).replace(b"ref=888888888", b"ref=%d", 1))
+            line = line.replace(b"seq=999999999", b"seq=%d", 1).replace(b"ref=888888888", b"ref=%d", 1)
+            if times == "sent":
+                line = line.replace(b" t=" + format_gateway_time(ev.t).encode(), b" t=%s", 1)
+            lines.append(line)
         out.append((b"".join(lines), len(lines)))
     return out
 
@@ -124,7 +135,8 @@ def run_client(args) -> dict:
     from cdrd.gateway.codec import format_gateway_time, format_message
 
     base_ms = int(time.time() * 1000)
-    templates = call_templates(args.pool, args.seed, base_ms)
+    templates = call_templates(args.pool, args.seed, base_ms, args.event_times)
+    sent_times = args.event_times == "sent"
     total_calls = round(args.rate * args.duration) if not args.closed else 0
     state = {"connected": 0, "t0": None, "sent_calls": 0, "done_sending": False,
              "errors": 0, "lags": [], "latencies": [], "acked_events": 0, "sent_events": 0,
@@ -198,9 +210,14 @@ def run_client(args) -> dict:
             tmpl, n = templates[(self.index * 7919 + self.ref) % len(templates)]
             first = self.seq + 1
             vals = []
-            for k in range(n):
-                vals.append(first + k)
-                vals.append(self.ref)
+            if sent_times:  # every event of the call "now", as a gateway sends an event when it happens
+                now = format_gateway_time(int(time.time() * 1000)).encode()
+                for k in range(n):
+                    vals += (first + k, self.ref, now)
+            else:
+                for k in range(n):
+                    vals.append(first + k)
+                    vals.append(self.ref)
             self.seq += n
             return tmpl % tuple(vals), n
 
@@ -525,7 +542,8 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         w0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
                "--gateways", str(args.gateways), "--rate", str(rate), "--duration", str(args.duration),
-               "--window", str(args.window), "--seed", str(args.seed), "--drain", str(args.drain)]
+               "--window", str(args.window), "--seed", str(args.seed), "--drain", str(args.drain),
+               "--event-times", args.event_times]
         if args.closed:
             cmd.append("--closed")
         spy = None
@@ -679,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--closed", action="store_true", help="closed loop (saturation) instead of paced")
     p.add_argument("--pool", type=int, default=2000, help="distinct pre-rendered calls")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--event-times", choices=EVENT_TIMES, default="template",
+                   help="the events' t=: the pool's own (each call ends at the run's start, so the"
+                        " times indexes take scattered inserts), or the time each call is sent (a gateway"
+                        " sends each event when it happens: times near now)")
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--stop-above", action="store_true",
@@ -704,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     rates = [0.0] if args.closed else [float(r) for r in args.rates.split(",") if r.strip()]
     loop = f"closed loop, window {args.window}" if args.closed else "open loop"
-    print(f"mode {args.mode}, {args.gateways} gateways, {loop}, "
+    print(f"mode {args.mode}, {args.gateways} gateways, {loop}, event times {args.event_times}, "
           f"{args.duration:g} s a run, loadavg before {os.getloadavg()[0]:.2f} (the machine is shared)", flush=True)
     print(HEADER, flush=True)
     results = []
