@@ -834,9 +834,10 @@ class SqlStore:
     # or below the highest seq stored is a duplicate, never stored
     # (gateway-protocol.md, 5); and one writer stores a gateway's events
     # at a time (its session, then its lease).  So (gateway, seq), unique
-    # anyway, reads them in id order; cdrd's own events (seq NULL: a
-    # restart's, an authorization's) have a small index of their own
-    # (events_gateway_unsequenced); the two are merged by id.
+    # anyway, reads them in id order.  cdrd's own events (seq NULL: a
+    # restart's, an authorization's) come by id through the same index on
+    # SQLite (its entries end in the rowid), through a partial index on
+    # PostgreSQL (events_gateway_unsequenced); the two are merged by id.
 
     def _gateway_events(self, cur, where: _Where, limit: int, newest_first: bool = False,
                         after: tuple[int, int] | None = None) -> list:
