@@ -30,7 +30,8 @@ def sim(*args: str) -> list[str]:
 
 
 def stored_sequences(daemon: Daemon) -> dict[str, tuple[int, int, int, int]]:
-    """Per gateway: (events, distinct seqs, lowest seq, highest seq), and the gateways' last_seq."""
+    """Per gateway: (events, distinct seqs, lowest seq, highest seq), checked
+    against the gateways' last_seq and stored in seq order."""
     # closing(): a sqlite3 connection's own `with` commits, it does not close
     with closing(sqlite3.connect(daemon.database[len("sqlite:"):])) as db:
         rows = db.execute(
@@ -38,6 +39,13 @@ def stored_sequences(daemon: Daemon) -> dict[str, tuple[int, int, int, int]]:
             " WHERE seq IS NOT NULL GROUP BY gateway"
         ).fetchall()
         last = dict(db.execute("SELECT key, last_seq FROM gateways").fetchall())
+        in_order = db.execute("SELECT gateway, seq FROM events WHERE seq IS NOT NULL ORDER BY id").fetchall()
+    # a gateway's events are stored in seq order: the store reads them by
+    # seq as by id (docs/store.md, "Events by gateway")
+    previous: dict[str, int] = {}
+    for gateway, seq in in_order:
+        assert seq > previous.get(gateway, 0), f"{gateway}: seq {seq} stored after seq {previous[gateway]}"
+        previous[gateway] = seq
     out = {}
     for gateway, count, distinct, low, high in rows:
         assert last[gateway] == high, f"{gateway}: last_seq {last[gateway]}, stored up to {high}"
