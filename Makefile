@@ -87,6 +87,7 @@ bench: venv
 	$(PY) bench/nodes.py
 	$(PY) bench/wal_pages.py
 	$(PY) bench/events_reads.py
+	$(PY) bench/migration_11.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis test-artifacts
