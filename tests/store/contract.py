@@ -170,13 +170,12 @@ def oracle_cui_totals(cdrs):
     ]
 
 
-
 async def gateway_event_reads(store, monkeypatch) -> list[tuple[str, tuple]]:
     """
     The statements (as sent, with their parameters) with which `store`
-    reads a gateway's events: after an id (its own event's, cdrd's, the
-    other gateway's: the walk down), newest first, and the orphans'
-    check; for the stores' tests to ask their database's plan of.
+    reads a gateway's events: after an id (its own event's, and the last
+    event, another gateway's: the walk down) and newest first; for the
+    stores' tests to ask their database's plan of.
     """
     r = await store.write(WriteBatch(events=[
         *(event(s) for s in range(1, 6)), event(None, type="STALE"), event(1, gateway=KEY2)]))
@@ -194,6 +193,7 @@ async def gateway_event_reads(store, monkeypatch) -> list[tuple[str, tuple]]:
     assert [e.seq for e in await store.events(EventQuery(gateway=KEY, limit=2))] == [None, 5]
     monkeypatch.undo()
     return statements
+
 
 class StoreContract:
     """Every IStore behaves like this."""
