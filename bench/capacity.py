@@ -624,9 +624,9 @@ def cdrd_metrics(web_port: int) -> dict:
 def own_view(before: dict, after: dict, wall: float) -> dict:
     """
     What cdrd's own metrics say of the run: the store writer's busy fraction
-    (one transaction in flight at a time: the commit seconds per second) and
-    its full garbage collections (count, mean pause); absent where the tree's
-    cdrd has no such metric.
+    (one transaction in flight at a time: the commit seconds per second), its
+    transactions a second, and the full garbage collections (count, mean
+    pause); absent where the tree's cdrd has no such metric.
     """
     def delta(name, generation=""):
         key = (name, generation)
@@ -635,6 +635,8 @@ def own_view(before: dict, after: dict, wall: float) -> dict:
     busy = delta("cdrd_store_commit_seconds_sum")
     if busy is not None:
         view["writer_busy"] = busy / wall
+        # transactions a second: each one ACKs every gateway with events in it (a send each)
+        view["commits_per_s"] = delta("cdrd_store_commit_seconds_count") / wall
     full = delta("cdrd_gc_pause_seconds_count", "2")
     if full:
         view["gc_full"] = int(full)
@@ -663,6 +665,8 @@ def show(r: dict, trees: list[Path]) -> str:
         extra += f"  psi {r['cpu_pressure']:.0f}%"
     if r.get("writer_busy") is not None:
         extra += f"  writer {100 * r['writer_busy']:.0f}%"
+    if r.get("commits_per_s"):
+        extra += f" {r['commits_per_s']:.0f} txn/s"
     if r.get("gc_full"):
         extra += f"  gc2 {r['gc_full']}x{r['gc_full_ms']:.1f}ms"
     if "cdrs" in r:
