@@ -66,10 +66,19 @@ def fill(path: str, events: int, gateways: int) -> None:
     conn.close()
 
 
-def measure(args, out: dict) -> None:
-    """In the checkout's process: open its store, fill it, time the reads into `out`."""
+def react(main) -> None:
+    """Run the coroutine function `main(reactor)` under ``task.react``, which exits by SystemExit: return."""
     from twisted.internet import defer, task
 
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+
+
+def measure(args, out: dict) -> None:
+    """In the checkout's process: open its store, fill it, time the reads into `out`."""
     from cdrd.interfaces import EventQuery
     from cdrd.store.sqlite import SQLiteStore
 
@@ -114,11 +123,7 @@ def measure(args, out: dict) -> None:
         finally:
             await store.close()
 
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as e:  # react's way out
-        if e.code not in (0, None):
-            raise
+    react(run)
 
 
 def main(argv=None) -> int:

@@ -7,8 +7,8 @@ which migrates.
 
     .venv/bin/python bench/migration_11.py 2000000
 
-A temp database cdrd_migtime on 127.0.0.1:5432 (dropped at the end) and
-a temp file; nothing listens.
+A temp database on 127.0.0.1:5432 (bench.ingest's, dropped at the end)
+and a temp file; nothing listens.
 """
 
 from __future__ import annotations
@@ -21,26 +21,22 @@ import time
 from pathlib import Path
 
 import psycopg
-from twisted.internet import defer, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.events_reads import react  # noqa: E402
+from bench.ingest import drop_postgres, postgres_database  # noqa: E402
 from cdrd.store.postgresql import PostgresStore  # noqa: E402
 from cdrd.store.schema import EVENTS_BY_SEQ_MIGRATION, SCHEMA_VERSION_DDL, migration_statements  # noqa: E402
 from cdrd.store.sqlite import SQLiteStore  # noqa: E402
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-URL = "postgresql://postgres@127.0.0.1:5432/cdrd_migtime"
 BEFORE = EVENTS_BY_SEQ_MIGRATION - 1
 COLUMNS = "gateway, seq, boot, ref, type, time, received, fields"
 ROW = "'gw' || (i % 100), CASE WHEN i % 50 = 0 THEN NULL ELSE i END, 'b', i / 6, 'DIAL', i, i, '{}'"
 
 
-def fill_postgresql(n: int) -> None:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS cdrd_migtime")
-        conn.execute("CREATE DATABASE cdrd_migtime")
-    with psycopg.connect(URL, autocommit=True) as conn:
+def fill_postgresql(url: str, n: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA_VERSION_DDL)
         for index in range(BEFORE):
             for statement in migration_statements("postgresql", index):
@@ -77,23 +73,19 @@ async def migrate(reactor, stores) -> None:
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
+    url, name = postgres_database()
     with tempfile.TemporaryDirectory(prefix="cdrd-migration-11-") as tmp:
         path = os.path.join(tmp, "cdrd.sqlite")
         try:
             began = time.monotonic()
-            fill_postgresql(n)
+            fill_postgresql(url, n)
             fill_sqlite(path, n)
             print(f"{n} events at schema {BEFORE} on both stores, filled in {time.monotonic() - began:.0f} s;"
                   f" the SQLite file {os.path.getsize(path) / 1e6:.0f} MB")
-            try:
-                task.react(lambda reactor: defer.ensureDeferred(migrate(reactor, [
-                    ("postgresql", PostgresStore(URL, reactor)), ("sqlite", SQLiteStore(path, reactor))])))
-            except SystemExit as e:  # react's way out
-                if e.code not in (0, None):
-                    raise
+            react(lambda reactor: migrate(reactor, [
+                ("postgresql", PostgresStore(url, reactor)), ("sqlite", SQLiteStore(path, reactor))]))
         finally:
-            with psycopg.connect(ADMIN, autocommit=True) as conn:
-                conn.execute("DROP DATABASE IF EXISTS cdrd_migtime")
+            drop_postgres(name)
     return 0
 
 
