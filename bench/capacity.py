@@ -38,7 +38,8 @@ p99 / max (ms), how late the client sent (p99 of its send lag: large means
 client-limited, not server-limited), client and server CPU (% of one core,
 from getrusage and /proc), the server's CPU ms per call (the outboxes'
 delivery included: the figure a busy, shared machine disturbs least), the
-peers' CPU (FreeRADIUS, rsyslog), the outboxes' largest depth (sampled
+peers' CPU (FreeRADIUS, rsyslog; PostgreSQL's processes in ``postgresql``
+mode), the outboxes' largest depth (sampled
 every 0.25 s from the store) and the seconds they took to drain after the
 last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
 share of time something waited for a CPU; high means the figures are the
@@ -370,6 +371,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postgres_pids() -> list[int]:
+    """PostgreSQL's processes on this machine (the postmaster and its children)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().split(" (", 1)[1].startswith("postgres)"):
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes a process started (cdrd's outputs process), recursively (/proc/*/stat)."""
     parents = {}
@@ -538,7 +551,11 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         cpu0 = cpu_seconds(server.pid)
         children0 = {c: cpu_seconds(c) for c in child_pids(server.pid)}
         seen0 = cdrd_metrics(web_port) if mode != "bare" else {}
-        peer0 = sum(cpu_seconds(p) for p in peer_pids)
+        peer0 = {p: cpu_seconds(p) for p in peer_pids}
+        if mode == "postgresql":
+            # the server's processes (its backends come and go: one born
+            # during the run counts whole)
+            peer0.update((p, cpu_seconds(p)) for p in postgres_pids())
         w0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
                "--gateways", str(args.gateways), "--rate", str(rate), "--duration", str(args.duration),
@@ -565,7 +582,8 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         children = sum(cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
         result["child_cpu_pct"] = 100 * children / wall
-        result["peers_cpu_pct"] = 100 * (sum(cpu_seconds(p) for p in peer_pids) - peer0) / wall
+        peers_now = set(peer_pids) | (set(postgres_pids()) if mode == "postgresql" else set())
+        result["peers_cpu_pct"] = 100 * sum(cpu_seconds(p) - peer0.get(p, 0.0) for p in peers_now) / wall
         out = done.stdout.decode().strip().splitlines()
         if not out:
             raise RuntimeError(f"client failed ({done.returncode}): {done.stderr.decode()[-1500:]}")
