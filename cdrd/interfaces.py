@@ -78,6 +78,15 @@ class WriteBatch:
         """The gateways whose own (seq-numbered) events the batch carries."""
         return {e.gateway for e in self.events if e.seq is not None}
 
+    def derived(self) -> bool:
+        """
+        True when the batch holds only what is derived from stored events
+        (records, CDRs, cursors, the outboxes): no events, log or gateway
+        state.  A store with a derived lane writes such batches beside the
+        events' transactions (ILeasedStore.write_derived).
+        """
+        return not (self.events or self.log or self.gateways or self.log_counts)
+
 
 @frozen
 class LogCount:
@@ -525,6 +534,14 @@ class ILeasedStore(IStore):
 
     def listen(received):
         """Call received(payload: dict) for every commit of any node, until close()."""
+
+    def write_derived(batch):
+        """
+        Apply a WriteBatch of derived rows only (``batch.derived()``) in
+        one durable transaction that may run beside `write`'s: the derived
+        lane (docs/store.md, "Two write lanes").  Deferred[WriteResult];
+        ValueError for a batch with events, log or gateway state.
+        """
 
 
 class IBatchWriter(Interface):

@@ -6,9 +6,10 @@ A lease is a row of ``gateway_leases``: (gateway, node, token, expires).
 A LOGIN takes its gateway's lease, live or not: token + 1, this node.
 Every write transaction that touches a gateway (its events, state,
 records, CDRs, the call model's cursor) checks, under the store's write
-lock and in the same transaction, that this node still holds the token
-it took; a node that lost the lease gets ``LeaseLost`` and writes nothing
-of that batch.  So however late a node learns that it lost a gateway
+lock (the derived lane: with the lease rows locked FOR KEY SHARE) and in
+the same transaction, that this node still holds the token it took; a
+node that lost the lease gets ``LeaseLost`` and writes nothing of that
+batch.  So however late a node learns that it lost a gateway
 (a long GC pause, a partition, a kill -9 of the other side's idea of it),
 it can never commit for it again: the token, not the clock, decides.
 
@@ -179,7 +180,7 @@ class Leases:
             return Taken(token=mine, moved=False)
         return self.take(cur, key)
 
-    def check(self, cur, gateways: Iterable[str]) -> Callable[[], None]:
+    def check(self, cur, gateways: Iterable[str], lock: bool = False) -> Callable[[], None]:
         """
         Ask whether another node holds the lease of one of `gateways`, or
         took it from this node since; a function that raises LeaseLost if
@@ -188,6 +189,13 @@ class Leases:
         gateway nobody ever leased is free to write (a LOGIN takes the lease
         before any write of its own, so a node that lost a gateway always
         finds the row).
+
+        Under the write lock no take runs beside the transaction.  Without
+        it (`lock`: the derived lane) the rows are locked FOR KEY SHARE
+        until the commit: a take (FOR UPDATE) waits for the transaction,
+        and a transaction that comes after a take waits for its commit and
+        then reads the new token.  A renewal or a clean stop (UPDATE of
+        ``expires`` only) takes a lock KEY SHARE does not conflict with.
         """
         gateways = sorted(set(gateways))
         if not gateways:
@@ -196,7 +204,11 @@ class Leases:
             held = {g: self._held.get(g) for g in gateways}
         # a cursor of its own: the caller's runs the other statements meanwhile
         rows = cur.connection.cursor()
-        rows.execute("SELECT gateway, node, token FROM gateway_leases WHERE gateway = ANY(%s)", (gateways,))
+        rows.execute(
+            "SELECT gateway, node, token FROM gateway_leases WHERE gateway = ANY(%s)"
+            + (" ORDER BY gateway FOR KEY SHARE" if lock else ""),
+            (gateways,),
+        )
 
         def judge() -> None:
             lost = [gateway for gateway, node, token in rows.fetchall()

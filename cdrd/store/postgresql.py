@@ -34,8 +34,15 @@ from cdrd.store import StoreClosed, safe_url
 from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
 from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
 
-#: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII).
+#: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII): the
+#: events' lane, the leases' takes, retention
 WRITE_LOCK = 0x63647264
+#: pg_advisory_xact_lock key of the derived lane ("cdre"): records, CDRs,
+#: cursors and the outboxes, in one order across the nodes (the outbox
+#: ids commit in id order).  Taken after WRITE_LOCK by a write that holds
+#: both; the derived lane never waits for WRITE_LOCK (docs/store.md, "Two
+#: write lanes")
+DERIVED_LOCK = 0x63647265
 THREADS = 4
 #: cluster.lease_seconds when the store is built without a config
 LEASE_SECONDS = 10.0
@@ -79,6 +86,11 @@ def _numbered(statement: str) -> str:
         out.append(f"${n}")
         out.append(part)
     return "".join(out)
+
+
+def _has_derived(batch) -> bool:
+    """Whether `batch` writes derived rows (records, CDRs, cursors, outboxes)."""
+    return bool(batch.records or batch.cdrs or batch.cursors or batch.outbox or batch.outbox_done)
 
 
 def _lost_first(check) -> None:
@@ -214,12 +226,27 @@ class PostgresStore(SqlStore):
         return self._run(self.leases.leases, write=False)
 
     def write(self, batch):
-        return self._run(self._write, batch, write=True, pipeline=True)
+        locks = (WRITE_LOCK, DERIVED_LOCK) if _has_derived(batch) else (WRITE_LOCK,)
+        return self._run(self._write, batch, False, write=True, pipeline=True, locks=locks)
 
-    def _write(self, cur, batch):
-        # under the write lock: a node that lost a gateway commits nothing
-        # for it (asked first, judged before the commit)
-        check = self.leases.check(cur, batch_gateways(batch))
+    def write_derived(self, batch):
+        """
+        The derived lane (ILeasedStore.write_derived): a batch of records,
+        CDRs, cursors and outbox rows in a transaction of its own, under
+        DERIVED_LOCK and not WRITE_LOCK, so beside the events' own.  Its
+        lease check locks the gateways' lease rows (FOR KEY SHARE) until
+        the commit: a take waits for it, so the fencing holds without the
+        write lock.
+        """
+        if not batch.derived():
+            return defer.fail(ValueError("write_derived: a batch with events, log or gateway state"))
+        return self._run(self._write, batch, True, write=True, pipeline=True, locks=(DERIVED_LOCK,))
+
+    def _write(self, cur, batch, derived: bool = False):
+        # under the write lock (the derived lane: the lease rows' lock): a
+        # node that lost a gateway commits nothing for it (asked first,
+        # judged before the commit)
+        check = self.leases.check(cur, batch_gateways(batch), lock=derived)
         log_before = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM log") if batch.log else None
         try:
             result = super()._write(cur, batch)
@@ -341,16 +368,16 @@ class PostgresStore(SqlStore):
             self._conns.discard(conn)
         conn.close()
 
-    def _run(self, fn, *args, write: bool, pipeline: bool = False):
+    def _run(self, fn, *args, write: bool, pipeline: bool = False, locks=(WRITE_LOCK,)):
         if self._pool is None:
             return defer.fail(StoreClosed(f"{self!r} is not open"))
-        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write, pipeline)
+        return deferToThreadPool(self.reactor, self._pool, self._transaction, fn, args, write, pipeline, locks)
 
-    def _transaction(self, fn, args, write, pipeline=False):
+    def _transaction(self, fn, args, write, pipeline=False, locks=(WRITE_LOCK,)):
         conn = self._connection()
         try:
             if pipeline:
-                return self._pipelined(conn, fn, args)
+                return self._pipelined(conn, fn, args, locks)
             with conn.cursor() as cur:
                 if write:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
@@ -371,7 +398,7 @@ class PostgresStore(SqlStore):
             if pipeline and not conn.closed:
                 conn.autocommit = False  # committed or rolled back: idle
 
-    def _pipelined(self, conn, fn, args):
+    def _pipelined(self, conn, fn, args, locks=(WRITE_LOCK,)):
         """
         A write transaction in pipeline mode: its statements are sent without
         waiting for their answers, BEGIN and COMMIT too (psycopg waits for
@@ -383,7 +410,8 @@ class PostgresStore(SqlStore):
         conn.autocommit = True
         with conn.cursor() as cur, conn.pipeline() as self._local.pipeline:
             cur.execute("BEGIN")
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            for lock in locks:  # WRITE_LOCK first: one order, no deadlock
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             result = fn(cur, *args)
             cur.execute("COMMIT")
         # the pipeline's end waited for every answer: the COMMIT's too

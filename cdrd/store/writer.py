@@ -27,6 +27,14 @@ from cdrd.store.leases import LeaseLost
 
 Listener = Callable[[WriteBatch, WriteResult], object]
 
+#: seconds: the derived lane begins a transaction at most this often (what
+#: comes meanwhile joins the next one).  Measured on PostgreSQL at 2 000
+#: calls/s: derived transactions back to back took the server's and the
+#: GIL's time from the events' own and the ACK p99 did not fall; a few
+#: large ones a second halved the ACK p50 (docs/benchmarks.md, "Two write
+#: lanes").  Records, CDRs and the outputs' rows come that much later.
+DERIVED_INTERVAL = 0.15
+
 _FIELDS = [f.name for f in fields(WriteBatch)]
 
 #: DB-API error classes (and cdrd's StoreClosed) that say the store itself
@@ -59,35 +67,64 @@ def merge_batches(batches) -> WriteBatch:
     })
 
 
+class _Lane:
+    """
+    One line of transactions: at most one in flight, the next one takes
+    everything submitted meanwhile.  `method` names the store's method for
+    it (looked up at each write).
+    """
+
+    def __init__(self, method: str, interval: float = 0.0):
+        self.method = method
+        self.interval = interval  # seconds at least between the beginnings of two transactions
+        self.queue: list[tuple[WriteBatch, defer.Deferred]] = []
+        self.queued_events = 0
+        self.inflight_events = 0
+        self.inflight = False
+        self.call = None  # the scheduled flush
+        self.starting_next = False
+        self.began: float | None = None  # when the last transaction began
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight or bool(self.queue)
+
+
 @implementer(IBatchWriter)
 class BatchWriter(Service):
     """
     The only writer of the store.  At most one transaction in flight; the
     next one takes everything submitted meanwhile.
 
+    On a store with a derived lane (``write_derived``: PostgreSQL), the
+    batches that hold only derived rows (records, CDRs, cursors, the
+    outboxes: ``WriteBatch.derived``) go in a second line of transactions
+    of their own, beside the events' (docs/store.md, "Two write lanes"):
+    an ACK then waits for the events' transaction only.  Each line keeps
+    its own order; the derived rows of an event are always submitted after
+    its commit, so they never commit before it.
+
     ``submit`` returns a Deferred firing with the merged WriteResult once the
     transaction holding the batch has committed, or failing with the store's
     failure (then none of it was applied).  Listeners are called with
-    (merged batch, result) after each commit, in commit order, before the
-    submitters' Deferreds fire.
+    (merged batch, result) after each commit, in each lane's commit order,
+    before the submitters' Deferreds fire.
     """
 
     log = Logger()
 
-    def __init__(self, store, clock):
+    def __init__(self, store, clock, derived_interval: float = DERIVED_INTERVAL):
         self.store = store
         self.clock = clock
-        self._queue: list[tuple[WriteBatch, defer.Deferred]] = []
-        self._queued_events = 0
-        self._inflight_events = 0
-        self._inflight = False
-        self._call = None  # the scheduled flush
+        self._events = _Lane("write")
+        self._derived = (
+            _Lane("write_derived", derived_interval) if hasattr(store, "write_derived") else None
+        )
+        self._lanes = (self._events,) if self._derived is None else (self._events, self._derived)
         self._listeners: list[Listener] = []
         self._idle: list[defer.Deferred] = []
-        self._starting_next = False
         self.transactions = 0  # committed, for tests and status pages
         self.commit_seconds = 0.0  # of the last transaction, for the metrics
-        self._began = 0.0
         # why the store refuses writes (unavailable, not one bad row), or
         # None: logged once when it begins and once when it clears
         self.refusing: str | None = None
@@ -98,11 +135,16 @@ class BatchWriter(Service):
     @property
     def pending(self) -> int:
         """Events submitted and not yet committed: the back-pressure figure."""
-        return self._queued_events + self._inflight_events
+        return self._events.queued_events + self._events.inflight_events
 
     @property
     def busy(self) -> bool:
-        return self._inflight or bool(self._queue)
+        return any(lane.busy for lane in self._lanes)
+
+    @property
+    def lanes(self) -> int:
+        """1, or 2 on a store with a derived lane."""
+        return len(self._lanes)
 
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
@@ -111,12 +153,13 @@ class BatchWriter(Service):
         self._listeners.remove(fn)
 
     def submit(self, batch: WriteBatch) -> defer.Deferred:
+        lane = self._derived if self._derived is not None and batch.derived() else self._events
         d = defer.Deferred()
-        self._queue.append((batch, d))
-        self._queued_events += len(batch.events)
-        if not self._inflight and self._call is None:
+        lane.queue.append((batch, d))
+        lane.queued_events += len(batch.events)
+        if not lane.inflight and lane.call is None:
             # later submissions of this turn join this transaction
-            self._call = self.clock.callLater(0, self._flush)
+            lane.call = self.clock.callLater(self._wait(lane), self._flush, lane)
         return d
 
     def flushed(self) -> defer.Deferred:
@@ -129,55 +172,65 @@ class BatchWriter(Service):
 
     def stopService(self):
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-            self._call = None
-            self._flush()
+        for lane in self._lanes:
+            if lane.call is not None and lane.call.active():
+                lane.call.cancel()
+                lane.call = None
+                self._flush(lane)
         return self.flushed()
 
     # -- the machinery -------------------------------------------------------
 
-    def _flush(self) -> None:
-        self._call = None
-        if self._inflight or not self._queue:
+    def _wait(self, lane: _Lane) -> float:
+        """Seconds before `lane` may begin its next transaction."""
+        if not lane.interval or lane.began is None:
+            return 0
+        return max(0.0, lane.began + lane.interval - self.clock.seconds())
+
+    def _flush(self, lane: _Lane) -> None:
+        lane.call = None
+        if lane.inflight or not lane.queue:
             return
-        queue, self._queue = self._queue, []
-        self._inflight_events, self._queued_events = self._queued_events, 0
-        self._inflight = True
-        self._began = self.clock.seconds()
+        queue, lane.queue = lane.queue, []
+        lane.inflight_events, lane.queued_events = lane.queued_events, 0
+        lane.inflight = True
+        lane.began = self.clock.seconds()
         batch = merge_batches([b for b, _ in queue])
-        d = defer.maybeDeferred(self.store.write, batch)
+        d = defer.maybeDeferred(getattr(self.store, lane.method), batch)
         d.addCallbacks(self._settled, self._settled,
-                       callbackArgs=(self._committed, batch, queue),
-                       errbackArgs=(self._failed, batch, queue))
+                       callbackArgs=(self._committed, lane, batch, queue),
+                       errbackArgs=(self._failed, lane, batch, queue))
         d.addErrback(lambda f: self.log.failure("BatchWriter bookkeeping failed", f))
 
-    def _settled(self, result, handler, batch, queue) -> None:
-        if self._starting_next:
+    def _settled(self, result, handler, lane, batch, queue) -> None:
+        if lane.starting_next:
             # a store that answers at once (MemoryStore), inside _committed:
             # after the transaction before it has been told, in order
-            self.clock.callLater(0, handler, result, batch, queue)
+            self.clock.callLater(0, handler, result, lane, batch, queue)
         else:
-            handler(result, batch, queue)
+            handler(result, lane, batch, queue)
 
-    def _committed(self, result, batch, queue) -> None:
-        self.commit_seconds = self.clock.seconds() - self._began
-        self._done()
-        if self._queue:
+    def _committed(self, result, lane, batch, queue) -> None:
+        seconds = self.clock.seconds() - lane.began
+        self._done(lane)
+        if lane.queue and self._wait(lane):
+            self._next(lane)  # the lane's next transaction, once its interval is up
+        elif lane.queue:
             # Start the next transaction now, not on the next reactor turn:
             # its statements and fsync run in the store's thread while this
             # one's listeners (the call model) and ACKs run here.
-            if self._call is not None and self._call.active():
-                self._call.cancel()
-            self._starting_next = True
+            if lane.call is not None and lane.call.active():
+                lane.call.cancel()
+            lane.starting_next = True
             try:
-                self._flush()
+                self._flush(lane)
             finally:
-                self._starting_next = False
+                lane.starting_next = False
+        self.commit_seconds = seconds
         self._tell(batch, result)
         for _, d in queue:
             d.callback(result)
-        self._next()
+        self._next(lane)
 
     def _tell(self, batch, result) -> None:
         self.transactions += 1
@@ -193,18 +246,18 @@ class BatchWriter(Service):
             except Exception:
                 self.log.failure("commit listener {listener!r} failed", listener=fn)
 
-    def _failed(self, failure, batch, queue) -> None:
+    def _failed(self, failure, lane, batch, queue) -> None:
         self._report(failure, batch, len(queue))
         if len(queue) == 1:
-            self._done()
+            self._done(lane)
             queue[0][1].errback(failure)
-            self._after_failure(queue[0][0].senders())
+            self._after_failure(lane, queue[0][0].senders())
             return
-        d = defer.ensureDeferred(self._one_by_one(queue))
-        d.addCallback(self._after_failure)
+        d = defer.ensureDeferred(self._one_by_one(lane, queue))
+        d.addCallback(lambda failed: self._after_failure(lane, failed))
         d.addErrback(lambda f: self.log.failure("BatchWriter bookkeeping failed", f))
 
-    async def _one_by_one(self, queue) -> set[str]:
+    async def _one_by_one(self, lane, queue) -> set[str]:
         """
         Write the submissions of a failed transaction again, each alone and
         in order; returns the gateways whose events failed.
@@ -215,42 +268,42 @@ class BatchWriter(Service):
             gateways = batch.senders()
             if unavailable is not None or gateways & failed:
                 failed |= gateways
-                self._inflight_events -= len(batch.events)
+                lane.inflight_events -= len(batch.events)
                 d.errback(unavailable or Failure(EarlierWriteFailed.of(gateways & failed)))
                 continue
             try:
-                result = await defer.maybeDeferred(self.store.write, batch)
+                result = await defer.maybeDeferred(getattr(self.store, lane.method), batch)
             except Exception:
                 f = Failure()
                 self._report(f, batch, 1)
                 failed |= gateways
                 if store_unavailable(f):
                     unavailable = f  # the store is down: the rest would fail alike
-                self._inflight_events -= len(batch.events)
+                lane.inflight_events -= len(batch.events)
                 d.errback(f)
             else:
-                self._inflight_events -= len(batch.events)
+                lane.inflight_events -= len(batch.events)
                 self._tell(batch, result)
                 d.callback(result)
-        self._done()
+        self._done(lane)
         return failed
 
-    def _after_failure(self, failed: set[str]) -> None:
+    def _after_failure(self, lane, failed: set[str]) -> None:
         """Fail the queued submissions with events of the gateways that failed."""
         if failed:
-            queue, self._queue = self._queue, []
+            queue, lane.queue = lane.queue, []
             keep = []
             for batch, d in queue:
                 gateways = batch.senders()
                 if gateways & failed:
                     failed |= gateways
-                    self._queued_events -= len(batch.events)
+                    lane.queued_events -= len(batch.events)
                     d.errback(EarlierWriteFailed.of(gateways & failed))
                 else:
                     keep.append((batch, d))
             # what the errbacks submitted comes after
-            self._queue = keep + self._queue
-        self._next()
+            lane.queue = keep + lane.queue
+        self._next(lane)
 
     def _report(self, failure, batch, submissions: int) -> None:
         # an outage is two lines, when it begins and when it ends (with the
@@ -278,18 +331,18 @@ class BatchWriter(Service):
             then="; writing them one by one" if submissions > 1 else "",
         )
 
-    def _done(self) -> None:
-        self._inflight = False
-        self._inflight_events = 0
+    def _done(self, lane) -> None:
+        lane.inflight = False
+        lane.inflight_events = 0
 
-    def _next(self) -> None:
-        if self._inflight:
+    def _next(self, lane) -> None:
+        if lane.inflight:
             return  # its end comes here again
-        if self._queue:
-            if self._call is None:
+        if lane.queue:
+            if lane.call is None:
                 # a new turn: no recursion through already-fired Deferreds
-                self._call = self.clock.callLater(0, self._flush)
-        else:
+                lane.call = self.clock.callLater(self._wait(lane), self._flush, lane)
+        elif not self.busy:
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)

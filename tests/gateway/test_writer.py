@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from cdrd.interfaces import IBatchWriter, WriteBatch
+from cdrd.interfaces import IBatchWriter, ModelCursor, WriteBatch
 from cdrd.store.leases import LeaseLost
 from cdrd.store.memory import MemoryStore
 from cdrd.store.writer import BatchWriter, EarlierWriteFailed
@@ -205,3 +205,158 @@ def test_the_batch_writer_and_the_unit_tests_writer_provide_ibatchwriter():
 
     assert verifyObject(IBatchWriter, BatchWriter(MemoryStore(), Clock()))
     assert verifyObject(IBatchWriter, Writer(OutboxStore()))
+
+
+# -- two lanes: a store with a derived lane (PostgreSQL's write_derived) -----------
+
+
+class TwoLaneStore(ScriptedStore):
+    """
+    A ScriptedStore with a derived lane: `write_derived` takes the batches
+    of derived rows; `hold_derived` makes those wait (in `held_derived`).
+    Each write is noted with its lane.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.lanes: list[tuple[str, WriteBatch]] = []
+        self.hold_derived = False
+        self.held_derived: list[defer.Deferred] = []
+
+    def write(self, batch):
+        self.lanes.append(("events", batch))
+        return super().write(batch)
+
+    def write_derived(self, batch):
+        assert batch.derived()
+        self.lanes.append(("derived", batch))
+        if self.hold_derived:
+            d = defer.Deferred()
+            self.held_derived.append(d)
+            return d.addCallback(lambda _: self._now(batch))
+        return self._now(batch)
+
+
+class LaneRig(Rig):
+    def __init__(self, derived_interval: float = 0.0):
+        self.clock = Clock()
+        self.store = TwoLaneStore()
+        self.writer = BatchWriter(self.store, self.clock, derived_interval=derived_interval)
+        self.writer.startService()
+        self.told: list[WriteBatch] = []
+        self.writer.add_listener(lambda b, r: self.told.append(b))
+        self.outcomes = {}
+
+
+def derived(gateway: str, applied: int) -> WriteBatch:
+    return WriteBatch(cursors=[ModelCursor(gateway=gateway, applied=applied, replay_from=applied + 1)])
+
+
+def test_a_store_without_a_derived_lane_writes_everything_in_one_line():
+    rig = Rig()
+    assert rig.writer.lanes == 1
+    rig.submit("events", batch("A_1", 1))
+    rig.submit("derived", derived("A_1", 1))
+    rig.settle()
+    assert rig.outcomes == {"events": "ok", "derived": "ok"}
+    assert len(rig.store.writes) == 1  # one transaction for both
+
+
+def test_derived_rows_commit_beside_an_events_transaction_in_flight():
+    rig = LaneRig()
+    assert rig.writer.lanes == 2
+    rig.store.hold = True
+    rig.submit("events", batch("A_1", 1))
+    rig.clock.advance(0)
+    assert rig.writer.busy and rig.writer.pending == 1
+    # the events' transaction waits for its commit; the derived rows do not wait for it
+    rig.submit("derived", derived("B_1", 7))
+    rig.settle()
+    assert rig.outcomes == {"derived": "ok"}
+    assert [lane for lane, _ in rig.store.lanes] == ["events", "derived"]
+    assert rig.store._cursors["B_1"].applied == 7
+    assert rig.writer.pending == 1  # the events are still the back-pressure figure
+    flushed = rig.writer.flushed()
+    assert not flushed.called
+    rig.store.hold = False
+    rig.store.held.pop().callback(None)
+    rig.settle()
+    assert rig.outcomes == {"derived": "ok", "events": "ok"}
+    assert flushed.called and not rig.writer.busy and rig.writer.pending == 0
+    assert [b.derived() for b in rig.told] == [True, False]  # listeners per commit, as they commit
+
+
+def test_each_lane_merges_its_own_submissions_and_keeps_their_order():
+    rig = LaneRig()
+    rig.submit("e1", batch("A_1", 1))
+    rig.submit("d1", derived("A_1", 1))
+    rig.submit("e2", batch("B_1", 1))
+    rig.submit("d2", derived("B_1", 1))
+    rig.submit("mixed", WriteBatch(events=[ev("C_1", 1)], cursors=[ModelCursor("C_1", 1, 2)]))
+    rig.settle()
+    assert set(rig.outcomes.values()) == {"ok"}
+    (l1, events), (l2, rows) = rig.store.lanes
+    assert (l1, l2) == ("events", "derived")
+    # a batch with events (whatever else it holds) goes with the events
+    assert [(e.gateway, e.seq) for e in events.events] == [("A_1", 1), ("B_1", 1), ("C_1", 1)]
+    assert [c.gateway for c in events.cursors] == ["C_1"]
+    assert [c.gateway for c in rows.cursors] == ["A_1", "B_1"]
+
+
+def test_a_failed_derived_write_leaves_the_events_lane_alone():
+    rig = LaneRig()
+    rig.store.hold_derived = True
+    rig.submit("d", derived("A_1", 1))
+    rig.clock.advance(0)
+    rig.store.down = True
+    rig.store.hold_derived = False
+    rig.store.held_derived.pop().callback(None)
+    rig.settle()
+    assert rig.outcomes == {"d": sqlite3.OperationalError}
+    rig.store.down = False
+    rig.submit("e", batch("A_1", 1))
+    rig.submit("d-again", derived("A_1", 1))
+    rig.settle()
+    assert rig.outcomes == {"d": sqlite3.OperationalError, "e": "ok", "d-again": "ok"}
+    assert rig.writer.refusing is None and not rig.writer.busy
+
+
+def test_stopping_writes_what_each_lane_holds():
+    rig = LaneRig()
+    rig.submit("e", batch("A_1", 1))
+    rig.submit("d", derived("A_1", 1))
+    stopped = rig.writer.stopService()  # before the turn that would flush them
+    assert stopped.called
+    assert rig.outcomes == {"e": "ok", "d": "ok"}
+
+
+def test_the_derived_lane_begins_a_transaction_at_most_once_an_interval():
+    rig = LaneRig(derived_interval=0.15)
+    rig.submit("d1", derived("A_1", 1))
+    rig.settle()
+    assert rig.outcomes == {"d1": "ok"}  # the first one at once
+    rig.clock.advance(0.05)
+    rig.submit("d2", derived("A_1", 2))
+    rig.submit("e", batch("A_1", 1))
+    rig.settle()
+    assert rig.outcomes == {"d1": "ok", "e": "ok"}  # the events' lane does not wait
+    assert rig.writer.busy and not rig.writer.flushed().called
+    rig.clock.advance(0.09)
+    rig.submit("d3", derived("A_1", 3))
+    rig.settle()
+    assert "d2" not in rig.outcomes
+    rig.clock.advance(0.01)  # 0.15 s after d1's transaction began: d2 and d3 in one
+    rig.settle()
+    assert rig.outcomes == {"d1": "ok", "e": "ok", "d2": "ok", "d3": "ok"}
+    assert [len(b.cursors) for lane, b in rig.store.lanes if lane == "derived"] == [1, 2]
+    assert not rig.writer.busy
+
+
+def test_stopping_does_not_wait_for_the_derived_lanes_interval():
+    rig = LaneRig(derived_interval=0.15)
+    rig.submit("d1", derived("A_1", 1))
+    rig.settle()
+    rig.submit("d2", derived("A_1", 2))
+    rig.settle()
+    assert rig.writer.stopService().called
+    assert rig.outcomes == {"d1": "ok", "d2": "ok"}

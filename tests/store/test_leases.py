@@ -13,8 +13,8 @@ from zope.interface.verify import verifyObject
 
 from cdrd.interfaces import ILeasedStore, ModelCursor, WriteBatch
 from cdrd.store.leases import WORK, LeaseLost, Leases
-from cdrd.store.postgresql import PostgresStore
-from tests.store.values import KEY, KEY2, event, gateway_state
+from cdrd.store.postgresql import WRITE_LOCK, PostgresStore
+from tests.store.values import DAY, KEY, KEY2, cdr, event, gateway_state, record
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +137,116 @@ async def test_a_write_in_flight_either_commits_before_the_takeover_or_not_at_al
     # what a committed is stored, and nothing of a after the first refusal
     assert committed == list(range(1, len(committed) + 1))
     assert sql(url, "SELECT seq FROM events ORDER BY id") == [(s,) for s in committed]
+
+
+# -- the derived lane (docs/store.md, "Two write lanes") ----------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_derived_lane_refuses_what_a_lost_gateway_derived(nodes):
+    a, b, url = nodes
+    await a.take_lease(KEY)
+    await a.take_lease(KEY2)
+    rec = record(1, DAY)
+    await a.write_derived(WriteBatch(records=[rec], cdrs=[cdr(rec.id, 1, DAY)],
+                                     cursors=[ModelCursor(gateway=KEY, applied=1, replay_from=2)]))
+    await b.take_lease(KEY)
+    for batch in (
+        WriteBatch(cursors=[ModelCursor(gateway=KEY, applied=2, replay_from=3)]),
+        WriteBatch(records=[record(2, DAY)]),
+        # KEY2 is a's: a batch mixing it with a lost gateway applies nothing
+        WriteBatch(records=[record(3, DAY, gateway=KEY2), record(4, DAY)]),
+    ):
+        with pytest.raises(LeaseLost):
+            await a.write_derived(batch)
+    assert sql(url, "SELECT gateway, applied FROM cursors") == [(KEY, 1)]
+    assert sql(url, "SELECT COUNT(*) FROM calls") == [(1,)]
+    assert sql(url, "SELECT COUNT(*) FROM cdrs") == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_derived_lane_takes_derived_rows_only(nodes):
+    a, _, url = nodes
+    await a.take_lease(KEY)
+    for batch in (
+        WriteBatch(events=[event(1)], cursors=[ModelCursor(gateway=KEY, applied=1, replay_from=2)]),
+        WriteBatch(gateways=[gateway_state()]),
+    ):
+        with pytest.raises(ValueError):
+            await a.write_derived(batch)
+    assert sql(url, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert sql(url, "SELECT COUNT(*) FROM cursors") == [(0,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_derived_lane_does_not_wait_for_the_write_lock(nodes):
+    """Another session holds the events' lock the whole time: derived rows commit."""
+    a, _, url = nodes
+    await a.take_lease(KEY)
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+        # were it to wait, it would wait for ever: the timeout only ends such a failure
+        written = a.write_derived(WriteBatch(cursors=[ModelCursor(gateway=KEY, applied=3, replay_from=4)]))
+        await written.addTimeout(60, reactor)
+        assert sql(url, "SELECT applied FROM cursors") == [(3,)]
+        holder.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_derived_lanes_check_holds_off_a_take_and_not_a_renewal(nodes):
+    """
+    The derived lane's lease check locks the lease rows FOR KEY SHARE until
+    its commit: a take (FOR UPDATE) must wait; a renewal (an UPDATE of
+    ``expires``) need not.  lock_timeout turns a wait into an error at
+    once, whatever the machine's speed: only a real lock waits.
+    """
+    a, _, url = nodes
+    await a.take_lease(KEY)
+    take = "SELECT token FROM gateway_leases WHERE gateway = %s FOR UPDATE"
+    with psycopg.connect(url) as writer, psycopg.connect(url) as other:
+        other.execute("SET lock_timeout = '50ms'")
+        judge = a.leases.check(writer.cursor(), [KEY], lock=True)
+        judge()  # still a's
+        other.execute("UPDATE gateway_leases SET expires = expires + 1 WHERE gateway = %s", (KEY,))
+        other.commit()  # a renewal went through
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute(take, (KEY,))
+        other.rollback()
+        writer.commit()  # the derived transaction ends: a take goes on
+        assert other.execute(take, (KEY,)).fetchone() == (1,)
+        other.rollback()
+        # under the write lock (no `lock`), the check holds no row
+        a.leases.check(writer.cursor(), [KEY])()
+        assert other.execute(take, (KEY,)).fetchone() == (1,)
+        other.rollback()
+        writer.rollback()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_derived_write_in_flight_either_commits_before_the_takeover_or_not_at_all(nodes):
+    """A take waits for the derived lane's row locks: no interleaving."""
+    a, b, url = nodes
+    await a.take_lease(KEY)
+    outcomes = []
+
+    async def writes():
+        for applied in range(1, 21):
+            try:
+                await a.write_derived(WriteBatch(
+                    records=[record(applied, DAY)],
+                    cursors=[ModelCursor(gateway=KEY, applied=applied, replay_from=applied + 1)]))
+            except LeaseLost:
+                outcomes.append((applied, False))
+            else:
+                outcomes.append((applied, True))
+
+    writing = defer.ensureDeferred(writes())
+    take = b.take_lease(KEY)
+    await defer.gatherResults([writing, take])
+    committed = [n for n, ok in outcomes if ok]
+    assert committed == list(range(1, len(committed) + 1))
+    assert sql(url, "SELECT applied FROM cursors") == ([(committed[-1],)] if committed else [])
+    assert sql(url, "SELECT COUNT(*) FROM calls") == [(len(committed),)]
 
 
 @pytest_twisted.ensureDeferred
