@@ -450,11 +450,14 @@ class SqlStore:
                 size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
             part = rows[i:i + size]
             i += size
-            counts.append(self._send(cur, self.sql(f"{head}{', '.join([values] * size)}{tail}"),
-                                     [v for row in part for v in row]))
+            counts.append(self._send_rows(cur, head, values, tail, size, [v for row in part for v in row]))
         if len(counts) == 1:
             return counts[0]
         return lambda: sum(count() for count in counts)
+
+    def _send_rows(self, cur, head: str, values: str, tail: str, size: int, params) -> Callable[[], int]:
+        """``_send`` of `head` + `size` times `values` + `tail` (a multi-row INSERT)."""
+        return self._send(cur, self.sql(f"{head}{', '.join([values] * size)}{tail}"), params)
 
     def _send(self, cur, statement: str, params) -> Callable[[], int]:
         """
