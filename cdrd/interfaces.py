@@ -83,7 +83,7 @@ class WriteBatch:
         True when the batch holds only what is derived from stored events
         (records, CDRs, cursors, the outboxes): no events, log or gateway
         state.  A store with a derived lane writes such batches beside the
-        events' transactions (ILeasedStore.write_derived).
+        events' transactions (IDerivedLane.write_derived).
         """
         return not (self.events or self.log or self.gateways or self.log_counts)
 
@@ -535,11 +535,19 @@ class ILeasedStore(IStore):
     def listen(received):
         """Call received(payload: dict) for every commit of any node, until close()."""
 
+
+class IDerivedLane(Interface):
+    """
+    A store whose derived rows go in transactions of their own (SQLite and
+    PostgreSQL; docs/store.md, "Two write lanes"): the BatchWriter then
+    writes them in a second lane, beside (PostgreSQL) or between (SQLite)
+    the events' transactions.
+    """
+
     def write_derived(batch):
         """
         Apply a WriteBatch of derived rows only (``batch.derived()``) in
-        one durable transaction that may run beside `write`'s: the derived
-        lane (docs/store.md, "Two write lanes").  Deferred[WriteResult];
+        one durable transaction of its own.  Deferred[WriteResult];
         ValueError for a batch with events, log or gateway state.
         """
 

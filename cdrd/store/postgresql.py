@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cdrd.interfaces import ILeasedStore
+from cdrd.interfaces import IDerivedLane, ILeasedStore
 from cdrd.store import StoreClosed, safe_url
 from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
 from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
@@ -137,7 +137,7 @@ _PRESENT_COLS = ", ".join(
 )
 
 
-@implementer(ILeasedStore)
+@implementer(ILeasedStore, IDerivedLane)
 class PostgresStore(SqlStore):
     dialect = "postgresql"
     like = "ILIKE"

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cdrd.interfaces import IBatchWriter, WriteBatch, WriteResult
+from cdrd.interfaces import IBatchWriter, IDerivedLane, WriteBatch, WriteResult
 from cdrd.store.leases import LeaseLost
 
 Listener = Callable[[WriteBatch, WriteResult], object]
@@ -96,13 +96,15 @@ class BatchWriter(Service):
     The only writer of the store.  At most one transaction in flight; the
     next one takes everything submitted meanwhile.
 
-    On a store with a derived lane (``write_derived``: PostgreSQL), the
+    On a store with a derived lane (IDerivedLane: SQLite, PostgreSQL), the
     batches that hold only derived rows (records, CDRs, cursors, the
     outboxes: ``WriteBatch.derived``) go in a second line of transactions
-    of their own, beside the events' (docs/store.md, "Two write lanes"):
-    an ACK then waits for the events' transaction only.  Each line keeps
-    its own order; the derived rows of an event are always submitted after
-    its commit, so they never commit before it.
+    of their own, at most one every `derived_interval` seconds, beside the
+    events' (PostgreSQL) or between them (SQLite's one writer)
+    (docs/store.md, "Two write lanes"): most events' transactions then
+    carry no derived rows.  Each line keeps its own order; the derived
+    rows of an event are always submitted after its commit, so they never
+    commit before it.
 
     ``submit`` returns a Deferred firing with the merged WriteResult once the
     transaction holding the batch has committed, or failing with the store's
@@ -118,7 +120,7 @@ class BatchWriter(Service):
         self.clock = clock
         self._events = _Lane("write")
         self._derived = (
-            _Lane("write_derived", derived_interval) if hasattr(store, "write_derived") else None
+            _Lane("write_derived", derived_interval) if IDerivedLane.providedBy(store) else None
         )
         self._lanes = (self._events,) if self._derived is None else (self._events, self._derived)
         self._listeners: list[Listener] = []

@@ -12,9 +12,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cdrd.interfaces import IBatchWriter, ModelCursor, WriteBatch
+from cdrd.interfaces import IBatchWriter, IDerivedLane, ModelCursor, WriteBatch
 from cdrd.store.leases import LeaseLost
 from cdrd.store.memory import MemoryStore
 from cdrd.store.writer import BatchWriter, EarlierWriteFailed
@@ -210,6 +211,7 @@ def test_the_batch_writer_and_the_unit_tests_writer_provide_ibatchwriter():
 # -- two lanes: a store with a derived lane (PostgreSQL's write_derived) -----------
 
 
+@implementer(IDerivedLane)
 class TwoLaneStore(ScriptedStore):
     """
     A ScriptedStore with a derived lane: `write_derived` takes the batches
