@@ -257,7 +257,7 @@ class PostgresStore(SqlStore):
 
     def write_derived(self, batch):
         """
-        The derived lane (ILeasedStore.write_derived): a batch of records,
+        The derived lane (IDerivedLane.write_derived): a batch of records,
         CDRs, cursors and outbox rows in a transaction of its own, under
         DERIVED_LOCK and not WRITE_LOCK, so beside the events' own.  Its
         lease check locks the gateways' lease rows (FOR KEY SHARE) until
@@ -414,7 +414,8 @@ class PostgresStore(SqlStore):
                 return self._pipelined(conn, fn, args, locks)
             with conn.cursor() as cur:
                 if write:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    for lock in locks:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
                 result = fn(cur, *args)
             conn.commit()
             return result
