@@ -21,6 +21,11 @@ Stages, each timed alone:
   share (the fsyncs' waits are not CPU);
 - ``model``: the stored events (with their ids) through `CallModel.apply`.
 
+``--derived-every N`` writes the derived products as the derived lane
+does (docs/store.md, "Two write lanes"): in a transaction of their own
+before every Nth events' transaction, what the model made meanwhile
+together; 0 (the default) carries them in the next events' transaction.
+
 Each --tree (a checkout) runs in a process of its own, alternating; the
 median and the least per tree at the end (the least: the run that other
 processes disturbed least).
@@ -95,16 +100,26 @@ def inner(args) -> dict:
         store_cpu = model_cpu = 0.0
         derived = WriteBatch()
         rng = random.Random(args.seed)
-        i = 0
+        i = written = 0
         while i < len(events):
             # group commit takes what arrived meanwhile: sizes vary
             size = rng.randint(args.batch // 3, args.batch * 5 // 3)
-            batch = WriteBatch(
-                events=events[i:i + size], records=derived.records, cdrs=derived.cdrs,
-                cursors=derived.cursors,
-            )
-            i += size
+            lane = args.derived_every and (written % args.derived_every == 0 or i + size >= len(events))
             t0 = time.process_time()
+            if args.derived_every == 0:
+                batch = WriteBatch(
+                    events=events[i:i + size], records=derived.records, cdrs=derived.cdrs,
+                    cursors=derived.cursors,
+                )
+            else:
+                batch = WriteBatch(events=events[i:i + size])
+                if lane and (derived.records or derived.cursors):
+                    # the derived lane: what the model made meanwhile, in a transaction of its own
+                    cur.execute("BEGIN IMMEDIATE")
+                    store._write(cur, derived)
+                    cur.execute("COMMIT")
+            i += size
+            written += 1
             cur.execute("BEGIN IMMEDIATE")
             result = store._write(cur, batch)
             cur.execute("COMMIT")
@@ -120,8 +135,15 @@ def inner(args) -> dict:
             model_cpu += t2 - t1
             inserted_all.extend(result.events)
             ends = [p for p in products if isinstance(p, CallEnd)]
-            derived = WriteBatch(records=[p.record for p in ends], cdrs=[c for p in ends for c in p.cdrs],
-                                 cursors=cursors)
+            made = WriteBatch(records=[p.record for p in ends], cdrs=[c for p in ends for c in p.cdrs],
+                              cursors=cursors)
+            if args.derived_every and not lane:
+                # held for the derived lane's next transaction (a cursor per gateway: the latest)
+                kept = {c.gateway: c for c in derived.cursors}
+                kept.update((c.gateway, c) for c in made.cursors)
+                made = WriteBatch(records=derived.records + made.records, cdrs=derived.cdrs + made.cdrs,
+                                  cursors=list(kept.values()))
+            derived = made
         conn.close()
     calls = args.calls
     return {"tree": args.inner, "calls": calls, "events": len(inserted_all),
@@ -139,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--gateways", type=int, default=100)
     p.add_argument("--batch", type=int, default=300, help="events per store transaction")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--derived-every", type=int, default=0,
+                   help="the derived lane: derived rows in a transaction of their own before every"
+                        " Nth events' transaction (0: with the next events' transaction, one lane)")
     tree_options(p)
     args = p.parse_args(argv)
     trees = inner_or_trees(args, inner, ROOT)
@@ -147,7 +172,8 @@ def main(argv=None) -> int:
     print(f"{'tree':<12} {'calls':>6} {'events':>7}   µs/call: {'parse':>7} {'store':>7} {'model':>7} {'total':>7}")
     results: dict[str, list[dict]] = {str(t): [] for t in trees}
     inner_args = ["--calls", str(args.calls), "--gateways", str(args.gateways),
-                  "--batch", str(args.batch), "--seed", str(args.seed)]
+                  "--batch", str(args.batch), "--seed", str(args.seed),
+                  "--derived-every", str(args.derived_every)]
     for tree, r in runs(Path(__file__).resolve(), trees, args.rounds, inner_args):
         results[str(tree)].append(r)
         print(f"{tree.name:<12} {r['calls']:>6} {r['events']:>7}            "
