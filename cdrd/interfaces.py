@@ -538,10 +538,9 @@ class ILeasedStore(IStore):
 
 class IDerivedLane(Interface):
     """
-    A store whose derived rows go in transactions of their own (SQLite and
-    PostgreSQL; docs/store.md, "Two write lanes"): the BatchWriter then
-    writes them in a second lane, beside (PostgreSQL) or between (SQLite)
-    the events' transactions.
+    A store whose derived rows go in transactions of their own, beside the
+    events' (PostgreSQL; docs/store.md, "Two write lanes"): the BatchWriter
+    then writes them in a second lane.
     """
 
     def write_derived(batch):

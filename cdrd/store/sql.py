@@ -15,7 +15,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from attrs import evolve
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from cdrd.interfaces import (
@@ -504,19 +503,6 @@ class SqlStore:
 
     def write(self, batch):
         return self._run(self._write, batch, write=True)
-
-    def write_derived(self, batch):
-        """
-        The derived lane (docs/store.md, "Two write lanes"): a batch of
-        derived rows only, in a transaction of its own.  SQLite has one
-        writer, so it queues behind the events' transaction in flight (and
-        they behind it): what the lane gives SQLite is that most events'
-        transactions carry no derived rows, and the derived rows go in
-        fewer, larger transactions.
-        """
-        if not batch.derived():
-            return defer.fail(ValueError("write_derived: a batch with events, log or gateway state"))
-        return self.write(batch)
 
     def _write(self, cur, batch) -> WriteResult:
         # Every statement whose answer the rest needs is sent before the

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from cdrd.interfaces import IDerivedLane, IStore
+from cdrd.interfaces import IStore
 from cdrd.store import StoreClosed
 from cdrd.store.sql import SqlStore
 
@@ -61,7 +61,7 @@ class StoreInUse(Exception):
     """Another cdrd process writes to this SQLite file."""
 
 
-@implementer(IStore, IDerivedLane)
+@implementer(IStore)
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
     fixed_chunks = True  # compiled once, kept in the statement cache (SqlStore.fixed_chunks)

@@ -31,8 +31,8 @@ Listener = Callable[[WriteBatch, WriteResult], object]
 #: comes meanwhile joins the next one).  Measured on PostgreSQL at 2 000
 #: calls/s: derived transactions back to back took the server's and the
 #: GIL's time from the events' own and the ACK p99 did not fall; a few
-#: large ones a second halved the ACK p50 (docs/benchmarks.md, "Two write
-#: lanes").  Records, CDRs and the outputs' rows come that much later.
+#: large ones a second about halved the ACK p50 (docs/benchmarks.md, "Two
+#: write lanes").  Records, CDRs and the outputs' rows come that much later.
 DERIVED_INTERVAL = 0.15
 
 _FIELDS = [f.name for f in fields(WriteBatch)]
@@ -96,13 +96,12 @@ class BatchWriter(Service):
     The only writer of the store.  At most one transaction in flight; the
     next one takes everything submitted meanwhile.
 
-    On a store with a derived lane (IDerivedLane: SQLite, PostgreSQL), the
+    On a store with a derived lane (IDerivedLane: PostgreSQL), the
     batches that hold only derived rows (records, CDRs, cursors, the
     outboxes: ``WriteBatch.derived``) go in a second line of transactions
     of their own, at most one every `derived_interval` seconds, beside the
-    events' (PostgreSQL) or between them (SQLite's one writer)
-    (docs/store.md, "Two write lanes"): most events' transactions then
-    carry no derived rows.  Each line keeps its own order; the derived
+    events' (docs/store.md, "Two write lanes"): an ACK then waits for the
+    events' transaction only.  Each line keeps its own order; the derived
     rows of an event are always submitted after its commit, so they never
     commit before it.
 

@@ -22,7 +22,6 @@ from cdrd.interfaces import (
     CuiTotals,
     EventQuery,
     Expired,
-    IDerivedLane,
     IStore,
     LogCount,
     LogQuery,
@@ -985,24 +984,6 @@ class DurableStoreContract(StoreContract):
     (a fixture: a function closing `store` and returning a new opened store
     on the same database) and `break_store` (make the next writes fail).
     """
-
-    @deferred_test
-    async def test_the_derived_lane_writes_derived_rows_only(self, store):
-        assert verifyObject(IDerivedLane, store)
-        rec = record(1, DAY)
-        await store.write_derived(WriteBatch(
-            records=[rec], cdrs=[cdr(rec.id, 0, DAY)], cursors=[cursor()],
-            outbox=[item("radius", b"x")],
-        ))
-        assert (await store.calls(CallQuery())).records == (rec,)
-        assert await store.cursors() == {KEY: cursor()}
-        assert [i.payload for i in await store.outbox("radius", 0, 10)] == [b"x"]
-        for batch in (WriteBatch(events=[event(1)]), WriteBatch(gateways=[gateway_state()]),
-                      WriteBatch(log=[log_entry(DAY)], records=[record(2, DAY)])):
-            with pytest.raises(ValueError):
-                await store.write_derived(batch)
-        assert await store.events(EventQuery()) == []
-        assert len((await store.calls(CallQuery())).records) == 1
 
     @deferred_test
     async def test_written_data_survives_close_and_reopen(self, store, reopen):

@@ -14,9 +14,10 @@ import pytest_twisted
 from psycopg.pq import Trace
 from pytest_twisted import blockon
 from twisted.internet import defer, reactor
+from zope.interface.verify import verifyObject
 
 import cdrd.store.sql as sql
-from cdrd.interfaces import CdrQuery, WriteBatch
+from cdrd.interfaces import CallQuery, CdrQuery, EventQuery, IDerivedLane, WriteBatch
 from cdrd.store import open_store
 from cdrd.store.leases import ORPHANS
 from cdrd.store.postgresql import PostgresStore, _numbered, _numbered_rows
@@ -31,6 +32,7 @@ from cdrd.store.schema import (
     migration_statements,
 )
 from cdrd.store.sql import CALL_COLS, _record_row
+from cdrd.values import LogEntry
 from tests.postgres import pg_admin as admin
 from tests.store.contract import DurableStoreContract, assert_filter_totals, gateway_event_reads
 from tests.store.numbers import NumberSearchContract, assert_numbers_backfilled, number_records
@@ -258,6 +260,30 @@ async def test_a_write_of_many_rows_has_psycopg_parse_no_statement(database, mon
         await store.close()
     assert len(result.events) == 300
     assert [n for n in parsed if n > 4096] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_derived_lane_writes_derived_rows_only(database):
+    _, url = database
+    store = PostgresStore(url, reactor)
+    await store.open()
+    try:
+        assert verifyObject(IDerivedLane, store)
+        rec = record(1, DAY)
+        await store.write_derived(WriteBatch(
+            records=[rec], cdrs=[cdr(rec.id, 0, DAY)], cursors=[cursor()], outbox=[item("radius", b"x")],
+        ))
+        assert (await store.calls(CallQuery())).records == (rec,)
+        assert await store.cursors() == {KEY: cursor()}
+        assert [i.payload for i in await store.outbox("radius", 0, 10)] == [b"x"]
+        for batch in (WriteBatch(events=[event(1)]), WriteBatch(gateways=[gateway_state()]),
+                      WriteBatch(log=[LogEntry(time=DAY, event="Login", peer="p")], records=[record(2, DAY)])):
+            with pytest.raises(ValueError):
+                await store.write_derived(batch)
+        assert await store.events(EventQuery()) == []
+        assert len((await store.calls(CallQuery())).records) == 1
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("statement", [
