@@ -277,11 +277,13 @@ async def test_the_derived_lane_writes_derived_rows_only(database):
         assert await store.cursors() == {KEY: cursor()}
         assert [i.payload for i in await store.outbox("radius", 0, 10)] == [b"x"]
         for batch in (WriteBatch(events=[event(1)]), WriteBatch(gateways=[gateway_state()]),
+                      WriteBatch(events=[event(1)], cursors=[cursor(applied=20, replay_from=21)]),
                       WriteBatch(log=[LogEntry(time=DAY, event="Login", peer="p")], records=[record(2, DAY)])):
             with pytest.raises(ValueError):
                 await store.write_derived(batch)
         assert await store.events(EventQuery()) == []
         assert len((await store.calls(CallQuery())).records) == 1
+        assert await store.cursors() == {KEY: cursor()}
     finally:
         await store.close()
 
