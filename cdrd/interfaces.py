@@ -87,6 +87,10 @@ class WriteBatch:
         """
         return not (self.events or self.log or self.gateways or self.log_counts)
 
+    def has_derived(self) -> bool:
+        """True when the batch writes derived rows (records, CDRs, cursors, the outboxes)."""
+        return bool(self.records or self.cdrs or self.cursors or self.outbox or self.outbox_done)
+
 
 @frozen
 class LogCount:

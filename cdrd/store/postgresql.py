@@ -114,11 +114,6 @@ def _numbered_rows(values: str, size: int) -> list[str]:
     return rows[:size]
 
 
-def _has_derived(batch) -> bool:
-    """Whether `batch` writes derived rows (records, CDRs, cursors, outboxes)."""
-    return bool(batch.records or batch.cdrs or batch.cursors or batch.outbox or batch.outbox_done)
-
-
 def _lost_first(check) -> None:
     """
     Raise LeaseLost if the failed write's lease check found the lease lost
@@ -252,7 +247,7 @@ class PostgresStore(SqlStore):
         return self._run(self.leases.leases, write=False)
 
     def write(self, batch):
-        locks = (WRITE_LOCK, DERIVED_LOCK) if _has_derived(batch) else (WRITE_LOCK,)
+        locks = (WRITE_LOCK, DERIVED_LOCK) if batch.has_derived() else (WRITE_LOCK,)
         return self._run(self._write, batch, False, write=True, pipeline=True, locks=locks)
 
     def write_derived(self, batch):
