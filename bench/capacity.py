@@ -39,8 +39,8 @@ client-limited, not server-limited), client and server CPU (% of one core,
 from getrusage and /proc), the server's CPU ms per call (the outboxes'
 delivery included: the figure a busy, shared machine disturbs least), the
 peers' CPU (FreeRADIUS, rsyslog; PostgreSQL's processes in ``postgresql``
-mode), the outboxes' largest depth (sampled every 0.25 s from the store) and the seconds they took to drain after the
-last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
+mode), the outboxes' largest depth (sampled every 0.25 s from the store)
+and the seconds they took to drain after the last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
 share of time something waited for a CPU; high means the figures are the
 machine's, not cdrd's), what cdrd's own /metrics say of the run (its
 store writer's busy share, the commit seconds per second: near 100 % the
