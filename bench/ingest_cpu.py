@@ -43,8 +43,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from bench.trees import inner_or_trees, runs, tree_options  # noqa: E402
+
+# cdrd comes from the tree under test (PYTHONPATH; bench/trees.py), not this checkout
+sys.path.remove(str(ROOT))
 
 BASE_MS = 1_795_000_000_000
 

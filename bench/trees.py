@@ -2,7 +2,10 @@
 Same-run comparisons of checkouts (``--tree DIR``, each with its own
 .venv): the rounds alternate between the trees, and each run is the
 bench script itself with ``--inner TREE``, in that tree's interpreter with
-that tree's cdrd first on the path, printing one JSON line.
+that tree's cdrd first on the path, printing one JSON line.  A bench
+script imports these helpers from its own checkout, then takes that
+checkout off the path; `run_inner` refuses a run that imported another
+cdrd than the tree's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ def run_inner(script: Path, tree: Path, args: list[str], timeout: float = 600) -
         capture_output=True, timeout=timeout)
     if done.returncode:
         raise RuntimeError(f"{tree.name}: failed\n{done.stderr.decode()[-1500:]}")
-    return json.loads(done.stdout.decode().splitlines()[-1])
+    result = json.loads(done.stdout.decode().splitlines()[-1])
+    if not Path(result["cdrd"]).resolve().is_relative_to(tree.resolve()):
+        # a comparison of one cdrd with itself would look like "no change"
+        raise RuntimeError(f"{tree.name}: the run imported {result['cdrd']}, not the tree's cdrd")
+    return result
 
 
 def runs(script: Path, trees: list[Path], rounds: int, args: list[str]) -> Iterator[tuple[Path, dict]]:
@@ -49,6 +56,8 @@ def inner_or_trees(args, inner, root: Path) -> list[Path] | None:
     """In an ``--inner`` run, print ``inner(args)`` as JSON and return None;
     else the trees to compare (this checkout where none is given)."""
     if args.inner:
-        print(json.dumps(inner(args)))
+        import cdrd
+
+        print(json.dumps({**inner(args), "cdrd": cdrd.__file__}))
         return None
     return [t.resolve() for t in (args.tree or [root])]
