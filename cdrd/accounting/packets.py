@@ -31,7 +31,6 @@ import functools
 import hashlib
 import importlib.resources
 import ipaddress
-import json
 import os
 import struct
 import weakref
@@ -39,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from io import StringIO
 from pathlib import Path
 
+import orjson
 from attrs import frozen
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccountingRequest, AcctPacket
@@ -454,11 +454,11 @@ class Payload:
         else:
             d["f"] = self.facts
         d["ans"] = self.answered
-        return _encode_json(d).encode()
+        return orjson.dumps(d)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Payload:
-        d = json.loads(data.decode())  # str: json skips guessing the encoding
+        d = orjson.loads(data)
         facts = d.get("f")
         return cls(
             kind=d["k"],
@@ -469,10 +469,6 @@ class Payload:
             answered=d.get("ans"),
             facts=None if facts is None else tuple(facts),
         )
-
-
-#: json.dumps(..., separators=(",", ":")) without building an encoder a call
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def request_attributes(leg_attrs, status: str, event: int, extra=()) -> list:

@@ -20,9 +20,9 @@ byte for byte the line sent first, and collectors can deduplicate on it.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
+import orjson
 from attrs import frozen
 
 from cdrd.values import CallEnd, rfc3339
@@ -49,7 +49,7 @@ class CdrEntry:
     billed_call: str = ""  # the call whose end wrote it ("" from older entries)
 
     def to_bytes(self) -> bytes:
-        return _encode_json(
+        return orjson.dumps(
             {
                 "v": PAYLOAD_VERSION,
                 "id": self.id,
@@ -59,14 +59,14 @@ class CdrEntry:
                 "call": self.call,
                 "billed_call": self.billed_call,
             }
-        ).encode()
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CdrEntry:
         """Raises ValueError for anything spool() did not write."""
         try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
             raise ValueError(f"not a syslog outbox payload: {e}") from None
         if not isinstance(obj, dict) or obj.get("v") != PAYLOAD_VERSION:
             raise ValueError("not a syslog outbox payload of version 1")
@@ -86,10 +86,6 @@ class CdrEntry:
         if not isinstance(entry.time, int) or isinstance(entry.time, bool):
             raise ValueError("syslog outbox payload with a bad time")
         return entry
-
-
-#: json.dumps(..., separators=(",", ":"), ensure_ascii=False), one encoder
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def spool(outputs) -> list[CdrEntry]:
