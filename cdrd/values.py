@@ -370,9 +370,18 @@ def csv_line(fields) -> str:
     and only then.  cdrd's one CSV encoder: the CDR lines, the CSV files'
     rows and the web's CSV downloads.
     """
+    if len(fields) > 1 and all(type(f) is str for f in fields):
+        line = ",".join(fields)
+        if line.count(",") == len(fields) - 1 and not _QUOTED.search(line):
+            # no field the writer would quote (a comma, a quote, CR or LF
+            # in it): what it writes, in half the time (issue 15)
+            return line
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(fields)
     return out.getvalue()[:-2]
+
+
+_QUOTED = re.compile(r'["\r\n]')
 
 
 # -- gateway keys ----------------------------------------------------------------

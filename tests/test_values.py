@@ -1,5 +1,7 @@
 """The shared values' text forms."""
 
+import csv
+import io
 from datetime import UTC, datetime
 
 import pytest
@@ -8,7 +10,16 @@ from attrs.exceptions import FrozenInstanceError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdrd.values import MAX_MS, CallEvent, GatewayState, parse_rfc3339, rfc3339, stored_event, unchecked
+from cdrd.values import (
+    MAX_MS,
+    CallEvent,
+    GatewayState,
+    csv_line,
+    parse_rfc3339,
+    rfc3339,
+    stored_event,
+    unchecked,
+)
 
 
 def test_rfc3339_examples():
@@ -74,3 +85,28 @@ def test_progressed_equals_evolve(last_seq, last_heard):
         peer="127.0.0.1:5", login=7, skew_ms=-3, last_heard=8, online=True,
     )
     assert state.progressed(last_seq, last_heard) == evolve(state, last_seq=last_seq, last_heard=last_heard)
+
+
+def _csv_writer_line(fields) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(fields)
+    return out.getvalue()[:-2]
+
+
+@given(st.lists(
+    st.text(alphabet=st.sampled_from(["a", "7", " ", ",", '"', "\r", "\n", "\t", "é"]))
+    | st.sampled_from(["", "2026-11-22T10:00:07.250Z", "-busy"])
+    | st.integers()
+    | st.none(),
+    max_size=8,
+))
+def test_csv_line_is_what_the_csv_writer_writes(fields):
+    # the plain-text shortcut and the writer agree on every row, quoted or not
+    assert csv_line(fields) == _csv_writer_line(fields)
+    assert csv_line(tuple(fields)) == _csv_writer_line(fields)
+
+
+def test_csv_line_quotes_as_rfc_4180_requires():
+    assert csv_line(["a", "b,c", 'say "hi"', "x\ny"]) == 'a,"b,c","say ""hi""","x\ny"'
+    assert csv_line(["", ""]) == ","
+    assert csv_line([""]) == '""'

@@ -16,6 +16,7 @@ import pickle
 import signal
 from base64 import b64encode
 
+import orjson
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger, eventAsJSON, formatEvent, globalLogBeginner
@@ -58,10 +59,10 @@ class RemoteWriter:
         done = [[sink, i] for sink, i in batch.outbox_done]
         items = [[o.sink, b64encode(o.payload).decode(), o.created] for o in batch.outbox]
         calls = [
-            self.child.callRemote(Write, done=json.dumps(done[i:i + CHUNK]), items="[]")
+            self.child.callRemote(Write, done=orjson.dumps(done[i:i + CHUNK]).decode(), items="[]")
             for i in range(0, len(done), CHUNK)
         ]
-        calls += [self.child.callRemote(Write, done="[]", items=json.dumps([item])) for item in items]
+        calls += [self.child.callRemote(Write, done="[]", items=orjson.dumps([item]).decode()) for item in items]
         return defer.gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
 
 

@@ -25,13 +25,13 @@ once, stable ids), as a restart of cdrd does.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import sys
 from base64 import b64decode
 from types import SimpleNamespace
 
+import orjson
 from twisted.application.service import Service
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
@@ -120,14 +120,14 @@ class _ParentAmp(amp.AMP):
     @Write.responder
     def write(self, done, items):
         batch = WriteBatch(
-            outbox_done=[(sink, int(i)) for sink, i in json.loads(done)],
-            outbox=[OutboxItem(sink, b64decode(p), created=c) for sink, p, c in json.loads(items)],
+            outbox_done=[(sink, int(i)) for sink, i in orjson.loads(done)],
+            outbox=[OutboxItem(sink, b64decode(p), created=c) for sink, p, c in orjson.loads(items)],
         )
         return defer.maybeDeferred(self.owner.writer.submit, batch).addCallback(lambda _: {})
 
     @Status.responder
     def status(self, status):
-        self.owner.statuses = json.loads(status)
+        self.owner.statuses = orjson.loads(status)
         return {}
 
     @Log.responder
