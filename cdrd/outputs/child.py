@@ -150,7 +150,16 @@ class ChildAmp(amp.AMP):
             self.callRemote(Status, status=text)
 
     def connectionLost(self, reason):
+        # cdrd is gone (after a Stop, or killed): close the store first.
+        # Its reading thread is not a daemon thread: left running, the
+        # interpreter would wait for it at exit for good, and this process
+        # would outlive cdrd holding the database open.
         super().connectionLost(reason)
+        closed = self.store.close() if self.store is not None else defer.succeed(None)
+        closed.addErrback(lambda f: self.log.failure("closing the store failed", f))
+        closed.addCallback(lambda _: self._exit())
+
+    def _exit(self) -> None:
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.accounting.freeradius import FreeRadius
-from tests.integration.daemon import ROOT, Daemon, environment
+from tests.integration.daemon import ROOT, Daemon, environment, free_port
 from tests.outputs.rsyslog import Rsyslog
 
 pytestmark = pytest.mark.integration
@@ -92,3 +92,34 @@ def test_kill_9_of_the_outputs_process_under_load_loses_no_cdr(tmp_path):
     assert cdrs - at_syslog == set()
     assert f"outputs process {first} ended" in log
     assert log.count("outputs process started: radius, syslog") >= 2  # the child's own line, relayed
+
+
+def alive(pid: int) -> bool:
+    """`pid` runs (a zombie has exited: its parent has not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_outputs_process_ends_when_cdrd_is_killed(tmp_path):
+    # cdrd killed -9 (systemd starts a new one, with a new child): the old
+    # child sees its stdin close and exits, its reading thread included,
+    # instead of holding the database open for good
+    daemon = Daemon(tmp_path, extra_config=(
+        '\n[outputs]\ndelivery = "process"\n'
+        f'\n[syslog]\ntarget = "udp:127.0.0.1:{free_port()}"\n'  # a durable sink: the child runs it
+    ))
+    daemon.start()
+    child = None
+    try:
+        [child] = daemon.wait_for(lambda: children(daemon.proc.pid), what="the outputs process")
+        # the child has started its sinks (it reads the outboxes) before cdrd dies
+        daemon.wait_for(lambda: "outputs process started" in daemon.log_text(), what="the child's start")
+        daemon.kill9()
+        daemon.wait_for(lambda: not alive(child), timeout=30, what=f"the outputs process {child} to exit")
+    finally:
+        daemon.stop()
+        if child is not None and alive(child):
+            os.kill(child, signal.SIGKILL)
