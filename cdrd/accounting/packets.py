@@ -509,34 +509,60 @@ def spool_facts(outputs, now: int, interims: bool) -> list[Payload]:
     whatever its size: a Stop whose CDRs overflow a packet is split when
     expanded.
     """
+    return [
+        Payload(kind, leg, status, event, attributes, answered, facts)
+        for kind, leg, status, event, attributes, answered, facts in _requests(outputs, interims)
+    ]
+
+
+def spool_facts_bytes(outputs, now: int, interims: bool) -> list[bytes]:
+    """
+    `Payload.to_bytes` of each of `spool_facts`, without making the
+    Payloads: what the ingest path stores (issue 15).
+    """
+    dumps = orjson.dumps
+    return [
+        dumps({"k": kind, "leg": leg, "s": status, "t": event, "f": facts, "ans": answered})
+        if facts is not None
+        else Payload(kind, leg, status, event, attributes, answered).to_bytes()
+        for kind, leg, status, event, attributes, answered, facts in _requests(outputs, interims)
+    ]
+
+
+def _requests(outputs, interims: bool):
+    """
+    The fields of each payload of `spool_facts`, in Payload's order: kind,
+    leg, status, event, attributes, answered, facts.
+    """
     ends = _call_ends(outputs)
-    out: list[Payload] = []
     inbound_dialled = {
         o.leg.call
         for o in outputs
-        if isinstance(o, LegStart) and o.leg.direction == "inbound" and o.leg.dialled
+        if type(o) is LegStart and o.leg.direction == "inbound" and o.leg.dialled
     }
     for i, o in enumerate(outputs):
-        if isinstance(o, LegStart):
-            out.append(Payload("req", o.leg.id, START, o.time, facts=(leg_facts(o.leg),)))
-            if _first_outbound(o.leg) and o.leg.call not in inbound_dialled:
+        kind = type(o)
+        if kind is LegStart:
+            leg = o.leg
+            yield "req", leg.id, START, o.time, (), None, (leg_facts(leg),)
+            if _first_outbound(leg) and leg.call not in inbound_dialled:
                 # the caller's leg started before anything was dialled
-                number = (("Called-Station-Id", _text(o.leg.dialled)),)
-                out.append(Payload(DIAL, inbound_leg(o.leg.call), "", o.time, number))
-        elif isinstance(o, LegAnswer):
+                number = (("Called-Station-Id", _text(leg.dialled)),)
+                yield DIAL, inbound_leg(leg.call), "", o.time, number, None, None
+        elif kind is LegAnswer:
             if interims:
-                out.append(Payload(OPEN, o.leg.id, "", o.time, answered=o.time,
-                                   facts=(leg_facts(o.leg),)))
-        elif isinstance(o, LegStop):
-            leg = leg_facts(o.leg)
-            if i in ends and ends[i] != o.leg.call:
+                yield OPEN, o.leg.id, "", o.time, (), o.time, (leg_facts(o.leg),)
+        elif kind is LegStop:
+            leg = o.leg
+            facts = leg_facts(leg)
+            if i in ends and ends[i] != leg.call:
                 # a leg moved into this call by a transfer: its Stop (with
                 # the call's CDRs, if last) is booked to the call it ended in
-                leg[1] = ends[i]
+                facts[1] = ends[i]
             cdrs = [[c.id, c.line, c.call] for c in o.cdrs]
-            facts = (leg, o.session_ms // 1000, o.cause, cdrs, called_later(o.leg))
-            out.append(Payload("req", o.leg.id, STOP, o.time, facts=facts))
-    return out
+            yield "req", leg.id, STOP, o.time, (), None, (
+                facts, o.session_ms // 1000, o.cause, cdrs, called_later(leg),
+            )
 
 
 def expand(payload: Payload, nas_ip: str | None, dictionary=None) -> list[Payload]:
@@ -601,7 +627,7 @@ def _call_ends(outputs) -> dict[int, str]:
     """
     ends: dict[int, str] = {}
     for i, o in enumerate(outputs):
-        if not isinstance(o, CallEnd):
+        if type(o) is not CallEnd:
             continue
         j = i - 1
         first = outputs[j] if j >= 0 else None

@@ -105,16 +105,15 @@ class AccountingService(Service):
     # -- ICdrSink ---------------------------------------------------------------
 
     def spool(self, outputs, now):
-        return self._payloads(packets.spool, outputs, now, self.config.nas_ip)
-
-    def spool_facts(self, outputs, now):
-        return self._payloads(packets.spool_facts, outputs, now)
-
-    def _payloads(self, build, outputs, now, *nas_ip):
         if not self.config.enabled:
             return []
         interims = self.config.interim_interval > 0
-        return [p.to_bytes() for p in build(outputs, now, *nas_ip, interims=interims)]
+        return [p.to_bytes() for p in packets.spool(outputs, now, self.config.nas_ip, interims)]
+
+    def spool_facts(self, outputs, now):
+        if not self.config.enabled:
+            return []
+        return packets.spool_facts_bytes(outputs, now, interims=self.config.interim_interval > 0)
 
     def committed(self, outputs):
         if not self.config.enabled:

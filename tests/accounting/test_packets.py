@@ -417,12 +417,20 @@ def test_encoding_is_pyrads_byte_for_byte(leg, texts, ident, delay, nas_ip):
 def test_facts_are_stored_smaller_and_expand_to_the_requests():
     """What the ingest path stores (spool_facts) comes back from the
     outbox's bytes as the same requests spool() builds, and is smaller."""
-    from cdrd.accounting.packets import expand, spool_facts
+    from cdrd.accounting.packets import expand, spool_facts, spool_facts_bytes
 
     outputs = examples.all_examples()
+    # and a caller who dialled only after the Start (a dial note)
+    outputs = outputs + [
+        LegStart(Leg("n/0", "n", "g", 9, "inbound", port=1, cli="201"), 1000),
+        LegStart(Leg("n/1", "n", "g", 9, "outbound", pport=2, cli="201", dialled="0123"), 2000),
+    ]
     for nas_ip in (None, "192.0.2.10", "2001:db8::1"):
         for interims in (True, False):
             facts = spool_facts(outputs, 0, interims)
+            # the ingest path's bytes, made without the Payloads, are theirs
+            assert spool_facts_bytes(outputs, 0, interims) == [f.to_bytes() for f in facts]
+            assert {f.kind for f in facts} == ({"req", "dial", "open"} if interims else {"req", "dial"})
             stored = [Payload.from_bytes(f.to_bytes()) for f in facts]
             assert [p for f in stored for p in expand(f, nas_ip, D)] == spool(
                 outputs, 0, nas_ip, interims
