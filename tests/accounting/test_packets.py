@@ -39,6 +39,16 @@ def test_payload_round_trip_and_event_time():
     assert ps[0].event == examples.t("10:00:00.000")
 
 
+def test_payloads_an_older_cdrd_stored_are_read_as_before():
+    # before orjson, the stdlib wrote the outbox: non-ASCII as \u escapes
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="Zoë", cli="201")
+    for p in packets.spool_facts([LegStart(leg, 5000)], 0, True):
+        d = {"k": p.kind, "leg": p.leg, "s": p.status, "t": p.event, "f": p.facts, "ans": p.answered}
+        older = json.JSONEncoder(separators=(",", ":")).encode(d).encode()
+        assert b"\\u00eb" in older and "ë".encode() in p.to_bytes()
+        assert Payload.from_bytes(older) == Payload.from_bytes(p.to_bytes()) == p
+
+
 def test_no_interim_markers_when_interims_are_off():
     ps = spool(examples.e1(), 0, None, False)
     assert [p.kind for p in ps] == ["req", "req", "req", "req"]

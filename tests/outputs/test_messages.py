@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -96,6 +97,14 @@ def test_payload_round_trip_and_rejects():
                 b'{"v":1,"id":1,"time":1,"line":"l"}'):
         with pytest.raises(ValueError):
             CdrEntry.from_bytes(bad)
+
+
+def test_entries_an_older_cdrd_stored_are_read_as_before():
+    # before orjson, the stdlib wrote the outbox: non-ASCII as \u escapes
+    entry = CdrEntry(id="0" * 32, time=1, line="2026-11-22T10:00:00.000Z,0.000,-busy,Zoë,,")
+    older = json.dumps({"v": 1, "id": entry.id, "time": 1, "line": entry.line}).encode()
+    assert b"\\u00eb" in older and "ë".encode() in entry.to_bytes()
+    assert CdrEntry.from_bytes(older) == CdrEntry.from_bytes(entry.to_bytes()) == entry
 
 
 LINE_CHARS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=250)
