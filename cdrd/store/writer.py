@@ -214,9 +214,7 @@ class BatchWriter(Service):
     def _committed(self, result, lane, batch, queue) -> None:
         seconds = self.clock.seconds() - lane.began
         self._done(lane)
-        if lane.queue and self._wait(lane):
-            self._next(lane)  # the lane's next transaction, once its interval is up
-        elif lane.queue:
+        if lane.queue and not self._wait(lane):
             # Start the next transaction now, not on the next reactor turn:
             # its statements and fsync run in the store's thread while this
             # one's listeners (the call model) and ACKs run here.
@@ -231,7 +229,7 @@ class BatchWriter(Service):
         self._tell(batch, result)
         for _, d in queue:
             d.callback(result)
-        self._next(lane)
+        self._next(lane)  # a lane with an interval: its next transaction, once that is up
 
     def _tell(self, batch, result) -> None:
         self.transactions += 1
