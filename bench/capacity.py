@@ -40,12 +40,13 @@ from getrusage and /proc), the server's CPU ms per call (the outboxes'
 delivery included: the figure a busy, shared machine disturbs least), the
 peers' CPU (FreeRADIUS, rsyslog; PostgreSQL's processes in ``postgresql``
 mode), the outboxes' largest depth (sampled every 0.25 s from the store)
-and the seconds they took to drain after the last ACK, the CPU pressure at the end of the run (PSI "some" avg10: the
-share of time something waited for a CPU; high means the figures are the
-machine's, not cdrd's), what cdrd's own /metrics say of the run (its
-store writer's busy share, the commit seconds per second: near 100 % the
-ACKs queue behind the writer; and its full garbage collections, count and
-mean pause: every thread waits during one), and for ``full`` the CDRs
+and the seconds they took to drain after the last ACK, the CPU pressure
+at the end of the run (PSI "some" avg10: the share of time something
+waited for a CPU; high means the figures are the machine's, not cdrd's),
+what cdrd's own /metrics say of the run (its store writer's busy share,
+the commit seconds per second: near 100 % the ACKs queue behind the
+writer; its transactions a second; and its full garbage collections,
+count and mean pause: every thread waits during one), and for ``full`` the CDRs
 stored and delivered to each peer.  A rate counts for the capacity only
 with ACK p99 <= 100 ms, every event acknowledged, the outboxes drained and
 every CDR delivered.
