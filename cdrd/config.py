@@ -301,6 +301,9 @@ class OutputsConfig:
     # "process": from a child process that reads the outboxes (SQLite only)
     delivery: str = field(default="inline", validator=_one_of(
         "inline", "process", message='{value!r} is not "inline" or "process"'))
+    # the child's niceness (delivery = "process"): when the CPU is short,
+    # cdrd's ingest and ACKs go first; delivery catches up from the outboxes
+    nice: int = field(default=10, validator=[_at_least(0), _at_most(19, "19 is the lowest priority")])
 
 
 @frozen
@@ -637,8 +640,9 @@ def _cluster(s: _Section) -> ClusterConfig:
 
 
 def _outputs(s: _Section) -> OutputsConfig:
-    s.unknown({"delivery"})
-    return OutputsConfig(delivery=s.text("delivery", OutputsConfig().delivery))
+    d = OutputsConfig()
+    s.unknown({a.name for a in OutputsConfig.__attrs_attrs__})
+    return OutputsConfig(delivery=s.text("delivery", d.delivery), nice=s.integer("nice", d.nice))
 
 
 def _csv(s: _Section) -> CsvConfig:

@@ -12,6 +12,7 @@ its stdin closes (cdrd stopped, or died: kill -9 included).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 from base64 import b64encode
@@ -81,6 +82,7 @@ class ChildAmp(amp.AMP):
     @Start.responder
     def start(self, settings):
         s = pickle.loads(settings)  # noqa: S301 - from cdrd, our parent, over our stdin
+        os.nice(s.get("nice", 0))  # after a restart too: each child starts at cdrd's own
         self.store = ReadOnlySQLite(s["database"][len("sqlite:"):], self.reactor)
         writer = RemoteWriter(self)
         reactor = self.reactor

@@ -106,6 +106,7 @@ def settings_for(config, sinks) -> bytes:
         "radius": config.radius,
         "syslog": config.syslog,
         "csv": config.csv.directory,
+        "nice": config.outputs.nice,
     })
 
 

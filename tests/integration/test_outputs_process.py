@@ -123,3 +123,19 @@ def test_the_outputs_process_ends_when_cdrd_is_killed(tmp_path):
         daemon.stop()
         if child is not None and alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_outputs_process_runs_at_the_configured_niceness(tmp_path):
+    # near the CPU's limit cdrd's ACKs go first: the child yields the CPU
+    daemon = Daemon(tmp_path, extra_config=(
+        '\n[outputs]\ndelivery = "process"\nnice = 15\n'
+        f'\n[syslog]\ntarget = "udp:127.0.0.1:{free_port()}"\n'
+    ))
+    daemon.start()
+    try:
+        [child] = daemon.wait_for(lambda: children(daemon.proc.pid), what="the outputs process")
+        daemon.wait_for(lambda: "outputs process started" in daemon.log_text(), what="the child's start")
+        ours = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, ours + 15)
+    finally:
+        daemon.stop()

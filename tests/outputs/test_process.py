@@ -40,6 +40,21 @@ def test_a_bad_delivery_names_the_setting():
         C.parse({"outputs": {"delivery": "thread"}})
 
 
+def test_the_child_is_nice_10_by_default_and_takes_0_to_19():
+    assert C.parse({}).outputs.nice == 10
+    assert C.parse({"outputs": {"nice": 0}}).outputs.nice == 0
+    assert C.parse({"outputs": {"nice": 19}}).outputs.nice == 19
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    (20, r"^outputs\.nice: 20 is above 19 \(19 is the lowest priority\)$"),
+    (-1, r"^outputs\.nice: -1 is below 0"),
+])
+def test_a_bad_nice_names_the_setting(value, error):
+    with pytest.raises(C.ConfigError, match=error):
+        C.parse({"outputs": {"nice": value}})
+
+
 @pytest.mark.parametrize("database", ["postgresql://cdrd@127.0.0.1/cdrd", "memory:", "sqlite::memory:"])
 def test_process_needs_a_sqlite_file(database):
     with pytest.raises(C.ConfigError, match=r'^outputs\.delivery: "process" needs a SQLite file'):
