@@ -131,7 +131,9 @@ def database_rates() -> dict:
             conn.execute(
                 "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, gateway TEXT NOT NULL, seq BIGINT, boot TEXT,"
                 " ref INTEGER, type TEXT, time BIGINT, received BIGINT, fields TEXT, UNIQUE (gateway, seq))")
-            conn.execute("CREATE INDEX events_gateway_id ON events (gateway, id)")
+            # cdrd's indexes since migration 11 (a gateway's events by seq)
+            conn.execute("CREATE INDEX events_gateway_unsequenced ON events (gateway, id) WHERE seq IS NULL")
+            conn.execute("CREATE INDEX events_gateway_ref ON events (gateway, ref, id)")
             conn.execute("CREATE INDEX events_time ON events (time)")
             conn.commit()
             out = {}

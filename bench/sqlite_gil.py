@@ -31,7 +31,8 @@ def table(path: Path) -> sqlite3.Connection:
         "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT, seq INT,"
         " boot TEXT, ref INT, type TEXT, time INT, received INT, fields TEXT, UNIQUE (gateway, seq))"
     )
-    conn.execute("CREATE INDEX events_gateway_id ON events (gateway, id)")
+    # cdrd's indexes since migration 11 (a gateway's events by seq)
+    conn.execute("CREATE INDEX events_gateway_unsequenced ON events (gateway, id) WHERE seq IS NULL")
     conn.execute("CREATE INDEX events_gateway_ref ON events (gateway, ref, id)")
     conn.execute("CREATE INDEX events_time ON events (time)")
     return conn
