@@ -273,6 +273,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     from cdrd.gateway.protocol import GatewayFactory
     from cdrd.metrics import Metrics
     from cdrd.monitor import Monitor
+    from cdrd.outputs import durable_sink, sink_settings
     from cdrd.store import open_store
     from cdrd.store.writer import BatchWriter
     from cdrd.web.app import WebApp
@@ -305,10 +306,9 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         return delivery.sink(local)
 
     radius_figures = None
+    settings = sink_settings(config)
     if config.radius.enabled:
-        from cdrd.accounting.service import AccountingService
-
-        accounting = durable(AccountingService(config.radius, store, writer, reactor, reactor))
+        accounting = durable(durable_sink("radius", settings, store, writer, reactor))
         sinks.append(accounting)
         status["radius"] = accounting.status
         outboxes["radius"] = lambda: itemgetter("spool_depth", "oldest_age")(accounting.status())
@@ -320,16 +320,12 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
         outputs.append(authorizer)
         status["radius_authorize"] = authorizer.status
     if config.syslog.target:
-        from cdrd.outputs.syslog import SyslogSink
-
-        syslog = durable(SyslogSink(config.syslog, store, writer, reactor, reactor))
+        syslog = durable(durable_sink("syslog", settings, store, writer, reactor))
         sinks.append(syslog)
         status["syslog"] = syslog.status
         outboxes["syslog"] = None
     if config.csv.directory:
-        from cdrd.outputs.csvfile import CsvFileSink
-
-        csvfile = durable(CsvFileSink(config.csv.directory, store, writer, reactor, reactor, config.server.timezone))
+        csvfile = durable(durable_sink("csv", settings, store, writer, reactor))
         sinks.append(csvfile)
         status["csv"] = csvfile.status
         outboxes["csv"] = None

@@ -24,6 +24,7 @@ from twisted.logger import Logger, eventAsJSON, formatEvent, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.threadpool import ThreadPool
 
+from cdrd.outputs import durable_sink
 from cdrd.outputs.process import CHUNK, STATUS_INTERVAL, Added, Log, Start, Status, Stop, Write
 from cdrd.store.sqlite import SQLiteStore
 
@@ -85,25 +86,14 @@ class ChildAmp(amp.AMP):
         os.nice(s.get("nice", 0))  # after a restart too: each child starts at cdrd's own
         self.store = ReadOnlySQLite(s["database"][len("sqlite:"):], self.reactor)
         writer = RemoteWriter(self)
-        reactor = self.reactor
-        if "radius" in s["sinks"]:
-            from cdrd.accounting.service import AccountingService
-
-            self.sinks["radius"] = AccountingService(s["radius"], self.store, writer, reactor, reactor)
-        if "syslog" in s["sinks"]:
-            from cdrd.outputs.syslog import SyslogSink
-
-            self.sinks["syslog"] = SyslogSink(s["syslog"], self.store, writer, reactor, reactor)
-        if "csv" in s["sinks"]:
-            from cdrd.outputs.csvfile import CsvFileSink
-
-            self.sinks["csv"] = CsvFileSink(s["csv"], self.store, writer, reactor, reactor, s["timezone"])
+        for name in s["sinks"]:  # in cdrd's order
+            self.sinks[name] = durable_sink(name, s["settings"], self.store, writer, self.reactor)
         for sink in self.sinks.values():
             sink.setServiceParent(self.services)
         self.store.open()
         self.services.startService()
         self._status_loop = loop = task.LoopingCall(self.report)
-        loop.clock = reactor
+        loop.clock = self.reactor
         loop.start(STATUS_INTERVAL, now=True).addErrback(lambda f: self.log.failure("status reports failed", f))
         self.log.info("outputs process started: {sinks}", sinks=", ".join(self.sinks))
         return {}

@@ -40,6 +40,7 @@ from twisted.runner.procmon import ProcessMonitor
 from zope.interface import alsoProvides, implementer
 
 from cdrd.interfaces import ICdrSink, ILazyCdrSink, OutboxItem, WriteBatch
+from cdrd.outputs import sink_settings
 from cdrd.values import CallEnd, LegStop
 
 NAME = "cdrd-outputs"
@@ -101,11 +102,8 @@ def settings_for(config, sinks) -> bytes:
     """What the child needs of the config, for `Start`."""
     return pickle.dumps({
         "sinks": list(sinks),
+        "settings": sink_settings(config),
         "database": config.server.database,
-        "timezone": config.server.timezone,
-        "radius": config.radius,
-        "syslog": config.syslog,
-        "csv": config.csv.directory,
         "nice": config.outputs.nice,
     })
 

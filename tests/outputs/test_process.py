@@ -9,6 +9,7 @@ tests/integration/test_outputs_process.py.
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 from twisted.internet.task import Clock
@@ -18,6 +19,7 @@ from twisted.test.iosim import connectedServerAndClient
 from cdrd import config as C
 from cdrd.accounting.service import AccountingService
 from cdrd.interfaces import ILazyCdrSink, OutboxItem, WriteBatch
+from cdrd.outputs import durable_sink, sink_settings
 from cdrd.outputs.child import ChildAmp, RemoteWriter, _Relay
 from cdrd.outputs.process import OutputsProcess, _ParentAmp
 from cdrd.store.memory import MemoryStore
@@ -59,6 +61,25 @@ def test_a_bad_nice_names_the_setting(value, error):
 def test_process_needs_a_sqlite_file(database):
     with pytest.raises(C.ConfigError, match=r'^outputs\.delivery: "process" needs a SQLite file'):
         C.parse({"outputs": {"delivery": "process"}, "server": {"database": database}})
+
+
+# -- the sinks the child builds ------------------------------------------------------
+
+
+def test_the_child_builds_the_sinks_cdrd_would_from_the_settings_it_is_sent(tmp_path):
+    from cdrd.outputs.csvfile import CsvFileSink
+    from cdrd.outputs.syslog import SyslogSink
+
+    config = C.parse({**RADIUS, "syslog": {"target": "udp:127.0.0.1:514"}, "csv": {"directory": str(tmp_path)},
+                      "server": {"timezone": "Europe/London"}})
+    settings = pickle.loads(pickle.dumps(sink_settings(config)))  # as Start carries it
+    assert settings["radius"] == config.radius
+    clock = Clock()
+    built = {name: durable_sink(name, settings, None, None, clock) for name in ("radius", "syslog", "csv")}
+    assert [type(s) for s in built.values()] == [AccountingService, SyslogSink, CsvFileSink]
+    assert [s.name for s in built.values()] == ["radius", "syslog", "csv"]
+    with pytest.raises(ValueError, match="no durable sink is named 'kafka'"):
+        durable_sink("kafka", settings, None, None, clock)
 
 
 # -- the AMP between the two processes ----------------------------------------------
