@@ -646,12 +646,12 @@ def _outputs(s: _Section) -> OutputsConfig:
 
 
 def _csv(s: _Section) -> CsvConfig:
-    s.unknown({"directory"})
+    s.unknown({a.name for a in CsvConfig.__attrs_attrs__})
     return CsvConfig(directory=s.text("directory", None) or None)
 
 
 def _web(s: _Section) -> WebConfig:
-    s.unknown({"users", "realm"})
+    s.unknown({a.name for a in WebConfig.__attrs_attrs__})
     users = s.table("users")
     out = {}
     # checked here, not by WebConfig: the web room refuses (401) a hash over
