@@ -83,7 +83,7 @@ class ChildAmp(amp.AMP):
     @Start.responder
     def start(self, settings):
         s = pickle.loads(settings)  # noqa: S301 - from cdrd, our parent, over our stdin
-        os.nice(s.get("nice", 0))  # after a restart too: each child starts at cdrd's own
+        os.nice(s["nice"])  # a restarted child too: each starts at cdrd's niceness
         self.store = ReadOnlySQLite(s["database"][len("sqlite:"):], self.reactor)
         writer = RemoteWriter(self)
         for name in s["sinks"]:  # in cdrd's order
