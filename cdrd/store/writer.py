@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attrs import fields
+import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -35,7 +35,7 @@ Listener = Callable[[WriteBatch, WriteResult], object]
 #: write lanes").  Records, CDRs and the outputs' rows come that much later.
 DERIVED_INTERVAL = 0.15
 
-_FIELDS = [f.name for f in fields(WriteBatch)]
+_FIELDS = [f.name for f in attrs.fields(WriteBatch)]
 
 #: DB-API error classes (and cdrd's StoreClosed) that say the store itself
 #: is unavailable (lost connection, full disk, read-only failover), not
@@ -67,6 +67,7 @@ def merge_batches(batches) -> WriteBatch:
     })
 
 
+@attrs.define(eq=False)
 class _Lane:
     """
     One line of transactions: at most one in flight, the next one takes
@@ -74,16 +75,15 @@ class _Lane:
     it (looked up at each write).
     """
 
-    def __init__(self, method: str, interval: float = 0.0):
-        self.method = method
-        self.interval = interval  # seconds at least between the beginnings of two transactions
-        self.queue: list[tuple[WriteBatch, defer.Deferred]] = []
-        self.queued_events = 0
-        self.inflight_events = 0
-        self.inflight = False
-        self.call = None  # the scheduled flush
-        self.starting_next = False
-        self.began: float | None = None  # when the last transaction began
+    method: str
+    interval: float = 0.0  # seconds at least between the beginnings of two transactions
+    queue: list[tuple[WriteBatch, defer.Deferred]] = attrs.field(factory=list, init=False)
+    queued_events: int = attrs.field(default=0, init=False)
+    inflight_events: int = attrs.field(default=0, init=False)
+    inflight: bool = attrs.field(default=False, init=False)
+    call: object = attrs.field(default=None, init=False)  # the scheduled flush
+    starting_next: bool = attrs.field(default=False, init=False)
+    began: float | None = attrs.field(default=None, init=False)  # when the last transaction began
 
     @property
     def busy(self) -> bool:
@@ -212,7 +212,7 @@ class BatchWriter(Service):
             handler(result, lane, batch, queue)
 
     def _committed(self, result, lane, batch, queue) -> None:
-        seconds = self.clock.seconds() - lane.began
+        self.commit_seconds = self.clock.seconds() - lane.began
         self._done(lane)
         if lane.queue and not self._wait(lane):
             # Start the next transaction now, not on the next reactor turn:
@@ -225,7 +225,6 @@ class BatchWriter(Service):
                 self._flush(lane)
             finally:
                 lane.starting_next = False
-        self.commit_seconds = seconds
         self._tell(batch, result)
         for _, d in queue:
             d.callback(result)
