@@ -725,25 +725,16 @@ def encode_attributes(dictionary: Dictionary, attributes) -> bytes:
     value does not fit its attribute.  tests/accounting/test_packets.py
     checks the bytes against `AcctPacket.RequestPacket`.
     """
-    table = _FRAMES.get(dictionary)
+    table = _ENCODERS.get(dictionary)
     if table is None:
-        table = _FRAMES[dictionary] = {}
+        table = _ENCODERS[dictionary] = {}
     grouped: dict = {}
     for name, value in attributes:
-        frame = table.get(name)
-        if frame is None:
-            frame = table[name] = _frame(dictionary, name)
-        key, attr, head = frame
-        data = _encode_value(attr, value)
-        n = len(data)
-        if head is None:
-            if n > MAX_VALUE:
-                raise ValueError(f"{name}: {n} bytes, at most {MAX_VALUE} fit")
-            encoded = bytes((key, n + 2)) + data
-        else:
-            if n > MAX_VENDOR_VALUE:
-                raise ValueError(f"{name}: {n} bytes, at most {MAX_VENDOR_VALUE} fit")
-            encoded = bytes((26, n + 8)) + head + bytes((n + 2,)) + data
+        encoder = table.get(name)
+        if encoder is None:
+            encoder = table[name] = _encoder(dictionary, name)
+        key, encode = encoder
+        encoded = encode(value)
         group = grouped.get(key)
         if group is None:
             grouped[key] = [encoded]
@@ -752,14 +743,65 @@ def encode_attributes(dictionary: Dictionary, attributes) -> bytes:
     return b"".join([b"".join(g) for g in grouped.values()])
 
 
-_FRAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: values of an attribute whose whole encoding is kept (enumerations,
+#: addresses: a handful each), at most this many per attribute
+_KEPT_VALUES = 64
 
 
-def _frame(dictionary: Dictionary, name: str):
-    """(key, attribute, vendor id and type bytes or None) of `name`."""
+def _encoder(dictionary: Dictionary, name: str):
+    """
+    (wire key, function) for `name`: the function encodes one value as the
+    attribute's whole bytes (type, length, vendor header, value).  Made
+    once per attribute: the sender encodes every attribute of every request
+    (issue 15), and the common cases (a string, a 32-bit integer, one of a
+    few enumerated or address values) then take no dispatch on the
+    attribute's type; anything else goes through `_encode_value`.
+    """
     key, attr = _attribute(dictionary, name)
-    head = struct.pack("!LB", key[0], key[1]) if isinstance(key, tuple) else None
-    return key, attr, head
+    kind = attr.type
+    if isinstance(key, tuple):
+        vendor = struct.pack("!LB", *key)
+
+        def framed(data: bytes) -> bytes:
+            n = len(data)
+            if n > MAX_VENDOR_VALUE:
+                raise ValueError(f"{name}: {n} bytes, at most {MAX_VENDOR_VALUE} fit")
+            return bytes((26, n + 8)) + vendor + bytes((n + 2,)) + data
+    else:
+
+        def framed(data: bytes) -> bytes:
+            n = len(data)
+            if n > MAX_VALUE:
+                raise ValueError(f"{name}: {n} bytes, at most {MAX_VALUE} fit")
+            return bytes((key, n + 2)) + data
+
+    if kind in ("string", "octets"):
+
+        def encode(value) -> bytes:
+            return framed(value.encode() if type(value) is str else _encode_value(attr, value))
+
+        return key, encode
+
+    kept: dict = {}
+    four = framed(bytes(4))[:-4]  # the header of a 4-byte value
+    pack = _U32.pack
+    numbers = kind in ("integer", "date")
+
+    def encode(value) -> bytes:
+        if numbers and type(value) is int and 0 <= value < 1 << 32:
+            return four + pack(value)
+        if type(value) is str:
+            found = kept.get(value)
+            if found is None:
+                found = framed(_encode_value(attr, value))
+                if len(kept) < _KEPT_VALUES:
+                    kept[value] = found
+            return found
+        return framed(_encode_value(attr, value))
+
+    return key, encode
 
 
 def request_bytes(body: bytes, ident: int, secret: bytes, delay: int) -> bytes:

@@ -478,3 +478,41 @@ def test_facts_that_are_no_request_are_refused():
     ):
         with pytest.raises((ValueError, TypeError)):
             expand(bad, None, D)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("Acct-Status-Type"), st.sampled_from(["Start", "Stop", "Interim-Update"])),
+            st.tuples(st.just("Acct-Terminate-Cause"), st.sampled_from(
+                sorted(set(packets.TERMINATE_CAUSES.values()) | {"Service-Unavailable"}))),
+            st.tuples(st.just("NAS-IP-Address"), st.ip_addresses(v=4).map(str)),
+            st.tuples(st.just("NAS-Port"), st.integers(0, 2**32 - 1)),
+            st.tuples(st.just("Event-Timestamp"), st.integers(0, 2**32 - 1)),
+            st.tuples(st.just("User-Name"), st.text(max_size=80)),
+            st.tuples(st.just("cdrd-CDR"), st.text(max_size=80)),
+            st.tuples(st.just("cdrd-Call-Ref"), st.integers(0, 2**32 - 1)),
+        ),
+        max_size=100,
+    ),
+    st.integers(0, 255),
+)
+def test_each_attributes_encoder_is_pyrads_for_every_value(attributes, ident):
+    """The encoders made once per attribute (kept whole encodings of
+    enumerations and addresses, more distinct values than are kept) give
+    pyrad's bytes, one attribute's values together as pyrad keeps them."""
+    d = load_dictionary(4242)
+    p = Payload("req", "g/b/1/1", "Start", 0, tuple(attributes))
+    raw = packets.request_bytes(packets.encode_attributes(d, p.attributes), ident, b"k3y", 0)
+    assert raw == pyrad_request(d, p, b"k3y", ident, 0)
+
+
+def test_a_value_over_its_attribute_names_it():
+    for name, fit in (("User-Name", packets.MAX_VALUE), ("cdrd-CDR", packets.MAX_VENDOR_VALUE)):
+        packets.encode_attributes(D, [(name, "x" * fit)])
+        try:
+            packets.encode_attributes(D, [(name, "é" * fit)])
+        except ValueError as e:
+            assert str(e) == f"{name}: {2 * fit} bytes, at most {fit} fit"
+        else:
+            raise AssertionError(f"{name}: {2 * fit} bytes encoded")
