@@ -254,6 +254,21 @@ class Leg:
     dialled: str = ""
     peer: str = ""  # the gateway's address (host:port) when the leg began, or ""
 
+    def with_values(self, *, cui: str, dialled: str) -> Leg:
+        """``evolve(self, cui=cui, dialled=dialled)``, 3x faster: the call
+        model's inbound leg takes its number (once a call) or the caller's
+        CUI from RADIUS while its Start is held back (issue 15)."""
+        return unchecked_leg(
+            self.id, self.call, self.gateway, self.ref, self.direction, self.port, self.pport,
+            cui, self.cli, dialled, self.peer,
+        )
+
+
+#: A Leg from values the call model made itself, every field in order
+#: (`unchecked`; Leg has no validator or converter to skip, only attrs'
+#: frozen setattr per field)
+unchecked_leg = unchecked(Leg)
+
 
 @frozen
 class LegStart:

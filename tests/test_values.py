@@ -5,7 +5,7 @@ import io
 from datetime import UTC, datetime
 
 import pytest
-from attrs import evolve, field, frozen
+from attrs import astuple, evolve, field, frozen
 from attrs.exceptions import FrozenInstanceError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,11 +14,13 @@ from cdrd.values import (
     MAX_MS,
     CallEvent,
     GatewayState,
+    Leg,
     csv_line,
     parse_rfc3339,
     rfc3339,
     stored_event,
     unchecked,
+    unchecked_leg,
 )
 
 
@@ -85,6 +87,13 @@ def test_progressed_equals_evolve(last_seq, last_heard):
         peer="127.0.0.1:5", login=7, skew_ms=-3, last_heard=8, online=True,
     )
     assert state.progressed(last_seq, last_heard) == evolve(state, last_seq=last_seq, last_heard=last_heard)
+
+
+@given(st.text(max_size=4), st.text(max_size=4))
+def test_leg_with_values_equals_evolve(cui, dialled):
+    leg = Leg("g/b1/7/0", "g/b1/7", "g", 7, "inbound", 1, None, "ACCT-1", "201", "", "127.0.0.1:5")
+    assert leg.with_values(cui=cui, dialled=dialled) == evolve(leg, cui=cui, dialled=dialled)
+    assert unchecked_leg(*astuple(leg, recurse=False)) == leg
 
 
 def _csv_writer_line(fields) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from attrs import evolve
+from attrs import evolve, fields
 
 from cdrd.calls.model import (
     MAX_TIME_MS,
@@ -16,6 +16,9 @@ from cdrd.values import (
     STALE,
     CallEnd,
     CallEvent,
+    CallRecord,
+    Cdr,
+    Leg,
     LegAnswer,
     LegStart,
     LegStop,
@@ -856,3 +859,11 @@ def test_radius_answer_after_the_end_or_for_no_call_changes_nothing():
     assert model.apply(cui_answer(97, t("10:12:00.000"), {"result": "accept", "cui": "X"})) == []
     assert model.apply(cui_answer(4242, t("10:12:00.000"), {"result": "accept", "cui": "X"})) == []
     assert model.open_calls() == []
+
+
+def test_the_products_have_no_check_the_model_would_skip():
+    # the model builds its products with values.unchecked (issue 15): a
+    # validator or converter added to one of them would not run there
+    for cls in (Leg, LegStart, LegAnswer, LegStop, CallEnd, CallRecord, Cdr):
+        for a in fields(cls):
+            assert a.validator is None and a.converter is None, f"{cls.__name__}.{a.name}"
