@@ -69,8 +69,7 @@ class BadPacket(ValueError):
 @frozen
 class Message:
     """One parsed line: `fields` unescaped, in received order (a dict of
-    the message's own: `parse_line` builds every Message, and hands over
-    the dict it filled rather than a copy)."""
+    the message's own: the one `parse_parts` filled, not a copy)."""
 
     verb: str
     fields: Mapping[str, str]
@@ -170,6 +169,16 @@ def parse_line(line: bytes) -> Message | None:
     for an empty line.  Raises BadPacket for anything else the grammar does
     not allow.
     """
+    parts = parse_parts(line)
+    return None if parts is None else _message(*parts)
+
+
+def parse_parts(line: bytes) -> tuple[str, dict[str, str], str] | None:
+    """
+    `parse_line`, its Message's parts as they are: (verb, fields, raw).
+    The session reads an event's fields from them without building a
+    Message, once per event (issue 15).
+    """
     if line[-1:] == b"\r":
         line = line[:-1]
     if not line:
@@ -208,7 +217,7 @@ def parse_line(line: bytes) -> Message | None:
             except BadPacket as e:
                 raise _bad(f"{e.reason} in '{key}'", line) from None
         fields[key] = value
-    return _message(verb, fields, text)
+    return verb, fields, text
 
 
 def format_message(verb: str, fields: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> bytes:
@@ -264,11 +273,15 @@ def parse_gateway_time(text: str) -> int:
     """
     n = len(text)
     if (n == 19 or (n == 23 and text[19] == ".")) and text[16] == ":":
-        seconds = text[17:19] + text[20:23]
-        if seconds.isascii() and seconds.isdigit() and int(seconds[:2]) < 60:
-            minute = _minute_ms(text[:16])
-            if minute is not None:
-                return minute + int(seconds[:2]) * 1000 + int(seconds[2:] or 0)
+        # SS or SSmmm read as one number: the ms into the minute, with one
+        # int() rather than three (once per event; issue 15)
+        seconds = text[17:19] + text[20:]
+        if seconds.isascii() and seconds.isdigit():
+            ms = int(seconds) if n == 23 else int(seconds) * 1000
+            if ms < 60_000:
+                minute = _minute_ms(text[:16])
+                if minute is not None:
+                    return minute + ms
     raise ValueError(f"not a gateway time: {text!r}")
 
 

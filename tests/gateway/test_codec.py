@@ -7,7 +7,7 @@ import hmac
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cdrd.gateway.codec import (
@@ -209,6 +209,9 @@ def _reference_gateway_time(text: str) -> int:
     return int(dt.timestamp()) * 1000 + int(ms or 0)
 
 
+@example("2026-11-22T10:00:60")  # the edges of the seconds
+@example("2026-11-22T10:00:60.000")
+@example("2026-11-22T10:00:59.999")
 @given(st.one_of(
     st.integers(0, 253402300799999).map(format_gateway_time),
     st.integers(0, 253402300799999).map(lambda ms: format_gateway_time(ms)[:19]),

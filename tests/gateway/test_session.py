@@ -1,13 +1,16 @@
 """The pure GWP/1 session rules: login, skew, reboot detection, events."""
 
+import re
+from typing import NamedTuple
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cdrd import config as C
 from cdrd.gateway import session as S
-from cdrd.gateway.codec import BadPacket, login_auth, parse_line
-from cdrd.values import GATEWAY_RESTART, GatewayState
+from cdrd.gateway.codec import BadPacket, format_gateway_time, login_auth, parse_gateway_time, parse_line
+from cdrd.values import GATEWAY_RESTART, CallEvent, GatewayState
 
 NONCE = "5f0c3b9d2e8a4f61a7b3c2d1e0f9a8b7"
 LOGIN = (
@@ -19,6 +22,19 @@ NOW = 1795341600000  # 2026-11-22T10:00:00Z
 
 def msg(text: str):
     return parse_line(text.encode())
+
+
+class Parsed(NamedTuple):
+    """parse_event's (event, problems), with the seq, as these tests read it."""
+
+    seq: int
+    event: CallEvent
+    problems: tuple[str, ...]
+
+
+def parse_event(text: str, skew: int = 0) -> Parsed:
+    event, problems = S.parse_event(msg(text).fields, "8200_000C2A020082", "r0", skew, NOW)
+    return Parsed(event.seq, event, problems)
 
 
 def cfg(**server) -> C.Config:
@@ -130,9 +146,107 @@ class TestDecideLogin:
         assert [e.event for e in out.log] == ["Re-Login", "Login"]
 
 
+#: numbers at the edges of 9 and 18 digits, and what is not one
+_NUMBERS = st.one_of(
+    st.integers(0, 10**19).map(str),
+    st.sampled_from(["0", "00", "07", "999999999", "1000000000", "0123456789", "9" * 18, "1" + "0" * 18,
+                     "\u0661", "\u00b2", "+1", " 1", "1_0", "-1"]),
+)
+_TYPES = st.sampled_from([*S._REQUIRED, "TALK", "FLASH_HOOK", "A" * 32, "A" * 33, "X_", "_X", "Dial"])
+_EVENT_KEYS = st.sampled_from(["seq", "ref", "type", "t", *S._FIELDS, "zz"])
+#: values at the edges of the type-specific fields' rules
+_FIELD_VALUES = st.one_of(
+    _NUMBERS,
+    st.sampled_from(["C(18) M(17)", " ", "~", "x" * 64, "x" * 65, "x" * 128, "x" * 129, "a\tb", "\x7f",
+                     "\u202e", "\u00e9"]),
+    st.text(max_size=12),
+)
+_EVENT_VALUES = st.one_of(
+    _FIELD_VALUES,
+    _TYPES,
+    st.integers(-(2**33) * 1000, 2**33 * 1000).map(lambda ms: format_gateway_time(ms)[:23]),
+    st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,4})?", fullmatch=True),
+)
+
+
+@st.composite
+def _event_fields(draw) -> dict[str, str]:
+    """An EV's fields, in any order: most with a seq, ref and type that
+    are good or nearly so, so that the type-specific fields are read."""
+    items = draw(st.lists(st.tuples(_EVENT_KEYS, _EVENT_VALUES), max_size=9))
+    if draw(st.integers(0, 3)):
+        for key, values in (("seq", st.integers(1, 99).map(str) | _NUMBERS),
+                            ("ref", st.integers(0, 99).map(str) | _NUMBERS), ("type", _TYPES)):
+            if draw(st.integers(0, 9)):  # now and then missing
+                items.append((key, draw(values)))
+        items += draw(st.lists(st.tuples(st.sampled_from([*S._FIELDS, "t"]), _FIELD_VALUES), max_size=6))
+    return dict(draw(st.permutations(list(dict(items).items()))))
+
+
+def _reference_event(fields: dict[str, str], skew: int) -> tuple[CallEvent, tuple[str, ...]]:
+    """
+    The plain reading of an EV's rules (gateway-protocol.md; parse_event as
+    it was before issue 15's shortcuts), to check parse_event against: every
+    type-specific field looked up in the protocol's order, nothing remembered
+    (the time is parse_gateway_time's, checked against its own reference in
+    test_codec).
+    """
+    def integer(key: str, positive: bool) -> int:
+        value = fields.get(key)
+        if value is None:
+            raise BadPacket(f"missing {key}")
+        if not re.fullmatch(r"[0-9]{1,18}", value) or (positive and int(value) == 0):
+            raise BadPacket(f"{key} is not a {'positive' if positive else 'non-negative'} integer")
+        return int(value)
+
+    seq = None
+    try:
+        seq = integer("seq", True)
+        ref = integer("ref", False)
+        etype = fields.get("type")
+        if etype is None:
+            raise BadPacket("missing type")
+        if not re.fullmatch(r"[A-Z][A-Z_]{0,31}", etype):
+            raise BadPacket("type must be [A-Z][A-Z_]*")
+    except BadPacket as e:
+        e.seq = seq
+        raise
+    problems = []
+    time = NOW
+    if "t" in fields:
+        try:
+            corrected = parse_gateway_time(fields["t"]) + skew
+        except ValueError:
+            problems.append("t is not YYYY-MM-DDTHH:MM:SS[.mmm]")
+        else:
+            if 0 <= corrected < 2**32 * 1000:
+                time = corrected
+            else:
+                problems.append("t corrected by the login's clock skew is outside 1970..2106")
+    kept = {}
+    for key, kind in S._FIELDS.items():
+        if key not in fields:
+            continue
+        value = fields[key]
+        if kind == S._NUMBER:
+            ok = re.fullmatch(r"[0-9]{1,9}", value) is not None
+        elif kind == S._TEXT:
+            ok = re.fullmatch(r"[\x20-\x7e]{1,64}", value) is not None
+        else:
+            ok = len(value) <= 128 and value.isprintable()
+        if ok:
+            kept[key] = str(int(value)) if kind == S._NUMBER else value
+        else:
+            problems.append(f"{key} is malformed")
+    problems += [f"{etype} without {key}" for key in S._REQUIRED.get(etype, ()) if key not in fields]
+    event = CallEvent(gateway="8200_000C2A020082", seq=seq, ref=ref, type=etype, time=time,
+                      received=NOW, boot="r0", fields=kept)
+    return event, tuple(problems)
+
+
 class TestParseEvent:
     def ev(self, text, skew=0):
-        return S.parse_event(msg(text), "8200_000C2A020082", "r0", skew, NOW)
+        return parse_event(text, skew)
 
     def test_event(self):
         p = self.ev("EV seq=1042 ref=75 t=2026-11-22T10:00:02.500 type=DIAL digits=2252")
@@ -202,9 +316,37 @@ class TestParseEvent:
         try:
             m = parse_line(line)
             if m is not None:
-                S.parse_event(m, "g_000000000000", "r0", 0, NOW)
+                S.parse_event(m.fields, "g_000000000000", "r0", 0, NOW)
         except BadPacket:
             pass
+
+    @given(_event_fields(), st.sampled_from([0, -7, NOW, -NOW]))
+    # the edges of seq, ref, type and the fields' rules, and fields out of
+    # the protocol's order, every time
+    @example({"info": "x", "pport": "2", "port": "x", "cli": "\x01", "type": "DIVERT", "ref": "1", "seq": "5"}, 0)
+    @example({"seq": "9" * 18, "ref": "9" * 18, "type": "A" * 32, "port": "9" * 9, "info": "x" * 128}, 0)
+    @example({"seq": "1" + "0" * 18, "ref": "1", "type": "DIAL"}, 0)
+    @example({"seq": "1", "ref": "1" + "0" * 18, "type": "DIAL"}, 0)
+    @example({"seq": "1", "ref": "\u0661", "type": "DIAL"}, 0)
+    @example({"seq": "1", "ref": "1", "type": "A" * 33}, 0)
+    @example({"seq": "1", "ref": "1", "type": "HOOK_OFF", "port": "1" * 10, "info": "x" * 129}, 0)
+    @example({"type": "CALL_IN", "cli": "x" * 65, "ref": "0", "cui": "x" * 64, "seq": "1"}, 0)
+    def test_matches_the_reference(self, fields, skew):
+        # issue 15's shortcuts (seq, ref and type in one call, the shapes
+        # remembered) against the plain reading, in any order, malformed or
+        # not; the second call finds its shape remembered
+        try:
+            expected = _reference_event(fields, skew)
+        except BadPacket as e:
+            for _ in range(2):
+                with pytest.raises(BadPacket) as got:
+                    S.parse_event(fields, "8200_000C2A020082", "r0", skew, NOW)
+                assert (got.value.reason, got.value.seq) == (e.reason, e.seq)
+        else:
+            for _ in range(2):
+                event, problems = S.parse_event(fields, "8200_000C2A020082", "r0", skew, NOW)
+                assert (event, problems) == expected
+                assert list(event.fields) == list(expected[0].fields)
 
 
 def test_bad_packet_meter():
@@ -269,7 +411,7 @@ class TestAuditFixes:
 
 class TestEventTimeRange:
     def ev(self, text, skew=0):
-        return S.parse_event(msg(text), "8200_000C2A020082", "r0", skew, NOW)
+        return parse_event(text, skew)
 
     def test_corrected_time_beyond_the_range_is_a_bad_t(self):
         skew = NOW - 946801058000  # a gateway clock 26 years behind
