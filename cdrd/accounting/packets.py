@@ -44,7 +44,7 @@ from pyrad.dictionary import Dictionary
 from pyrad.packet import AccountingRequest, AcctPacket
 from pyrad.tools import EncodeAttr
 
-from cdrd.values import CallEnd, Cdr, Leg, LegAnswer, LegStart, LegStop
+from cdrd.values import CallEnd, Cdr, Leg, LegAnswer, LegStart, LegStop, unchecked, unchecked_leg
 
 #: RFC 2865: an attribute holds at most 253 bytes; a vendor attribute (RFC
 #: 2865 section 5.26, with its 6 header bytes) at most 247.
@@ -460,15 +460,20 @@ class Payload:
     def from_bytes(cls, data: bytes) -> Payload:
         d = orjson.loads(data)
         facts = d.get("f")
-        return cls(
-            kind=d["k"],
-            leg=d["leg"],
-            status=d["s"],
-            event=d["t"],
-            attributes=tuple(map(tuple, d.get("a", ()))),
-            answered=d.get("ans"),
-            facts=None if facts is None else tuple(facts),
+        # every field given (Payload has no validator or converter to
+        # skip): the sender reads every request back so (issue 15)
+        return _payload(
+            d["k"],
+            d["leg"],
+            d["s"],
+            d["t"],
+            tuple(map(tuple, d.get("a", ()))),
+            d.get("ans"),
+            None if facts is None else tuple(facts),
         )
+
+
+_payload = unchecked(Payload)
 
 
 def request_attributes(leg_attrs, status: str, event: int, extra=()) -> list:
@@ -482,7 +487,7 @@ def request_attributes(leg_attrs, status: str, event: int, extra=()) -> list:
 
 def request(leg_attrs, status: str, event: int, leg: str, extra=()) -> Payload:
     attrs = request_attributes(leg_attrs, status, event, extra)
-    return Payload("req", leg, status, event, tuple(attrs))
+    return _payload("req", leg, status, event, tuple(attrs), None, None)
 
 
 def interim(marker: Payload, now: int) -> Payload:
@@ -491,6 +496,10 @@ def interim(marker: Payload, now: int) -> Payload:
     return request(
         marker.attributes, INTERIM, now, marker.leg, [("Acct-Session-Time", session)]
     )
+
+
+#: the values of a leg's facts: every field of Leg
+_LEG_FIELDS = len(Leg.__attrs_attrs__)
 
 
 def leg_facts(leg: Leg) -> list:
@@ -575,10 +584,13 @@ def expand(payload: Payload, nas_ip: str | None, dictionary=None) -> list[Payloa
     """
     if payload.facts is None:
         return [payload]
-    leg = Leg(*payload.facts[0])
+    facts = payload.facts[0]
+    # every field (as leg_facts writes them) without attrs' __init__: Leg
+    # has no check to skip; other counts as Leg(...) reads them
+    leg = unchecked_leg(*facts) if len(facts) == _LEG_FIELDS else Leg(*facts)
     base = leg_attributes(leg, nas_ip)
     if payload.kind == OPEN:
-        return [Payload(OPEN, payload.leg, "", payload.event, tuple(base), answered=payload.answered)]
+        return [_payload(OPEN, payload.leg, "", payload.event, tuple(base), payload.answered, None)]
     if payload.kind != "req":
         raise ValueError(f"no facts for a payload of kind {payload.kind!r}")
     if payload.status == START:
@@ -594,7 +606,7 @@ def expand(payload: Payload, nas_ip: str | None, dictionary=None) -> list[Payloa
     reserve = CALLED_RESERVE if later else ()
     stored = [_FactCdr(*c) for c in cdrs]
     return [
-        Payload("req", payload.leg, STOP, payload.event, tuple(attrs))
+        _payload("req", payload.leg, STOP, payload.event, tuple(attrs), None, None)
         for attrs in split_stop(dictionary or _sizing_dictionary(), fixed, stored, reserve, leg.call)
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from attrs import evolve as attrs_evolve
+from attrs import fields as attrs_fields
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -47,6 +48,27 @@ def test_payloads_an_older_cdrd_stored_are_read_as_before():
         older = json.JSONEncoder(separators=(",", ":")).encode(d).encode()
         assert b"\\u00eb" in older and "ë".encode() in p.to_bytes()
         assert Payload.from_bytes(older) == Payload.from_bytes(p.to_bytes()) == p
+
+
+def test_payload_has_no_check_the_sender_would_skip():
+    # the sender reads payloads back and expands them with values.unchecked
+    # (issue 15): a validator or converter added here would not run there
+    for cls in (Payload, Leg):
+        for a in attrs_fields(cls):
+            assert a.validator is None and a.converter is None, f"{cls.__name__}.{a.name}"
+
+
+def test_a_legs_facts_of_another_length_read_as_leg_reads_them():
+    # facts an older cdrd wrote without the last of Leg's fields (its
+    # default then) expand as before; the whole ones without attrs' __init__
+    leg = Leg("c/0", "c", "g", 1, "inbound", port=1, cui="Zoë", cli="201")
+    whole = packets.spool_facts([LegStart(leg, 5000)], 0, True)[0]
+    facts = whole.facts[0]
+    assert len(facts) == len(attrs_fields(Leg))
+    shorter = attrs_evolve(whole, facts=(facts[:-1], *whole.facts[1:]))
+    assert packets.expand(shorter, None, D) == packets.expand(whole, None, D)
+    assert packets.expand(whole, None, D)[0].attributes == tuple(
+        packets.request_attributes(packets.leg_attributes(leg, None), "Start", 5000))
 
 
 def test_no_interim_markers_when_interims_are_off():
