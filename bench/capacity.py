@@ -563,19 +563,21 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                "--event-times", args.event_times]
         if args.closed:
             cmd.append("--closed")
-        spy = None
+        spies = []
         if args.py_spy and mode != "bare":
-            # py-spy (pip install py-spy) samples cdrd while the load runs
-            spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--nonblocking",
-                 "--format", "raw", "-o", str(args.py_spy / f"{mode}-{tree.name}-{rate:g}.txt"),
-                 "-d", str(int(args.duration) + 1), "-p", str(server.pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # py-spy (pip install py-spy) samples cdrd while the load runs,
+            # and its outputs process in a file of its own (-child)
+            for pid, suffix in ((server.pid, ""), *((c, "-child") for c in children0)):
+                spies.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--nonblocking",
+                     "--format", "raw", "-o", str(args.py_spy / f"{mode}-{tree.name}-{rate:g}{suffix}.txt"),
+                     "-d", str(int(args.duration) + 1), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         done = subprocess.run(cmd, cwd=ROOT, env=environment(ROOT), capture_output=True,
                               timeout=args.duration + args.drain + 120)
         wall = time.monotonic() - w0
         result["cpu_pressure"] = cpu_pressure()
-        if spy is not None:
+        for spy in spies:
             spy.wait(30)
         result.update(own_view(seen0, cdrd_metrics(web_port) if mode != "bare" else {}, wall))
         # cdrd's own process; its outputs process apart (what it took meanwhile)
