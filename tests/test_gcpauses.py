@@ -101,3 +101,39 @@ def test_the_daemon_freezes_once_the_reactor_runs(monkeypatch):
         assert frozen == [True]
     finally:
         gcpauses.PAUSES.uninstall()
+
+
+def _young_collections(make: int) -> int:
+    """Young collections while `make` tracked objects are made and kept."""
+    seen = []
+
+    def count(phase, info):
+        if phase == "start" and info["generation"] == 0:
+            seen.append(1)
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        kept = [[] for _ in range(make)]
+    finally:
+        gc.callbacks.remove(count)
+    assert len(kept) == make
+    return len(seen)
+
+
+def test_the_daemon_collects_young_objects_less_often(monkeypatch):
+    # freeze_when_running (the daemon's start-up, and collect_less_often in
+    # its outputs process) sets THRESHOLDS: objects in flight are not
+    # walked every 700 made (Python's default)
+    monkeypatch.setattr(gcpauses.gc, "freeze", lambda: None)
+    monkeypatch.setattr(gcpauses, "PAUSES", GcPauses())
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert _young_collections(20_000) >= 20
+        gcpauses.freeze_when_running(MemoryReactorClock())
+        assert gc.get_threshold() == gcpauses.THRESHOLDS
+        assert _young_collections(20_000) == 0
+    finally:
+        gc.set_threshold(*before)
+        gcpauses.PAUSES.uninstall()

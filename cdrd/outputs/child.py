@@ -24,6 +24,7 @@ from twisted.logger import Logger, eventAsJSON, formatEvent, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.threadpool import ThreadPool
 
+from cdrd.gcpauses import collect_less_often
 from cdrd.outputs import durable_sink
 from cdrd.outputs.process import CHUNK, STATUS_INTERVAL, Added, Log, Start, Status, Stop, Write
 from cdrd.store.sqlite import SQLiteStore
@@ -186,6 +187,9 @@ def main() -> None:
 
     # Ctrl-C reaches the whole process group: cdrd stops this process itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # young objects collected as in cdrd itself (cdrd.gcpauses): the
+    # requests in flight are not walked again and again
+    collect_less_often()
     proto = ChildAmp(reactor)
     globalLogBeginner.beginLoggingTo([_Relay(proto)], redirectStandardIO=False)
     stdio.StandardIO(proto, reactor=reactor)
