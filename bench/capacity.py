@@ -645,8 +645,8 @@ def own_view(before: dict, after: dict, wall: float) -> dict:
     """
     What cdrd's own metrics say of the run: the store writer's busy fraction
     (one transaction in flight at a time: the commit seconds per second), its
-    transactions a second, and the full garbage collections (count, mean
-    pause); absent where the tree's cdrd has no such metric.
+    transactions a second, and the garbage collections of each generation
+    (count, mean pause); absent where the tree's cdrd has no such metric.
     """
     def delta(name, generation=""):
         key = (name, generation)
@@ -657,10 +657,11 @@ def own_view(before: dict, after: dict, wall: float) -> dict:
         view["writer_busy"] = busy / wall
         # transactions a second: each one ACKs every gateway with events in it (a send each)
         view["commits_per_s"] = delta("cdrd_store_commit_seconds_count") / wall
-    full = delta("cdrd_gc_pause_seconds_count", "2")
-    if full:
-        view["gc_full"] = int(full)
-        view["gc_full_ms"] = 1000 * delta("cdrd_gc_pause_seconds_sum", "2") / full
+    # per generation (0, 1, 2: a full one): collections, and their mean pause
+    view["gc"] = [
+        (int(n), 1000 * delta("cdrd_gc_pause_seconds_sum", g) / n if n else 0.0)
+        for g in "012" for n in [delta("cdrd_gc_pause_seconds_count", g)] if n is not None
+    ]
     return view
 
 
@@ -687,8 +688,8 @@ def show(r: dict, trees: list[Path]) -> str:
         extra += f"  writer {100 * r['writer_busy']:.0f}%"
     if r.get("commits_per_s"):
         extra += f" {r['commits_per_s']:.0f} txn/s"
-    if r.get("gc_full"):
-        extra += f"  gc2 {r['gc_full']}x{r['gc_full_ms']:.1f}ms"
+    if r.get("gc"):
+        extra += "  gc " + " ".join(f"{n}x{ms:.1f}" for n, ms in r["gc"]) + "ms"
     if "cdrs" in r:
         extra += f"  cdrs {r['cdrs']} radius {r['cdrs_radius']} syslog {r['cdrs_syslog']}"
     offered = "closed" if r["closed"] else f"{r['rate']:g}"
