@@ -93,6 +93,7 @@ def test_the_daemon_freezes_once_the_reactor_runs(monkeypatch):
     monkeypatch.setattr(gcpauses.gc, "freeze", lambda: frozen.append(True))
     monkeypatch.setattr(gcpauses, "PAUSES", GcPauses())
     reactor = MemoryReactorClock()
+    thresholds = gc.get_threshold()
     gcpauses.freeze_when_running(reactor)
     try:
         assert gcpauses.PAUSES.callback in gc.callbacks
@@ -101,6 +102,7 @@ def test_the_daemon_freezes_once_the_reactor_runs(monkeypatch):
         assert frozen == [True]
     finally:
         gcpauses.PAUSES.uninstall()
+        gc.set_threshold(*thresholds)  # the daemon's, not the tests' that follow
 
 
 def _young_collections(make: int) -> int:
