@@ -19,9 +19,6 @@ Stages, each timed alone:
   schema), each carrying the previous transaction's derived products
   (records, CDRs, cursors) as the group commit does: the store thread's
   share (the fsyncs' waits are not CPU);
-- ``rows``: of ``store``, the part a tree with `cdrd.store.sql._Rows`
-  spends building the rows before the transaction, in the reactor's
-  thread (0 for a tree without it: all of it in the store's thread);
 - ``model``: the stored events (with their ids) through `CallModel.apply`.
 
 ``--derived-every N`` writes the derived products as the derived lane
@@ -61,11 +58,6 @@ def inner(args) -> dict:
     from cdrd.interfaces import ModelCursor, WriteBatch
     from cdrd.store.sqlite import SQLiteStore
     from cdrd.values import CallEnd
-
-    try:
-        from cdrd.store.sql import _Rows as Rows  # a tree that builds the rows ahead (fifteenth session)
-    except ImportError:
-        Rows = None
 
     sys.path.insert(0, str(ROOT))  # this checkout's bench helpers, after the tree's cdrd
     from bench.calls import config_for, gateway_keys
@@ -107,7 +99,7 @@ def inner(args) -> dict:
         cur = conn.cursor()
         model = CallModel(config)
         inserted_all = []
-        store_cpu = model_cpu = rows_cpu = 0.0
+        store_cpu = model_cpu = 0.0
         derived = WriteBatch()
         rng = random.Random(args.seed)
         i = written = 0
@@ -130,15 +122,8 @@ def inner(args) -> dict:
                     cur.execute("COMMIT")
             i += size
             written += 1
-            if Rows is not None:  # the tree builds the rows before the transaction, in the reactor's thread
-                t_rows = time.process_time()
-                rows = Rows.of(batch)
-                rows_cpu += time.process_time() - t_rows
-                cur.execute("BEGIN IMMEDIATE")
-                result = store._write(cur, batch, rows)
-            else:
-                cur.execute("BEGIN IMMEDIATE")
-                result = store._write(cur, batch)
+            cur.execute("BEGIN IMMEDIATE")
+            result = store._write(cur, batch)
             cur.execute("COMMIT")
             t1 = time.process_time()
             products = []
@@ -165,12 +150,11 @@ def inner(args) -> dict:
     calls = args.calls
     return {"tree": args.inner, "calls": calls, "events": len(inserted_all),
             "parse_us": 1e6 * parse / calls, "store_us": 1e6 * store_cpu / calls,
-            "rows_us": 1e6 * rows_cpu / calls,
             "model_us": 1e6 * model_cpu / calls,
             "total_us": 1e6 * (parse + store_cpu + model_cpu) / calls}
 
 
-COLUMNS = ("parse_us", "store_us", "rows_us", "model_us", "total_us")
+COLUMNS = ("parse_us", "store_us", "model_us", "total_us")
 
 
 def main(argv=None) -> int:
@@ -187,8 +171,7 @@ def main(argv=None) -> int:
     trees = inner_or_trees(args, inner, ROOT)
     if trees is None:
         return 0
-    print(f"{'tree':<12} {'calls':>6} {'events':>7}   µs/call: {'parse':>7} {'store':>7} {'rows':>7}"
-          f" {'model':>7} {'total':>7}")
+    print(f"{'tree':<12} {'calls':>6} {'events':>7}   µs/call: {'parse':>7} {'store':>7} {'model':>7} {'total':>7}")
     results: dict[str, list[dict]] = {str(t): [] for t in trees}
     inner_args = ["--calls", str(args.calls), "--gateways", str(args.gateways),
                   "--batch", str(args.batch), "--seed", str(args.seed),

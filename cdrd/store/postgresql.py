@@ -32,7 +32,7 @@ from zope.interface import implementer
 from cdrd.interfaces import IDerivedLane, ILeasedStore
 from cdrd.store import StoreClosed, safe_url
 from cdrd.store.leases import NOW_MS, Leases, batch_gateways, default_node_name
-from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log, _Rows
+from cdrd.store.sql import GATEWAY_FIELDS, LOG_COLS, SqlStore, _gateway, _log
 
 #: pg_advisory_xact_lock key of cdrd's writers ("cdrd" in ASCII): the
 #: events' lane, the leases' takes, retention
@@ -248,9 +248,7 @@ class PostgresStore(SqlStore):
 
     def write(self, batch):
         locks = (WRITE_LOCK, DERIVED_LOCK) if batch.has_derived() else (WRITE_LOCK,)
-        # the rows built here, in the reactor's thread (cdrd.store.sql._Rows)
-        return defer.execute(_Rows.of, batch).addCallback(
-            lambda rows: self._run(self._write, batch, False, rows, write=True, pipeline=True, locks=locks))
+        return self._run(self._write, batch, False, write=True, pipeline=True, locks=locks)
 
     def write_derived(self, batch):
         """
@@ -263,17 +261,16 @@ class PostgresStore(SqlStore):
         """
         if not batch.derived():
             return defer.fail(ValueError("write_derived: a batch with events, log or gateway state"))
-        return defer.execute(_Rows.of, batch).addCallback(
-            lambda rows: self._run(self._write, batch, True, rows, write=True, pipeline=True, locks=(DERIVED_LOCK,)))
+        return self._run(self._write, batch, True, write=True, pipeline=True, locks=(DERIVED_LOCK,))
 
-    def _write(self, cur, batch, derived: bool = False, rows: _Rows | None = None):
+    def _write(self, cur, batch, derived: bool = False):
         # under the write lock (the derived lane: the lease rows' lock): a
         # node that lost a gateway commits nothing for it (asked first,
         # judged before the commit)
         check = self.leases.check(cur, batch_gateways(batch), lock=derived)
         log_before = self._ask(cur, "SELECT COALESCE(MAX(id), 0) FROM log") if batch.log else None
         try:
-            result = super()._write(cur, batch, rows)
+            result = super()._write(cur, batch)
         except BaseException:
             _lost_first(check)
             raise

@@ -9,15 +9,12 @@ substituted by ``SqlStore.sql``.
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from itertools import chain
 
 import orjson
 from attrs import evolve
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from cdrd.interfaces import (
@@ -99,15 +96,8 @@ def _gateway(row) -> GatewayState:
     return GatewayState(**values)
 
 
-_GATEWAY_VALUES = operator.attrgetter(*GATEWAY_FIELDS)
-_ONLINE = GATEWAY_FIELDS.index("online")
-_key = operator.attrgetter("key")
-_gateway_of = operator.attrgetter("gateway")
-
-
 def _gateway_row(g: GatewayState) -> tuple:
-    row = _GATEWAY_VALUES(g)
-    return (*row[:_ONLINE], int(row[_ONLINE]), *row[_ONLINE + 1:])
+    return tuple(int(g.online) if f == "online" else getattr(g, f) for f in GATEWAY_FIELDS)
 
 
 def _record(row) -> CallRecord:
@@ -292,128 +282,6 @@ def _split_insert(statement: str) -> tuple[str, str, str]:
 _HOUR_INDEX = {c: i for i, c in enumerate(HOUR_COLUMNS)}
 
 
-CDR_HOUR_COLUMNS = ("cdrs", "answered", "duration")
-
-
-def _hour_rows(sums: dict, sign: int) -> list[tuple]:
-    """(gateway, hour) -> a value per column: the rows of an hourly table's upsert, times `sign`."""
-    if sign == 1:
-        return [(g, h, *row) for (g, h), row in sums.items()]
-    return [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()]
-
-
-def _cdr_hour_rows(cdrs, sign: int = 1) -> list[tuple]:
-    """cdr_hours rows of CDRs, (gateway, start, duration) each."""
-    sums: dict[tuple[str, int], list[int]] = {}
-    for gateway, start, duration in cdrs:
-        hour = start // HOUR_MS * HOUR_MS
-        for g in (gateway, ALL_GATEWAYS):
-            row = sums.setdefault((g, hour), [0, 0, 0])
-            row[0] += 1
-            if duration is not None:
-                row[1] += 1
-                row[2] += duration
-    return _hour_rows(sums, sign)
-
-
-def _call_hour_rows(records, sign: int = 1) -> list[tuple]:
-    """call_hours rows of `records`."""
-    sums: dict[tuple[str, int], list[int]] = {}
-    index = _HOUR_INDEX
-    for r in records:
-        hour = r.begin // HOUR_MS * HOUR_MS
-        answered = r.connect is not None
-        attempt = r.notation in ATTEMPT_NOTATIONS
-        for gateway in (r.gateway, ALL_GATEWAYS):
-            row = sums.get((gateway, hour))
-            if row is None:
-                row = sums[(gateway, hour)] = [0] * len(HOUR_COLUMNS)
-            row[0] += 1
-            row[1] += r.pstn
-            column = NOTATION_COLUMNS.get(r.notation)
-            if column is not None:
-                row[index[column]] += 1
-            row[index["answered"]] += answered
-            if answered and r.notation in ANSWERED_COLUMNS:
-                row[index[ANSWERED_COLUMNS[r.notation]]] += 1
-                if r.notation in TALK_COLUMNS:
-                    row[index[TALK_COLUMNS[r.notation]]] += r.talk or 0
-            if r.pstn:
-                row[index["pstn_answered"]] += answered
-            if attempt:
-                row[index["attempts"]] += 1
-                row[index["pstn_attempts"]] += r.pstn
-                if answered:
-                    row[index["attempts_answered"]] += 1
-                    row[index["talk"]] += r.talk or 0
-                    if r.pstn:
-                        row[index["pstn_attempts_answered"]] += 1
-                        row[index["pstn_talk"]] += r.talk or 0
-    return _hour_rows(sums, sign)
-
-
-def _number_rows(records) -> tuple[list[str], list[tuple]]:
-    """`records`' numbers (sorted) and their call_numbers postings, before the numbers' ids."""
-    numbers = sorted({n for r in records for n in _numbers_of(r)})
-    rows = []
-    if numbers:
-        for r in records:
-            mine = sorted(_numbers_of(r))
-            for n in mine:
-                others = [o for o in mine if o != n] + [None, None, None]
-                rows.append((n, r.begin, r.id, r.gateway, r.notation, int(r.pstn), r.connect, r.talk,
-                             *others[:3]))
-    return numbers, rows
-
-
-def _event_rows(events) -> list[tuple]:
-    return [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
-            for e in events]
-
-
-def _log_rows(log) -> list[tuple]:
-    return [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in log]
-
-
-def _first_of_each_id(values) -> list:
-    fresh = {}
-    for v in values:
-        fresh.setdefault(v.id, v)
-    return list(fresh.values())
-
-
-class _Rows:
-    """
-    A batch's rows, built by `SqlStore.write` in the reactor's thread
-    before the transaction (issue 15): the store's thread then only binds
-    and runs them, and waits less for the GIL.  The derived rows assume
-    that every record and CDR is new; the transaction builds them again
-    for the ones that are when some are not (a replay).
-    """
-
-    __slots__ = ("events", "log", "gateways", "cursors", "outbox", "cdrs", "distinct_cdrs", "cdr_hours",
-                 "records", "distinct_records", "call_hours", "numbers")
-
-    @classmethod
-    def of(cls, batch) -> _Rows:
-        self = cls()
-        self.events = _event_rows(batch.events)
-        self.log = _log_rows(batch.log)
-        self.gateways = [_gateway_row(g) for g in _last_by(batch.gateways, _key)]
-        self.cursors = [(c.gateway, c.applied, c.replay_from) for c in _last_by(batch.cursors, _gateway_of)]
-        self.outbox = [(o.sink, bytes(o.payload), o.created) for o in batch.outbox]
-        cdrs = _first_of_each_id(batch.cdrs)
-        self.distinct_cdrs = len(cdrs)
-        self.cdrs = [_cdr_row(c) for c in cdrs]
-        self.cdr_hours = _cdr_hour_rows([(c.gateway, c.start, c.duration) for c in cdrs])
-        records = _first_of_each_id(batch.records)
-        self.distinct_records = len(records)
-        self.records = [_record_row(r) for r in records]
-        self.call_hours = _call_hour_rows(records)
-        self.numbers = _number_rows(records)
-        return self
-
-
 def _last_by(rows, key):
     """One row per key, the last (a multi-row upsert may not touch a row twice)."""
     return list({key(r): r for r in rows}.values())
@@ -564,7 +432,7 @@ class SqlStore:
                 size = 1 << (size.bit_length() - 1)  # 300 rows: 256 + 32 + 8 + 4
             part = rows[i:i + size]
             i += size
-            counts.append(self._send_rows(cur, head, values, tail, size, list(chain.from_iterable(part))))
+            counts.append(self._send_rows(cur, head, values, tail, size, [v for row in part for v in row]))
         if len(counts) == 1:
             return counts[0]
         return lambda: sum(count() for count in counts)
@@ -616,13 +484,9 @@ class SqlStore:
     # -- the one way in --------------------------------------------------------
 
     def write(self, batch):
-        # the rows built here, in the reactor's thread (`_Rows`)
-        return defer.execute(_Rows.of, batch).addCallback(
-            lambda rows: self._run(self._write, batch, rows, write=True))
+        return self._run(self._write, batch, write=True)
 
-    def _write(self, cur, batch, rows: _Rows | None = None) -> WriteResult:
-        if rows is None:
-            rows = _Rows.of(batch)
+    def _write(self, cur, batch) -> WriteResult:
         # Every statement whose answer the rest needs is sent before the
         # first answer is read: PostgreSQL pipelines them (a round trip for
         # the lot, not one each: cdrd.store.postgresql), SQLite runs each
@@ -635,13 +499,14 @@ class SqlStore:
                 cur,
                 "INSERT INTO events (gateway, seq, boot, ref, type, time, received, fields)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                rows.events,
+                [(e.gateway, e.seq, e.boot, e.ref, e.type, e.time, e.received, _fields_json(e.fields))
+                 for e in batch.events],
             )
             after = self._event_id_later(cur)
         self._many(
             cur,
             "INSERT INTO log (time, event, peer, gateway, mac, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows.log,
+            [(e.time, e.event, e.peer, e.gateway, e.mac, e.detail, e.count) for e in batch.log],
         )
         set_count = self.sql(
             "UPDATE log SET count = ? WHERE time = ? AND event = ? AND peer = ? AND gateway = ? AND mac = ?"
@@ -659,7 +524,7 @@ class SqlStore:
                 cur,
                 f"INSERT INTO gateways ({GATEWAY_COLS}) VALUES ({marks})"
                 f" ON CONFLICT (key) DO UPDATE SET {updates}",
-                rows.gateways,
+                [_gateway_row(g) for g in _last_by(batch.gateways, lambda g: g.key)],
             )
         new_cdrs = self._new_rows(cur, "cdrs", batch.cdrs)
         self._many(
@@ -667,12 +532,12 @@ class SqlStore:
             "INSERT INTO cursors (gateway, applied, replay_from) VALUES (?, ?, ?)"
             " ON CONFLICT (gateway) DO UPDATE SET applied = excluded.applied,"
             " replay_from = excluded.replay_from",
-            rows.cursors,
+            [(c.gateway, c.applied, c.replay_from) for c in _last_by(batch.cursors, lambda c: c.gateway)],
         )
         self._many(
             cur,
             "INSERT INTO outbox (sink, payload, created) VALUES (?, ?, ?)",
-            rows.outbox,
+            [(o.sink, bytes(o.payload), o.created) for o in batch.outbox],
         )
         if batch.records:
             # after this batch's outbox items: the record waits for them too
@@ -708,31 +573,21 @@ class SqlStore:
                     raise RuntimeError("events inserted by another writer during a write transaction")
         if batch.cdrs:
             new = new_cdrs()
-            if len(new) == rows.distinct_cdrs:  # every one new: built ahead
-                cdr_rows, hour_rows = rows.cdrs, rows.cdr_hours
-            else:
-                cdr_rows = [_cdr_row(c) for c in new]
-                hour_rows = _cdr_hour_rows([(c.gateway, c.start, c.duration) for c in new])
             self._many(
                 cur,
                 f"INSERT INTO cdrs ({CDR_COLS}) VALUES ({', '.join('?' * 11)}) ON CONFLICT DO NOTHING",
-                cdr_rows,
+                [_cdr_row(c) for c in new],
             )
-            self._add_hours(cur, "cdr_hours", CDR_HOUR_COLUMNS, hour_rows)
+            self._count_cdr_hours(cur, [(c.gateway, c.start, c.duration) for c in new])
         if batch.records:
             new, stored_mark = new_records(), mark()[0][0]
-            if len(new) == rows.distinct_records:
-                record_rows, hour_rows, numbers = rows.records, rows.call_hours, rows.numbers
-            else:
-                record_rows = [_record_row(r) for r in new]
-                hour_rows, numbers = _call_hour_rows(new), _number_rows(new)
             self._many(
                 cur,
                 f"INSERT INTO calls ({CALL_COLS}, outbox_mark) VALUES ({', '.join('?' * 19)})",
-                [(*row, stored_mark) for row in record_rows],
+                [(*_record_row(r), stored_mark) for r in new],
             )
-            self._add_hours(cur, "call_hours", HOUR_COLUMNS, hour_rows)
-            self._add_numbers(cur, *numbers)
+            self._count_hours(cur, new)
+            self._index_numbers(cur, new)
         return WriteResult(events=tuple(inserted))
 
     def _event_id_later(self, cur) -> Callable[[], int]:
@@ -771,11 +626,20 @@ class SqlStore:
 
     def _count_cdr_hours(self, cur, cdrs, sign: int = 1) -> None:
         """Add CDRs, (gateway, start, duration) each, to cdr_hours (sign -1: take them off)."""
-        self._add_hours(cur, "cdr_hours", CDR_HOUR_COLUMNS, _cdr_hour_rows(cdrs, sign), sign)
+        sums: dict[tuple[str, int], list[int]] = {}
+        for gateway, start, duration in cdrs:
+            hour = start // HOUR_MS * HOUR_MS
+            for g in (gateway, ALL_GATEWAYS):
+                row = sums.setdefault((g, hour), [0, 0, 0])
+                row[0] += 1
+                if duration is not None:
+                    row[1] += 1
+                    row[2] += duration
+        self._add_hours(cur, "cdr_hours", ("cdrs", "answered", "duration"), sums, sign)
 
-    def _add_hours(self, cur, table: str, columns, rows, sign: int = 1) -> None:
-        """Add `rows` ((gateway, hour, a value per column), `_hour_rows`) to
-        an hourly table; taking off (sign -1) deletes the hours left empty
+    def _add_hours(self, cur, table: str, columns, sums, sign: int) -> None:
+        """Add `sums` ((gateway, hour) -> a value per column) to an hourly
+        table, times `sign`; taking off (-1) deletes the hours left empty
         (their first column, the count, at 0)."""
         adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
         self._many(
@@ -783,10 +647,10 @@ class SqlStore:
             f"INSERT INTO {table} (gateway, hour, {', '.join(columns)})"
             f" VALUES ({', '.join('?' * (2 + len(columns)))})"
             f" ON CONFLICT (gateway, hour) DO UPDATE SET {adds}",
-            rows,
+            [(g, h, *(sign * n for n in row)) for (g, h), row in sums.items()],
         )
         if sign < 0:
-            hours = sorted({row[1] for row in rows})
+            hours = sorted({h for _, h in sums})
             for i in range(0, len(hours), MAX_ROWS):
                 part = hours[i:i + MAX_ROWS]
                 self._exec(
@@ -797,7 +661,38 @@ class SqlStore:
 
     def _count_hours(self, cur, records, sign: int = 1) -> None:
         """Add `records` to call_hours (sign -1: take them off)."""
-        self._add_hours(cur, "call_hours", HOUR_COLUMNS, _call_hour_rows(records, sign), sign)
+        sums: dict[tuple[str, int], list[int]] = {}
+        index = _HOUR_INDEX
+        for r in records:
+            hour = r.begin // HOUR_MS * HOUR_MS
+            answered = r.connect is not None
+            attempt = r.notation in ATTEMPT_NOTATIONS
+            for gateway in (r.gateway, ALL_GATEWAYS):
+                row = sums.get((gateway, hour))
+                if row is None:
+                    row = sums[(gateway, hour)] = [0] * len(HOUR_COLUMNS)
+                row[0] += 1
+                row[1] += r.pstn
+                column = NOTATION_COLUMNS.get(r.notation)
+                if column is not None:
+                    row[index[column]] += 1
+                row[index["answered"]] += answered
+                if answered and r.notation in ANSWERED_COLUMNS:
+                    row[index[ANSWERED_COLUMNS[r.notation]]] += 1
+                    if r.notation in TALK_COLUMNS:
+                        row[index[TALK_COLUMNS[r.notation]]] += r.talk or 0
+                if r.pstn:
+                    row[index["pstn_answered"]] += answered
+                if attempt:
+                    row[index["attempts"]] += 1
+                    row[index["pstn_attempts"]] += r.pstn
+                    if answered:
+                        row[index["attempts_answered"]] += 1
+                        row[index["talk"]] += r.talk or 0
+                        if r.pstn:
+                            row[index["pstn_attempts_answered"]] += 1
+                            row[index["pstn_talk"]] += r.talk or 0
+        self._add_hours(cur, "call_hours", HOUR_COLUMNS, sums, sign)
 
     def _index_numbers(self, cur, records, sign: int = 1) -> None:
         """
@@ -807,11 +702,32 @@ class SqlStore:
         themselves, not read back: a write waits for no answer here
         (PostgreSQL's pipeline, ``_send``).
         """
-        numbers, rows = _number_rows(records)
+        numbers = sorted({n for r in records for n in _numbers_of(r)})
         if not numbers:
             return
+        rows = []
+        for r in records:
+            mine = sorted(_numbers_of(r))
+            for n in mine:
+                others = [o for o in mine if o != n] + [None, None, None]
+                rows.append((n, r.begin, r.id, r.gateway, r.notation, int(r.pstn), r.connect, r.talk,
+                             *others[:3]))
         if sign > 0:
-            self._add_numbers(cur, numbers, rows)
+            self._many(cur, "INSERT INTO numbers (number) VALUES (?) ON CONFLICT DO NOTHING",
+                       [(n,) for n in numbers])
+            # l1..l3: those of the call's other numbers whose id is lower, else 0
+            lower = ", ".join(
+                f"COALESCE((SELECT o.id FROM numbers o WHERE o.number = v.column{c} AND o.id < n.id), 0)"
+                for c in (9, 10, 11)
+            )
+            self._many(
+                cur,
+                f"INSERT INTO call_numbers (number_id, begin_ms, call_id, {', '.join(NUMBER_COLUMNS)},"
+                " l1, l2, l3) SELECT n.id, CAST(v.column2 AS BIGINT), v.column3, v.column4, v.column5,"
+                " CAST(v.column6 AS SMALLINT), CAST(v.column7 AS BIGINT), CAST(v.column8 AS BIGINT),"
+                f" {lower} FROM (VALUES ({', '.join('?' * 11)})) AS v JOIN numbers n ON n.number = v.column1",
+                rows,
+            )
             return
         for i in range(0, len(rows), MAX_ROWS):
             part = rows[i:i + MAX_ROWS]
@@ -824,27 +740,6 @@ class SqlStore:
                 ),
                 [v for row in part for v in row[:3]],
             )
-
-    def _add_numbers(self, cur, numbers: list, rows: list) -> None:
-        """The numbers dictionary's new numbers and the postings `rows` (`_number_rows`)."""
-        if not numbers:
-            return
-        self._many(cur, "INSERT INTO numbers (number) VALUES (?) ON CONFLICT DO NOTHING",
-                   [(n,) for n in numbers])
-        # l1..l3: those of the call's other numbers whose id is lower, else 0
-        lower = ", ".join(
-            f"COALESCE((SELECT o.id FROM numbers o WHERE o.number = v.column{c} AND o.id < n.id), 0)"
-            for c in (9, 10, 11)
-        )
-        self._many(
-            cur,
-            f"INSERT INTO call_numbers (number_id, begin_ms, call_id, {', '.join(NUMBER_COLUMNS)},"
-            " l1, l2, l3) SELECT n.id, CAST(v.column2 AS BIGINT), v.column3, v.column4, v.column5,"
-            " CAST(v.column6 AS SMALLINT), CAST(v.column7 AS BIGINT), CAST(v.column8 AS BIGINT),"
-            f" {lower} FROM (VALUES ({', '.join('?' * 11)})) AS v JOIN numbers n ON n.number = v.column1",
-            rows,
-        )
-
 
     # -- queries ---------------------------------------------------------------
 

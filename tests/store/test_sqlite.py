@@ -219,10 +219,9 @@ async def test_a_write_refused_for_want_of_space_checkpoints_the_wal(path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_batch_whose_rows_cannot_be_built_fails_its_write_and_writes_nothing(path):
-    """The rows are built before the transaction, in the caller's thread
-    (cdrd.store.sql._Rows): what JSON cannot hold (a lone surrogate) fails
-    the write's Deferred, as a failed transaction does, and the store goes on."""
+async def test_a_batch_json_cannot_hold_fails_its_write_and_writes_nothing(path):
+    """What JSON cannot hold (a lone surrogate) fails the write's Deferred,
+    not the caller, and nothing of the batch is stored; the store goes on."""
     async with opened(path) as store:
         d = store.write(WriteBatch(events=[event(1), event(2, note="\ud800")]))
         with pytest.raises(TypeError):
