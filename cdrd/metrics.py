@@ -155,7 +155,7 @@ class CdrdCollector:
                       value=g.connections_given_way if g is not None else 0)
         calls = self.m.sources.get("calls")
         yield GaugeMetricFamily("cdrd_calls_open", "Calls open in the call model",
-                                value=calls.open_count() if calls is not None else 0)
+                                value=calls.model.open_count() if calls is not None else 0)
         by_notation = counter("cdrd_calls", "Call records written, by notation", labels=["notation"])
         for notation, n in sorted(m.calls.items()):
             by_notation.add_metric([notation], n)

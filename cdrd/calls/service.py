@@ -9,8 +9,6 @@ log (docs/architecture.md, "Durability and exactly-once"; docs/calls.md).
 
 from __future__ import annotations
 
-from collections import deque
-
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -87,18 +85,6 @@ class _Recovery:
 
 
 @define
-class _Unapplied:
-    """
-    Commits told to the service and not yet applied to the model, in
-    commit order (docs/calls.md, "The model after the ACKs").
-    """
-
-    commits: deque = field(factory=deque)  # (WriteBatch, WriteResult)
-    call: object | None = None  # IDelayedCall: the application scheduled
-    applying: bool = False  # in apply_committed: a reader's call waits for it
-
-
-@define
 class _Sweep:
     looping: task.LoopingCall | None = None
     stale_sent: set = field(factory=set)  # calls a STALE event was written for
@@ -132,7 +118,6 @@ class CallService(Service):
     _writes: _Writes = field(init=False, factory=_Writes)
     _recovery: _Recovery = field(init=False, factory=_Recovery)
     _sweep: _Sweep = field(init=False, factory=_Sweep)
-    _unapplied: _Unapplied = field(init=False, factory=_Unapplied)
 
     log = Logger()
 
@@ -155,16 +140,10 @@ class CallService(Service):
     # -- the API used by other rooms ---------------------------------------
 
     def open_refs(self, gateway: str, boot: str) -> set[int]:
-        self.apply_committed()
         return self.model.open_refs(gateway, boot)
 
     def open_calls(self, gateway: str | None = None) -> list[OpenCall]:
-        self.apply_committed()
         return self.model.open_calls(gateway)
-
-    def open_count(self) -> int:
-        self.apply_committed()
-        return self.model.open_count()
 
     def adopt(self, gateway: str) -> defer.Deferred:
         """
@@ -177,7 +156,6 @@ class CallService(Service):
         d = defer.ensureDeferred(self._adopt(gateway))
 
         def done(result):
-            self.apply_committed()  # what was committed meanwhile waits in `loading`
             early = self._recovery.loading.pop(gateway, [])
             if early:
                 self._take_all(early)
@@ -206,14 +184,12 @@ class CallService(Service):
         nothing, almost always.  Events committed meanwhile wait, as while
         adopting a gateway, so that all apply in id order.
         """
-        self.apply_committed()
         if self._recovery.active or gateway in self._recovery.loading or self.model.applied(gateway) is None:
             return defer.succeed(None)  # recovery or adoption reads the store anyway
         self._recovery.loading[gateway] = []
         d = defer.ensureDeferred(self._catch_up(gateway))
 
         def done(result):
-            self.apply_committed()  # what was committed meanwhile waits in `loading`
             early = self._recovery.loading.pop(gateway, [])
             applied = self.model.applied(gateway) or 0
             self._take_all([e for e in early if e.id > applied])
@@ -257,7 +233,6 @@ class CallService(Service):
         products not written yet (the new owner makes them again from the
         events after the cursor stored, which did not move either).
         """
-        self.apply_committed()
         self.model.forget(gateway)
         self._recovery.loading.pop(gateway, None)
         self._sweep.stale_sent = {k for k in self._sweep.stale_sent if k[0] != gateway}
@@ -273,7 +248,6 @@ class CallService(Service):
 
     def idle(self) -> defer.Deferred:
         """Fires once every product so far is written and the sinks told."""
-        self.apply_committed()
         if self._writes.inflight is None and not self._writes.pending and self._writes.retry is None:
             return defer.succeed(None)
         d = defer.Deferred()
@@ -292,10 +266,6 @@ class CallService(Service):
 
     def stopService(self):
         super().stopService()
-        self.apply_committed()  # what was committed before the stop, as it was told
-        if self._unapplied.call is not None and self._unapplied.call.active():
-            self._unapplied.call.cancel()
-        self._unapplied.call = None
         if self._sweep.looping is not None and self._sweep.looping.running:
             self._sweep.looping.stop()
         try:
@@ -412,7 +382,6 @@ class CallService(Service):
         )
 
     def _recovery_done(self, _):
-        self.apply_committed()  # commits told while recovering join `early`
         self._recovery.active = False
         early, self._recovery.early = self._recovery.early, []
         self._take_all(early)
@@ -433,46 +402,7 @@ class CallService(Service):
     # -- live --------------------------------------------------------------
 
     def _committed(self, batch, result) -> None:
-        """
-        The writer's commit listener.  It runs before the writer fires the
-        submitters' Deferreds, the ACKs: so it only notes the commit, and
-        the model applies it once those ACKs have left, after the reactor's
-        next I/O pass (docs/calls.md, "The model after the ACKs").
-        """
-        if not (result.events or batch.gateways):
-            return  # the derived rows' own commits: nothing for the model
-        unapplied = self._unapplied
-        unapplied.commits.append((batch, result))
-        if unapplied.call is None:
-            unapplied.call = self.clock.callLater(0, self._after_next_io)
-
-    def _after_next_io(self) -> None:
-        # The commit came in a reactor turn whose ACKs are written in the
-        # next I/O pass.  Twisted runs a call scheduled from a timed call in
-        # its next turn, after that pass; a call scheduled from a thread's
-        # result (the store's) may run in the same one.  So two hops.  Only
-        # the ACKs' latency depends on this: every reader of the model
-        # applies what is committed first.
-        self._unapplied.call = self.clock.callLater(0, self._apply_scheduled)
-
-    def _apply_scheduled(self) -> None:
-        self._unapplied.call = None
-        self.apply_committed()
-
-    def apply_committed(self) -> None:
-        """Apply every commit told so far, in commit order."""
-        unapplied = self._unapplied
-        if unapplied.applying:
-            return  # a reader called from inside: the loop below goes on in order
-        unapplied.applying = True
-        try:
-            while unapplied.commits:
-                self._apply_commit(*unapplied.commits.popleft())
-        finally:
-            unapplied.applying = False
-
-    def _apply_commit(self, batch, result) -> None:
-        """Apply one commit's newly stored events in order."""
+        """A writer commit listener: apply the newly stored events in order."""
         for state in batch.gateways:
             # a gateway's address is committed (LOGIN) before any of its calls
             self.model.gateway_seen(state)
@@ -728,7 +658,6 @@ class CallService(Service):
 
     def sweep(self) -> defer.Deferred | None:
         """End calls silent for `stale_after`: a STALE event each, through the log."""
-        self.apply_committed()
         now = self._now()
         events = []
         for gateway, boot, ref, last in self.model.stale_calls(

@@ -270,51 +270,6 @@ def test_open_refs_and_open_calls():
     assert [c.ref for c in rig.service.open_calls()] == [79, 80]
 
 
-def test_the_acks_fire_before_the_model_applies_and_a_reader_applies_first():
-    """The call model's listener only notes a commit: the submitters'
-    Deferreds (the ACKs) fire before the model applies it.  Whoever reads
-    the model (open_refs, for a LOGIN) has what is committed applied first."""
-    rig = Rig()
-    events = unstamped(parse_events(E5))[:6]
-    seen = []
-    d = rig.writer.submit(WriteBatch(events=events, gateways=[
-        evolve(rig.state, last_seq=max(e.seq for e in events))]))
-    d.addCallback(lambda _: seen.append((
-        rig.service.model.open_count(),
-        rig.service.open_refs(GW, "b1"),
-        rig.service.model.open_count(),
-    )))
-    pump(rig.clock)
-    assert seen == [(0, {79, 80}, 2)]
-    assert rig.service.open_count() == 2
-
-
-def test_commits_applied_together_give_what_each_applied_at_once_gives():
-    """Commits wait for the model until the ACKs have left: however many
-    wait, a LOGIN's among them (its catch-up reads the model and the store
-    while the others wait), applying them gives the same records, CDRs and
-    outbox as applying each at its commit."""
-    events = unstamped(parse_events(ALL))
-    whole = Rig()
-    whole.login()
-    whole.send(events, chunk=3)
-    rig = Rig()
-    batches = [WriteBatch(gateways=[rig.state])]
-    for i in range(0, len(events), 3):
-        part = events[i : i + 3]
-        batches.append(WriteBatch(events=part, gateways=[
-            evolve(rig.state, last_seq=max(e.seq or 0 for e in part))]))
-        if i == 9:
-            batches.append(WriteBatch(gateways=[rig.state]))  # a LOGIN again
-    for batch in batches:  # committed one by one, none applied yet
-        rig.service._committed(batch, rig.store.write(batch).result)
-    assert rig.service.model.applied(GW) is None
-    pump(rig.clock)
-    assert rig.results() == whole.results()
-    assert [describe(o) for o in rig.sink.seen] == [describe(o) for o in whole.sink.seen]
-    assert rig.store.cursors().result[GW] == whole.store.cursors().result[GW]
-
-
 def test_stale_sweep_ends_a_silent_call_through_the_event_log():
     config = example_config(stale_after=3600)
     rig = Rig(config=config)

@@ -51,9 +51,6 @@ class Node:
             await self.service.stopService()
         else:  # the process dies: nothing more is applied
             self.writer.remove_listener(self.service._committed)
-            scheduled = self.service._unapplied.call
-            if scheduled is not None and scheduled.active():
-                scheduled.cancel()
             if self.service._sweep.looping is not None and self.service._sweep.looping.running:
                 self.service._sweep.looping.stop()
         await self.writer.stopService()
@@ -108,61 +105,3 @@ async def test_stop_and_restart_on_sqlite(tmp_path, cut, unapplied):
     # what the restarted node's sink was told is exactly the outbox's tail
     told = [describe(o).encode() for o in second.sink.seen]
     assert got[2][len(got[2]) - len(told) :] == told
-
-
-def _unsent(transport) -> int:
-    """Bytes a Twisted TCP transport holds, not yet handed to the kernel."""
-    return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_commits_acks_leave_before_the_model_applies_it(tmp_path):
-    """The store commits in its own thread.  The submitters' Deferreds (the
-    ACKs) fire on the reactor; what they write leaves in the reactor's
-    next I/O pass, and only after it does the call model apply the commit
-    (docs/calls.md, "The model after the ACKs")."""
-    from twisted.internet.defer import Deferred
-    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-    from twisted.internet.protocol import Factory, Protocol
-
-    node = await Node(tmp_path / "n.sqlite").start()
-    await node.writer.submit(WriteBatch(gateways=[gateway_state()]))
-    await node.settle()
-    accepted = Deferred()
-
-    class Server(Protocol):
-        def connectionMade(self):
-            accepted.callback(self)
-
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Factory.forProtocol(Server))
-    client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-        Factory.forProtocol(Protocol))
-    server = await accepted
-    try:
-        log = []
-        applied = Deferred()
-        apply = node.service._apply_commit
-
-        def spy(batch, result):
-            log.append(("applied", len(result.events), _unsent(server.transport)))
-            apply(batch, result)
-            applied.callback(None)
-
-        node.service._apply_commit = spy
-
-        def ack(result):
-            server.transport.write(b"ACK 1\r\n" * len(result.events))
-            log.append(("ack", len(result.events), node.service.model.open_count()))
-            return result
-
-        events = EVENTS[:2]
-        await node.writer.submit(WriteBatch(events=events)).addCallback(ack)
-        await applied  # no reader of the model meanwhile: the scheduled application
-        assert log == [("ack", 2, 0), ("applied", 2, 0)]
-        assert node.service.open_count() == 1
-        await node.settle()
-    finally:
-        client.transport.loseConnection()
-        await port.stopListening()
-        await node.stop()
