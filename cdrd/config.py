@@ -204,6 +204,11 @@ class ServerConfig:
     outbox_alert_age: float = field(default=300.0, validator=_at_least(1))
     # bad packets from one address within 60 s that are logged as a flood
     bad_packet_flood: int = field(default=100, validator=_at_least(1))
+    # seconds: the store begins a transaction of events at most this often;
+    # what arrives meanwhile joins the next one (docs/store.md, "The commit
+    # interval").  An ACK may wait this much longer; CPU a call falls
+    commit_interval: float = field(
+        default=0.01, validator=[_at_least(0), _at_most(1, "every ACK may wait that long")])
 
     @property
     def zone(self) -> ZoneInfo:
@@ -472,6 +477,7 @@ def _server(s: _Section) -> ServerConfig:
         metrics_endpoint=s.text("metrics_endpoint", d.metrics_endpoint),
         outbox_alert_age=s.number("outbox_alert_age", d.outbox_alert_age),
         bad_packet_flood=s.integer("bad_packet_flood", d.bad_packet_flood),
+        commit_interval=s.number("commit_interval", d.commit_interval),
     )
 
 

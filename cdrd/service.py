@@ -284,7 +284,7 @@ def build_service(config: C.Config, reactor, store=None) -> CdrdService:
     store = store if store is not None else open_store(config.server.database, reactor)
     parts = CdrdParts(store)
     root = CdrdService(config, reactor, parts)
-    parts.writer = writer = BatchWriter(store, reactor)
+    parts.writer = writer = BatchWriter(store, reactor, events_interval=config.server.commit_interval)
     writer.setServiceParent(root)
 
     feed = LiveFeed()

@@ -62,6 +62,8 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"server": {"database": "mysql://x"}}, "server.database"),
         ({"server": {"colour": "red"}}, "server.colour"),
         ({"server": {"max_connections": 0}}, "server.max_connections"),
+        ({"server": {"commit_interval": -0.01}}, "server.commit_interval"),
+        ({"server": {"commit_interval": 2}}, "server.commit_interval"),
         ({"radius": {"interim_interval": 59}}, "radius.interim_interval"),
         ({"radius": {"servers": [{"address": "127.0.0.1:1813"}]}}, "radius.servers[0].secret"),
         ({"radius": {"servers": [{"address": "nowhere:x", "secret": "s"}]}}, "radius.servers[0].address"),
@@ -116,6 +118,10 @@ def test_a_bound_says_why():
     with pytest.raises(C.ConfigError) as e:
         C.parse({"retention": {"batch": 20_000}})
     assert str(e.value) == "retention.batch: 20000 is above 10000 (one delete must stay short)"
+    with pytest.raises(C.ConfigError) as e:
+        C.parse({"server": {"commit_interval": 1.5}})
+    assert str(e.value) == "server.commit_interval: 1.5 is above 1 (every ACK may wait that long)"
+    assert C.parse({"server": {"commit_interval": 0}}).server.commit_interval == 0
     assert C.parse({"cluster": {"lease_seconds": 4, "node": "db-east-1"}}).cluster == C.ClusterConfig(4.0, "db-east-1")
 
 

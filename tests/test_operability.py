@@ -85,8 +85,8 @@ def gateway(svc, reactor, data: bytes) -> StringTransport:
     transport = StringTransport()
     proto.makeConnection(transport)
     proto.dataReceived(data)
-    for _ in range(5):
-        reactor.advance(0.001)
+    for _ in range(5):  # each transaction of events begins a commit interval after the last
+        reactor.advance(C.ServerConfig().commit_interval + 0.001)
     return transport
 
 

@@ -101,8 +101,8 @@ def test_shutdown_logs_gateways_off_before_the_store_closes():
     transport = StringTransport()
     proto.makeConnection(transport)
     proto.dataReceived(LOGIN + b"EV seq=1 ref=75 type=HOOK_OFF port=1\n")
-    for _ in range(5):
-        reactor.advance(0.001)
+    for _ in range(5):  # each transaction of events begins a commit interval after the last
+        reactor.advance(C.ServerConfig().commit_interval + 0.001)
     assert [parse_line(x).verb for x in transport.value().splitlines()] == ["HELLO", "OK", "ACK"]
     stopped = svc.stopService()
     for _ in range(5):

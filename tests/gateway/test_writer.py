@@ -362,3 +362,38 @@ def test_stopping_does_not_wait_for_the_derived_lanes_interval():
     rig.settle()
     assert rig.writer.stopService().called
     assert rig.outcomes == {"d1": "ok", "d2": "ok"}
+
+
+def test_the_events_begin_a_transaction_at_most_once_a_commit_interval():
+    """`[server] commit_interval`: what comes meanwhile joins the next
+    transaction; the first one after a quiet spell begins at once."""
+    clock = Clock()
+    store = ScriptedStore()
+    writer = BatchWriter(store, clock, events_interval=0.01)
+    writer.startService()
+    acked = []
+    writer.submit(batch("A_1", 1)).addCallback(lambda _: acked.append(1))
+    clock.advance(0)
+    assert acked == [1] and len(store.writes) == 1  # at once
+    for seq in (2, 3):
+        writer.submit(batch("A_1", seq)).addCallback(lambda _, seq=seq: acked.append(seq))
+        clock.advance(0.004)
+    assert acked == [1] and len(store.writes) == 1  # 8 ms after the first began
+    clock.advance(0.002)  # 10 ms: 2 and 3 in one transaction
+    assert acked == [1, 2, 3] and [len(b.events) for b in store.writes] == [1, 2]
+    clock.advance(0.5)
+    writer.submit(batch("A_1", 4)).addCallback(lambda _: acked.append(4))
+    clock.advance(0)
+    assert acked == [1, 2, 3, 4]  # a quiet spell: at once
+    writer.submit(batch("A_1", 5)).addCallback(lambda _: acked.append(5))
+    assert writer.stopService().called  # stopping does not wait for the interval
+    assert acked == [1, 2, 3, 4, 5]
+
+
+def test_cdrd_gives_the_writer_its_commit_interval(tmp_path):
+    from cdrd.config import parse
+    from cdrd.service import build_service
+
+    config = parse({"server": {"database": f"sqlite:{tmp_path / 'c.sqlite'}", "commit_interval": 0.02}})
+    service = build_service(config, Clock())
+    assert service.parts.writer._events.interval == 0.02
