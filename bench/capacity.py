@@ -46,8 +46,10 @@ waited for a CPU; high means the figures are the machine's, not cdrd's),
 what cdrd's own /metrics say of the run (its store writer's busy share,
 the commit seconds per second: near 100 % the ACKs queue behind the
 writer; its transactions a second; and its full garbage collections,
-count and mean pause: every thread waits during one), and for ``full`` the CDRs
-stored and delivered to each peer.  A rate counts for the capacity only
+count and mean pause: every thread waits during one), with ``--disk-probe``
+the disk's fdatasync p50/p99 during the run (an 8 KiB flush beside the
+store every 50 ms: the machine's disk is shared too), and for ``full`` the
+CDRs stored and delivered to each peer.  A rate counts for the capacity only
 with ACK p99 <= 100 ms, every event acknowledged, the outboxes drained and
 every CDR delivered.
 
@@ -416,6 +418,47 @@ def environment(tree: Path) -> dict:
     return env
 
 
+class DiskProbe:
+    """
+    `--disk-probe`: the shared disk's fdatasync latency while a run goes:
+    a thread writes 8 KiB into a file of its own beside the store and
+    fdatasyncs it every `interval` s (an SQLite commit waits for one such
+    flush).  Runs over the line with the same CPU a call but fewer, longer
+    transactions show here when the disk, not cdrd, was slow.
+    """
+
+    def __init__(self, directory: Path, interval: float = 0.05):
+        self.path = directory / "disk-probe"
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            block = b"x" * 8192
+            while not self._stop.wait(self.interval):
+                os.pwrite(fd, block, 0)
+                t = time.perf_counter()
+                os.fdatasync(fd)
+                self.samples.append(time.perf_counter() - t)
+        finally:
+            os.close(fd)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(10)
+        ts = sorted(self.samples)
+        if not ts:
+            return {}
+        return {"disk_sync_p50_ms": 1000 * ts[len(ts) // 2],
+                "disk_sync_p99_ms": 1000 * ts[min(len(ts) - 1, int(len(ts) * 0.99))]}
+
+
 class Outboxes:
     """Samples the outbox depth from the store every `interval` s (a thread)."""
 
@@ -491,6 +534,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
     env = environment(tree)
     peers: list = []
     server = None
+    probe = None
     pg_name = None
     database = None
     result: dict = {"mode": mode, "tree": str(tree), "rate": rate}
@@ -556,6 +600,9 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
             # the server's processes (its backends come and go: one born
             # during the run counts whole)
             peer0.update((p, cpu_seconds(p)) for p in postgres_pids())
+        probe = DiskProbe(tmp) if args.disk_probe else None
+        if probe:
+            probe.start()
         w0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
                "--gateways", str(args.gateways), "--rate", str(rate), "--duration", str(args.duration),
@@ -577,6 +624,9 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
                               timeout=args.duration + args.drain + 120)
         wall = time.monotonic() - w0
         result["cpu_pressure"] = cpu_pressure()
+        if probe:
+            result.update(probe.stop())
+            probe = None
         for spy in spies:
             spy.wait(30)
         result.update(own_view(seen0, cdrd_metrics(web_port) if mode != "bare" else {}, wall))
@@ -622,6 +672,8 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
     except (RuntimeError, subprocess.TimeoutExpired, subprocess.CalledProcessError, OSError) as e:
         result["error"] = str(e)[-2000:]
     finally:
+        if probe:
+            probe.stop()
         stop(server)
         for p in peers:
             p.stop()
@@ -684,6 +736,8 @@ def show(r: dict, trees: list[Path]) -> str:
         extra += f"  outputs process {r['child_cpu_pct']:.0f}%"
     if r.get("cpu_pressure") is not None:
         extra += f"  psi {r['cpu_pressure']:.0f}%"
+    if r.get("disk_sync_p50_ms") is not None:
+        extra += f"  disk sync {r['disk_sync_p50_ms']:.1f}/{r['disk_sync_p99_ms']:.1f}ms"
     if r.get("writer_busy") is not None:
         extra += f"  writer {100 * r['writer_busy']:.0f}%"
     if r.get("commits_per_s"):
@@ -738,6 +792,9 @@ def main(argv: list[str] | None = None) -> int:
                                     " a fresh one; it is kept, and the gateways go on from its last seq")
     p.add_argument("--outputs-process", action="store_true",
                    help='full: [outputs] delivery = "process" in the trees that have the setting')
+    p.add_argument("--disk-probe", action="store_true",
+                   help="an 8 KiB write and fdatasync beside the store every 50 ms during each run:"
+                        " the disk's flush p50/p99 (is the machine's disk the slow part?)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv[1:] if client else argv)
     if client:
