@@ -206,9 +206,12 @@ class ServerConfig:
     bad_packet_flood: int = field(default=100, validator=_at_least(1))
     # seconds: the store begins a transaction of events at most this often;
     # what arrives meanwhile joins the next one (docs/store.md, "The commit
-    # interval").  An ACK may wait this much longer; CPU a call falls
+    # interval").  An ACK may wait this much longer; CPU a call falls.
+    # At most 0.05: gateway-protocol.md section 6 lets an ACK wait 100 ms
+    # under load, and the transaction itself needs the other half.
     commit_interval: float = field(
-        default=0.01, validator=[_at_least(0), _at_most(1, "every ACK may wait that long")])
+        default=0.01,
+        validator=[_at_least(0), _at_most(0.05, "gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest")])
 
     @property
     def zone(self) -> ZoneInfo:

@@ -63,7 +63,7 @@ def test_example_file_lists_every_setting_with_its_default():
         ({"server": {"colour": "red"}}, "server.colour"),
         ({"server": {"max_connections": 0}}, "server.max_connections"),
         ({"server": {"commit_interval": -0.01}}, "server.commit_interval"),
-        ({"server": {"commit_interval": 2}}, "server.commit_interval"),
+        ({"server": {"commit_interval": 0.06}}, "server.commit_interval"),
         ({"radius": {"interim_interval": 59}}, "radius.interim_interval"),
         ({"radius": {"servers": [{"address": "127.0.0.1:1813"}]}}, "radius.servers[0].secret"),
         ({"radius": {"servers": [{"address": "nowhere:x", "secret": "s"}]}}, "radius.servers[0].address"),
@@ -119,8 +119,10 @@ def test_a_bound_says_why():
         C.parse({"retention": {"batch": 20_000}})
     assert str(e.value) == "retention.batch: 20000 is above 10000 (one delete must stay short)"
     with pytest.raises(C.ConfigError) as e:
-        C.parse({"server": {"commit_interval": 1.5}})
-    assert str(e.value) == "server.commit_interval: 1.5 is above 1 (every ACK may wait that long)"
+        C.parse({"server": {"commit_interval": 0.5}})
+    assert str(e.value) == (
+        "server.commit_interval: 0.5 is above 0.05 (gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest)")
+    assert C.parse({"server": {"commit_interval": 0.05}}).server.commit_interval == 0.05
     assert C.parse({"server": {"commit_interval": 0}}).server.commit_interval == 0
     assert C.parse({"cluster": {"lease_seconds": 4, "node": "db-east-1"}}).cluster == C.ClusterConfig(4.0, "db-east-1")
 
