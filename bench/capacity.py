@@ -46,7 +46,10 @@ waited for a CPU; high means the figures are the machine's, not cdrd's),
 what cdrd's own /metrics say of the run (its store writer's busy share,
 the commit seconds per second: near 100 % the ACKs queue behind the
 writer; its transactions a second; and its full garbage collections,
-count and mean pause: every thread waits during one), with ``--disk-probe``
+count and mean pause: every thread waits during one), cdrd's CPU split
+by thread (``threads 36+42%``: its main thread, the reactor's, and the
+others, on SQLite the store's writer; the writer's CPU well under its busy
+share means its transactions waited, for the GIL or for a CPU), with ``--disk-probe``
 the disk's fdatasync p50/p99 during the run (an 8 KiB flush beside the
 store every 50 ms: the machine's disk is shared too), and for ``full`` the
 CDRs stored and delivered to each peer.  A rate counts for the capacity only
@@ -373,6 +376,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the main thread's utime + stime, its other threads'): cdrd's reactor
+    and, beside it, the store's threads (on SQLite the writer; the readers
+    idle under this load).  A thread's CPU against the writer's busy share
+    (its transactions' wall time) tells how long it waited: for the GIL, or
+    for a CPU on a busy machine."""
+    main = others = 0.0
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if stat.parent.name == str(pid):
+            main += seconds
+        else:
+            others += seconds
+    return main, others
+
+
 def postgres_pids() -> list[int]:
     """PostgreSQL's processes on this machine (the postmaster and its children)."""
     out = []
@@ -593,6 +616,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         peer_pids = [p.proc.pid for p in peers if getattr(p, "proc", None)] + \
                     [p.process.pid for p in peers if getattr(p, "process", None)]
         cpu0 = cpu_seconds(server.pid)
+        threads0 = thread_cpu_seconds(server.pid)
         children0 = {c: cpu_seconds(c) for c in child_pids(server.pid)}
         seen0 = cdrd_metrics(web_port) if mode != "bare" else {}
         peer0 = {p: cpu_seconds(p) for p in peer_pids}
@@ -633,6 +657,10 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         # cdrd's own process; its outputs process apart (what it took meanwhile)
         children = sum(cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
+        if mode != "bare":
+            threads1 = thread_cpu_seconds(server.pid)
+            result["main_thread_cpu_pct"] = 100 * (threads1[0] - threads0[0]) / wall
+            result["other_threads_cpu_pct"] = 100 * (threads1[1] - threads0[1]) / wall
         result["child_cpu_pct"] = 100 * children / wall
         peers_now = set(peer_pids) | (set(postgres_pids()) if mode == "postgresql" else set())
         result["peers_cpu_pct"] = 100 * sum(cpu_seconds(p) - peer0.get(p, 0.0) for p in peers_now) / wall
@@ -742,6 +770,8 @@ def show(r: dict, trees: list[Path]) -> str:
         extra += f"  writer {100 * r['writer_busy']:.0f}%"
     if r.get("commits_per_s"):
         extra += f" {r['commits_per_s']:.0f} txn/s"
+    if r.get("main_thread_cpu_pct") is not None:
+        extra += f"  threads {r['main_thread_cpu_pct']:.0f}+{r['other_threads_cpu_pct']:.0f}%"
     if r.get("gc"):
         extra += "  gc " + " ".join(f"{n}x{ms:.1f}" for n, ms in r["gc"]) + "ms"
     if "cdrs" in r:
