@@ -209,9 +209,8 @@ class ServerConfig:
     # interval").  An ACK may wait this much longer; CPU a call falls.
     # At most 0.05: gateway-protocol.md section 6 lets an ACK wait 100 ms
     # under load, and the transaction itself needs the other half.
-    commit_interval: float = field(
-        default=0.01,
-        validator=[_at_least(0), _at_most(0.05, "gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest")])
+    commit_interval: float = field(default=0.01, validator=[
+        _at_least(0), _at_most(0.05, "gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest")])
 
     @property
     def zone(self) -> ZoneInfo:

@@ -120,8 +120,8 @@ def test_a_bound_says_why():
     assert str(e.value) == "retention.batch: 20000 is above 10000 (one delete must stay short)"
     with pytest.raises(C.ConfigError) as e:
         C.parse({"server": {"commit_interval": 0.5}})
-    assert str(e.value) == (
-        "server.commit_interval: 0.5 is above 0.05 (gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest)")
+    assert str(e.value) == ("server.commit_interval: 0.5 is above 0.05"
+                            " (gateway-protocol.md lets an ACK wait 100 ms; the commit needs the rest)")
     assert C.parse({"server": {"commit_interval": 0.05}}).server.commit_interval == 0.05
     assert C.parse({"server": {"commit_interval": 0}}).server.commit_interval == 0
     assert C.parse({"cluster": {"lease_seconds": 4, "node": "db-east-1"}}).cluster == C.ClusterConfig(4.0, "db-east-1")
