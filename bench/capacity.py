@@ -367,13 +367,18 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str, logs
         raise RuntimeError(f"{e}:\n{tail}") from None
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads (/proc/PID/stat)."""
+def stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime from a /proc stat file (a process's or a thread's); 0 if it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads (/proc/PID/stat)."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> tuple[float, float]:
@@ -384,15 +389,10 @@ def thread_cpu_seconds(pid: int) -> tuple[float, float]:
     for a CPU on a busy machine."""
     main = others = 0.0
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
         if stat.parent.name == str(pid):
-            main += seconds
+            main += stat_cpu_seconds(stat)
         else:
-            others += seconds
+            others += stat_cpu_seconds(stat)
     return main, others
 
 
@@ -616,7 +616,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         peer_pids = [p.proc.pid for p in peers if getattr(p, "proc", None)] + \
                     [p.process.pid for p in peers if getattr(p, "process", None)]
         cpu0 = cpu_seconds(server.pid)
-        threads0 = thread_cpu_seconds(server.pid)
+        threads0 = thread_cpu_seconds(server.pid) if mode != "bare" else None
         children0 = {c: cpu_seconds(c) for c in child_pids(server.pid)}
         seen0 = cdrd_metrics(web_port) if mode != "bare" else {}
         peer0 = {p: cpu_seconds(p) for p in peer_pids}
@@ -657,7 +657,7 @@ def one_run(mode: str, tree: Path, rate: float, args, tmp: Path) -> dict:
         # cdrd's own process; its outputs process apart (what it took meanwhile)
         children = sum(cpu_seconds(c) - children0.get(c, 0.0) for c in child_pids(server.pid))
         result["server_cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
-        if mode != "bare":
+        if threads0 is not None:
             threads1 = thread_cpu_seconds(server.pid)
             result["main_thread_cpu_pct"] = 100 * (threads1[0] - threads0[0]) / wall
             result["other_threads_cpu_pct"] = 100 * (threads1[1] - threads0[1]) / wall
